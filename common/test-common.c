@@ -1,0 +1,105 @@
+/* SPDX-License-Identifier: MIT */
+/* Tests of the header-only helpers in common/. */
+#include <config.h>
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#include "common/byteorder.h"
+#include "common/checked-overflow.h"
+#include "common/cleanup.h"
+#include "common/rounding.h"
+
+static int freed;
+
+static void
+test_byteorder (void)
+{
+  unsigned char b[9] = { 0 };
+
+  store_be64 (b + 1, 0x0102030405060708ULL);
+  assert (b[1] == 1 && b[8] == 8);
+  assert (load_be64 (b + 1) == 0x0102030405060708ULL);
+  store_be32 (b, 0xdeadbeef);
+  assert (b[0] == 0xde && load_be32 (b) == 0xdeadbeef);
+  store_be16 (b, 0xabcd);
+  assert (b[0] == 0xab && load_be16 (b) == 0xabcd);
+}
+
+static void
+test_rounding (void)
+{
+  assert (ROUND_DOWN (65537ULL, 65536) == 65536);
+  assert (ROUND_UP (65537ULL, 65536) == 131072);
+  assert (ROUND_UP (65536ULL, 65536) == 65536);
+  assert (IS_ALIGNED (4096, 512) && !IS_ALIGNED (4097, 512));
+  assert (DIV_ROUND_UP (10, 3) == 4);
+  assert (is_power_of_2 (1) && is_power_of_2 (1ULL << 63));
+  assert (!is_power_of_2 (0) && !is_power_of_2 (12));
+  assert (MIN (3, 4) == 3 && MAX (3, 4) == 4);
+}
+
+static void
+test_overflow (void)
+{
+  uint64_t r;
+
+  assert (!ADD_OVERFLOW (UINT64_MAX - 1, (uint64_t) 1, &r) && r == UINT64_MAX);
+  assert (ADD_OVERFLOW (UINT64_MAX, (uint64_t) 1, &r));
+  assert (MUL_OVERFLOW ((uint64_t) 1 << 40, (uint64_t) 1 << 40, &r));
+  assert (range_fits (0, 10, 10));
+  assert (!range_fits (1, 10, 10));
+  assert (!range_fits (UINT64_MAX, 2, UINT64_MAX));
+  assert (!range_fits (11, 0, 10));
+}
+
+static void
+count_free (void *p)
+{
+  freed++;
+  free (*(void **) p);
+}
+
+static void
+test_cleanup (void)
+{
+  static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+  static pthread_rwlock_t l = PTHREAD_RWLOCK_INITIALIZER;
+
+  {
+    __attribute__ ((cleanup (count_free))) char *p = malloc (10);
+    CLEANUP_FREE char *q = malloc (10);
+    (void) p;
+    (void) q;
+  }
+  assert (freed == 1);
+  {
+    LOCK_FOR_SCOPE (&m);
+    assert (pthread_mutex_trylock (&m) != 0);
+  }
+  assert (pthread_mutex_trylock (&m) == 0);
+  pthread_mutex_unlock (&m);
+  {
+    WRLOCK_FOR_SCOPE (&l);
+    assert (pthread_rwlock_tryrdlock (&l) != 0);
+  }
+  {
+    RDLOCK_FOR_SCOPE (&l);
+    assert (pthread_rwlock_trywrlock (&l) != 0);
+  }
+  assert (pthread_rwlock_trywrlock (&l) == 0);
+  pthread_rwlock_unlock (&l);
+}
+
+int
+main (void)
+{
+  test_byteorder ();
+  test_rounding ();
+  test_overflow ();
+  test_cleanup ();
+  printf ("test-common: ok\n");
+  return 0;
+}

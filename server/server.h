@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+/* The NBD front end: its configuration, exports, connections and workers,
+ * and the table of contents of server/, one group per source file.
+ *
+ * Flow: the listener (listener.c) accepts a socket, checks the connection
+ * limit and runs the option haggling (handshake.c) in a short-lived
+ * thread under the handshake timeout, with the socket blocking.  A
+ * connection that reaches the transmission phase is handed to a worker
+ * (worker.c), switched to non-blocking, and served from the worker's
+ * io_uring loop (request.c) until it ends.
+ *
+ * Socket I/O always goes through the connection's transport ops, so TLS
+ * (tls/) can replace them without the protocol code knowing. */
+#ifndef SERVER_SERVER_H
+#define SERVER_SERVER_H
+
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "server/nbd-protocol.h"
+
+struct qcow2_image;
+struct worker;
+struct conn;
+
+/* ---- main.c: configuration -------------------------------------------- */
+
+struct server_config {
+  const char *image;            /* path of the qcow2 image */
+  const char *export_name;      /* default "" */
+  const char *description;      /* NULL: none */
+  bool read_only;
+  const char *bind_addr;        /* NULL: all addresses, dual stack */
+  const char *port;             /* default "10809" */
+  const char *socket_path;      /* Unix socket instead of TCP */
+  unsigned threads;             /* worker threads; default: CPU count */
+  unsigned max_connections;     /* 0: unlimited */
+  unsigned handshake_timeout;   /* seconds; 0: none */
+  uint64_t l2_cache_size;       /* bytes; 0: library default */
+  const char *pid_file;
+  int verbose;                  /* -v count */
+};
+
+/* The one export.  Constant once serving starts. */
+struct export {
+  const char *name;
+  const char *description;
+  struct qcow2_image *img;
+  uint64_t size;
+  bool read_only;
+  uint16_t eflags;              /* NBD_FLAG_* transmission flags */
+  uint32_t min_block, pref_block, max_block;
+};
+
+/* ---- log.c: messages to stderr ---------------------------------------- */
+
+extern int log_verbose;          /* set from -v */
+void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+
+/* ---- conn.c: connections and their transport seam --------------------- */
+
+/* How bytes move on a connection's socket.  Both behave like recv(2) and
+ * sendmsg(2) on the socket's current blocking mode: they return the byte
+ * count, 0 for EOF (recv), or -1 with errno set (EAGAIN when a
+ * non-blocking socket is not ready). */
+struct conn_transport {
+  ssize_t (*recv) (struct conn *conn, void *buf, size_t len);
+  ssize_t (*send) (struct conn *conn, const struct iovec *iov, int iovcnt,
+                   bool more);
+  /* Release transport state (TLS session); the fd is closed by conn. */
+  void (*shutdown) (struct conn *conn);
+};
+
+/* Meta contexts a client may select (bit numbers of conn->meta). */
+enum meta_context {
+  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
+  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
+  META_NR
+};
+
+struct conn {
+  int fd;
+  char peer[80];                /* printable peer address, for logs */
+  const struct conn_transport *transport;
+  void *transport_data;         /* TLS session */
+
+  /* Negotiated in the handshake, constant afterwards. */
+  const struct export *exp;
+  bool no_zeroes;
+  bool structured_replies;
+  uint32_t meta;                /* bitmask of enum meta_context */
+
+  /* Worker-owned state (request.c). */
+  struct worker *worker;
+  struct conn_state *state;
+};
+
+/* Plain-socket transport (recv/sendmsg with MSG_NOSIGNAL). */
+extern const struct conn_transport conn_plain_transport;
+
+struct conn *conn_new (int fd, const char *peer);
+/* Close the transport and the socket and free the connection. */
+void conn_free (struct conn *conn);
+
+/* Blocking helpers for the handshake: read or write all bytes before the
+ * deadline (CLOCK_MONOTONIC nanoseconds; 0 = none).  Return 0, or -1 with
+ * errno set (ETIMEDOUT, ECONNRESET for EOF, ...). */
+int conn_read_full (struct conn *conn, void *buf, size_t len,
+                    uint64_t deadline);
+int conn_write_full (struct conn *conn, const void *buf, size_t len,
+                     uint64_t deadline);
+/* Read and throw away LEN bytes. */
+int conn_discard (struct conn *conn, uint64_t len, uint64_t deadline);
+
+uint64_t now_ns (void);
+
+/* ---- handshake.c: fixed newstyle negotiation -------------------------- */
+
+/* Run the handshake on a blocking connection.  Returns 1 when the client
+ * entered the transmission phase (conn->exp and the negotiated flags
+ * set), 0 when it ended the session cleanly (ABORT, LIST then hang up),
+ * -1 on error or timeout (already logged). */
+int handshake_run (struct conn *conn, const struct export *exp,
+                   uint64_t deadline);
+
+/* ---- sockets.c: listening sockets ------------------------------------- */
+
+/* Open the listening sockets the configuration asks for: inherited ones
+ * (LISTEN_FDS/LISTEN_PID), a Unix socket, or TCP on every address of
+ * bind_addr (dual stack).  Returns the count or -1 (logged). */
+int sockets_listen (const struct server_config *cfg, int **fds);
+
+/* ---- listener.c: accepting connections -------------------------------- */
+
+/* Accept on FDS until server_stop() is called, running each handshake in
+ * its own thread and handing finished ones to the workers. */
+void listener_run (const struct server_config *cfg, const struct export *exp,
+                   const int *fds, int nfds);
+/* Async-signal-safe: ask the listener to stop accepting. */
+void server_stop (void);
+/* Called by a worker when a connection it served has been freed. */
+void listener_conn_closed (void);
+
+/* ---- worker.c: worker threads, each with an io_uring ring ------------- */
+
+/* Start N workers serving EXP; each dups every image file.  Returns 0 or
+ * -1 (logged). */
+int workers_start (const struct export *exp, unsigned n);
+/* Hand a connection in the transmission phase to the least busy worker. */
+void workers_add_conn (struct conn *conn);
+/* Stop reading new requests on every connection, answer what is in
+ * flight, close every connection and join the threads. */
+void workers_shutdown (void);
+
+/* ---- request.c: the transmission phase -------------------------------- */
+
+/* Map an errno to the NBD error sent on the wire (the only such place). */
+uint32_t nbd_errno (int err);
+
+#endif /* SERVER_SERVER_H */

@@ -83,6 +83,8 @@ enum meta_context {
   META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
   META_NR
 };
+/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
+#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
 
 struct conn {
   int fd;

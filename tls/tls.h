@@ -1,1 +1,41 @@
 /* SPDX-License-Identifier: MIT */
+/* TLS for NBD connections, with OpenSSL, behind the connection transport
+ * seam (server/server.h, struct conn_transport): after tls_upgrade() the
+ * connection's recv/send go through the TLS session and the protocol code
+ * does not know the difference. */
+#ifndef TLS_TLS_H
+#define TLS_TLS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct conn;
+
+enum tls_mode {
+  TLS_OFF,        /* STARTTLS refused with NBD_REP_ERR_POLICY */
+  TLS_ON,         /* clients may upgrade */
+  TLS_REQUIRE,    /* every option but STARTTLS and ABORT: ERR_TLS_REQD */
+};
+
+struct tls_config {
+  enum tls_mode mode;
+  const char *certs_dir;   /* ca-cert.pem, server-cert.pem, server-key.pem,
+                            * optional ca-crl.pem */
+  bool verify_peer;        /* demand a client certificate signed by the CA */
+  const char *authz_file;  /* allowed client DNs, one per line */
+  const char *psk_file;    /* psktool format: identity:hexkey */
+};
+
+struct tls_ctx;
+
+/* Load credentials.  Returns NULL (logged) if they cannot be used. */
+struct tls_ctx *tls_ctx_new (const struct tls_config *cfg);
+void tls_ctx_free (struct tls_ctx *ctx);
+
+/* Run the server side of the TLS handshake on CONN's blocking socket
+ * before DEADLINE (CLOCK_MONOTONIC ns, 0 = none) and install the TLS
+ * transport on the connection.  Returns 0, or -1 after logging the peer
+ * and the reason; the caller then drops the connection. */
+int tls_upgrade (struct tls_ctx *ctx, struct conn *conn, uint64_t deadline);
+
+#endif /* TLS_TLS_H */

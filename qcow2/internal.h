@@ -117,6 +117,22 @@ void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
 int l2_cache_create (struct qcow2_layer *layer, uint64_t cache_size);
 void l2_cache_destroy (struct qcow2_layer *layer);
 
+/* L2 entries in one cache slice (a slice is min(cluster_size, 4096)
+ * bytes of an L2 table). */
+uint32_t l2_cache_slice_entries (const struct qcow2_layer *layer);
+
+/* Find slice SLICE_INDEX of the L2 table named by L1 entry L1_INDEX
+ * (validated here: corruption -> -EIO through qcow2_corrupt).  The caller
+ * holds layer->lock, exclusive iff *EXCLUSIVE.  On a miss with the lock
+ * shared, this drops it, takes it exclusive and sets *EXCLUSIVE, then
+ * loads the slice.  Returns 0 with *SLICE pointing at the slice's raw
+ * (big-endian) entries, valid until the lock is released, or *SLICE ==
+ * NULL when the L1 entry has no L2 table (index past the L1 table too);
+ * -EIO on corruption; -errno on read errors. */
+int l2_cache_get_locked (struct qcow2_layer *layer, uint64_t l1_index,
+                         uint32_t slice_index, bool *exclusive,
+                         const uint8_t **slice);
+
 /* ---- map.c, compress.c, sync.c: see qcow2.h --------------------------- */
 
 #endif /* QCOW2_INTERNAL_H */

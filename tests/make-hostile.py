@@ -1,0 +1,552 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: MIT
+# Make hostile qcow2 images for test-hostile, in the spirit of QEMU's
+# iotest 080: build sane images with qemu-img/qemu-io, then patch header
+# fields, extensions and table entries to values a careless parser would
+# trust.  Writes the images and a manifest (manifest.txt) into the output
+# directory; each manifest line says what test-hostile must observe:
+#
+#   refuse|FILE|ERRNO|KEYWORD|FLAGS   qcow2_open fails with -ERRNO and
+#                                     logs a line containing KEYWORD
+#   read|FILE|RANGES|KEYWORD|FLAGS    opens; reading the whole guest in
+#                                     4 KiB chunks gives -EIO exactly for
+#                                     the chunks inside RANGES ("a-b,c-d"
+#                                     or "-"), every other chunk equals
+#                                     the reference raw image; KEYWORD
+#                                     (may be empty) must have been logged
+#
+# FLAGS (comma separated): ref=FILE (reference, default ref.raw),
+# writable, depth=N (max_backing_depth), layers=N (expected chain depth),
+# corrupt (image must be flagged corrupt after the reads).
+#
+# Usage: make-hostile.py OUTDIR
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
+os.chdir(out)
+manifest = []
+
+K = 1024
+M = 1024 * 1024
+CS = 4096                        # cluster size of the test images
+COPIED = 1 << 63
+COMPRESSED = 1 << 62
+OFFMASK = 0x00fffffffffffe00
+
+
+def run(*args):
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+
+
+def qemu_img(*args):
+    run('qemu-img', *args)
+
+
+def qemu_io(path, *cmds, fmt='qcow2'):
+    args = ['qemu-io', '-f', fmt]
+    for c in cmds:
+        args += ['-c', c]
+    run(*args, path)
+
+
+def rd(path, off, fmt):
+    with open(path, 'rb') as f:
+        f.seek(off)
+        return struct.unpack('>' + fmt, f.read(struct.calcsize('>' + fmt)))[0]
+
+
+def wr(path, off, fmt, val):
+    with open(path, 'r+b') as f:
+        f.seek(off)
+        f.write(struct.pack('>' + fmt, val))
+
+
+def wrbytes(path, off, data):
+    with open(path, 'r+b') as f:
+        f.seek(off)
+        f.write(data)
+
+
+def copy(src, dst):
+    shutil.copyfile(src, dst)
+    return dst
+
+
+def refuse(f, err, keyword, flags=''):
+    manifest.append('refuse|%s|%s|%s|%s' % (f, err, keyword, flags))
+
+
+def read(f, ranges='-', keyword='', flags=''):
+    if ranges != '-':
+        flags = ','.join(x for x in (flags, 'corrupt') if x)
+    manifest.append('read|%s|%s|%s|%s' % (f, ranges, keyword, flags))
+
+
+# Header field offsets (qcow2.txt "Header").
+BACKING_OFF, BACKING_SIZE, CLUSTER_BITS, SIZE = 8, 16, 20, 24
+CRYPT, L1_SIZE, L1_OFF, RT_OFF, RT_CLUSTERS = 32, 36, 40, 48, 56
+NB_SN, SN_OFF, INCOMPAT, AUTOCLEAR = 60, 64, 72, 88
+REFCOUNT_ORDER, HEADER_LENGTH, COMPRESSION_TYPE = 96, 100, 104
+
+
+def extensions(path):
+    """Yield (file offset of the extension header, type, length)."""
+    off = rd(path, HEADER_LENGTH, 'I') if rd(path, 4, 'I') == 3 else 72
+    while True:
+        t, n = rd(path, off, 'I'), rd(path, off + 4, 'I')
+        if t == 0:
+            return
+        yield off, t, n
+        off += 8 + (n + 7) // 8 * 8
+
+
+def find_ext(path, typ):
+    for off, t, n in extensions(path):
+        if t == typ:
+            return off, n
+    raise Exception('%s: no extension 0x%x' % (path, typ))
+
+
+def l2_entry_pos(path, guest):
+    """File offset of the L2 entry mapping GUEST (4k clusters, 8-byte
+    entries)."""
+    l1 = rd(path, L1_OFF, 'Q')
+    per_l2 = CS // 8
+    idx1, idx2 = guest // CS // per_l2, guest // CS % per_l2
+    l2 = rd(path, l1 + 8 * idx1, 'Q') & OFFMASK
+    assert l2 != 0
+    return l2 + 8 * idx2
+
+
+def set_backing_name(path, name):
+    off = rd(path, BACKING_OFF, 'Q')
+    assert off != 0
+    data = name.encode()
+    wrbytes(path, off, data + b'\0' * 64)
+    wr(path, BACKING_SIZE, 'I', len(data))
+
+
+# ---- the base image: 8 MiB, 4 KiB clusters, data in four L2 tables ------
+
+qemu_img('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096',
+         'base.qcow2', '8M')
+qemu_io('base.qcow2',
+        'write -P 0xaa 0 1M',
+        'write -P 0xbb 2M 1M',
+        'write -P 0xcc 4M 64k',
+        'write -P 0xff 5M 4k',
+        'write -c -P 0xdd 6M 64k')
+qemu_img('convert', '-O', 'raw', 'base.qcow2', 'ref.raw')
+base_size = os.path.getsize('base.qcow2')
+read('base.qcow2')
+
+# ---- header fields -------------------------------------------------------
+
+f = copy('base.qcow2', 'magic.qcow2')
+wr(f, 0, 'I', 0x514649fa)
+refuse(f, 'EINVAL', 'magic')
+
+f = copy('base.qcow2', 'version4.qcow2')
+wr(f, 4, 'I', 4)
+refuse(f, 'ENOTSUP', 'version')
+
+for name, val in (('small', 100), ('huge', 0xfffffff8), ('unaligned', 108)):
+    f = copy('base.qcow2', 'header-length-%s.qcow2' % name)
+    wr(f, HEADER_LENGTH, 'I', val)
+    refuse(f, 'EINVAL', 'header_length')
+
+for bits in (8, 22, 0xffffffff):
+    f = copy('base.qcow2', 'cluster-bits-%d.qcow2' % bits)
+    wr(f, CLUSTER_BITS, 'I', bits)
+    refuse(f, 'EINVAL', 'cluster_bits')
+
+f = copy('base.qcow2', 'refcount-order-7.qcow2')
+wr(f, REFCOUNT_ORDER, 'I', 7)
+refuse(f, 'EINVAL', 'refcount_order')
+
+# Backing file name: offset and size out of bounds, too long.
+f = copy('base.qcow2', 'backing-offset-huge.qcow2')
+wr(f, BACKING_OFF, 'Q', 0xffffffffffff0000)
+wr(f, BACKING_SIZE, 'I', 10)
+refuse(f, 'EINVAL', 'backing file name')
+f = copy('base.qcow2', 'backing-size-oob.qcow2')
+wr(f, BACKING_OFF, 'Q', CS - 100)
+wr(f, BACKING_SIZE, 'I', 200)
+refuse(f, 'EINVAL', 'backing file name')
+f = copy('base.qcow2', 'backing-too-long.qcow2')
+wr(f, BACKING_OFF, 'Q', 512)
+wr(f, BACKING_SIZE, 'I', 1024)
+refuse(f, 'EINVAL', 'too long')
+f = copy('base.qcow2', 'backing-in-header.qcow2')
+wr(f, BACKING_OFF, 'Q', 16)
+wr(f, BACKING_SIZE, 'I', 8)
+refuse(f, 'EINVAL', 'backing file name')
+
+# Refcount table.
+rt = rd('base.qcow2', RT_OFF, 'Q')
+f = copy('base.qcow2', 'reftable-unaligned.qcow2')
+wr(f, RT_OFF, 'Q', rt + 512)
+refuse(f, 'EINVAL', 'refcount table')
+f = copy('base.qcow2', 'reftable-past-eof.qcow2')
+wr(f, RT_OFF, 'Q', (base_size + 100 * CS) // CS * CS)
+refuse(f, 'EINVAL', 'refcount table')
+f = copy('base.qcow2', 'reftable-offset-huge.qcow2')
+wr(f, RT_OFF, 'Q', 0xfffffffffffff000)
+refuse(f, 'EINVAL', 'refcount table')
+f = copy('base.qcow2', 'reftable-clusters-huge.qcow2')
+wr(f, RT_CLUSTERS, 'I', 0xffffffff)
+refuse(f, 'EINVAL', 'refcount table too large')
+f = copy('base.qcow2', 'reftable-clusters-zero.qcow2')
+wr(f, RT_CLUSTERS, 'I', 0)
+refuse(f, 'EINVAL', 'refcount table')
+
+# L1 table.
+l1 = rd('base.qcow2', L1_OFF, 'Q')
+l1_size = rd('base.qcow2', L1_SIZE, 'I')
+assert l1_size == 4, l1_size
+f = copy('base.qcow2', 'l1-unaligned.qcow2')
+wr(f, L1_OFF, 'Q', l1 + 8)
+refuse(f, 'EINVAL', 'L1 table offset')
+f = copy('base.qcow2', 'l1-offset-huge.qcow2')
+wr(f, L1_OFF, 'Q', 0xfffffffffffff000)
+refuse(f, 'EINVAL', 'L1 table')
+f = copy('base.qcow2', 'l1-size-huge.qcow2')
+wr(f, L1_SIZE, 'I', 0x7fffffff)
+refuse(f, 'EINVAL', 'L1 table too large')
+f = copy('base.qcow2', 'l1-size-max.qcow2')
+wr(f, L1_SIZE, 'I', 0xffffffff)
+refuse(f, 'EINVAL', 'L1 table too large')
+f = copy('base.qcow2', 'l1-past-eof.qcow2')
+wr(f, L1_SIZE, 'I', (base_size - l1) // 8 + 1)
+refuse(f, 'EINVAL', 'past the end')
+f = copy('base.qcow2', 'l1-too-small.qcow2')
+wr(f, L1_SIZE, 'I', 3)
+refuse(f, 'EINVAL', 'L1 table too small')
+f = copy('base.qcow2', 'size-huge.qcow2')
+wr(f, SIZE, 'Q', 0xffffffffffffffff)
+refuse(f, 'EINVAL', 'L1 table')
+f = copy('base.qcow2', 'size-2p62.qcow2')
+wr(f, SIZE, 'Q', 1 << 62)
+wr(f, L1_SIZE, 'I', 0x7fffffff)
+refuse(f, 'EINVAL', 'L1 table')
+# An L1 table longer than the virtual size needs is valid (QEMU accepts
+# it); the extra entries are never looked at.
+f = copy('base.qcow2', 'l1-larger.qcow2')
+wr(f, L1_SIZE, 'I', 64)
+read(f)
+
+# Overlapping metadata.
+f = copy('base.qcow2', 'l1-on-header.qcow2')
+wr(f, L1_OFF, 'Q', 0)
+refuse(f, 'EINVAL', 'overlaps')
+f = copy('base.qcow2', 'reftable-on-l1.qcow2')
+wr(f, RT_OFF, 'Q', l1)
+refuse(f, 'EINVAL', 'overlaps')
+f = copy('base.qcow2', 'reftable-on-header.qcow2')
+wr(f, RT_OFF, 'Q', 0)
+refuse(f, 'EINVAL', 'overlaps')
+
+# Snapshot table.
+f = copy('base.qcow2', 'snapshot-offset-huge.qcow2')
+wr(f, NB_SN, 'I', 1)
+wr(f, SN_OFF, 'Q', 0xfffffffffffff000)
+refuse(f, 'EINVAL', 'snapshot')
+f = copy('base.qcow2', 'snapshot-offset-unaligned.qcow2')
+wr(f, NB_SN, 'I', 1)
+wr(f, SN_OFF, 'Q', CS + 8)
+refuse(f, 'EINVAL', 'snapshot')
+f = copy('base.qcow2', 'snapshot-count-huge.qcow2')
+wr(f, NB_SN, 'I', 0x7fffffff)
+wr(f, SN_OFF, 'Q', 5 * M // CS * CS)
+refuse(f, 'EINVAL', 'too many snapshots')
+
+
+def snapshot_case(name, id_size, name_size, extra, keyword):
+    """A one-entry snapshot table in a cluster appended to the file."""
+    f = copy('base.qcow2', name)
+    pos = (os.path.getsize(f) + CS - 1) // CS * CS
+    entry = struct.pack('>QIHHIIQII', 0, 0, id_size, name_size, 0, 0, 0, 0,
+                        extra)
+    with open(f, 'r+b') as fh:
+        fh.truncate(pos + CS)
+    wrbytes(f, pos, entry + b'1' * 8)
+    wr(f, NB_SN, 'I', 1)
+    wr(f, SN_OFF, 'Q', pos)
+    refuse(f, 'EINVAL', keyword)
+
+
+snapshot_case('snapshot-id-past-eof.qcow2', 0xffff, 4, 0, 'past the end')
+snapshot_case('snapshot-name-past-eof.qcow2', 1, 0xffff, 0, 'past the end')
+snapshot_case('snapshot-extra-huge.qcow2', 1, 1, 0xffffffff, 'extra data')
+
+# A real snapshot table made by qemu-img must open (and reads see the
+# active layer).  Then two entries where the file holds one.
+f = copy('base.qcow2', 'snapshot-ok.qcow2')
+qemu_img('snapshot', '-c', 'snap1', f)
+read(f)
+f = copy('snapshot-ok.qcow2', 'snapshot-count-past.qcow2')
+sn = rd(f, SN_OFF, 'Q')
+with open(f, 'r+b') as fh:
+    fh.truncate(sn + CS)         # the table is the last thing qemu-img wrote
+wr(f, NB_SN, 'I', 1000)
+refuse(f, 'EINVAL', 'snapshot')
+
+# Header extensions.  qemu-img 7.2 writes none into a plain image, so
+# add our own after the header.
+def add_ext(path, typ, data):
+    off = rd(path, HEADER_LENGTH, 'I')
+    for o, t, n in extensions(path):
+        off = o + 8 + (n + 7) // 8 * 8
+    pad = (len(data) + 7) // 8 * 8 - len(data)
+    wrbytes(path, off, struct.pack('>II', typ, len(data)) + data +
+            b'\0' * pad + b'\0' * 8)
+    return off
+
+
+f = copy('base.qcow2', 'ext-past-cluster.qcow2')
+off = add_ext(f, 0x12345678, b'x' * 16)
+wr(f, off + 4, 'I', CS - off - 8 + 1)
+refuse(f, 'EINVAL', 'extension')
+f = copy('base.qcow2', 'ext-huge-length.qcow2')
+off = add_ext(f, 0x12345678, b'x' * 16)
+wr(f, off + 4, 'I', 0xffffffff)
+refuse(f, 'EINVAL', 'extension')
+f = copy('base.qcow2', 'ext-backing-format-long.qcow2')
+add_ext(f, 0xe2792aca, b'q' * 1100)
+refuse(f, 'EINVAL', 'backing format')
+f = copy('base.qcow2', 'ext-crypto-plain.qcow2')
+add_ext(f, 0x0537be77, struct.pack('>QQ', CS, 512))
+refuse(f, 'EINVAL', 'encryption header')
+f = copy('base.qcow2', 'ext-crypto-oob.qcow2')
+wr(f, CRYPT, 'I', 2)
+add_ext(f, 0x0537be77, struct.pack('>QQ', 0xfffffffffffff000, 0x100000))
+refuse(f, 'EINVAL', 'encryption header')
+# Unknown extension types are skipped; an extension ending exactly at
+# the end of the cluster is fine.
+f = copy('base.qcow2', 'ext-unknown.qcow2')
+add_ext(f, 0x12345678, b'hello')
+off = add_ext(f, 0x87654321, b'')
+wr(f, off + 4, 'I', CS - off - 8)
+read(f)
+
+# Incompatible features.
+f = copy('base.qcow2', 'incompat-unknown.qcow2')
+wr(f, INCOMPAT, 'Q', 1 << 40)
+refuse(f, 'ENOTSUP', 'unknown incompatible feature bit 40')
+f = copy('base.qcow2', 'incompat-named.qcow2')
+wr(f, INCOMPAT, 'Q', (1 << 40) | (1 << 63))
+add_ext(f, 0x6803f857,
+        struct.pack('>BB46s', 0, 0, b'dirty') +
+        struct.pack('>BB46s', 1, 40, b'not this one') +
+        struct.pack('>BB46s', 0, 40, b'frobnicator') +
+        struct.pack('>BB46s', 0, 63, b'\x1b[31mred' + b'z' * 36))
+refuse(f, 'ENOTSUP', 'frobnicator, ?[31mredzzz')
+f = copy('base.qcow2', 'incompat-extl2-small.qcow2')
+wr(f, INCOMPAT, 'Q', 1 << 4)
+refuse(f, 'EINVAL', 'extended L2')
+f = copy('base.qcow2', 'incompat-datafile-noname.qcow2')
+wr(f, INCOMPAT, 'Q', 1 << 2)
+refuse(f, 'EINVAL', 'data file')
+assert rd('base.qcow2', HEADER_LENGTH, 'I') == 112
+f = copy('base.qcow2', 'compression-type-2.qcow2')
+wr(f, INCOMPAT, 'Q', 1 << 3)
+wr(f, COMPRESSION_TYPE, 'B', 2)
+refuse(f, 'ENOTSUP', 'compression type')
+f = copy('base.qcow2', 'compression-type-nobit.qcow2')
+wr(f, COMPRESSION_TYPE, 'B', 1)
+refuse(f, 'EINVAL', 'compression type')
+
+# Encryption: refused by name, never served as ciphertext.
+for m, what in ((1, 'AES'), (2, 'LUKS')):
+    f = copy('base.qcow2', 'crypt-%d.qcow2' % m)
+    wr(f, CRYPT, 'I', m)
+    refuse(f, 'ENOTSUP', 'encrypted (crypt_method %d: %s)' % (m, what))
+try:
+    qemu_img('create', '-q', '-f', 'qcow2', '--object',
+             'secret,id=sec0,data=123456', '-o',
+             'encrypt.format=luks,encrypt.key-secret=sec0,'
+             'encrypt.iter-time=10', 'luks.qcow2', '1M')
+    refuse('luks.qcow2', 'ENOTSUP', 'encrypted (crypt_method 2: LUKS)')
+except subprocess.CalledProcessError:
+    pass
+
+# Dirty: readable with a warning; corrupt: read-only.
+f = copy('base.qcow2', 'dirty.qcow2')
+wr(f, INCOMPAT, 'Q', 1)
+read(f, keyword='dirty')
+refuse(f, 'ENOTSUP', 'dirty', 'writable')
+f = copy('base.qcow2', 'corrupt-bit.qcow2')
+wr(f, INCOMPAT, 'Q', 2)
+read(f, keyword='marked corrupt', flags='corrupt')
+refuse(f, 'EROFS', 'read-only', 'writable')
+
+# Bitmaps extension (validated when autoclear bit 0 says it is valid).
+try:
+    f = copy('base.qcow2', 'bitmaps.qcow2')
+    qemu_img('bitmap', '--add', f, 'b0')
+    read(f)
+    bo, bn = find_ext(f, 0x23852875)
+    g = copy(f, 'bitmaps-nb-zero.qcow2')
+    wr(g, bo + 8, 'I', 0)
+    refuse(g, 'EINVAL', 'bitmaps')
+    g = copy(f, 'bitmaps-dir-past-eof.qcow2')
+    wr(g, bo + 8 + 16, 'Q', 0xfffffffffffff000)
+    refuse(g, 'EINVAL', 'bitmaps')
+    g = copy(f, 'bitmaps-length.qcow2')
+    wr(g, bo + 4, 'I', 16)
+    refuse(g, 'EINVAL', 'bitmaps')
+    # With the autoclear bit clear the extension is stale and ignored.
+    g = copy(f, 'bitmaps-stale.qcow2')
+    wr(g, bo + 8, 'I', 0)
+    wr(g, AUTOCLEAR, 'Q', 0)
+    read(g)
+except subprocess.CalledProcessError:
+    pass
+
+# Other formats and layouts that must read correctly.
+qemu_img('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10,cluster_size=512',
+         'v2.qcow2', '1M')
+qemu_io('v2.qcow2', 'write -P 0x11 0 100k', 'write -c -P 0x22 512k 4k')
+qemu_img('convert', '-O', 'raw', 'v2.qcow2', 'v2.raw')
+read('v2.qcow2', flags='ref=v2.raw')
+qemu_img('create', '-q', '-f', 'qcow2', '-o',
+         'compression_type=zstd,cluster_size=4096', 'zstd.qcow2', '1M')
+qemu_io('zstd.qcow2', 'write -c -P 0x33 0 64k', 'write -P 0x44 128k 4k')
+qemu_img('convert', '-O', 'raw', 'zstd.qcow2', 'zstd.raw')
+read('zstd.qcow2', flags='ref=zstd.raw')
+
+qemu_img('create', '-q', '-f', 'qcow2', '-o',
+         'extended_l2=on,cluster_size=16k', 'extl2.qcow2', '1M')
+qemu_io('extl2.qcow2', 'write -P 0x66 0 1k', 'write -P 0x77 20k 3k',
+        'write -z 40k 1k', 'write -c -P 0x88 64k 16k')
+qemu_img('convert', '-O', 'raw', 'extl2.qcow2', 'extl2.raw')
+read('extl2.qcow2', flags='ref=extl2.raw')
+# Opening the top image read-write changes nothing for reads.
+read('base.qcow2', flags='writable')
+
+# ---- backing chains ------------------------------------------------------
+
+os.makedirs('sub', exist_ok=True)
+qemu_img('create', '-q', '-f', 'raw', 'chain0.raw', '6M')
+qemu_io('chain0.raw', 'write -P 0x01 0 6M', fmt='raw')
+qemu_img('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', '-b',
+         '../chain0.raw', '-F', 'raw', 'sub/chain1.qcow2', '8M')
+qemu_io('sub/chain1.qcow2', 'write -P 0x02 1M 1M')
+qemu_img('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', '-b',
+         'chain1.qcow2', '-F', 'qcow2', 'sub/chain2.qcow2')
+qemu_io('sub/chain2.qcow2', 'write -P 0x03 1536k 1M', 'write -z 3M 64k')
+qemu_img('convert', '-O', 'raw', 'sub/chain2.qcow2', 'chain.raw')
+read('sub/chain2.qcow2', flags='ref=chain.raw,layers=3')
+read('sub/chain2.qcow2', flags='ref=chain.raw,layers=3,depth=2')
+refuse('sub/chain2.qcow2', 'EINVAL', 'deeper', 'depth=1')
+
+# a -> b -> a
+qemu_img('create', '-q', '-f', 'qcow2', '-u', '-b', 'loop-b.qcow2', '-F',
+         'qcow2', 'loop-a.qcow2', '1M')
+qemu_img('create', '-q', '-f', 'qcow2', '-u', '-b', 'loop-a.qcow2', '-F',
+         'qcow2', 'loop-b.qcow2', '1M')
+refuse('loop-a.qcow2', 'EINVAL', 'loop')
+f = copy('loop-a.qcow2', 'self-loop.qcow2')
+set_backing_name(f, 'self-loop.qcow2')
+refuse(f, 'EINVAL', 'loop')
+# The same loop through names that differ: only the depth cap sees it.
+f = copy('loop-a.qcow2', 'loop-c.qcow2')
+set_backing_name(f, './loop-c.qcow2')
+refuse(f, 'EINVAL', 'deeper')
+
+# Names are file names, never URLs or JSON.
+qemu_img('create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', '-b',
+         'base.qcow2', '-F', 'qcow2', 'overlay.qcow2')
+read('overlay.qcow2', flags='layers=2')
+f = copy('overlay.qcow2', 'backing-json.qcow2')
+set_backing_name(f, 'json:{"file":{"driver":"file","filename":"/etc/passwd"}}')
+refuse(f, 'ENOENT', 'json:{')
+f = copy('overlay.qcow2', 'backing-nbd-url.qcow2')
+set_backing_name(f, 'nbd://127.0.0.1:10809/x')
+refuse(f, 'ENOENT', 'nbd://127.0.0.1')
+f = copy('overlay.qcow2', 'backing-missing.qcow2')
+set_backing_name(f, 'no-such-file.qcow2')
+refuse(f, 'ENOENT', 'no-such-file.qcow2')
+f = copy('overlay.qcow2', 'backing-no-format.qcow2')
+bf, _ = find_ext(f, 0xe2792aca)
+wr(f, bf, 'I', 0x0badf00d)
+refuse(f, 'ENOTSUP', 'rebase')
+f = copy('overlay.qcow2', 'backing-format-vmdk.qcow2')
+wrbytes(f, bf + 8, b'vmdk\0')
+wr(f, bf + 4, 'I', 4)
+refuse(f, 'ENOTSUP', "backing format 'vmdk'")
+# A hostile backing layer is refused like a hostile top image.
+f = copy('overlay.qcow2', 'backing-hostile.qcow2')
+set_backing_name(f, 'l1-size-huge.qcow2')
+refuse(f, 'EINVAL', 'L1 table too large')
+
+# External data file.
+qemu_img('create', '-q', '-f', 'qcow2', '-o',
+         'cluster_size=4096,data_file=datafile.raw', 'datafile.qcow2', '2M')
+qemu_io('datafile.qcow2', 'write -P 0x55 4k 600k')
+qemu_img('convert', '-O', 'raw', 'datafile.qcow2', 'datafile-ref.raw')
+read('datafile.qcow2', flags='ref=datafile-ref.raw')
+qemu_img('create', '-q', '-f', 'qcow2', '-o',
+         'cluster_size=4096,data_file=rawdata.raw,data_file_raw=on',
+         'datafile-raw.qcow2', '2M')
+qemu_io('datafile-raw.qcow2', 'write -P 0x56 8k 100k')
+qemu_img('convert', '-O', 'raw', 'datafile-raw.qcow2', 'datafile-raw.ref')
+read('datafile-raw.qcow2', flags='ref=datafile-raw.ref')
+qemu_img('create', '-q', '-f', 'qcow2', '-o',
+         'cluster_size=4096,data_file=gone.raw', 'datafile-gone.qcow2', '2M')
+os.unlink('gone.raw')
+refuse('datafile-gone.qcow2', 'ENOENT', 'external data file')
+
+# ---- corruption found when reading: EIO for that range only -------------
+
+l1e = [rd('base.qcow2', l1 + 8 * i, 'Q') for i in range(4)]
+f = copy('base.qcow2', 'l1-entry-huge.qcow2')
+wr(f, l1 + 8, 'Q', COPIED | 0x00fffffffffff000)
+read(f, '%d-%d' % (2 * M, 4 * M))
+f = copy('base.qcow2', 'l1-entry-unaligned.qcow2')
+wr(f, l1 + 8, 'Q', l1e[1] | 0x200)
+read(f, '%d-%d' % (2 * M, 4 * M))
+
+# A data cluster past the end of the file is not corruption (map.c, as
+# QEMU): it reads as zeros, and only that cluster does.
+f = copy('base.qcow2', 'l2-entry-past-eof.qcow2')
+wr(f, l2_entry_pos(f, 0), 'Q', COPIED | 0x00fffffffffff000)
+read(f, flags='zeros=0-4096')
+# Reserved bits in an L1 or L2 entry are.
+f = copy('base.qcow2', 'l1-entry-reserved.qcow2')
+wr(f, l1 + 16, 'Q', l1e[2] | (1 << 56))
+read(f, '%d-%d' % (4 * M, 6 * M))
+f = copy('base.qcow2', 'l2-entry-reserved.qcow2')
+p = l2_entry_pos(f, 2 * M + 8192)
+wr(f, p, 'Q', rd(f, p, 'Q') | 2)
+read(f, '%d-%d' % (2 * M + 8192, 2 * M + 12288))
+f = copy('base.qcow2', 'l2-entry-unaligned.qcow2')
+p = l2_entry_pos(f, 4096)
+wr(f, p, 'Q', rd(f, p, 'Q') | 0x200)
+read(f, '4096-8192')
+
+# Compressed descriptors: x = 62 - (12 - 8) = 58 bits of offset, then the
+# number of additional sectors.
+garbage = rd('base.qcow2', l2_entry_pos('base.qcow2', 5 * M), 'Q') & OFFMASK
+f = copy('base.qcow2', 'compressed-garbage.qcow2')
+wr(f, l2_entry_pos(f, 4 * M), 'Q', COMPRESSED | (7 << 58) | garbage)
+read(f, '%d-%d' % (4 * M, 4 * M + 4096))
+f = copy('base.qcow2', 'compressed-past-eof.qcow2')
+wr(f, l2_entry_pos(f, 4 * M + 4096), 'Q',
+   COMPRESSED | (1 << 58) | (base_size + 10 * M + 100))
+read(f, '%d-%d' % (4 * M + 4096, 4 * M + 8192))
+# Zero bytes (the unused tail of the header cluster) are not a valid
+# deflate stream: an empty stored block whose length check fails.
+f = copy('base.qcow2', 'compressed-zeros.qcow2')
+wr(f, l2_entry_pos(f, 6 * M), 'Q', COMPRESSED | 3001)
+read(f, '%d-%d' % (6 * M, 6 * M + 4096))
+
+with open('manifest.txt', 'w') as fh:
+    fh.write('\n'.join(manifest) + '\n')
+print('%d cases' % len(manifest))

@@ -136,6 +136,16 @@
  * Per-entry checks are done lazily, by map.c, when a range is read: a bad
  * entry makes reads of its range fail with EIO (as in QEMU), it does not
  * make the whole image unopenable. */
+/* ---- Refcount table and blocks ("Host cluster management") ------------
+ *
+ *   refcount table entry (u64): bits 9-63 refcount block offset (cluster
+ *                    aligned; 0 = block not allocated), bits 0-8 reserved
+ *   refcount block: one cluster of 2^refcount_order-bit big-endian
+ *                    counts; widths below 8 bits pack from the least
+ *                    significant bit of each byte. */
+#define REFT_OFFSET_MASK   UINT64_C (0xfffffffffffffe00)
+#define REFT_RESERVED_MASK UINT64_C (0x00000000000001ff)
+
 #define L1E_OFFSET_MASK   UINT64_C (0x00fffffffffffe00)
 #define L1E_RESERVED_MASK UINT64_C (0x7f000000000001ff)
 #define L2E_OFFSET_MASK   UINT64_C (0x00fffffffffffe00)

@@ -75,6 +75,10 @@ struct qcow2_layer {
   uint32_t l1_size;
   uint64_t l1_table_offset;
 
+  /* Created with preallocation=metadata (detected as QEMU does): its
+   * allocated clusters may be host holes that read as zeros. */
+  bool metadata_prealloc;
+
   pthread_rwlock_t lock;
   struct l2_cache *l2_cache;   /* lock */
 };
@@ -97,6 +101,13 @@ struct qcow2_image {
 /* ---- open.c: header parsing, validation, backing chain ---------------- */
 
 /* (file-local) */
+
+/* ---- refcount.c: reading refcounts ----------------------------------- */
+
+/* Decide layer->metadata_prealloc from the refcounts and the host file's
+ * allocated size.  Returns 0 or -errno (a refcount block that cannot be
+ * read); an invalid refcount table entry just ends the scan. */
+int refcount_detect_metadata_prealloc (struct qcow2_layer *layer);
 
 /* ---- corrupt.c: the one path for corruption found at run time -------- */
 

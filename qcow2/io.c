@@ -114,6 +114,19 @@ posix_get_size (void *opaque, int fd, uint64_t *size)
   return 0;
 }
 
+static int
+posix_get_allocated (void *opaque, int fd, uint64_t *bytes)
+{
+  struct stat st;
+
+  if (fstat (fd, &st) == -1)
+    return -errno;
+  if (!S_ISREG (st.st_mode))
+    return -ENOTSUP;
+  *bytes = (uint64_t) st.st_blocks * 512;
+  return 0;
+}
+
 const struct qcow2_io_ops qcow2_posix_io = {
   .open = posix_open,
   .close = posix_close,
@@ -121,4 +134,5 @@ const struct qcow2_io_ops qcow2_posix_io = {
   .pwrite = posix_pwrite,
   .flush = posix_flush,
   .get_size = posix_get_size,
+  .get_allocated = posix_get_allocated,
 };

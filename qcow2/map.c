@@ -377,3 +377,12 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t length,
   *n = o.n;
   return 0;
 }
+
+enum qcow2_host_holes
+qcow2_layer_host_holes (const struct qcow2_layer *layer)
+{
+  if (layer->format == LAYER_RAW)
+    return QCOW2_HOST_HOLES_UNALLOCATED;
+  return layer->metadata_prealloc ? QCOW2_HOST_HOLES_ZERO
+    : QCOW2_HOST_HOLES_DATA;
+}

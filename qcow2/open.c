@@ -718,6 +718,10 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
       return r;
   }
 
+  r = refcount_detect_metadata_prealloc (l);
+  if (r < 0)
+    return fail (img, r, "%s: reading refcounts: %s", name, strerror (-r));
+
   r = l2_cache_create (l, cache_size);
   if (r < 0)
     return fail (img, r, "%s: cannot create the L2 cache: %s", name,

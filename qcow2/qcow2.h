@@ -42,6 +42,9 @@ struct qcow2_io_ops {
                  uint64_t off);
   int (*flush) (void *opaque, int fd);
   int (*get_size) (void *opaque, int fd, uint64_t *size);
+  /* Bytes the file occupies on its file system (st_blocks * 512).  May be
+   * NULL: the file is then taken as fully allocated. */
+  int (*get_allocated) (void *opaque, int fd, uint64_t *bytes);
 };
 
 /* Plain POSIX open/pread/pwrite/fdatasync/fstat. */
@@ -139,6 +142,20 @@ struct qcow2_extent {
  * image marked corrupt); -errno on metadata read errors. */
 int qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t length,
                struct qcow2_extent *ext, size_t max, size_t *n);
+
+/* How block status should report holes in the host file under a DATA
+ * extent of LAYER, to agree with QEMU (qemu-nbd, qemu-img map):
+ *   DATA: the cluster is allocated data; host holes are not looked for
+ *     (QEMU looks only where metadata preallocation left them);
+ *   ZERO: a qcow2 layer made with preallocation=metadata: host holes are
+ *     allocated clusters that read as zeros;
+ *   UNALLOCATED: a raw layer: host holes are holes (read as zeros). */
+enum qcow2_host_holes {
+  QCOW2_HOST_HOLES_DATA,
+  QCOW2_HOST_HOLES_ZERO,
+  QCOW2_HOST_HOLES_UNALLOCATED,
+};
+enum qcow2_host_holes qcow2_layer_host_holes (const struct qcow2_layer *layer);
 
 /* ---- Compression (compress.c) ------------------------------------------ */
 

@@ -22,6 +22,7 @@
 #include <sys/uio.h>
 
 #include "server/nbd-protocol.h"
+#include "tls/tls.h"
 
 struct qcow2_image;
 struct worker;
@@ -43,7 +44,13 @@ struct server_config {
   uint64_t l2_cache_size;       /* bytes; 0: library default */
   const char *pid_file;
   int verbose;                  /* -v count */
+  struct tls_config tls;        /* --tls and its credentials */
 };
+
+/* TLS for the handshake, set by main before the listener starts and
+ * constant afterwards: the mode, and the context (NULL when off). */
+extern enum tls_mode server_tls_mode;
+extern struct tls_ctx *server_tls_ctx;
 
 /* The one export.  Constant once serving starts. */
 struct export {

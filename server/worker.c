@@ -1,1 +1,390 @@
 /* SPDX-License-Identifier: MIT */
+/* Worker threads.  Each worker owns an io_uring ring, a dup()ed fd of every
+ * image file and a buffer pool, and serves many connections from one
+ * completion loop: it reaps a batch of completions, lets request.c parse
+ * requests, queue data reads and send replies, and then submits all the
+ * SQEs of that iteration with one io_uring_enter.  Connections arrive
+ * through a mutex-protected queue and an eventfd the ring always has a
+ * read armed on, so the listener never touches a worker's ring. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+#include "common/cleanup.h"
+#include "common/rounding.h"
+#include "qcow2/qcow2.h"
+#include "server/server.h"
+#include "server/transmission.h"
+
+/* Ring sizes: the SQ is refilled many times per iteration when needed
+ * (worker_get_sqe submits on overflow); the CQ is larger so a burst of
+ * completions does not spill into the kernel's overflow list. */
+#define RING_ENTRIES 256
+#define RING_CQ_ENTRIES 4096
+/* After workers_shutdown(), connections get this long to take their last
+ * replies; a client that stopped reading must not hold the exit up. */
+#define SHUTDOWN_GRACE_NS (10 * UINT64_C (1000000000))
+
+static struct worker *workers;
+static unsigned nr_workers;
+
+/* ---- buffer pool ------------------------------------------------------ */
+
+/* How many free buffers of a class a worker keeps: about 32 MiB worth per
+ * class (at least 2, at most 128), enough to cover a busy connection's
+ * in-flight reads so steady-state reads never hit malloc, which for large
+ * sizes means mmap and page faults on every request. */
+static unsigned
+pool_keep (unsigned cls)
+{
+  size_t n = (32u << 20) >> (cls + BUFPOOL_MIN_SHIFT);
+  return n < 2 ? 2 : n > 128 ? 128 : n;
+}
+
+void *
+bufpool_get (struct worker *w, size_t size, unsigned *cls)
+{
+  unsigned c = 0;
+
+  while (c < BUFPOOL_CLASSES - 1 && ((size_t) 1 << (c + BUFPOOL_MIN_SHIFT)) < size)
+    c++;
+  if (((size_t) 1 << (c + BUFPOOL_MIN_SHIFT)) < size)
+    return NULL;
+  *cls = c;
+  if (w->pool.nfree[c] > 0)
+    return w->pool.free[c][--w->pool.nfree[c]];
+  return aligned_alloc (4096, (size_t) 1 << (c + BUFPOOL_MIN_SHIFT));
+}
+
+void
+bufpool_put (struct worker *w, void *buf, unsigned cls)
+{
+  if (buf == NULL)
+    return;
+  if (w->pool.free[cls] == NULL)
+    w->pool.free[cls] = calloc (pool_keep (cls), sizeof (void *));
+  if (w->pool.free[cls] && w->pool.nfree[cls] < pool_keep (cls))
+    w->pool.free[cls][w->pool.nfree[cls]++] = buf;
+  else
+    free (buf);
+}
+
+static void
+pool_destroy (struct worker *w)
+{
+  for (unsigned c = 0; c < BUFPOOL_CLASSES; c++) {
+    for (unsigned i = 0; i < w->pool.nfree[c]; i++)
+      free (w->pool.free[c][i]);
+    free (w->pool.free[c]);
+    w->pool.free[c] = NULL;
+    w->pool.nfree[c] = 0;
+  }
+}
+
+/* ---- ring helpers ----------------------------------------------------- */
+
+struct io_uring_sqe *
+worker_get_sqe (struct worker *w)
+{
+  struct io_uring_sqe *sqe;
+
+  while ((sqe = io_uring_get_sqe (&w->ring)) == NULL) {
+    int r = io_uring_submit (&w->ring);
+    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+      log_error ("worker %u: io_uring_submit: %s", w->idx, strerror (-r));
+      abort ();
+    }
+  }
+  io_uring_sqe_set_data64 (sqe, 0);
+  return sqe;
+}
+
+static void
+arm_wake (struct worker *w)
+{
+  struct io_uring_sqe *sqe = worker_get_sqe (w);
+
+  io_uring_prep_read (sqe, w->efd, &w->efd_val, sizeof w->efd_val, 0);
+  io_uring_sqe_set_data (sqe, &w->wake_op);
+}
+
+/* Pick up handed-over connections and notice shutdown. */
+static void
+wake (struct worker *w)
+{
+  struct conn **list;
+  size_t n;
+
+  {
+    LOCK_FOR_SCOPE (&w->lock);
+    list = w->handoff;
+    n = w->nr_handoff;
+    w->handoff = NULL;
+    w->nr_handoff = w->cap_handoff = 0;
+  }
+
+  for (size_t i = 0; i < n; i++)
+    request_conn_start (w, list[i]);
+  free (list);
+
+  if (atomic_load (&w->stop) && !w->stopping) {
+    w->stopping = true;
+    w->stop_time = now_ns ();
+    request_stop_all (w);
+  }
+}
+
+static void *
+worker_thread (void *arg)
+{
+  struct worker *w = arg;
+
+  if (w->ring_disabled) {
+    /* With IORING_SETUP_SINGLE_ISSUER the task that enables the ring
+     * becomes its only submitter: this thread.  (liburing 2.3's shared
+     * library does not export io_uring_enable_rings, hence the raw
+     * register call.) */
+    int r = io_uring_register (w->ring.ring_fd,
+                               IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+    if (r < 0) {
+      log_error ("worker %u: io_uring_enable_rings: %s", w->idx,
+                 strerror (-r));
+      abort ();
+    }
+  }
+  arm_wake (w);
+
+  for (;;) {
+    struct io_uring_cqe *cqe;
+    unsigned head, seen = 0;
+    bool woke = false;
+
+    if (w->stopping && w->conns == NULL) {
+      /* Connections handed over after shutdown started are closed by
+       * wake(); only leave once none can arrive unseen. */
+      LOCK_FOR_SCOPE (&w->lock);
+      if (w->nr_handoff == 0)
+        break;
+    }
+
+    int r;
+    if (!w->stopping)
+      r = io_uring_submit_and_wait (&w->ring, 1);
+    else {
+      struct __kernel_timespec ts = { .tv_sec = 1 };
+      struct io_uring_cqe *unused;
+
+      if (!w->killed && now_ns () - w->stop_time > SHUTDOWN_GRACE_NS) {
+        w->killed = true;
+        request_kill_all (w);
+        request_service (w);
+      }
+      r = io_uring_submit_and_wait_timeout (&w->ring, &unused, 1, &ts, NULL);
+    }
+    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
+      log_error ("worker %u: io_uring_submit_and_wait: %s", w->idx,
+                 strerror (-r));
+      abort ();
+    }
+
+    io_uring_for_each_cqe (&w->ring, head, cqe) {
+      struct uring_op *op = io_uring_cqe_get_data (cqe);
+      int res = cqe->res;
+
+      seen++;
+      if (op == NULL)
+        continue;
+      if (op->kind == OP_WAKE) {
+        if (res < 0 && res != -EINTR && res != -EAGAIN)
+          log_error ("worker %u: eventfd read: %s", w->idx, strerror (-res));
+        woke = true;
+        arm_wake (w);
+      }
+      else
+        request_complete (w, op, res);
+    }
+    io_uring_cq_advance (&w->ring, seen);
+
+    if (woke)
+      wake (w);
+    request_service (w);
+  }
+
+  request_worker_cleanup (w);
+  pool_destroy (w);
+  return NULL;
+}
+
+/* ---- public ----------------------------------------------------------- */
+
+static int
+ring_init (struct worker *w)
+{
+  struct io_uring_params p;
+  int r;
+
+  /* SINGLE_ISSUER + DEFER_TASKRUN: completions are run only when this
+   * worker enters the kernel to wait, which it does once per iteration
+   * anyway, saving the task-work interruptions. */
+  memset (&p, 0, sizeof p);
+  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER
+    | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
+  p.cq_entries = RING_CQ_ENTRIES;
+  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring, &p);
+  if (r == 0) {
+    w->ring_disabled = true;
+    return 0;
+  }
+
+  /* Older kernels: plain ring. */
+  memset (&p, 0, sizeof p);
+  p.flags = IORING_SETUP_CQSIZE;
+  p.cq_entries = RING_CQ_ENTRIES;
+  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring, &p);
+  w->ring_disabled = false;
+  return r;
+}
+
+int
+workers_start (const struct export *exp, unsigned n)
+{
+  size_t nfiles = qcow2_file_count (exp->img);
+
+  if (n == 0)
+    n = 1;
+  workers = calloc (n, sizeof *workers);
+  if (workers == NULL) {
+    log_error ("workers: %m");
+    return -1;
+  }
+
+  for (unsigned i = 0; i < n; i++) {
+    struct worker *w = &workers[i];
+    int r;
+
+    w->idx = i;
+    w->exp = exp;
+    w->wake_op.kind = OP_WAKE;
+    pthread_mutex_init (&w->lock, NULL);
+
+    w->fds = calloc (nfiles ? nfiles : 1, sizeof *w->fds);
+    if (w->fds == NULL) {
+      log_error ("worker %u: %m", i);
+      return -1;
+    }
+    for (size_t f = 0; f < nfiles; f++) {
+      int fd = qcow2_file_fd (exp->img, f);
+      if (fd < 0 || (w->fds[f] = fcntl (fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        log_error ("worker %u: dup of %s: %m", i,
+                   qcow2_file_name (exp->img, f));
+        return -1;
+      }
+      w->nr_fds++;
+    }
+
+    w->efd = eventfd (0, EFD_CLOEXEC);
+    if (w->efd < 0) {
+      log_error ("worker %u: eventfd: %m", i);
+      return -1;
+    }
+    r = ring_init (w);
+    if (r < 0) {
+      log_error ("worker %u: io_uring_queue_init: %s", i, strerror (-r));
+      return -1;
+    }
+    r = pthread_create (&w->thread, NULL, worker_thread, w);
+    if (r != 0) {
+      log_error ("worker %u: pthread_create: %s", i, strerror (r));
+      io_uring_queue_exit (&w->ring);
+      return -1;
+    }
+    nr_workers++;
+  }
+  return 0;
+}
+
+static void
+kick (struct worker *w)
+{
+  uint64_t one = 1;
+
+  /* An eventfd write fails only if the counter would overflow, which
+   * means the worker has a wake-up pending anyway. */
+  if (write (w->efd, &one, sizeof one) != sizeof one && errno != EAGAIN)
+    log_error ("worker %u: eventfd write: %m", w->idx);
+}
+
+void
+workers_add_conn (struct conn *conn)
+{
+  struct worker *w = NULL;
+  int flags;
+
+  flags = fcntl (conn->fd, F_GETFL);
+  if (flags == -1 || fcntl (conn->fd, F_SETFL, flags | O_NONBLOCK) == -1) {
+    log_error ("%s: O_NONBLOCK: %m", conn->peer);
+    conn_free (conn);
+    listener_conn_closed ();
+    return;
+  }
+
+  for (unsigned i = 0; i < nr_workers; i++)
+    if (w == NULL
+        || atomic_load (&workers[i].nr_conns) < atomic_load (&w->nr_conns))
+      w = &workers[i];
+  if (w == NULL) {
+    conn_free (conn);
+    listener_conn_closed ();
+    return;
+  }
+
+  {
+    LOCK_FOR_SCOPE (&w->lock);
+    if (w->nr_handoff == w->cap_handoff) {
+      size_t cap = w->cap_handoff ? 2 * w->cap_handoff : 8;
+      struct conn **p = realloc (w->handoff, cap * sizeof *p);
+      if (p == NULL) {
+        log_error ("%s: %m", conn->peer);
+        conn_free (conn);
+        listener_conn_closed ();
+        return;
+      }
+      w->handoff = p;
+      w->cap_handoff = cap;
+    }
+    w->handoff[w->nr_handoff++] = conn;
+    atomic_fetch_add (&w->nr_conns, 1);
+  }
+  kick (w);
+}
+
+void
+workers_shutdown (void)
+{
+  for (unsigned i = 0; i < nr_workers; i++) {
+    atomic_store (&workers[i].stop, true);
+    kick (&workers[i]);
+  }
+  for (unsigned i = 0; i < nr_workers; i++) {
+    struct worker *w = &workers[i];
+
+    pthread_join (w->thread, NULL);
+    io_uring_queue_exit (&w->ring);
+    close (w->efd);
+    for (size_t f = 0; f < w->nr_fds; f++)
+      close (w->fds[f]);
+    free (w->fds);
+    free (w->handoff);
+    pthread_mutex_destroy (&w->lock);
+  }
+  free (workers);
+  workers = NULL;
+  nr_workers = 0;
+}

@@ -1,0 +1,21 @@
+# SPDX-License-Identifier: MIT
+# Functional tests: start the real qcow2-nbd server and talk to it with
+# real clients (qemu-img, qemu-io, nbdinfo, nbdcopy, nbdsh, nbd-client,
+# fio) and with raw sockets.  Included from tests/Makefile.am.
+
+FUNCTIONAL_TESTS = \
+	test-matrix.sh \
+	test-clients.sh \
+	test-protocol-abuse.sh \
+	test-lifecycle.sh \
+	$(NULL)
+
+TESTS += $(FUNCTIONAL_TESTS)
+check_SCRIPTS += $(FUNCTIONAL_TESTS)
+EXTRA_DIST += \
+	$(FUNCTIONAL_TESTS) \
+	compare-map.py \
+	client-checks.py \
+	abuse.py \
+	socket-activate.py \
+	$(NULL)

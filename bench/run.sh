@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
+# qcow2-nbd against qemu-nbd, side by side in one run.
+#
+# Runs the same fio jobs (nbd engine) against qcow2-nbd, qemu-nbd (its
+# default aio and --aio=io_uring) and, for reads, nbdkit's null plugin (the
+# ceiling of the protocol and of fio on this machine), one server after the
+# other, and prints a table of IOPS or MiB/s, the ratio to the better
+# qemu-nbd, and each server's CPU time per request (from /proc).  Also
+# peak RSS while serving a 1 TiB image and the time from start to
+# accepting connections.  Ratios, not absolute numbers, are what carry
+# from one machine to another.
+#
+#   make bench                     (from the top of the build tree)
+#   BENCH_SIZE=512M BENCH_RUNTIME=5 bench/run.sh    (a quicker run)
+#
+# Needs: qemu-img, qemu-io, qemu-nbd, fio (nbd engine), nbdkit, python3
+# with libnbd bindings (/usr/bin/python3).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+builddir=${abs_top_builddir:-$(cd "$here/.." && pwd)}
+server=$builddir/server/qcow2-nbd
+size=${BENCH_SIZE:-2G}
+runtime=${BENCH_RUNTIME:-10}
+workdir=${BENCH_DIR:-$builddir/bench/fixtures}
+out=${BENCH_OUT:-$builddir/bench/results}
+py=/usr/bin/python3
+port=${BENCH_PORT:-10899}
+
+for t in qemu-img qemu-io qemu-nbd fio nbdkit "$py"; do
+    command -v "$t" >/dev/null || { echo "bench: $t is missing" >&2; exit 1; }
+done
+[ -x "$server" ] || { echo "bench: build first ($server missing)" >&2; exit 1; }
+mkdir -p "$workdir" "$out"
+
+"$py" "$here/fixtures.py" "$workdir" "$size"
+
+pid=
+stop ()
+{
+    if [ -n "$pid" ]; then
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        pid=
+    fi
+}
+trap stop EXIT
+
+wait_port ()
+{
+    local i
+    for i in $(seq 1 500); do
+        if "$py" -c "import socket,sys; s=socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.01
+    done
+    echo "bench: server did not start" >&2
+    return 1
+}
+
+# start NAME IMAGE: start server NAME on IMAGE, set $pid.
+start ()
+{
+    local name=$1 img=$2
+    case "$name" in
+        qcow2-nbd) "$server" serve "$img" --read-only -p "$port" -b 127.0.0.1 2>>"$out/server.log" & ;;
+        qemu-nbd) qemu-nbd -f qcow2 -r -t -e 16 -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
+        qemu-nbd-uring) qemu-nbd -f qcow2 -r -t -e 16 --aio=io_uring -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
+        nbdkit-null) nbdkit -f -p "$port" -i 127.0.0.1 null "size=$(stat -c %s "$workdir/full.raw")" 2>>"$out/server.log" & ;;
+    esac
+    pid=$!
+    wait_port
+}
+
+cpu_ticks ()
+{
+    awk '{print $14 + $15}' "/proc/$pid/stat"
+}
+
+# job NAME IMAGE-KEY FIO-ARGS...: run one workload against every server.
+results=$out/results.tsv
+: > "$results"
+job ()
+{
+    local name=$1 key=$2; shift 2
+    local servers="qcow2-nbd qemu-nbd qemu-nbd-uring"
+    case "$name" in *read*) servers="$servers nbdkit-null" ;; esac
+    local s
+    for s in $servers; do
+        [ "$s" = nbdkit-null ] && [ "$key" != full ] && continue
+        start "$s" "$workdir/$key.qcow2"
+        local t0 t1
+        t0=$(cpu_ticks)
+        fio --output-format=json --output="$out/$name.$s.json" \
+            --name="$name" --ioengine=nbd --uri="nbd://127.0.0.1:$port" \
+            --time_based --runtime="$runtime" --ramp_time=1 --group_reporting \
+            "$@" >/dev/null
+        t1=$(cpu_ticks)
+        stop
+        "$py" "$here/report.py" record "$results" "$name" "$s" \
+            "$out/$name.$s.json" "$((t1 - t0))" "$(getconf CLK_TCK)"
+    done
+}
+
+echo "bench: running (each job ${runtime}s per server) ..." >&2
+job randread-4k-qd1     full --rw=randread --bs=4k --iodepth=1
+job randread-4k-qd32    full --rw=randread --bs=4k --iodepth=32
+job randread-4k-4conn   full --rw=randread --bs=4k --iodepth=8 --numjobs=4
+job seqread-1m          full --rw=read --bs=1M --iodepth=8
+job frag-randread-64k   frag --rw=randread --bs=64k --iodepth=16
+job frag-seqread-1m     frag --rw=read --bs=1M --iodepth=8
+job zstd-randread-4k    zstd --rw=randread --bs=4k --iodepth=32
+job zstd-seqread-1m     zstd --rw=read --bs=1M --iodepth=8
+job zlib-randread-4k    zlib --rw=randread --bs=4k --iodepth=32
+job overlay-randread-4k overlay --rw=randread --bs=4k --iodepth=32
+
+# Memory: a 1 TiB image with thousands of L2 tables, read across all of them.
+for s in qcow2-nbd qemu-nbd; do
+    start "$s" "$workdir/huge.qcow2"
+    fio --output-format=json --output=/dev/null --name=rss --ioengine=nbd \
+        --uri="nbd://127.0.0.1:$port" --rw=randread --bs=4k --iodepth=16 \
+        --time_based --runtime=5 >/dev/null
+    rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+    stop
+    "$py" "$here/report.py" metric "$results" "peak RSS, 1 TiB image (KiB)" "$s" "$rss"
+done
+
+# Start-up: time from exec to accepting connections.
+for s in qcow2-nbd qemu-nbd; do
+    t0=$(date +%s%N)
+    start "$s" "$workdir/full.qcow2"
+    t1=$(date +%s%N)
+    stop
+    "$py" "$here/report.py" metric "$results" "start to accepting (ms)" "$s" "$(( (t1 - t0) / 1000000 ))"
+done
+
+"$py" "$here/report.py" table "$results" | tee "$out/latest.md"

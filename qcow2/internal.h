@@ -109,6 +109,63 @@ struct qcow2_image {
  * read); an invalid refcount table entry just ends the scan. */
 int refcount_detect_metadata_prealloc (struct qcow2_layer *layer);
 
+/* ---- alloc.c, refcount.c, l1.c, header.c: the allocator --------------
+ * (engineer "qcow2-alloc"; every _locked function is called with
+ * layer->lock held exclusively.  Ordering rules: qcow2/ORDERING.md.) */
+
+/* Allocate between MIN and MAX host clusters, contiguous, in LAYER's
+ * metadata file (refcounts 0 -> 1, in the refcount cache).  Sets *HOST
+ * and *GOT.  Never returns a cluster whose freeing is not yet durable or
+ * that metadata in memory still references.  -ENOSPC, -EIO, -errno. */
+int alloc_clusters_locked (struct qcow2_layer *layer, uint64_t min,
+                           uint64_t max, uint64_t *host, uint64_t *got);
+
+/* Drop one reference to each of the N clusters at HOST.  The decrement
+ * is deferred: it is applied by refcount_flush_done_locked() once the
+ * metadata that dropped the reference is durable. */
+int refcount_release_locked (struct qcow2_layer *layer, uint64_t host,
+                             uint64_t n);
+
+/* Add DELTA (may be negative, applied at once: only for references not
+ * yet visible on disk, e.g. undoing a failed allocation) to the refcount
+ * of each of the N clusters at HOST. */
+int refcount_adjust_locked (struct qcow2_layer *layer, uint64_t host,
+                            uint64_t n, int64_t delta);
+
+/* Current refcount of the cluster at HOST. */
+int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
+                         uint64_t *refcount);
+
+/* Write dirty refcount blocks (and a grown refcount table) to the file,
+ * without syncing. */
+int refcount_writeback_locked (struct qcow2_layer *layer);
+
+/* Called by qcow2_flush after everything up to now is durable: apply the
+ * deferred decrements (the clusters become reusable once those are
+ * written back in turn). */
+int refcount_flush_done_locked (struct qcow2_layer *layer);
+
+/* Make the L1 table hold at least MIN_ENTRIES entries (new table, sync,
+ * switch the header fields, sync, free the old one). */
+int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
+
+/* Write L1 entry INDEX (from layer->l1) to the file, without syncing. */
+int l1_write_entry_locked (struct qcow2_layer *layer, uint32_t index);
+
+/* Writable open and clean close: image lock, autoclear bits, dirty-bit
+ * repair (open), dirty bit cleared after a final flush (close). */
+int header_open_writable (struct qcow2_layer *layer);
+int header_close_writable (struct qcow2_layer *layer);
+/* Mark the image dirty before the first metadata change when
+ * lazy_refcounts is on (no-op otherwise or when already dirty). */
+int header_mark_dirty_locked (struct qcow2_layer *layer);
+
+/* ---- write.c, zero.c, flush.c: the write path ------------------------
+ * (engineer "qcow2-write") */
+
+/* Write back LAYER's dirty L2 slices (cache.c), without syncing. */
+int l2_cache_writeback_locked (struct qcow2_layer *layer);
+
 /* ---- corrupt.c: the one path for corruption found at run time -------- */
 
 /* Log "corruption in LAYER: <message>", mark the image corrupt and return

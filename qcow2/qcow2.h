@@ -41,6 +41,10 @@ struct qcow2_io_ops {
   int (*pwrite) (void *opaque, int fd, const void *buf, size_t len,
                  uint64_t off);
   int (*flush) (void *opaque, int fd);
+  /* Make [off, off+len) read as zeros, with FALLOC_FL_ZERO_RANGE or
+   * FALLOC_FL_PUNCH_HOLE semantics (allocation may go).  May be NULL or
+   * return -ENOTSUP: the library then writes zeros. */
+  int (*zero_range) (void *opaque, int fd, uint64_t off, uint64_t len);
   int (*get_size) (void *opaque, int fd, uint64_t *size);
   /* Bytes the file occupies on its file system (st_blocks * 512).  May be
    * NULL: the file is then taken as fully allocated. */
@@ -62,13 +66,19 @@ typedef void (*qcow2_log_fn) (void *opaque, enum qcow2_log_level level,
                               const char *msg);
 
 struct qcow2_open_opts {
-  bool writable;                   /* open read-write (later issues) */
+  bool writable;                   /* open read-write */
   uint64_t l2_cache_size;          /* bytes per qcow2 layer; 0: default */
   unsigned max_backing_depth;      /* 0: QCOW2_DEFAULT_MAX_BACKING_DEPTH */
   const struct qcow2_io_ops *io;   /* NULL: qcow2_posix_io */
   void *io_opaque;
   qcow2_log_fn log;                /* NULL: messages are dropped */
   void *log_opaque;
+  /* Called, from any thread and with no library lock held, when an
+   * in-flight allocation that made a call return QCOW2_BLOCKED has ended:
+   * the caller should retry its blocked calls.  May be NULL (then use
+   * QCOW2_WAIT). */
+  void (*wakeup) (void *opaque);
+  void *wakeup_opaque;
 };
 
 #define QCOW2_DEFAULT_L2_CACHE_SIZE (4u << 20)
@@ -169,11 +179,117 @@ uint32_t qcow2_layer_cluster_size (const struct qcow2_layer *layer);
 int qcow2_decompress (const struct qcow2_layer *layer, const void *in,
                       size_t in_len, void *out);
 
+/* ---- Writing (write.c, zero.c, flush.c) --------------------------------
+ *
+ * A guest write is split in two around the caller's own data I/O:
+ * qcow2_write_begin() finds or allocates the clusters (under the lock,
+ * short), registers an in-flight allocation record for the range, reads
+ * what copy-on-write needs, and returns the host writes to perform;
+ * the caller performs them (through its ring, in parallel); then
+ * qcow2_write_end() links the new L2 entries under the lock and drops the
+ * record.  No data I/O is done under the metadata lock.
+ *
+ * Calls that would have to wait for an overlapping in-flight allocation
+ * return QCOW2_BLOCKED without doing anything unless QCOW2_WAIT is given:
+ * an event-loop caller must not sleep on an allocation its own loop has
+ * to complete.  It retries after the wakeup callback (qcow2_open_opts). */
+
+#define QCOW2_BLOCKED 1
+
+/* Flags of the write, zero and discard calls. */
+#define QCOW2_WAIT       (1u << 0)   /* sleep instead of QCOW2_BLOCKED */
+#define QCOW2_MAY_UNMAP  (1u << 1)   /* zero: may deallocate (no NO_HOLE) */
+#define QCOW2_FAST_ZERO  (1u << 2)   /* zero: -ENOTSUP rather than writing
+                                      * zeros to the data clusters */
+
+enum qcow2_seg_source {
+  QCOW2_SEG_GUEST,      /* the caller's data, from src_offset */
+  QCOW2_SEG_BUFFER,     /* 'buf' (copy-on-write data read by the library) */
+  QCOW2_SEG_ZERO,       /* zeros: zero_range or written zeros */
+};
+
+/* One host write.  Segments come in host order; consecutive segments of
+ * one file with adjacent host ranges form one run the caller should issue
+ * as a single vectored write. */
+struct qcow2_seg {
+  unsigned file;                /* index into the file table */
+  uint64_t host_offset;
+  uint64_t length;
+  enum qcow2_seg_source source;
+  uint64_t src_offset;          /* GUEST: offset into the caller's data */
+  const void *buf;              /* BUFFER: owned by the write handle */
+};
+
+struct qcow2_write;             /* a write between begin and end */
+
+/* Begin writing [offset, offset+length) (inside the virtual size, else
+ * -EINVAL; at most 32 MiB).  On success sets *WP and the segments to
+ * write (valid until qcow2_write_end) and returns 0.  Returns
+ * QCOW2_BLOCKED (see above), -EROFS on a read-only image, -ENOSPC when
+ * the host cannot grow, -EIO on corruption, -errno otherwise. */
+int qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
+                       uint64_t length, unsigned flags,
+                       struct qcow2_write **wp,
+                       const struct qcow2_seg **segs, size_t *nsegs);
+
+/* End a write.  RESULT is 0 when every segment was written, else the
+ * -errno of the failure: the allocation is then undone (the guest range
+ * keeps its old contents or reads as before).  Frees W.  Returns 0 or
+ * -errno (the guest range's state is then as after a failed write). */
+int qcow2_write_end (struct qcow2_write *w, int result);
+
+/* Make [offset, offset+length) read as zeros.  With QCOW2_MAY_UNMAP,
+ * whole clusters may be deallocated (zero flag, or unallocated where no
+ * backing file shows through); without it the allocation is kept.  With
+ * QCOW2_FAST_ZERO, returns -ENOTSUP at once (nothing changed) if it would
+ * have to write zeros into data clusters.  Partial clusters are zeroed in
+ * place.  Returns 0, QCOW2_BLOCKED, or -errno. */
+int qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+                unsigned flags);
+
+/* Discard [offset, offset+length): whole clusters are deallocated (or
+ * given the zero flag where a backing file would otherwise show through;
+ * on v2 images, which have no zero flag, a no-op there, as in QEMU);
+ * partial clusters are left alone.  Returns 0, QCOW2_BLOCKED, or
+ * -errno. */
+int qcow2_discard (struct qcow2_image *img, uint64_t offset,
+                   uint64_t length, unsigned flags);
+
+/* Make every write that has ended (qcow2_write_end, zero, discard) and
+ * the metadata that reaches it durable, in the order qcow2/ORDERING.md
+ * rules: refcounts, then data and L2/L1, then deferred frees.  Covers
+ * writes made through every thread.  Returns 0 or -errno. */
+int qcow2_flush (struct qcow2_image *img);
+
+/* ---- Creating images (create.c) ---------------------------------------- */
+
+struct qcow2_create_opts {
+  uint64_t size;                /* virtual size, bytes */
+  unsigned version;             /* 2 or 3; 0: 3 */
+  uint32_t cluster_size;        /* 0: 65536 */
+  uint32_t refcount_bits;       /* 1..64, power of two; 0: 16 */
+  const char *backing_file;     /* NULL: none */
+  const char *backing_format;   /* "qcow2" or "raw"; required with backing */
+  const char *compression_type; /* NULL, "zlib" or "zstd" */
+  bool extended_l2;
+  bool lazy_refcounts;
+};
+
+/* Create a new image at PATH (which must not exist).  Returns 0 or -errno
+ * after logging why. */
+int qcow2_create (const char *path, const struct qcow2_create_opts *opts,
+                  qcow2_log_fn log, void *log_opaque);
+
 /* ---- Synchronous convenience layer (sync.c) ---------------------------- */
 
 /* Read [offset, offset+len) of the guest through qcow2_map and the io
  * ops.  For the nbdkit plugin, the tests and the fuzzers. */
 int qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
                  uint64_t offset);
+
+/* Write, zero or discard through qcow2_write_begin/end with QCOW2_WAIT
+ * and the io ops; with FUA, flush afterwards. */
+int qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
+                  uint64_t offset, bool fua);
 
 #endif /* QCOW2_QCOW2_H */

@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 
 import nbd
 
@@ -60,14 +61,15 @@ if not have("stamp") or open("stamp").read() != stamp:
     run("qemu-img", "create", "-f", "qcow2", "frag.qcow2", str(size))
     sock = os.path.abspath("frag.sock")
     p = subprocess.Popen(["qemu-nbd", "-f", "qcow2", "-k", sock, "frag.qcow2"])
-    h = nbd.NBD()
-    for _ in range(100):
+    for _ in range(200):
+        h = nbd.NBD()   # a failed connect leaves a handle dead: use a new one
         try:
             h.connect_unix(sock)
             break
         except nbd.Error:
-            import time
             time.sleep(0.05)
+    else:
+        sys.exit("bench: qemu-nbd did not start for frag.qcow2")
     order = list(range(size // 65536))
     rnd.shuffle(order)
     with open("full.raw", "rb") as f:

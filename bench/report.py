@@ -7,6 +7,9 @@ import platform
 import sys
 
 SERVERS = ["qcow2-nbd", "qemu-nbd", "qemu-nbd-uring", "nbdkit-null"]
+# TLS jobs run qcow2-nbd-tls and qemu-nbd-tls; they are shown in the
+# qcow2-nbd and qemu-nbd columns.
+TLS_ALIASES = {"qcow2-nbd-tls": "qcow2-nbd", "qemu-nbd-tls": "qemu-nbd"}
 
 
 def record(path, job, server, fio_json, ticks, clk_tck):
@@ -22,6 +25,16 @@ def record(path, job, server, fio_json, ticks, clk_tck):
         f.write(f"job\t{job}\t{server}\t{iops:.0f}\t{bw:.1f}\t{cpu_us:.1f}\n")
 
 
+def record_copy(path, job, server, nbytes, ns, ticks, clk_tck):
+    """An nbdcopy run of NBYTES in 1 MiB requests taking NS nanoseconds."""
+    secs = int(ns) / 1e9
+    reqs = int(nbytes) / (1 << 20)
+    cpu_us = int(ticks) / int(clk_tck) * 1e6 / reqs if reqs else 0
+    bw = int(nbytes) / (1 << 20) / secs
+    with open(path, "a") as f:
+        f.write(f"job\t{job}\t{server}\t{reqs / secs:.0f}\t{bw:.1f}\t{cpu_us:.1f}\n")
+
+
 def metric(path, name, server, value):
     with open(path, "a") as f:
         f.write(f"metric\t{name}\t{server}\t{value}\n")
@@ -31,6 +44,8 @@ def table(path):
     jobs, metrics = {}, {}
     for line in open(path):
         kind, name, server, *vals = line.rstrip("\n").split("\t")
+        if kind == "job":
+            server = TLS_ALIASES.get(server, server)
         (jobs if kind == "job" else metrics).setdefault(name, {})[server] = vals
     cpu = "unknown CPU"
     for line in open("/proc/cpuinfo"):
@@ -74,6 +89,8 @@ if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "record":
         record(*sys.argv[2:])
+    elif cmd == "record-copy":
+        record_copy(*sys.argv[2:])
     elif cmd == "metric":
         metric(*sys.argv[2:])
     elif cmd == "table":

@@ -36,6 +36,23 @@ mkdir -p "$workdir" "$out"
 
 "$py" "$here/fixtures.py" "$workdir" "$size"
 
+# X.509 credentials for the TLS runs (server and client directories).
+tlsdir=$workdir/tls
+if [ ! -f "$tlsdir/client/ca-cert.pem" ]; then
+    mkdir -p "$tlsdir/server" "$tlsdir/client"
+    (
+        cd "$tlsdir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=bench CA" \
+            -keyout ca-key.pem -out ca-cert.pem
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+            -keyout server/server-key.pem -out server.csr
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' > san.cnf
+        openssl x509 -req -in server.csr -CA ca-cert.pem -CAkey ca-key.pem \
+            -CAcreateserial -days 3650 -extfile san.cnf -out server/server-cert.pem
+        cp ca-cert.pem server/ && cp ca-cert.pem client/
+    ) >/dev/null 2>&1
+fi
+
 pid=
 stop ()
 {
@@ -60,14 +77,23 @@ wait_port ()
     return 1
 }
 
-# start NAME IMAGE: start server NAME on IMAGE, set $pid.
+# start NAME IMAGE: start server NAME on IMAGE, set $pid and $uri.
 start ()
 {
     local name=$1 img=$2
+    uri="nbd://127.0.0.1:$port"
+    case "$name" in
+        *-tls) uri="nbds://localhost:$port/?tls-certificates=$tlsdir/client" ;;
+    esac
     case "$name" in
         qcow2-nbd) "$server" serve "$img" --read-only -p "$port" -b 127.0.0.1 2>>"$out/server.log" & ;;
         qemu-nbd) qemu-nbd -f qcow2 -r -t -e 16 -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
         qemu-nbd-uring) qemu-nbd -f qcow2 -r -t -e 16 --aio=io_uring -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
+        qcow2-nbd-tls) "$server" serve "$img" --read-only -p "$port" -b 127.0.0.1 \
+                           --tls-certs "$tlsdir/server" 2>>"$out/server.log" & ;;
+        qemu-nbd-tls) qemu-nbd -f qcow2 -r -t -e 16 -p "$port" -b 127.0.0.1 \
+                          --object "tls-creds-x509,id=tls0,endpoint=server,verify-peer=off,dir=$tlsdir/server" \
+                          --tls-creds tls0 "$img" 2>>"$out/server.log" & ;;
         nbdkit-null) nbdkit -f -p "$port" -i 127.0.0.1 null "size=$(stat -c %s "$workdir/full.raw")" 2>>"$out/server.log" & ;;
     esac
     pid=$!
@@ -86,7 +112,10 @@ job ()
 {
     local name=$1 key=$2; shift 2
     local servers="qcow2-nbd qemu-nbd qemu-nbd-uring"
-    case "$name" in *read*) servers="$servers nbdkit-null" ;; esac
+    case "$name" in
+        *-tls) servers="qcow2-nbd-tls qemu-nbd-tls" ;;
+        *read*) servers="$servers nbdkit-null" ;;
+    esac
     local s
     for s in $servers; do
         [ "$s" = nbdkit-null ] && [ "$key" != full ] && continue
@@ -94,7 +123,7 @@ job ()
         local t0 t1
         t0=$(cpu_ticks)
         fio --output-format=json --output="$out/$name.$s.json" \
-            --name="$name" --ioengine=nbd --uri="nbd://127.0.0.1:$port" \
+            --name="$name" --ioengine=nbd --uri="$uri" \
             --time_based --runtime="$runtime" --ramp_time=1 --group_reporting \
             "$@" >/dev/null
         t1=$(cpu_ticks)
@@ -115,6 +144,30 @@ job zstd-randread-4k    zstd --rw=randread --bs=4k --iodepth=32
 job zstd-seqread-1m     zstd --rw=read --bs=1M --iodepth=8
 job zlib-randread-4k    zlib --rw=randread --bs=4k --iodepth=32
 job overlay-randread-4k overlay --rw=randread --bs=4k --iodepth=32
+
+# TLS: fio's nbd engine refuses tls-certificates= in URIs (libnbd keeps
+# local file access off unless the program allows it), so TLS throughput
+# is measured with nbdcopy, with the plaintext figure beside it.
+copy_job ()
+{
+    local name=$1 key=$2 s
+    shift 2
+    for s in "$@"; do
+        start "$s" "$workdir/$key.qcow2"
+        local t0 t1 ns0 ns1 bytes
+        bytes=$(stat -c %s "$workdir/full.raw")
+        t0=$(cpu_ticks)
+        ns0=$(date +%s%N)
+        nbdcopy --request-size=1048576 --connections=1 --requests=8 "$uri" null:
+        ns1=$(date +%s%N)
+        t1=$(cpu_ticks)
+        stop
+        "$py" "$here/report.py" record-copy "$results" "$name" "$s" "$bytes" \
+            "$((ns1 - ns0))" "$((t1 - t0))" "$(getconf CLK_TCK)"
+    done
+}
+copy_job copy-1m-plain full qcow2-nbd qemu-nbd
+copy_job copy-1m-tls   full qcow2-nbd-tls qemu-nbd-tls
 
 # Memory: a 1 TiB image with thousands of L2 tables, read across all of them.
 for s in qcow2-nbd qemu-nbd; do

@@ -1,11 +1,16 @@
 /* SPDX-License-Identifier: MIT */
-/* nbdkit-qcow2nbd-plugin: the qcow2 core behind nbdkit, read-only for
- * now.  A thin adapter: one image opened with qcow2_open when nbdkit is
- * ready, shared by every connection (the library is thread safe, so the
- * thread model is parallel), reads through qcow2_pread, block status
- * through qcow2_map.  Library messages go to nbdkit_error/nbdkit_debug.
+/* nbdkit-qcow2nbd-plugin: the qcow2 core behind nbdkit.  A thin
+ * adapter: one image opened with qcow2_open when nbdkit is ready, shared
+ * by every connection (the library is thread safe, so the thread model is
+ * parallel), reads through qcow2_pread, writes through qcow2_pwrite,
+ * WRITE_ZEROES through qcow2_zero, TRIM through qcow2_discard, FLUSH and
+ * FUA through qcow2_flush (which covers every connection, so multi-conn
+ * is honest), block status through qcow2_map.  The image is opened
+ * read-write unless readonly=true (nbdkit -r alone still opens it
+ * read-write but never writes).  Library messages go to
+ * nbdkit_error/nbdkit_debug.
  *
- *   nbdkit qcow2nbd file=IMAGE [l2-cache-size=SIZE] */
+ *   nbdkit qcow2nbd file=IMAGE [l2-cache-size=SIZE] [readonly=true] */
 
 #include <config.h>
 
@@ -25,6 +30,7 @@
 
 static char *filename;
 static uint64_t l2_cache_size;
+static bool ro_option;            /* readonly=true */
 static struct qcow2_image *image;
 
 static void
@@ -60,6 +66,13 @@ qcow2nbd_config (const char *key, const char *value)
     if (filename == NULL)
       return -1;
   }
+  else if (strcmp (key, "readonly") == 0) {
+    int r = nbdkit_parse_bool (value);
+
+    if (r < 0)
+      return -1;
+    ro_option = r;
+  }
   else if (strcmp (key, "l2-cache-size") == 0) {
     int64_t r = nbdkit_parse_size (value);
 
@@ -90,7 +103,7 @@ static int
 qcow2nbd_get_ready (void)
 {
   struct qcow2_open_opts opts = {
-    .writable = false, .l2_cache_size = l2_cache_size, .log = log_cb,
+    .writable = !ro_option, .l2_cache_size = l2_cache_size, .log = log_cb,
   };
   int r = qcow2_open (filename, &opts, &image);
 
@@ -117,7 +130,41 @@ qcow2nbd_get_size (void *handle)
 static int
 qcow2nbd_can_write (void *handle)
 {
-  return 0;
+  return !ro_option;
+}
+
+static int
+qcow2nbd_can_flush (void *handle)
+{
+  return !ro_option;
+}
+
+/* qcow2_flush after the write: the data and the metadata reaching it. */
+static int
+qcow2nbd_can_fua (void *handle)
+{
+  return ro_option ? NBDKIT_FUA_NONE : NBDKIT_FUA_NATIVE;
+}
+
+/* Zero flags, preallocated zero clusters and subcluster bits: zeroing
+ * is native, and fast where it needs no data written (qcow2_zero fails
+ * with ENOTSUP otherwise). */
+static int
+qcow2nbd_can_zero (void *handle)
+{
+  return !ro_option;
+}
+
+static int
+qcow2nbd_can_fast_zero (void *handle)
+{
+  return !ro_option;
+}
+
+static int
+qcow2nbd_can_trim (void *handle)
+{
+  return !ro_option;
 }
 
 static int
@@ -145,6 +192,68 @@ qcow2nbd_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
     return -1;
   }
   return 0;
+}
+
+/* Report a failed call: its errno to the client, a message to the log
+ * (but not for a FAST_ZERO refusal, which is an answer, not an error). */
+static int
+failed (int r, const char *what, uint32_t count, uint64_t offset)
+{
+  nbdkit_set_error (-r);
+  if (r != -ENOTSUP)
+    nbdkit_error ("%s [%" PRIu64 ", +%" PRIu32 "): %s", what, offset, count,
+                  strerror (-r));
+  return -1;
+}
+
+static int
+after_write (void *handle, int r, const char *what, uint32_t count,
+             uint64_t offset, uint32_t flags)
+{
+  if (r == 0 && (flags & NBDKIT_FLAG_FUA))
+    r = qcow2_flush (handle);
+  return r < 0 ? failed (r, what, count, offset) : 0;
+}
+
+static int
+qcow2nbd_pwrite (void *handle, const void *buf, uint32_t count,
+                 uint64_t offset, uint32_t flags)
+{
+  int r = qcow2_pwrite (handle, buf, count, offset, false);
+
+  return after_write (handle, r, "write", count, offset, flags);
+}
+
+static int
+qcow2nbd_zero (void *handle, uint32_t count, uint64_t offset,
+               uint32_t flags)
+{
+  unsigned qflags = QCOW2_WAIT;
+  int r;
+
+  if (flags & NBDKIT_FLAG_MAY_TRIM)
+    qflags |= QCOW2_MAY_UNMAP;
+  if (flags & NBDKIT_FLAG_FAST_ZERO)
+    qflags |= QCOW2_FAST_ZERO;
+  r = qcow2_zero (handle, offset, count, qflags);
+  return after_write (handle, r, "zero", count, offset, flags);
+}
+
+static int
+qcow2nbd_trim (void *handle, uint32_t count, uint64_t offset,
+               uint32_t flags)
+{
+  int r = qcow2_discard (handle, offset, count, QCOW2_WAIT);
+
+  return after_write (handle, r, "trim", count, offset, flags);
+}
+
+static int
+qcow2nbd_flush (void *handle, uint32_t flags)
+{
+  int r = qcow2_flush (handle);
+
+  return r < 0 ? failed (r, "flush", 0, 0) : 0;
 }
 
 static int
@@ -187,10 +296,11 @@ static struct nbdkit_plugin plugin = {
   .name = "qcow2nbd",
   .longname = "qcow2-nbd QCOW2 plugin",
   .version = PACKAGE_VERSION,
-  .description = "Export a QCOW2 image (and its backing chain) read-only",
+  .description = "Export a QCOW2 image (and its backing chain)",
   .config_help =
     "file=<IMAGE>        (required) The qcow2 image to serve.\n"
-    "l2-cache-size=<SIZE>  L2 cache per qcow2 layer (default 4M).",
+    "l2-cache-size=<SIZE>  L2 cache per qcow2 layer (default 4M).\n"
+    "readonly=true       Open the image read-only.",
   .magic_config_key = "file",
   .unload = qcow2nbd_unload,
   .config = qcow2nbd_config,
@@ -199,9 +309,18 @@ static struct nbdkit_plugin plugin = {
   .open = qcow2nbd_open,
   .get_size = qcow2nbd_get_size,
   .can_write = qcow2nbd_can_write,
+  .can_flush = qcow2nbd_can_flush,
+  .can_fua = qcow2nbd_can_fua,
+  .can_zero = qcow2nbd_can_zero,
+  .can_fast_zero = qcow2nbd_can_fast_zero,
+  .can_trim = qcow2nbd_can_trim,
   .can_multi_conn = qcow2nbd_can_multi_conn,
   .can_extents = qcow2nbd_can_extents,
   .pread = qcow2nbd_pread,
+  .pwrite = qcow2nbd_pwrite,
+  .zero = qcow2nbd_zero,
+  .trim = qcow2nbd_trim,
+  .flush = qcow2nbd_flush,
   .extents = qcow2nbd_extents,
   .errno_is_preserved = 0,
 };

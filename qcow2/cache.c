@@ -18,7 +18,14 @@
  * so a slice pointer handed out stays valid until the lock is released.
  * Misses evict the slot with the oldest stamp (a linear scan, paid only
  * next to a disk read).  qcow2_corrupt() is called with the lock held; it
- * must never take a layer lock. */
+ * must never take a layer lock.
+ *
+ * Writes change entries in the cached slices (l2_cache_get_dirty_locked)
+ * and leave them dirty; they reach the file at a flush, or when a dirty
+ * slice is evicted.  Either way qcow2/ORDERING.md applies: the refcount
+ * cache is written back and every file of the layer synced first, so the
+ * clusters a dirty entry names have durable refcounts and data before
+ * the entry can be read back from disk. */
 
 #include <config.h>
 
@@ -40,6 +47,7 @@ struct l2_slot {
   uint64_t key;                 /* host offset of the slice; 0: empty */
   _Atomic uint64_t last_used;   /* tick of the last hit; 0: never */
   int32_t next;                 /* next slot in the bucket, -1: end */
+  bool dirty;                   /* changed since read or written back */
   uint8_t *data;                /* slice_size bytes, NULL until used */
 };
 
@@ -51,6 +59,8 @@ struct l2_cache {
   uint32_t bucket_mask;         /* buckets: power of two */
   _Atomic uint64_t tick;
   int32_t *buckets;             /* -1: empty */
+  uint32_t nr_dirty;            /* slots with 'dirty' set */
+  struct write_state *ws;       /* write.c: has its own lock */
   struct l2_slot slots[];
 };
 
@@ -84,6 +94,13 @@ l2_cache_create (struct qcow2_layer *layer, uint64_t cache_size)
     return -err;
   }
   memset (c->buckets, 0xff, nr_buckets * sizeof c->buckets[0]);
+  c->ws = write_state_new ();
+  if (c->ws == NULL) {
+    int err = errno;
+    free (c->buckets);
+    free (c);
+    return -err;
+  }
   c->slice_size = slice_size;
   c->slice_entries = slice_size / layer->l2_entry_size;
   c->nr_slots = nr;
@@ -103,6 +120,7 @@ l2_cache_destroy (struct qcow2_layer *layer)
     return;
   for (uint32_t i = 0; i < c->nr_used; i++)
     free (c->slots[i].data);
+  write_state_free (c->ws);
   free (c->buckets);
   free (c);
   layer->l2_cache = NULL;
@@ -145,16 +163,16 @@ unlink_slot (struct l2_cache *c, struct l2_slot *s)
 }
 
 /* Pick the slot to fill: a never used one while there are any (their
- * memory gets allocated now), else the least recently used. */
+ * memory gets allocated now), else the least recently used clean one, else
+ * the least recently used (the caller writes it back first). */
 static struct l2_slot *
 victim (struct l2_cache *c)
 {
-  struct l2_slot *best;
-  uint64_t best_tick = UINT64_MAX;
+  struct l2_slot *best = NULL, *best_clean = NULL;
+  uint64_t best_tick = UINT64_MAX, best_clean_tick = UINT64_MAX;
 
   if (c->nr_used < c->nr_slots)
     return &c->slots[c->nr_used++];
-  best = &c->slots[0];
   for (uint32_t i = 0; i < c->nr_slots; i++) {
     uint64_t t = atomic_load_explicit (&c->slots[i].last_used,
                                        memory_order_relaxed);
@@ -162,8 +180,64 @@ victim (struct l2_cache *c)
       best_tick = t;
       best = &c->slots[i];
     }
+    if (!c->slots[i].dirty && t < best_clean_tick) {
+      best_clean_tick = t;
+      best_clean = &c->slots[i];
+    }
   }
-  return best;
+  return best_clean ? best_clean : best;
+}
+
+/* Write every dirty slice to the file, without syncing. */
+static int
+write_dirty_locked (struct qcow2_layer *layer)
+{
+  struct l2_cache *c = layer->l2_cache;
+  struct qcow2_image *img = layer->img;
+
+  for (uint32_t i = 0; i < c->nr_used && c->nr_dirty > 0; i++) {
+    struct l2_slot *s = &c->slots[i];
+    int r;
+
+    if (!s->dirty)
+      continue;
+    r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd,
+                         s->data, c->slice_size, s->key);
+    if (r < 0)
+      return r;         /* stays dirty: retried at the next writeback */
+    s->dirty = false;
+    c->nr_dirty--;
+  }
+  return 0;
+}
+
+int
+l2_cache_writeback_locked (struct qcow2_layer *layer)
+{
+  if (layer->l2_cache == NULL)
+    return 0;
+  return write_dirty_locked (layer);
+}
+
+/* Make room by writing back dirty slices: steps 1-2 of the flush order
+ * (qcow2/ORDERING.md) first, so the entries written never name clusters
+ * whose refcounts or data are not durable.  All of them go, to amortize
+ * the sync. */
+static int
+evict_dirty_locked (struct qcow2_layer *layer)
+{
+  struct qcow2_image *img = layer->img;
+  int r;
+
+  r = refcount_writeback_locked (layer);
+  if (r < 0)
+    return r;
+  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
+  if (r == 0 && layer->data_file != layer->file)
+    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
+  if (r < 0)
+    return r;
+  return write_dirty_locked (layer);
 }
 
 /* Check an L1 entry and return the L2 table offset it holds (0: no
@@ -232,6 +306,11 @@ l2_cache_get_locked (struct qcow2_layer *layer, uint64_t l1_index,
   }
 
   s = victim (c);
+  if (s->dirty) {
+    r = evict_dirty_locked (layer);
+    if (r < 0)
+      return r;
+  }
   if (s->key != 0)
     unlink_slot (c, s);
   atomic_store_explicit (&s->last_used, 0, memory_order_relaxed);
@@ -254,4 +333,55 @@ l2_cache_get_locked (struct qcow2_layer *layer, uint64_t l1_index,
                          memory_order_relaxed);
   *slice = s->data;
   return 0;
+}
+
+int
+l2_cache_get_dirty_locked (struct qcow2_layer *layer, uint64_t l1_index,
+                           uint32_t slice_index, uint8_t **slice)
+{
+  struct l2_cache *c = layer->l2_cache;
+  const uint8_t *p;
+  bool exclusive = true;
+  struct l2_slot *s;
+  int r;
+
+  *slice = NULL;
+  r = l2_cache_get_locked (layer, l1_index, slice_index, &exclusive, &p);
+  if (r < 0 || p == NULL)
+    return r;
+  s = find (c, (layer->l1[l1_index] & L1E_OFFSET_MASK)
+            + (uint64_t) slice_index * c->slice_size);
+  if (s == NULL || s->data != p)
+    return -EIO;        /* cannot happen: the lookup just found it */
+  if (!s->dirty) {
+    s->dirty = true;
+    c->nr_dirty++;
+  }
+  *slice = s->data;
+  return 0;
+}
+
+void
+l2_cache_forget_table_locked (struct qcow2_layer *layer, uint64_t host)
+{
+  struct l2_cache *c = layer->l2_cache;
+
+  for (uint64_t off = 0; off < layer->cluster_size; off += c->slice_size) {
+    struct l2_slot *s = find (c, host + off);
+
+    if (s == NULL)
+      continue;
+    unlink_slot (c, s);
+    atomic_store_explicit (&s->last_used, 0, memory_order_relaxed);
+    if (s->dirty) {
+      s->dirty = false;
+      c->nr_dirty--;
+    }
+  }
+}
+
+struct write_state *
+l2_cache_write_state (struct qcow2_layer *layer)
+{
+  return layer->l2_cache->ws;
 }

@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "qcow2/internal.h"
 
@@ -58,10 +59,17 @@ qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   vlog (img, QCOW2_LOG_ERROR, prefix, fmt, ap);
   va_end (ap);
 
-  /* Read-only for now.  When writes land, this is where the corrupt bit
-   * (QCOW2_INCOMPAT_CORRUPT) is set in the on-disk header of a writable
-   * top layer, so that no later writer trusts the metadata either; until
-   * then the in-memory flag stops nothing but is reported to callers. */
-  atomic_store (&img->corrupt, true);
+  /* The in-memory flag stops our own writers; on a writable image the
+   * corrupt bit (QCOW2_INCOMPAT_CORRUPT) also goes into the on-disk
+   * header of the top layer, so no later opener writes to it either.
+   * We may hold a layer lock here (see cache.c): the header write takes
+   * only its own mutex.  Only the first report writes. */
+  if (!atomic_exchange (&img->corrupt, true) && img->writable &&
+      layer->depth == 1 && layer->format == LAYER_QCOW2) {
+    int r = header_write_incompatible (layer, QCOW2_INCOMPAT_CORRUPT, 0);
+    if (r < 0)
+      qcow2_log (img, QCOW2_LOG_ERROR, "%s: cannot mark the image corrupt "
+                 "on disk: %s", name, strerror (-r));
+  }
   return -EIO;
 }

@@ -30,6 +30,8 @@
 enum layer_format { LAYER_QCOW2, LAYER_RAW };
 
 struct l2_cache;      /* cache.c */
+struct refcount_cache;        /* refcount.c */
+struct refcount_pending;      /* refcount.c */
 
 /* One open file of the chain. */
 struct qcow2_file {
@@ -81,6 +83,27 @@ struct qcow2_layer {
 
   pthread_rwlock_t lock;
   struct l2_cache *l2_cache;   /* lock */
+
+  /* alloc.c, refcount.c, l1.c, header.c: the allocator of a writable
+   * top layer (all NULL/0 in read-only layers).  Every field here is
+   * guarded by 'lock' (exclusive to change).  In a writable layer the
+   * header fields l1, l1_size, l1_table_offset, refcount_table_offset,
+   * refcount_table_clusters and incompatible above also change, with
+   * 'lock' exclusive, and so does files[file].size (grown as the file
+   * grows, so the L2 offset checks of cache.c accept new tables). */
+  struct refcount_cache *refcount_cache;  /* lock */
+  uint64_t *reftable;          /* lock: refcount table, host order */
+  uint64_t reftable_entries;   /* lock */
+  struct refcount_pending *pending;       /* lock: deferred decrements */
+  uint64_t host_end;           /* lock: bytes; no cluster at or past it is
+                                * in use (file end at open, then grown) */
+  uint64_t free_hint;          /* lock: cluster index to search from */
+  uint64_t avoid_lo, avoid_hi; /* lock: clusters an allocation in progress
+                                * is taking: new refcount metadata goes
+                                * elsewhere */
+  uint32_t *repair_counts;     /* header.c repair only (single thread) */
+  uint64_t repair_nr;
+  bool image_locked;           /* header.c: OFD lock bytes taken */
 };
 
 struct qcow2_image {
@@ -96,6 +119,12 @@ struct qcow2_image {
   unsigned nr_layers;
 
   atomic_bool corrupt;         /* set once, never cleared */
+
+  /* qcow2_open_opts.wakeup, set by open.c; constant after open.  Called
+   * by write.c when an in-flight record someone got QCOW2_BLOCKED on
+   * ends. */
+  void (*wakeup) (void *opaque);
+  void *wakeup_opaque;
 };
 
 /* ---- open.c: header parsing, validation, backing chain ---------------- */
@@ -145,6 +174,35 @@ int refcount_writeback_locked (struct qcow2_layer *layer);
  * written back in turn). */
 int refcount_flush_done_locked (struct qcow2_layer *layer);
 
+/* Optional, for a flush that drops the lock around its syncs: mark the
+ * decrements recorded so far as the ones the coming L2 writeback makes
+ * durable; refcount_flush_done_locked() then applies only those (without
+ * a begin it applies every pending decrement).  See ORDERING.md. */
+void refcount_flush_begin_locked (struct qcow2_layer *layer);
+
+/* Set up / tear down the refcount machinery of a writable layer: load
+ * the refcount table, create the refcount block cache (CACHE_SIZE bytes,
+ * 0: default).  Destroy does not write anything back. */
+int refcount_init (struct qcow2_layer *layer, uint64_t cache_size);
+void refcount_destroy (struct qcow2_layer *layer);
+
+/* Set the refcount of the cluster at HOST to VALUE (repair only);
+ * creates refcount blocks (and grows the table) as needed.  -EINVAL
+ * when VALUE does not fit the refcount width. */
+int refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
+                         uint64_t value);
+
+/* Make sure a refcount block covers host cluster CLUSTER (by index):
+ * create one inside its own range, or grow the refcount table.  Returns
+ * 0 when it already existed, 1 when new metadata was placed (on clusters
+ * that were free until now: a caller scanning for free clusters must
+ * look again), -errno. */
+int refcount_ensure_block_locked (struct qcow2_layer *layer,
+                                  uint64_t cluster);
+
+/* Record that the file now extends to at least END bytes (alloc.c). */
+void alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end);
+
 /* Make the L1 table hold at least MIN_ENTRIES entries (new table, sync,
  * switch the header fields, sync, free the old one). */
 int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
@@ -156,6 +214,15 @@ int l1_write_entry_locked (struct qcow2_layer *layer, uint32_t index);
  * repair (open), dirty bit cleared after a final flush (close). */
 int header_open_writable (struct qcow2_layer *layer);
 int header_close_writable (struct qcow2_layer *layer);
+/* Take QEMU-compatible OFD image locks on LAYER's files (writer or
+ * reader permissions); -EBUSY, logged with QEMU's wording, when another
+ * process conflicts.  header_open_writable() does it for the top layer. */
+int header_lock_layer (struct qcow2_layer *layer, bool writable);
+/* Set and clear bits of the on-disk incompatible-features field (v3;
+ * no-op on v2) with one write and a sync.  Takes no layer lock (a
+ * mutex of its own), so qcow2_corrupt may call it. */
+int header_write_incompatible (struct qcow2_layer *layer, uint64_t set,
+                               uint64_t clear);
 /* Mark the image dirty before the first metadata change when
  * lazy_refcounts is on (no-op otherwise or when already dirty). */
 int header_mark_dirty_locked (struct qcow2_layer *layer);
@@ -165,6 +232,52 @@ int header_mark_dirty_locked (struct qcow2_layer *layer);
 
 /* Write back LAYER's dirty L2 slices (cache.c), without syncing. */
 int l2_cache_writeback_locked (struct qcow2_layer *layer);
+
+/* Like l2_cache_get_locked, with the lock held exclusively, but the slice
+ * is writable and marked dirty: change entries in it (big-endian) before
+ * releasing the lock.  Only for tables whose L1 entry has COPIED. */
+int l2_cache_get_dirty_locked (struct qcow2_layer *layer, uint64_t l1_index,
+                               uint32_t slice_index, uint8_t **slice);
+
+/* Drop every cached slice of the L2 table at HOST, dirty or not: a new
+ * table is about to be written there. */
+void l2_cache_forget_table_locked (struct qcow2_layer *layer, uint64_t host);
+
+/* The per-layer write state (in-flight records, write.c) kept with the
+ * cache so it lives exactly as long as the layer's cache. */
+struct write_state;
+struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
+struct write_state *write_state_new (void);
+void write_state_free (struct write_state *ws);
+
+/* In-flight records (write.c): register the guest clusters of [offset,
+ * offset+length) of the top layer, or return QCOW2_BLOCKED (sleep
+ * instead with QCOW2_WAIT) while an overlapping record exists.  *REC is
+ * then released with inflight_leave, which wakes waiters. */
+struct inflight;
+int inflight_enter (struct qcow2_image *img, uint64_t offset,
+                    uint64_t length, unsigned flags, struct inflight **rec);
+void inflight_leave (struct qcow2_image *img, struct inflight *rec);
+
+/* Make the L2 table of L1 entry L1_INDEX exist and be ours alone (COPIED):
+ * grow the L1 table, allocate a zeroed table, or copy a table shared
+ * with a snapshot, in the order qcow2/ORDERING.md gives (write.c). */
+int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
+
+/* Release the host clusters behind L2 entry L2E (normal, preallocated
+ * zero or compressed; deferred decrements) (write.c). */
+int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e);
+
+/* qcow2_write_begin for a caller already holding the in-flight record
+ * (qcow2_zero): ZEROS makes the guest part a QCOW2_SEG_ZERO segment. */
+int write_begin_held (struct qcow2_image *img, uint64_t offset,
+                      uint64_t length, bool zeros, struct qcow2_write **wp,
+                      const struct qcow2_seg **segs, size_t *nsegs);
+
+/* Perform SEGS synchronously through the io ops; GUEST segments come from
+ * DATA (write.c, for sync.c and zero.c). */
+int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
+                     size_t nsegs, const void *data);
 
 /* ---- corrupt.c: the one path for corruption found at run time -------- */
 

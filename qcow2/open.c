@@ -598,12 +598,10 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     atomic_store (&img->corrupt, true);
   }
   if (l->incompatible & QCOW2_INCOMPAT_DIRTY) {
-    /* Refcounts may be stale (lazy refcounts); reading needs none. */
-    if (writable)
-      return fail (img, -ENOTSUP, "%s: image is dirty and its refcounts "
-                   "need repair, which is not implemented; open it "
-                   "read-only or run 'qemu-img check -r all'", name);
-    qcow2_log (img, QCOW2_LOG_WARNING, "%s: image is dirty (not closed "
+    /* Refcounts may be stale (lazy refcounts); reading needs none, and
+     * a writable open repairs them (header_open_writable). */
+    if (!writable)
+      qcow2_log (img, QCOW2_LOG_WARNING, "%s: image is dirty (not closed "
                "cleanly); refcounts may be stale, reading is safe", name);
   }
 
@@ -754,6 +752,8 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   img->log = opts->log;
   img->log_opaque = opts->log_opaque;
   img->writable = opts->writable;
+  img->wakeup = opts->wakeup;
+  img->wakeup_opaque = opts->wakeup_opaque;
   atomic_init (&img->corrupt, false);
 
   cache_size = opts->l2_cache_size ? opts->l2_cache_size
@@ -792,6 +792,11 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
       break;
     }
     r = open_qcow2_layer (img, l, writable, cache_size);
+    if (r < 0)
+      goto err;
+    /* Image locks as QEMU takes them; the writable top layer also gets
+     * its allocator, autoclear bits and dirty-bit repair. */
+    r = writable ? header_open_writable (l) : header_lock_layer (l, false);
     if (r < 0)
       goto err;
     if (!l->backing_name)
@@ -860,9 +865,19 @@ qcow2_close (struct qcow2_image *img)
 
   if (!img)
     return;
+  /* A clean close leaves a clean image: everything durable, then the
+   * dirty bit cleared (ORDERING.md).  After a failed flush the image
+   * stays dirty, to be repaired at the next writable open. */
+  if (img->writable && img->nr_layers > 0 &&
+      img->layers[0]->refcount_cache != NULL &&
+      !atomic_load (&img->corrupt)) {
+    if (qcow2_flush (img) == 0)
+      header_close_writable (img->layers[0]);
+  }
   for (i = 0; i < img->nr_layers; i++) {
     struct qcow2_layer *l = img->layers[i];
 
+    refcount_destroy (l);
     if (l->format == LAYER_QCOW2 && l->l2_cache)
       l2_cache_destroy (l);
     pthread_rwlock_destroy (&l->lock);

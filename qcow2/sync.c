@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The synchronous convenience layer: qcow2_pread on top of qcow2_map, the
- * io ops and qcow2_decompress, for the nbdkit plugin, the tests and the
+ * io ops and qcow2_decompress, and qcow2_pwrite on top of
+ * qcow2_write_begin/end, for the nbdkit plugin, the tests and the
  * fuzzers.  The server does the same work asynchronously through its own
  * ring; keep the two in step. */
 
@@ -105,4 +106,41 @@ qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
   free (s.in);
   free (s.out);
   return r;
+}
+
+/* Writes are split in pieces no larger than qcow2_write_begin takes. */
+#define SYNC_WRITE_MAX (UINT64_C (32) << 20)
+
+int
+qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
+              uint64_t offset, bool fua)
+{
+  const uint8_t *p = buf;
+  int r;
+
+  if (!range_fits (offset, len, qcow2_virtual_size (img)))
+    return -EINVAL;
+  while (len > 0) {
+    size_t n = len < SYNC_WRITE_MAX ? len : SYNC_WRITE_MAX;
+    struct qcow2_write *w;
+    const struct qcow2_seg *segs;
+    size_t nsegs;
+    int e;
+
+    r = qcow2_write_begin (img, offset, n, QCOW2_WAIT, &w, &segs, &nsegs);
+    if (r < 0)
+      return r;
+    if (r == QCOW2_BLOCKED)
+      return -EIO;      /* QCOW2_WAIT never blocks; never trust that */
+    r = write_segs_sync (img, segs, nsegs, p);
+    e = qcow2_write_end (w, r);
+    if (r == 0)
+      r = e;
+    if (r < 0)
+      return r;
+    p += n;
+    offset += n;
+    len -= n;
+  }
+  return fua ? qcow2_flush (img) : 0;
 }

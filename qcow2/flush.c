@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: MIT */
+/* qcow2_flush: make every write that has ended, on any thread, durable
+ * together with the metadata that reaches it, in the order
+ * qcow2/ORDERING.md gives: refcounts, sync (the data of ended writes,
+ * which completed before their write_end, goes with it), dirty L2 slices,
+ * sync, and only then the deferred refcount decrements, so a cluster
+ * freed by a discard or a copy-on-write is never reused before the L2
+ * change that freed it is on disk.
+ *
+ * The whole sequence holds the top layer's lock exclusively: nothing can
+ * allocate, link or release between the steps, which is what makes step
+ * 5 apply exactly the decrements whose L2 changes step 3 wrote.
+ * Concurrent flushes simply run one after the other; the second one finds
+ * little to write.  Backing layers are never written. */
+
+#include <config.h>
+
+#include <errno.h>
+
+#include "common/cleanup.h"
+#include "qcow2/internal.h"
+
+static int
+sync_layer (struct qcow2_layer *layer)
+{
+  struct qcow2_image *img = layer->img;
+  int r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
+
+  if (r == 0 && layer->data_file != layer->file)
+    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
+  return r;
+}
+
+int
+qcow2_flush (struct qcow2_image *img)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  int r;
+
+  if (!img->writable || layer->format != LAYER_QCOW2)
+    return 0;
+
+  WRLOCK_FOR_SCOPE (&layer->lock);
+  r = refcount_writeback_locked (layer);
+  if (r < 0)
+    return r;
+  r = sync_layer (layer);
+  if (r < 0)
+    return r;
+  r = l2_cache_writeback_locked (layer);
+  if (r < 0)
+    return r;
+  r = sync_layer (layer);
+  if (r < 0)
+    return r;
+  return refcount_flush_done_locked (layer);
+}

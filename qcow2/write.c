@@ -1,0 +1,1064 @@
+/* SPDX-License-Identifier: MIT */
+/* The write path: qcow2_write_begin/qcow2_write_end, the in-flight
+ * allocation records that order overlapping writes, zeroings and
+ * discards, L2 table preparation (new or copied from a snapshot), and the
+ * synchronous segment writer used by qcow2_pwrite and qcow2_zero.
+ *
+ * A write runs in three steps.  Begin, under the top layer's lock held
+ * exclusively: look at the L2 entry of every cluster of the range; a
+ * normal cluster with COPIED (refcount 1) is written in place, any other
+ * (unallocated, zero, compressed, shared with a snapshot) gets a new host
+ * cluster, allocated in contiguous runs; the L2 tables that will change
+ * are made ours first.  Then, with the lock dropped, begin reads what
+ * copy-on-write needs (the rest of each partially written new cluster, as
+ * the guest sees it now: through qcow2_map, so backing files, compressed
+ * clusters and zero clusters all come out right) and returns the host
+ * writes.  The caller writes them; end, under the lock again, links the
+ * new L2 entries (data before metadata) and drops the references the old
+ * entries held, or undoes the allocations if the data write failed.
+ *
+ * Between begin and end the guest clusters of the range are covered by an
+ * in-flight record.  Every write, zeroing and discard registers one, and
+ * anything overlapping waits (QCOW2_WAIT) or returns QCOW2_BLOCKED: two
+ * writes into one unallocated cluster must not both allocate it, and a
+ * discard must not free a cluster a write is about to link.  Records are
+ * whole clusters of the top layer and kept in a short list: the number in
+ * flight is bounded by the callers' queue depths.
+ *
+ * Extended L2: COW stops at subcluster boundaries, and a new cluster for
+ * a range that was unallocated keeps its other subclusters unallocated or
+ * zero, so it needs no COW at all when the write is subcluster aligned.
+ *
+ * Lock order: layer->lock, then write_state.lock (the record list is
+ * only ever taken alone in practice: records are entered before the
+ * layer lock is taken).  See qcow2/ORDERING.md for what reaches the disk
+ * before what. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/byteorder.h"
+#include "common/checked-overflow.h"
+#include "common/cleanup.h"
+#include "common/rounding.h"
+#include "qcow2/internal.h"
+
+/* The largest write qcow2_write_begin accepts (qcow2.h). */
+#define MAX_WRITE (UINT64_C (32) << 20)
+
+/* ---- In-flight records ------------------------------------------------ */
+
+struct inflight {
+  uint64_t first, last;         /* guest clusters of the top layer */
+  struct inflight *next;        /* write_state.lock */
+};
+
+struct write_state {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;          /* signalled when a record goes */
+  struct inflight *head;        /* lock */
+  bool blocked;                 /* lock: a caller got QCOW2_BLOCKED */
+};
+
+struct write_state *
+write_state_new (void)
+{
+  struct write_state *ws = calloc (1, sizeof *ws);
+
+  if (ws == NULL)
+    return NULL;
+  if (pthread_mutex_init (&ws->lock, NULL) != 0) {
+    free (ws);
+    errno = ENOMEM;
+    return NULL;
+  }
+  if (pthread_cond_init (&ws->cond, NULL) != 0) {
+    pthread_mutex_destroy (&ws->lock);
+    free (ws);
+    errno = ENOMEM;
+    return NULL;
+  }
+  return ws;
+}
+
+void
+write_state_free (struct write_state *ws)
+{
+  if (ws == NULL)
+    return;
+  pthread_cond_destroy (&ws->cond);
+  pthread_mutex_destroy (&ws->lock);
+  free (ws);
+}
+
+int
+inflight_enter (struct qcow2_image *img, uint64_t offset, uint64_t length,
+                unsigned flags, struct inflight **recp)
+{
+  struct qcow2_layer *top = img->layers[0];
+  struct write_state *ws = l2_cache_write_state (top);
+  struct inflight *rec;
+  bool clash;
+
+  *recp = NULL;
+  rec = malloc (sizeof *rec);
+  if (rec == NULL)
+    return -errno;
+  rec->first = offset >> top->cluster_bits;
+  rec->last = (offset + (length ? length - 1 : 0)) >> top->cluster_bits;
+
+  pthread_mutex_lock (&ws->lock);
+  for (;;) {
+    clash = false;
+    for (struct inflight *p = ws->head; p; p = p->next)
+      if (p->first <= rec->last && rec->first <= p->last) {
+        clash = true;
+        break;
+      }
+    if (!clash)
+      break;
+    if (!(flags & QCOW2_WAIT)) {
+      ws->blocked = true;
+      pthread_mutex_unlock (&ws->lock);
+      free (rec);
+      return QCOW2_BLOCKED;
+    }
+    pthread_cond_wait (&ws->cond, &ws->lock);
+  }
+  rec->next = ws->head;
+  ws->head = rec;
+  pthread_mutex_unlock (&ws->lock);
+  *recp = rec;
+  return 0;
+}
+
+void
+inflight_leave (struct qcow2_image *img, struct inflight *rec)
+{
+  struct write_state *ws;
+  bool wake;
+
+  if (rec == NULL)
+    return;
+  ws = l2_cache_write_state (img->layers[0]);
+  pthread_mutex_lock (&ws->lock);
+  for (struct inflight **p = &ws->head; *p; p = &(*p)->next)
+    if (*p == rec) {
+      *p = rec->next;
+      break;
+    }
+  wake = ws->blocked;
+  ws->blocked = false;
+  pthread_cond_broadcast (&ws->cond);
+  pthread_mutex_unlock (&ws->lock);
+  free (rec);
+  /* Outside every lock: the callback may retry at once. */
+  if (wake && img->wakeup)
+    img->wakeup (img->wakeup_opaque);
+}
+
+/* ---- Metadata helpers -------------------------------------------------- */
+
+static int
+sync_layer (struct qcow2_layer *layer)
+{
+  struct qcow2_image *img = layer->img;
+  int r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
+
+  if (r == 0 && layer->data_file != layer->file)
+    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
+  return r;
+}
+
+int
+l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index)
+{
+  struct qcow2_image *img = layer->img;
+  const int fd = img->files[layer->file].fd;
+  uint64_t l1e, old, table, got;
+  int r;
+
+  if (l1_index >= layer->l1_size) {
+    /* A valid image's L1 table covers its virtual size; growing it is
+     * for the odd ones.  What the new table will point at must be
+     * durable first (ORDERING.md, rule 1): new L2 tables already are. */
+    r = l1_grow_locked (layer, l1_index + 1);
+    if (r < 0)
+      return r;
+    if (l1_index >= layer->l1_size)
+      return -EIO;
+  }
+  l1e = layer->l1[l1_index];
+  old = l1e & L1E_OFFSET_MASK;
+  if (l1e & L1E_RESERVED_MASK)
+    return qcow2_corrupt (layer, "L1 entry %" PRIu64 " (%#" PRIx64 ") has "
+                          "reserved bits set", l1_index, l1e);
+  if (!IS_ALIGNED (old, layer->cluster_size))
+    return qcow2_corrupt (layer, "L2 table offset %#" PRIx64 " in L1 entry %"
+                          PRIu64 " is not cluster aligned", old, l1_index);
+  if (old != 0 && (l1e & QCOW_OFLAG_COPIED))
+    return 0;
+
+  r = header_mark_dirty_locked (layer);
+  if (r < 0)
+    return r;
+  r = alloc_clusters_locked (layer, 1, 1, &table, &got);
+  if (r < 0)
+    return r;
+
+  {
+    CLEANUP_FREE uint8_t *buf = calloc (1, layer->cluster_size);
+
+    if (buf == NULL)
+      r = -errno;
+    /* A table shared with a snapshot is copied as it is: the refcounts
+     * of the clusters it names count the L1 tables that reach them (as
+     * QEMU's snapshot code and qemu-img check count them), and one L1
+     * table still reaches each of them, through the copy.  We never
+     * change a shared table, so the file has its current contents. */
+    else if (old != 0)
+      r = img->io->pread (img->io_opaque, fd, buf, layer->cluster_size, old);
+    if (r == 0)
+      r = img->io->pwrite (img->io_opaque, fd, buf, layer->cluster_size,
+                           table);
+  }
+  if (r < 0) {
+    refcount_adjust_locked (layer, table, 1, -1);
+    return r;
+  }
+  alloc_note_end_locked (layer, table + layer->cluster_size);
+  l2_cache_forget_table_locked (layer, table);
+
+  /* The table and its refcount are durable before the L1 entry names
+   * it (ORDERING.md, "L2 table allocation"). */
+  r = refcount_writeback_locked (layer);
+  if (r == 0)
+    r = sync_layer (layer);
+  if (r < 0)
+    return r;   /* the cluster leaks until the refcounts are rebuilt */
+
+  layer->l1[l1_index] = table | QCOW_OFLAG_COPIED;
+  r = l1_write_entry_locked (layer, l1_index);
+  if (r < 0) {
+    /* The entry may or may not be on disk: keep the old one in memory
+     * and leak the new table rather than risk a dangling reference. */
+    layer->l1[l1_index] = l1e;
+    return r;
+  }
+  if (old != 0)
+    return refcount_release_locked (layer, old, 1);
+  return 0;
+}
+
+int
+release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e)
+{
+  if (l2e & QCOW_OFLAG_COMPRESSED) {
+    uint64_t desc = l2e & ~(QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_COPIED);
+    uint64_t coffset = desc & layer->coffset_mask;
+    uint64_t nsect = (desc >> layer->csize_shift) & layer->csize_mask;
+    uint64_t start = coffset & ~(uint64_t) (QCOW2_COMPRESSED_SECTOR_SIZE - 1);
+    uint64_t end = start + (nsect + 1) * QCOW2_COMPRESSED_SECTOR_SIZE;
+    uint64_t first = start >> layer->cluster_bits;
+    uint64_t last = (end - 1) >> layer->cluster_bits;
+
+    /* Each host cluster the stream touches holds one reference for it
+     * (QEMU's qcow2_free_any_cluster frees the sector range). */
+    return refcount_release_locked (layer, first << layer->cluster_bits,
+                                    last - first + 1);
+  }
+  if ((l2e & L2E_OFFSET_MASK) != 0)
+    return refcount_release_locked (layer, l2e & L2E_OFFSET_MASK, 1);
+  return 0;
+}
+
+/* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER;
+ * *HAS_TABLE false when its L1 entry names no table (entry reads 0).
+ * The lock is held shared or exclusive as *EXCLUSIVE says, and may be
+ * upgraded (see l2_cache_get_locked). */
+static int
+read_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                   uint64_t *l2e, uint64_t *bitmap, bool *has_table,
+                   bool *exclusive)
+{
+  const uint32_t slice_entries = l2_cache_slice_entries (layer);
+  uint64_t l1_index = cluster / layer->l2_entries;
+  uint32_t l2_index = cluster % layer->l2_entries;
+  const uint8_t *slice, *ent;
+  int r;
+
+  *l2e = *bitmap = 0;
+  *has_table = false;
+  r = l2_cache_get_locked (layer, l1_index, l2_index / slice_entries,
+                           exclusive, &slice);
+  if (r < 0 || slice == NULL)
+    return r;
+  *has_table = true;
+  ent = slice + (size_t) (l2_index % slice_entries) * layer->l2_entry_size;
+  *l2e = load_be64 (ent);
+  if (layer->extended_l2)
+    *bitmap = load_be64 (ent + 8);
+  return 0;
+}
+
+/* Store a new L2 entry for CLUSTER (its table must be prepared). */
+static int
+store_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                    uint64_t expect_l2e, uint64_t expect_bitmap,
+                    uint64_t l2e, uint64_t bitmap)
+{
+  const uint32_t slice_entries = l2_cache_slice_entries (layer);
+  uint64_t l1_index = cluster / layer->l2_entries;
+  uint32_t l2_index = cluster % layer->l2_entries;
+  uint8_t *slice, *ent;
+  int r;
+
+  if (l1_index >= layer->l1_size ||
+      !(layer->l1[l1_index] & QCOW_OFLAG_COPIED))
+    return -EIO;        /* prepared in begin; cannot happen */
+  r = l2_cache_get_dirty_locked (layer, l1_index, l2_index / slice_entries,
+                                 &slice);
+  if (r < 0)
+    return r;
+  if (slice == NULL)
+    return -EIO;
+  ent = slice + (size_t) (l2_index % slice_entries) * layer->l2_entry_size;
+  /* The in-flight record kept everyone else off this entry. */
+  if (load_be64 (ent) != expect_l2e ||
+      (layer->extended_l2 && load_be64 (ent + 8) != expect_bitmap))
+    return qcow2_corrupt (layer, "L2 entry of cluster %" PRIu64 " changed "
+                          "under an in-flight write", cluster);
+  store_be64 (ent, l2e);
+  if (layer->extended_l2)
+    store_be64 (ent + 8, bitmap);
+  return 0;
+}
+
+/* Check a standard (not compressed) L2 entry as map.c does. */
+static int
+check_entry (struct qcow2_layer *layer, uint64_t cluster, uint64_t l2e,
+             uint64_t bitmap)
+{
+  uint64_t host = l2e & L2E_OFFSET_MASK;
+
+  if (l2e & QCOW_OFLAG_COMPRESSED) {
+    if (layer->extended_l2 && bitmap != 0)
+      return qcow2_corrupt (layer, "compressed cluster %" PRIu64 " has a "
+                            "non-zero subcluster bitmap (%#" PRIx64 ")",
+                            cluster, bitmap);
+    return 0;
+  }
+  if (l2e & L2E_STD_RESERVED_MASK)
+    return qcow2_corrupt (layer, "L2 entry %#" PRIx64 " of cluster %" PRIu64
+                          " has reserved bits set", l2e, cluster);
+  if (!IS_ALIGNED (host, layer->cluster_size))
+    return qcow2_corrupt (layer, "data offset %#" PRIx64 " of cluster %"
+                          PRIu64 " is not cluster aligned", host, cluster);
+  if (layer->extended_l2) {
+    uint32_t alloc = bitmap & 0xffffffff, zero = bitmap >> 32;
+
+    if (alloc & zero)
+      return qcow2_corrupt (layer, "cluster %" PRIu64 " has subclusters "
+                            "both allocated and zero (bitmap %#" PRIx64 ")",
+                            cluster, bitmap);
+    if (alloc != 0 && host == 0)
+      return qcow2_corrupt (layer, "cluster %" PRIu64 " has allocated "
+                            "subclusters but no host offset", cluster);
+  }
+  /* Writing in place over the header would destroy the image: QEMU's
+   * overlap check refuses that too. */
+  if (host != 0 && host < layer->cluster_size)
+    return qcow2_corrupt (layer, "cluster %" PRIu64 " points at the image "
+                          "header", cluster);
+  return 0;
+}
+
+/* ---- The write handle -------------------------------------------------- */
+
+/* One cluster whose L2 entry changes at write_end. */
+struct link {
+  uint64_t cluster;             /* guest cluster index */
+  uint64_t old_l2e, old_bitmap;
+  uint64_t new_l2e, new_bitmap; /* host filled in once allocated */
+  bool alloc;                   /* needs (has) a new host cluster */
+  bool release_old;             /* drop the old entry's references */
+  size_t piece_first, piece_end;  /* alloc: its pieces, whose host
+                                   * offsets are relative until then */
+};
+
+/* One host range of the write, before COW is resolved. */
+struct piece {
+  uint64_t host;
+  uint64_t length;
+  bool cow;                     /* fill from the guest's current contents */
+  uint64_t guest;               /* cow: guest offset; else src offset */
+};
+
+struct qcow2_write {
+  struct qcow2_image *img;
+  struct inflight *rec;         /* NULL: the caller holds the record */
+  bool zeros;                   /* the guest part is zeros */
+  struct link *links;
+  size_t nlinks, links_cap;
+  struct piece *pieces;
+  size_t npieces, pieces_cap;
+  struct qcow2_seg *segs;
+  size_t nsegs, segs_cap;
+  void **bufs;
+  size_t nbufs, bufs_cap;
+};
+
+static void
+free_write (struct qcow2_write *w)
+{
+  if (w == NULL)
+    return;
+  for (size_t i = 0; i < w->nbufs; i++)
+    free (w->bufs[i]);
+  free (w->bufs);
+  free (w->links);
+  free (w->pieces);
+  free (w->segs);
+  free (w);
+}
+
+static int
+grow_array (void **p, size_t *cap, size_t need, size_t elem)
+{
+  size_t n;
+  void *q;
+
+  if (need <= *cap)
+    return 0;
+  n = *cap ? *cap * 2 : 16;
+  while (n < need)
+    n *= 2;
+  q = realloc (*p, n * elem);
+  if (q == NULL)
+    return -errno;
+  *p = q;
+  *cap = n;
+  return 0;
+}
+
+static int
+add_piece (struct qcow2_write *w, uint64_t host, uint64_t length, bool cow,
+           uint64_t guest)
+{
+  int r;
+
+  if (length == 0)
+    return 0;
+  r = grow_array ((void **) &w->pieces, &w->pieces_cap, w->npieces + 1,
+                  sizeof *w->pieces);
+  if (r < 0)
+    return r;
+  w->pieces[w->npieces++] = (struct piece) {
+    .host = host, .length = length, .cow = cow, .guest = guest,
+  };
+  return 0;
+}
+
+static int
+add_seg (struct qcow2_write *w, uint64_t host, uint64_t length,
+         enum qcow2_seg_source source, uint64_t src_offset, const void *buf)
+{
+  unsigned file = w->img->layers[0]->data_file;
+  int r;
+
+  r = grow_array ((void **) &w->segs, &w->segs_cap, w->nsegs + 1,
+                  sizeof *w->segs);
+  if (r < 0)
+    return r;
+  w->segs[w->nsegs++] = (struct qcow2_seg) {
+    .file = file, .host_offset = host, .length = length, .source = source,
+    .src_offset = src_offset, .buf = buf,
+  };
+  return 0;
+}
+
+static void *
+add_buf (struct qcow2_write *w, size_t size)
+{
+  void *b;
+
+  if (grow_array ((void **) &w->bufs, &w->bufs_cap, w->nbufs + 1,
+                  sizeof *w->bufs) < 0)
+    return NULL;
+  b = malloc (size ? size : 1);
+  if (b != NULL)
+    w->bufs[w->nbufs++] = b;
+  return b;
+}
+
+/* Bits FIRST..LAST of a subcluster bitmap. */
+static uint32_t
+sc_mask (uint32_t first, uint32_t last)
+{
+  uint64_t m = ((UINT64_C (1) << (last - first + 1)) - 1) << first;
+  return (uint32_t) m;
+}
+
+/* Plan one cluster: decide in place or new, record the link, and add the
+ * pieces (host offsets of new clusters are filled in after allocation:
+ * pieces of a new cluster hold offsets relative to it, fixed later).
+ * A = in-cluster start of the write, B = its end, CEND = in-cluster end
+ * of the guest disk (cluster size except in the last cluster). */
+static int
+plan_cluster_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+                     uint64_t cluster, uint64_t a, uint64_t b, uint64_t cend,
+                     uint64_t src, bool *need_table, bool *is_new)
+{
+  const uint64_t cs = layer->cluster_size;
+  const uint64_t gbase = cluster << layer->cluster_bits;
+  uint64_t l2e, bitmap, host;
+  struct link lk = { .cluster = cluster, .piece_first = w->npieces };
+  bool has_table, in_place, exclusive = true;
+  int r;
+
+  r = read_entry_locked (layer, cluster, &l2e, &bitmap, &has_table,
+                         &exclusive);
+  if (r < 0)
+    return r;
+  r = check_entry (layer, cluster, l2e, bitmap);
+  if (r < 0)
+    return r;
+  host = l2e & L2E_OFFSET_MASK;
+  /* COPIED in a table that is itself shared would be a lie (the
+   * snapshot's table names the cluster too): copy then as well. */
+  in_place = !(l2e & QCOW_OFLAG_COMPRESSED) && host != 0 &&
+    (l2e & QCOW_OFLAG_COPIED) &&
+    (layer->l1[cluster / layer->l2_entries] & QCOW_OFLAG_COPIED);
+  lk.old_l2e = l2e;
+  lk.old_bitmap = bitmap;
+  *is_new = false;
+  *need_table = false;
+
+  if (!layer->extended_l2) {
+    if (in_place) {
+      if (l2e & QCOW_OFLAG_ZERO) {
+        /* Preallocated zero cluster: the rest of it must become real
+         * zeros (COW reads them as zeros) before the flag goes. */
+        r = add_piece (w, host, a, true, gbase);
+        if (r == 0)
+          r = add_piece (w, host + a, b - a, false, src);
+        if (r == 0)
+          r = add_piece (w, host + b, cend - b, true, gbase + b);
+        lk.new_l2e = l2e & ~QCOW_OFLAG_ZERO;
+        *need_table = true;
+      }
+      else
+        return add_piece (w, host + a, b - a, false, src);
+    }
+    else {
+      r = add_piece (w, 0, a, true, gbase);
+      if (r == 0)
+        r = add_piece (w, a, b - a, false, src);
+      if (r == 0)
+        r = add_piece (w, b, cend - b, true, gbase + b);
+      lk.alloc = true;
+      lk.release_old = (l2e & QCOW_OFLAG_COMPRESSED) || host != 0;
+      lk.new_l2e = QCOW_OFLAG_COPIED;
+      *need_table = true;
+      *is_new = true;
+    }
+  }
+  else {
+    const uint32_t scb = layer->subcluster_bits;
+    uint32_t alloc = bitmap & 0xffffffff, zero = bitmap >> 32;
+    uint32_t s0 = a >> scb, s1 = (b - 1) >> scb;
+    uint32_t m = sc_mask (s0, s1);
+    uint64_t head = (uint64_t) s0 << scb;
+    uint64_t tail = MIN (((uint64_t) s1 + 1) << scb, cend);
+
+    if (in_place) {
+      if (!(alloc >> s0 & 1))
+        r = add_piece (w, host + head, a - head, true, gbase + head);
+      if (r == 0)
+        r = add_piece (w, host + a, b - a, false, src);
+      if (r == 0 && !(alloc >> s1 & 1) && b < tail)
+        r = add_piece (w, host + b, tail - b, true, gbase + b);
+      if (r < 0)
+        return r;
+      if ((alloc & m) == m && (zero & m) == 0)
+        return 0;       /* no metadata change */
+      lk.new_l2e = l2e;
+      lk.new_bitmap = (uint64_t) (alloc | m) | (uint64_t) (zero & ~m) << 32;
+      *need_table = true;
+    }
+    else if (host == 0 && !(l2e & QCOW_OFLAG_COMPRESSED)) {
+      /* Nothing allocated here: only the touched subclusters become
+       * allocated; the others keep reading as they do now. */
+      r = add_piece (w, head, a - head, true, gbase + head);
+      if (r == 0)
+        r = add_piece (w, a, b - a, false, src);
+      if (r == 0 && b < tail)
+        r = add_piece (w, b, tail - b, true, gbase + b);
+      lk.alloc = true;
+      lk.new_l2e = QCOW_OFLAG_COPIED;
+      lk.new_bitmap = (uint64_t) m | (uint64_t) (zero & ~m) << 32;
+      *need_table = true;
+      *is_new = true;
+    }
+    else {
+      /* Shared or compressed: copy the whole cluster as the guest sees
+       * it; every subcluster of the copy is allocated. */
+      r = add_piece (w, 0, a, true, gbase);
+      if (r == 0)
+        r = add_piece (w, a, b - a, false, src);
+      if (r == 0)
+        r = add_piece (w, b, cend - b, true, gbase + b);
+      lk.alloc = true;
+      lk.release_old = true;
+      lk.new_l2e = QCOW_OFLAG_COPIED;
+      lk.new_bitmap = cend == cs ? 0xffffffff
+        : sc_mask (0, (uint32_t) ((cend - 1) >> scb));
+      *need_table = true;
+      *is_new = true;
+    }
+  }
+  if (r < 0)
+    return r;
+  lk.piece_end = w->npieces;
+  r = grow_array ((void **) &w->links, &w->links_cap, w->nlinks + 1,
+                  sizeof *w->links);
+  if (r < 0)
+    return r;
+  w->links[w->nlinks++] = lk;
+  return 0;
+}
+
+/* qsort order of segments: by file, then host offset. */
+static int
+seg_cmp (const void *pa, const void *pb)
+{
+  const struct qcow2_seg *a = pa, *b = pb;
+
+  if (a->file != b->file)
+    return a->file < b->file ? -1 : 1;
+  if (a->host_offset != b->host_offset)
+    return a->host_offset < b->host_offset ? -1 : 1;
+  return 0;
+}
+
+/* Read COW data for the guest range [guest, guest+len) into host HOST
+ * onwards: data as segments of buffers, zeros as zero segments.  Called
+ * with no lock held, under the in-flight record. */
+static int
+resolve_cow (struct qcow2_write *w, uint64_t host, uint64_t guest,
+             uint64_t len)
+{
+  struct qcow2_image *img = w->img;
+  struct qcow2_extent ext[16];
+  CLEANUP_FREE void *cin = NULL;
+  CLEANUP_FREE void *cout = NULL;
+
+  while (len > 0) {
+    size_t n;
+    int r = qcow2_map (img, guest, len, ext, 16, &n);
+
+    if (r < 0)
+      return r;
+    if (n == 0)
+      return -EIO;
+    for (size_t i = 0; i < n; i++) {
+      const struct qcow2_extent *e = &ext[i];
+      void *buf;
+
+      switch (e->type) {
+      case QCOW2_EXTENT_ZERO:
+      case QCOW2_EXTENT_UNALLOCATED:
+        r = add_seg (w, host, e->length, QCOW2_SEG_ZERO, 0, NULL);
+        break;
+      case QCOW2_EXTENT_DATA:
+        buf = add_buf (w, e->length);
+        if (buf == NULL)
+          return -ENOMEM;
+        r = img->io->pread (img->io_opaque, img->files[e->file].fd, buf,
+                            e->length, e->host_offset);
+        if (r == 0)
+          r = add_seg (w, host, e->length, QCOW2_SEG_BUFFER, 0, buf);
+        break;
+      case QCOW2_EXTENT_COMPRESSED: {
+        uint32_t csize = qcow2_layer_cluster_size (e->layer);
+
+        if (e->cluster_offset > csize ||
+            e->length > csize - e->cluster_offset)
+          return -EIO;
+        free (cin);
+        cin = malloc (e->compressed_length ? e->compressed_length : 1);
+        if (cout == NULL)
+          cout = malloc (UINT32_C (1) << 21);   /* the largest cluster */
+        buf = add_buf (w, e->length);
+        if (cin == NULL || cout == NULL || buf == NULL)
+          return -ENOMEM;
+        r = img->io->pread (img->io_opaque, img->files[e->file].fd, cin,
+                            e->compressed_length, e->host_offset);
+        if (r == 0)
+          r = qcow2_decompress (e->layer, cin, e->compressed_length, cout);
+        if (r == 0) {
+          memcpy (buf, (uint8_t *) cout + e->cluster_offset, e->length);
+          r = add_seg (w, host, e->length, QCOW2_SEG_BUFFER, 0, buf);
+        }
+        break;
+      }
+      }
+      if (r < 0)
+        return r;
+      host += e->length;
+      guest += e->length;
+      len -= e->length;
+    }
+  }
+  return 0;
+}
+
+/* Undo the allocations of links [from, nlinks) (never linked). */
+static void
+undo_allocs_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+                    size_t from)
+{
+  for (size_t i = from; i < w->nlinks; i++)
+    if (w->links[i].alloc && (w->links[i].new_l2e & L2E_OFFSET_MASK))
+      refcount_adjust_locked (layer, w->links[i].new_l2e & L2E_OFFSET_MASK,
+                              1, -1);
+}
+
+/* The common case, under the lock held shared: every cluster of the
+ * range is ours alone (COPIED, in a COPIED table) and already reads its
+ * host data where the write lands, so the write goes in place with no
+ * metadata change.  Returns 1 with the pieces added, 0 (nothing added)
+ * when some cluster needs more, or -errno. */
+static int
+plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
+               uint64_t offset, uint64_t length)
+{
+  const uint64_t cs = layer->cluster_size;
+  uint64_t first = offset >> layer->cluster_bits;
+  uint64_t last = (offset + length - 1) >> layer->cluster_bits;
+  bool exclusive = false;
+  int r = 1;
+
+  pthread_rwlock_rdlock (&layer->lock);
+  for (uint64_t c = first; c <= last; c++) {
+    uint64_t gbase = c << layer->cluster_bits;
+    uint64_t a = c == first ? offset - gbase : 0;
+    uint64_t b = MIN (offset + length - gbase, cs);
+    uint64_t l2e, bitmap, host;
+    bool has_table;
+
+    r = read_entry_locked (layer, c, &l2e, &bitmap, &has_table, &exclusive);
+    if (r < 0)
+      break;
+    host = l2e & L2E_OFFSET_MASK;
+    r = 0;
+    if ((l2e & QCOW_OFLAG_COMPRESSED) || host == 0 ||
+        !(l2e & QCOW_OFLAG_COPIED) ||
+        !(layer->l1[c / layer->l2_entries] & QCOW_OFLAG_COPIED))
+      break;
+    if (layer->extended_l2) {
+      uint32_t m = sc_mask (a >> layer->subcluster_bits,
+                            (b - 1) >> layer->subcluster_bits);
+
+      if ((bitmap & m) != m)
+        break;
+    }
+    else if (l2e & QCOW_OFLAG_ZERO)
+      break;
+    r = check_entry (layer, c, l2e, bitmap);
+    if (r < 0)
+      break;
+    r = add_piece (w, host + a, b - a, false, gbase + a - offset);
+    if (r < 0)
+      break;
+    r = 1;
+  }
+  pthread_rwlock_unlock (&layer->lock);
+  if (r <= 0)
+    w->npieces = 0;
+  return r;
+}
+
+/* The metadata part of begin, under the lock. */
+static int
+begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+              uint64_t offset, uint64_t length)
+{
+  const uint64_t cs = layer->cluster_size;
+  const uint64_t vsize = layer->size;
+  uint64_t first = offset >> layer->cluster_bits;
+  uint64_t last = (offset + length - 1) >> layer->cluster_bits;
+  uint64_t nalloc = 0, last_table = UINT64_MAX;
+  uint64_t host = 0, got = 0;
+  int r;
+
+  for (uint64_t c = first; c <= last; c++) {
+    uint64_t gbase = c << layer->cluster_bits;
+    uint64_t a = c == first ? offset - gbase : 0;
+    uint64_t b = MIN (offset + length - gbase, cs);
+    uint64_t cend = MIN (vsize - gbase, cs);
+    bool need_table, is_new;
+
+    r = plan_cluster_locked (layer, w, c, a, b, cend, gbase + a - offset,
+                             &need_table, &is_new);
+    if (r < 0)
+      return r;
+    if (is_new)
+      nalloc++;
+    if (need_table && c / layer->l2_entries != last_table) {
+      last_table = c / layer->l2_entries;
+      r = l2_table_prepare_locked (layer, last_table);
+      if (r < 0)
+        return r;
+    }
+  }
+  if (nalloc == 0)
+    return 0;
+
+  r = header_mark_dirty_locked (layer);
+  if (r < 0)
+    return r;
+  /* New data clusters, in as few contiguous runs as the allocator
+   * finds, handed out in guest order. */
+  for (size_t i = 0; i < w->nlinks; i++) {
+    struct link *lk = &w->links[i];
+
+    if (!lk->alloc)
+      continue;
+    if (got == 0) {
+      r = alloc_clusters_locked (layer, 1, nalloc, &host, &got);
+      if (r < 0) {
+        undo_allocs_locked (layer, w, 0);
+        return r;
+      }
+      if (got == 0 || got > nalloc) {
+        undo_allocs_locked (layer, w, 0);
+        return -EIO;
+      }
+    }
+    lk->new_l2e |= host;
+    for (size_t p = lk->piece_first; p < lk->piece_end; p++)
+      w->pieces[p].host += host;
+    host += cs;
+    got--;
+    nalloc--;
+  }
+  return 0;
+}
+
+int
+write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
+                  bool zeros, struct qcow2_write **wp,
+                  const struct qcow2_seg **segs, size_t *nsegs)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  struct qcow2_write *w;
+  int r;
+
+  *wp = NULL;
+  *segs = NULL;
+  *nsegs = 0;
+  w = calloc (1, sizeof *w);
+  if (w == NULL)
+    return -errno;
+  w->img = img;
+  w->zeros = zeros;
+  if (length == 0) {
+    *wp = w;
+    return 0;
+  }
+
+  r = plan_in_place (layer, w, offset, length);
+  if (r == 0) {
+    pthread_rwlock_wrlock (&layer->lock);
+    r = begin_locked (layer, w, offset, length);
+    pthread_rwlock_unlock (&layer->lock);
+  }
+  if (r < 0) {
+    free_write (w);
+    return r;
+  }
+  r = 0;
+
+  /* Data I/O, outside the lock: read what COW needs. */
+  for (size_t i = 0; i < w->npieces && r == 0; i++) {
+    const struct piece *p = &w->pieces[i];
+
+    if (p->cow)
+      r = resolve_cow (w, p->host, p->guest, p->length);
+    else if (zeros)
+      r = add_seg (w, p->host, p->length, QCOW2_SEG_ZERO, 0, NULL);
+    else
+      r = add_seg (w, p->host, p->length, QCOW2_SEG_GUEST, p->guest, NULL);
+  }
+  if (r < 0) {
+    pthread_rwlock_wrlock (&layer->lock);
+    undo_allocs_locked (layer, w, 0);
+    pthread_rwlock_unlock (&layer->lock);
+    free_write (w);
+    return r;
+  }
+
+  /* Host order, then merge neighbours the caller can write as one. */
+  qsort (w->segs, w->nsegs, sizeof *w->segs, seg_cmp);
+  {
+    size_t o = 0;
+
+    for (size_t i = 0; i < w->nsegs; i++) {
+      struct qcow2_seg *s = &w->segs[i];
+
+      if (o > 0) {
+        struct qcow2_seg *p = &w->segs[o - 1];
+
+        if (p->file == s->file && p->source == s->source &&
+            p->host_offset + p->length == s->host_offset &&
+            (s->source == QCOW2_SEG_ZERO ||
+             (s->source == QCOW2_SEG_GUEST &&
+              p->src_offset + p->length == s->src_offset))) {
+          p->length += s->length;
+          continue;
+        }
+      }
+      w->segs[o++] = *s;
+    }
+    w->nsegs = o;
+  }
+  *wp = w;
+  *segs = w->segs;
+  *nsegs = w->nsegs;
+  return 0;
+}
+
+static int
+check_writable (struct qcow2_image *img, uint64_t offset, uint64_t length)
+{
+  struct qcow2_layer *top = img->layers[0];
+
+  if (!img->writable)
+    return -EROFS;
+  if (qcow2_is_corrupt (img))
+    return -EIO;
+  if (!range_fits (offset, length, top->size))
+    return -EINVAL;
+  if (top->format != LAYER_QCOW2 || top->data_file != top->file)
+    return -ENOTSUP;    /* external data files: not written (yet) */
+  return 0;
+}
+
+int
+qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
+                   uint64_t length, unsigned flags, struct qcow2_write **wp,
+                   const struct qcow2_seg **segs, size_t *nsegs)
+{
+  struct inflight *rec = NULL;
+  int r;
+
+  *wp = NULL;
+  *segs = NULL;
+  *nsegs = 0;
+  r = check_writable (img, offset, length);
+  if (r < 0)
+    return r;
+  if (length > MAX_WRITE)
+    return -EINVAL;
+  if (length > 0) {
+    r = inflight_enter (img, offset, length, flags, &rec);
+    if (r != 0)
+      return r;
+  }
+  r = write_begin_held (img, offset, length, false, wp, segs, nsegs);
+  if (r < 0) {
+    inflight_leave (img, rec);
+    return r;
+  }
+  (*wp)->rec = rec;
+  return 0;
+}
+
+int
+qcow2_write_end (struct qcow2_write *w, int result)
+{
+  struct qcow2_image *img = w->img;
+  struct qcow2_layer *layer = img->layers[0];
+  int r = 0;
+
+  if (w->nlinks > 0) {
+    pthread_rwlock_wrlock (&layer->lock);
+    if (result < 0)
+      undo_allocs_locked (layer, w, 0);
+    else {
+      size_t i;
+
+      for (i = 0; i < w->nlinks; i++) {
+        struct link *lk = &w->links[i];
+
+        r = store_entry_locked (layer, lk->cluster, lk->old_l2e,
+                                lk->old_bitmap, lk->new_l2e, lk->new_bitmap);
+        if (r < 0)
+          break;
+        if (lk->release_old) {
+          r = release_l2_entry_locked (layer, lk->old_l2e);
+          if (r < 0) {
+            i++;        /* linked: its new cluster is in use */
+            break;
+          }
+        }
+      }
+      if (r < 0)
+        undo_allocs_locked (layer, w, i);
+    }
+    pthread_rwlock_unlock (&layer->lock);
+  }
+  inflight_leave (img, w->rec);
+  free_write (w);
+  return result < 0 ? 0 : r;
+}
+
+/* ---- Synchronous segment writing -------------------------------------- */
+
+static const uint8_t zero_buf[65536];
+
+int
+write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
+                 size_t nsegs, const void *data)
+{
+  for (size_t i = 0; i < nsegs; i++) {
+    const struct qcow2_seg *s = &segs[i];
+    int fd = img->files[s->file].fd;
+    int r = -ENOTSUP;
+
+    switch (s->source) {
+    case QCOW2_SEG_GUEST:
+      r = img->io->pwrite (img->io_opaque, fd,
+                           (const uint8_t *) data + s->src_offset,
+                           s->length, s->host_offset);
+      break;
+    case QCOW2_SEG_BUFFER:
+      r = img->io->pwrite (img->io_opaque, fd, s->buf, s->length,
+                           s->host_offset);
+      break;
+    case QCOW2_SEG_ZERO:
+      if (img->io->zero_range)
+        r = img->io->zero_range (img->io_opaque, fd, s->host_offset,
+                                 s->length);
+      if (r == -ENOTSUP || r == -EOPNOTSUPP) {
+        r = 0;
+        for (uint64_t done = 0; done < s->length && r == 0;) {
+          size_t n = MIN (s->length - done, sizeof zero_buf);
+
+          r = img->io->pwrite (img->io_opaque, fd, zero_buf, n,
+                               s->host_offset + done);
+          done += n;
+        }
+      }
+      break;
+    }
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}

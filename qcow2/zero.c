@@ -1,0 +1,431 @@
+/* SPDX-License-Identifier: MIT */
+/* qcow2_zero and qcow2_discard: making guest ranges read as zeros, or
+ * giving their clusters back, mostly by changing L2 entries.
+ *
+ * Whole clusters are metadata only: on version 3 images the zero flag
+ * (with QCOW2_MAY_UNMAP the host cluster goes too; without it the
+ * allocation stays, as a preallocated zero cluster), with extended L2 the
+ * zero bits of the subcluster bitmap, which also lets whole subclusters
+ * inside a partial cluster be zeroed without I/O.  What is left, the
+ * partial clusters (and every cluster of a version 2 image, which has no
+ * zero flag, unless it can simply be deallocated), is zeroed through the
+ * write path with zeros as the data: in place, or allocated with COW.
+ * Such a piece is skipped when it already reads as zeros, and
+ * QCOW2_FAST_ZERO fails with -ENOTSUP before anything changed if any
+ * piece would need that.
+ *
+ * Discard works on whole clusters only and leaves partial clusters
+ * alone.  A discarded cluster becomes unallocated when nothing shows
+ * through from a backing file, else a zero cluster; on version 2 images
+ * with a backing file discard does nothing (qcow2.h).
+ *
+ * Both hold an in-flight record over the whole range for the whole call,
+ * so they are ordered against writes that allocate in it.  Host clusters
+ * given back are released with deferred decrements: they are reusable
+ * only once the L2 change is durable (qcow2/ORDERING.md). */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+
+#include "common/byteorder.h"
+#include "common/checked-overflow.h"
+#include "common/rounding.h"
+#include "qcow2/internal.h"
+
+#define ZERO_BITS (UINT64_C (0xffffffff) << 32)
+
+/* A range the write path must fill with zeros. */
+struct zpiece {
+  uint64_t offset, length;
+};
+
+struct zplan {
+  struct zpiece *p;
+  size_t n, cap;
+};
+
+static int
+add_zpiece (struct zplan *zp, uint64_t offset, uint64_t length)
+{
+  if (length == 0)
+    return 0;
+  if (zp->n > 0 && zp->p[zp->n - 1].offset + zp->p[zp->n - 1].length ==
+      offset) {
+    zp->p[zp->n - 1].length += length;
+    return 0;
+  }
+  if (zp->n == zp->cap) {
+    size_t cap = zp->cap ? zp->cap * 2 : 8;
+    struct zpiece *q = realloc (zp->p, cap * sizeof *q);
+
+    if (q == NULL)
+      return -errno;
+    zp->p = q;
+    zp->cap = cap;
+  }
+  zp->p[zp->n++] = (struct zpiece) { offset, length };
+  return 0;
+}
+
+static int
+get_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                  uint64_t *l2e, uint64_t *bitmap)
+{
+  const uint32_t se = l2_cache_slice_entries (layer);
+  uint64_t l1_index = cluster / layer->l2_entries;
+  uint32_t l2_index = cluster % layer->l2_entries;
+  const uint8_t *slice, *ent;
+  bool exclusive = true;
+  int r;
+
+  *l2e = *bitmap = 0;
+  r = l2_cache_get_locked (layer, l1_index, l2_index / se, &exclusive,
+                           &slice);
+  if (r < 0 || slice == NULL)
+    return r;
+  ent = slice + (size_t) (l2_index % se) * layer->l2_entry_size;
+  *l2e = load_be64 (ent);
+  if (layer->extended_l2)
+    *bitmap = load_be64 (ent + 8);
+  if (!(*l2e & QCOW_OFLAG_COMPRESSED)) {
+    if (*l2e & L2E_STD_RESERVED_MASK)
+      return qcow2_corrupt (layer, "L2 entry %#" PRIx64 " of cluster %"
+                            PRIu64 " has reserved bits set", *l2e, cluster);
+    if (!IS_ALIGNED (*l2e & L2E_OFFSET_MASK, layer->cluster_size))
+      return qcow2_corrupt (layer, "data offset %#" PRIx64 " of cluster %"
+                            PRIu64 " is not cluster aligned",
+                            *l2e & L2E_OFFSET_MASK, cluster);
+  }
+  return 0;
+}
+
+/* Replace the entry of CLUSTER by L2E/BITMAP (no-op when equal),
+ * releasing the old host clusters when RELEASE. */
+static int
+set_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                  uint64_t old_l2e, uint64_t old_bitmap,
+                  uint64_t l2e, uint64_t bitmap, bool release)
+{
+  const uint32_t se = l2_cache_slice_entries (layer);
+  uint64_t l1_index = cluster / layer->l2_entries;
+  uint32_t l2_index = cluster % layer->l2_entries;
+  uint8_t *slice, *ent;
+  int r;
+
+  if (l2e == old_l2e && (!layer->extended_l2 || bitmap == old_bitmap))
+    return 0;
+  r = header_mark_dirty_locked (layer);
+  if (r == 0)
+    r = l2_table_prepare_locked (layer, l1_index);
+  if (r == 0)
+    r = l2_cache_get_dirty_locked (layer, l1_index, l2_index / se, &slice);
+  if (r < 0)
+    return r;
+  if (slice == NULL)
+    return -EIO;
+  ent = slice + (size_t) (l2_index % se) * layer->l2_entry_size;
+  store_be64 (ent, l2e);
+  if (layer->extended_l2)
+    store_be64 (ent + 8, bitmap);
+  if (release)
+    return release_l2_entry_locked (layer, old_l2e);
+  return 0;
+}
+
+static bool
+has_host (uint64_t l2e)
+{
+  return (l2e & QCOW_OFLAG_COMPRESSED) || (l2e & L2E_OFFSET_MASK) != 0;
+}
+
+/* Zero whole cluster CLUSTER by metadata, or add it to ZP. */
+static int
+zero_cluster_locked (struct qcow2_layer *layer, uint64_t cluster,
+                     uint64_t gbase, uint64_t glen, unsigned flags,
+                     bool dry_run, struct zplan *zp)
+{
+  const bool unmap = flags & QCOW2_MAY_UNMAP;
+  const bool backing = layer->backing != NULL;
+  uint64_t l2e, bitmap;
+  int r;
+
+  r = get_entry_locked (layer, cluster, &l2e, &bitmap);
+  if (r < 0)
+    return r;
+
+  if (layer->extended_l2) {
+    bool compressed = l2e & QCOW_OFLAG_COMPRESSED;
+    bool drop = has_host (l2e) && (unmap || compressed);
+
+    if (dry_run)
+      return 0;
+    return set_entry_locked (layer, cluster, l2e, bitmap,
+                             drop ? 0 : l2e, ZERO_BITS, drop);
+  }
+  if (layer->version >= 3) {
+    uint64_t n;
+
+    if (dry_run)
+      return 0;
+    if ((l2e & QCOW_OFLAG_COMPRESSED) ||
+        (unmap && (l2e & L2E_OFFSET_MASK) != 0))
+      return set_entry_locked (layer, cluster, l2e, 0, QCOW_OFLAG_ZERO, 0,
+                               true);
+    if ((l2e & L2E_OFFSET_MASK) == 0 && !(l2e & QCOW_OFLAG_ZERO) &&
+        !backing)
+      return 0;         /* unallocated, nothing below: reads as zeros */
+    n = l2e | QCOW_OFLAG_ZERO;
+    return set_entry_locked (layer, cluster, l2e, 0, n, 0, false);
+  }
+  /* Version 2: no zero flag.  Deallocate when allowed and nothing shows
+   * through; otherwise write zeros. */
+  if (unmap && !backing) {
+    if (dry_run)
+      return 0;
+    return set_entry_locked (layer, cluster, l2e, 0, 0, 0, has_host (l2e));
+  }
+  return add_zpiece (zp, gbase, glen);
+}
+
+/* Zero the whole subclusters [s0, s1] of CLUSTER by metadata when the
+ * cluster is not compressed, else add the range to ZP. */
+static int
+zero_subclusters_locked (struct qcow2_layer *layer, uint64_t cluster,
+                         uint32_t s0, uint32_t s1, bool dry_run,
+                         struct zplan *zp)
+{
+  uint64_t gbase = cluster << layer->cluster_bits;
+  uint64_t l2e, bitmap, m;
+  int r;
+
+  r = get_entry_locked (layer, cluster, &l2e, &bitmap);
+  if (r < 0)
+    return r;
+  if (l2e & QCOW_OFLAG_COMPRESSED)
+    return add_zpiece (zp, gbase + ((uint64_t) s0 << layer->subcluster_bits),
+                       (uint64_t) (s1 - s0 + 1) << layer->subcluster_bits);
+  if (dry_run)
+    return 0;
+  m = ((UINT64_C (1) << (s1 - s0 + 1)) - 1) << s0;
+  return set_entry_locked (layer, cluster, l2e, bitmap, l2e,
+                           (bitmap & ~m) | m << 32,
+                           false);
+}
+
+/* Does the guest range read as zeros now? */
+static int
+reads_as_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+               bool *zero)
+{
+  struct qcow2_extent ext[16];
+
+  *zero = true;
+  while (length > 0) {
+    size_t n;
+    int r = qcow2_map (img, offset, length, ext, 16, &n);
+
+    if (r < 0)
+      return r;
+    if (n == 0)
+      return -EIO;
+    for (size_t i = 0; i < n; i++) {
+      if (ext[i].type != QCOW2_EXTENT_ZERO &&
+          ext[i].type != QCOW2_EXTENT_UNALLOCATED) {
+        *zero = false;
+        return 0;
+      }
+      offset += ext[i].length;
+      length -= ext[i].length;
+    }
+  }
+  return 0;
+}
+
+/* One pass over the range: metadata changes (unless DRY_RUN) and the
+ * pieces the write path must zero, in ZP. */
+static int
+zero_pass (struct qcow2_image *img, uint64_t offset, uint64_t length,
+           unsigned flags, bool dry_run, struct zplan *zp)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  const uint64_t cs = layer->cluster_size;
+  const uint64_t end = offset + length;
+  int r = 0;
+
+  pthread_rwlock_wrlock (&layer->lock);
+  for (uint64_t pos = offset; pos < end && r == 0;) {
+    uint64_t cluster = pos >> layer->cluster_bits;
+    uint64_t gbase = cluster << layer->cluster_bits;
+    uint64_t cend = MIN (gbase + cs, layer->size);
+    uint64_t n = MIN (end, cend) - pos;
+
+    if (pos == gbase && pos + n == cend)
+      r = zero_cluster_locked (layer, cluster, gbase, n, flags, dry_run, zp);
+    else if (layer->extended_l2) {
+      /* Whole subclusters by metadata, the edges by writing. */
+      const uint64_t sc = UINT64_C (1) << layer->subcluster_bits;
+      uint64_t a = ROUND_UP (pos, sc);
+      uint64_t b = pos + n == cend ? cend : ROUND_DOWN (pos + n, sc);
+
+      if (a < b) {
+        r = add_zpiece (zp, pos, a - pos);
+        if (r == 0)
+          r = zero_subclusters_locked (layer, cluster,
+                                       (a - gbase) >> layer->subcluster_bits,
+                                       (b - 1 - gbase)
+                                       >> layer->subcluster_bits,
+                                       dry_run, zp);
+        if (r == 0)
+          r = add_zpiece (zp, b, pos + n - b);
+      }
+      else
+        r = add_zpiece (zp, pos, n);
+    }
+    else
+      r = add_zpiece (zp, pos, n);
+    pos += n;
+  }
+  pthread_rwlock_unlock (&layer->lock);
+  return r;
+}
+
+/* Zero the pieces through the write path (the record is held). */
+static int
+zero_pieces (struct qcow2_image *img, const struct zplan *zp)
+{
+  for (size_t i = 0; i < zp->n; i++) {
+    uint64_t off = zp->p[i].offset, len = zp->p[i].length;
+
+    while (len > 0) {
+      /* Whole clusters per round keep each begin bounded. */
+      uint64_t n = MIN (len, UINT64_C (16) << 20);
+      struct qcow2_write *w;
+      const struct qcow2_seg *segs;
+      size_t nsegs;
+      bool zero;
+      int r;
+
+      r = reads_as_zero (img, off, n, &zero);
+      if (r < 0)
+        return r;
+      if (!zero) {
+        r = write_begin_held (img, off, n, true, &w, &segs, &nsegs);
+        if (r < 0)
+          return r;
+        r = write_segs_sync (img, segs, nsegs, NULL);
+        {
+          int e = qcow2_write_end (w, r);
+
+          if (r == 0)
+            r = e;
+        }
+        if (r < 0)
+          return r;
+      }
+      off += n;
+      len -= n;
+    }
+  }
+  return 0;
+}
+
+static int
+check_args (struct qcow2_image *img, uint64_t offset, uint64_t length)
+{
+  struct qcow2_layer *top = img->layers[0];
+
+  if (!img->writable)
+    return -EROFS;
+  if (qcow2_is_corrupt (img))
+    return -EIO;
+  if (!range_fits (offset, length, top->size))
+    return -EINVAL;
+  if (top->format != LAYER_QCOW2 || top->data_file != top->file)
+    return -ENOTSUP;
+  return 0;
+}
+
+int
+qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+            unsigned flags)
+{
+  struct zplan zp = { 0 };
+  struct inflight *rec;
+  int r;
+
+  r = check_args (img, offset, length);
+  if (r < 0 || length == 0)
+    return r;
+  r = inflight_enter (img, offset, length, flags, &rec);
+  if (r != 0)
+    return r;
+
+  if (flags & QCOW2_FAST_ZERO) {
+    r = zero_pass (img, offset, length, flags, true, &zp);
+    for (size_t i = 0; r == 0 && i < zp.n; i++) {
+      bool zero;
+
+      r = reads_as_zero (img, zp.p[i].offset, zp.p[i].length, &zero);
+      if (r == 0 && !zero)
+        r = -ENOTSUP;
+    }
+    zp.n = 0;
+  }
+  if (r == 0)
+    r = zero_pass (img, offset, length, flags, false, &zp);
+  if (r == 0)
+    r = zero_pieces (img, &zp);
+  free (zp.p);
+  inflight_leave (img, rec);
+  return r;
+}
+
+int
+qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
+               unsigned flags)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  const uint64_t cs = layer->cluster_size;
+  struct inflight *rec;
+  uint64_t first, end;
+  int r;
+
+  r = check_args (img, offset, length);
+  if (r < 0 || length == 0)
+    return r;
+  /* Whole clusters only; the last one counts as whole when the range
+   * reaches the end of the disk. */
+  first = DIV_ROUND_UP (offset, cs);
+  end = offset + length == layer->size ? DIV_ROUND_UP (layer->size, cs)
+    : (offset + length) / cs;
+  if (first >= end)
+    return 0;
+  if (layer->version < 3 && layer->backing != NULL && !layer->extended_l2)
+    return 0;           /* nothing to show but the backing file's data */
+
+  r = inflight_enter (img, offset, length, flags, &rec);
+  if (r != 0)
+    return r;
+  pthread_rwlock_wrlock (&layer->lock);
+  for (uint64_t c = first; c < end && r == 0; c++) {
+    uint64_t l2e, bitmap, new_l2e = 0, new_bitmap = 0;
+
+    r = get_entry_locked (layer, c, &l2e, &bitmap);
+    if (r < 0)
+      break;
+    if (layer->backing != NULL) {
+      if (layer->extended_l2)
+        new_bitmap = ZERO_BITS;
+      else
+        new_l2e = QCOW_OFLAG_ZERO;
+    }
+    r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
+                          has_host (l2e));
+  }
+  pthread_rwlock_unlock (&layer->lock);
+  inflight_leave (img, rec);
+  return r;
+}

@@ -48,12 +48,14 @@ main_usage (FILE *fp)
 "\n"
 "Commands:\n"
 "  serve IMAGE [OPTIONS]   export IMAGE over NBD\n"
+"  create IMAGE [SIZE]     make a new, empty QCOW2 image\n"
 "\n"
 "Options:\n"
 "  -h, --help              print this help\n"
 "  -V, --version           print the version\n"
 "\n"
-"Run 'qcow2-nbd serve --help' for the options of serve.\n");
+"Run 'qcow2-nbd serve --help' or 'qcow2-nbd create --help' for the\n"
+"options of each command.\n");
 }
 
 static void
@@ -77,7 +79,8 @@ serve_usage (FILE *fp)
 "Export:\n"
 "  -x, --export-name=NAME      export name (default \"\")\n"
 "  -D, --description=TEXT      export description\n"
-"  -r, --read-only             export read-only (always, for now)\n"
+"  -r, --read-only             export read-only (default: read-write)\n"
+"      --discard=ignore|unmap  TRIM: ignore it (default) or deallocate\n"
 "\n"
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
@@ -130,26 +133,11 @@ parse_unsigned (const char *opt, const char *s, unsigned min, unsigned max)
 static uint64_t
 parse_size (const char *opt, const char *s)
 {
-  char *end;
-  uint64_t v, mult = 1;
+  uint64_t v;
 
-  errno = 0;
-  if (*s < '0' || *s > '9')
+  if (options_parse_size (s, &v) == -1)
     bad_usage ("invalid size for", opt);
-  v = strtoull (s, &end, 10);
-  if (errno)
-    bad_usage ("invalid size for", opt);
-  switch (*end) {
-  case '\0': break;
-  case 'k': case 'K': mult = UINT64_C (1) << 10; end++; break;
-  case 'm': case 'M': mult = UINT64_C (1) << 20; end++; break;
-  case 'g': case 'G': mult = UINT64_C (1) << 30; end++; break;
-  case 't': case 'T': mult = UINT64_C (1) << 40; end++; break;
-  default: bad_usage ("invalid size suffix for", opt);
-  }
-  if (*end != '\0' || v > UINT64_MAX / mult)
-    bad_usage ("invalid size for", opt);
-  return v * mult;
+  return v;
 }
 
 static unsigned
@@ -237,6 +225,7 @@ enum {
   OPT_HANDSHAKE_TIMEOUT,
   OPT_L2_CACHE_SIZE,
   OPT_PID_FILE,
+  OPT_DISCARD,
   OPT_TLS,
   OPT_TLS_CERTS,
   OPT_TLS_VERIFY_PEER,
@@ -254,6 +243,7 @@ static const struct option long_opts[] = {
   { "export-name", required_argument, NULL, 'x' },
   { "description", required_argument, NULL, 'D' },
   { "read-only", no_argument, NULL, 'r' },
+  { "discard", required_argument, NULL, OPT_DISCARD },
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
@@ -313,6 +303,15 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       break;
     case 'r':
       cfg->read_only = true;
+      break;
+    case OPT_DISCARD:
+      /* qemu-nbd's names; "off" is its synonym of "ignore". */
+      if (strcmp (optarg, "ignore") == 0 || strcmp (optarg, "off") == 0)
+        cfg->discard_unmap = false;
+      else if (strcmp (optarg, "unmap") == 0 || strcmp (optarg, "on") == 0)
+        cfg->discard_unmap = true;
+      else
+        bad_usage ("--discard must be ignore or unmap, not", optarg);
       break;
     case 'e':
       cfg->max_connections = parse_unsigned ("--max-connections", optarg,
@@ -407,9 +406,11 @@ static int
 serve (struct server_config *cfg)
 {
   struct qcow2_open_opts opts = {
-    .writable = false,
+    .writable = !cfg->read_only,
     .l2_cache_size = cfg->l2_cache_size,
     .log = qcow2_log,
+    /* Requests parked on QCOW2_BLOCKED are retried by their worker. */
+    .wakeup = workers_wakeup,
   };
   struct export exp = { 0 };
   static sigset_t set;          /* read by the signal thread */
@@ -437,12 +438,15 @@ serve (struct server_config *cfg)
     }
   }
 
-  if (!cfg->read_only)
-    log_info ("writes are not supported yet: serving read-only");
   r = qcow2_open (cfg->image, &opts, &exp.img);
   if (r < 0) {
     if (!atomic_load (&qcow2_logged_error))
       log_error ("%s: cannot open image: %s", cfg->image, strerror (-r));
+    /* Like qemu-nbd, never fall back to read-only on our own: a client
+     * expecting to write would find out only at its first write. */
+    if (opts.writable && (r == -EROFS || r == -EACCES || r == -EPERM))
+      log_error ("%s cannot be opened for writing; use --read-only to "
+                 "serve it read-only", cfg->image);
     if (server_tls_ctx)
       tls_ctx_free (server_tls_ctx);
     return EXIT_FAILURE;
@@ -453,9 +457,18 @@ serve (struct server_config *cfg)
   exp.name = cfg->export_name;
   exp.description = cfg->description;
   exp.size = qcow2_virtual_size (exp.img);
-  exp.read_only = true;
-  exp.eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH
-    | NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+  exp.read_only = cfg->read_only;
+  exp.discard_unmap = cfg->discard_unmap;
+  /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
+   * writes answered on all of them (qcow2_flush).  TRIM is advertised
+   * even with --discard=ignore, as qemu-nbd does. */
+  exp.eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF
+    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+  if (exp.read_only)
+    exp.eflags |= NBD_FLAG_READ_ONLY;
+  else
+    exp.eflags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
+      | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
   exp.min_block = 1;
   exp.pref_block = 4096;
   exp.max_block = NBD_MAX_PAYLOAD;
@@ -532,6 +545,8 @@ main (int argc, char **argv)
     printf ("qcow2-nbd %s\n", PACKAGE_VERSION);
     return EXIT_SUCCESS;
   }
+  if (strcmp (argv[1], "create") == 0)
+    return create_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
     parse_serve (argc - 1, argv + 1, &cfg);
     return serve (&cfg);

@@ -11,13 +11,24 @@
  * through a per-connection send queue, each as one iovec list (headers
  * and data buffers, never copied), so bytes of two replies never
  * interleave.  Too many requests or bytes in flight pause reading.  A
- * connection is freed only when no request, read or poll of it is left
- * in the kernel. */
+ * connection is freed only when no request, read, write or poll of it is
+ * left in the kernel.
+ *
+ * WRITE receives its payload into a pool buffer, asks qcow2_write_begin
+ * for the host writes (payload, copy-on-write buffers, zero ranges),
+ * queues one io_uring write per host-contiguous run (fallocate for zero
+ * ranges), and calls qcow2_write_end when the last completes; only then
+ * is it answered, so a FLUSH (qcow2_flush) covers every write answered
+ * on any connection.  A request the library answers with QCOW2_BLOCKED
+ * (an overlapping allocation in flight, perhaps this loop's own) is
+ * parked, never waited for, and retried after the next wake-up.
+ * WRITE_ZEROES, TRIM and FLUSH call the library synchronously. */
 
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
@@ -52,6 +63,12 @@
 /* Recycled request structs kept per worker. */
 #define MAX_FREE_REQS 256
 #define STRUCT_HDR NBD_STRUCTURED_REPLY_SIZE
+/* Write payloads at least this big are received straight into their
+ * buffer; smaller ones go through the input buffer with the headers
+ * around them, so a burst of small writes costs few recv calls. */
+#define DIRECT_PAYLOAD (IN_BUF_SIZE / 4)
+/* Most iovecs in one vectored write (the kernel's UIO_MAXIOV). */
+#define WRITE_MAX_IOV 1024
 
 struct piece {
   struct uring_op op;
@@ -66,9 +83,26 @@ struct piece {
   unsigned scratch_cls;
 };
 
+/* One host write of a WRITE request: a host-contiguous run of segments
+ * from qcow2_write_begin as one (vectored) write, or one ZERO segment as
+ * an FALLOC_FL_ZERO_RANGE fallocate (or written zeros where the file
+ * system refuses it). */
+struct wop {
+  struct uring_op op;
+  struct request *req;
+  unsigned file;
+  int fd;
+  struct iovec *iov;    /* what is left to write (advanced in place) */
+  int iovcnt;
+  uint64_t off;         /* host offset of the next byte */
+  uint64_t left;        /* bytes still to write or zero */
+  bool zero;            /* a ZERO segment */
+  bool write_zeros;     /* ... written from zero_buf, not fallocated */
+};
+
 struct request {
   struct conn_state *cs;
-  struct request *next;         /* send queue, free list */
+  struct request *next;         /* send queue, free list, parked list */
   uint16_t flags, type;
   uint64_t cookie, offset;
   uint32_t length;
@@ -83,8 +117,14 @@ struct request {
   struct piece *pieces;
   size_t nr_pieces;
   unsigned pending;             /* pieces still in the kernel */
-  char *buf;
+  char *buf;                    /* READ data, WRITE payload */
   unsigned buf_cls;
+
+  /* WRITE, between qcow2_write_begin and qcow2_write_end; 'pending'
+   * counts the wops in the kernel. */
+  struct qcow2_write *qw;
+  struct wop *wops;
+  struct iovec *wiov;
 
   /* Reply: iov[iov_idx] + iov_off is the next byte to send. */
   struct iovec *iov;
@@ -107,6 +147,8 @@ struct conn_state {
   size_t in_pos, in_len;
   uint64_t discard_left;        /* payload bytes still to throw away */
   struct request *discard_req;  /* answered once the payload is gone */
+  struct request *payload_req;  /* WRITE whose payload is coming in */
+  uint32_t payload_got;         /* bytes of it in req->buf so far */
   bool paused;                  /* over the in-flight bounds */
   bool stop_read;               /* DISC, EOF, shutdown: read no more */
   bool dead;                    /* socket unusable: drop replies */
@@ -115,7 +157,7 @@ struct conn_state {
   /* In flight */
   unsigned nr_reqs;             /* parsed and not yet sent or dropped */
   uint64_t bytes;
-  unsigned ops;                 /* polls and reads in the kernel */
+  unsigned ops;                 /* polls, reads and writes in the kernel */
   struct uring_op poll_in, poll_out;
   bool poll_in_armed, poll_out_armed, cancelled;
 
@@ -210,6 +252,17 @@ req_free (struct request *req)
   for (size_t i = 0; i < req->nr_pieces; i++)
     bufpool_put (w, req->pieces[i].scratch, req->pieces[i].scratch_cls);
   free (req->pieces);
+  if (req->qw) {
+    /* Never reached (a write ends before its request is answered), but
+     * an in-flight allocation left behind would block its range for
+     * good: end it as failed. */
+    log_error ("%s: internal error: write freed before it ended",
+               cs->conn->peer);
+    qcow2_write_end (req->qw, -EIO);
+    req->qw = NULL;
+  }
+  free (req->wops);
+  free (req->wiov);
   free (req->ext);
   bufpool_put (w, req->buf, req->buf_cls);
   if (req->iov != req->small_iov)
@@ -260,6 +313,24 @@ conn_kill (struct conn_state *cs, const char *reason)
     req_free (cs->discard_req);
     cs->discard_req = NULL;
   }
+  if (cs->payload_req) {
+    req_free (cs->payload_req);
+    cs->payload_req = NULL;
+  }
+  /* Parked requests have not touched the image yet: drop them. */
+  struct request **pp = &cs->w->parked_head;
+  cs->w->parked_tail = NULL;
+  while (*pp) {
+    struct request *req = *pp;
+    if (req->cs == cs) {
+      *pp = req->next;
+      req_free (req);
+    }
+    else {
+      cs->w->parked_tail = req;
+      pp = &req->next;
+    }
+  }
   mark_dirty (cs);
 }
 
@@ -274,6 +345,10 @@ conn_stop_reading (struct conn_state *cs, const char *reason)
      * answer to a request we never fully received. */
     req_free (cs->discard_req);
     cs->discard_req = NULL;
+  }
+  if (cs->payload_req) {
+    req_free (cs->payload_req);
+    cs->payload_req = NULL;
   }
   mark_dirty (cs);
 }
@@ -956,6 +1031,370 @@ do_cache (struct request *req)
   reply_plain (req);
 }
 
+/* ---- WRITE, WRITE_ZEROES, TRIM, FLUSH ---------------------------------- */
+
+/* Never written: the source of zeros where fallocate cannot make them. */
+static char zero_buf[1 << 20] __attribute__ ((aligned (4096)));
+
+static void write_start (struct request *req);
+static void do_write_zeroes (struct request *req);
+static void do_trim (struct request *req);
+
+/* The library said QCOW2_BLOCKED: an overlapping allocation is in
+ * flight, maybe one of this very loop's, so the worker must not wait for
+ * it.  Park the request until the next wake-up.  SEQ is workers_wake_seq
+ * as read before the library call: if it has moved, the wake-up that
+ * ended the blocking allocation may already have been consumed, so make
+ * sure another one comes. */
+static void
+park (struct request *req, unsigned seq)
+{
+  struct worker *w = req->cs->w;
+
+  req->next = NULL;
+  if (w->parked_tail)
+    w->parked_tail->next = req;
+  else
+    w->parked_head = req;
+  w->parked_tail = req;
+  if (atomic_load (&workers_wake_seq) != seq)
+    worker_kick (w);
+}
+
+void
+request_retry_parked (struct worker *w)
+{
+  struct request *req = w->parked_head;
+
+  /* Requests blocked again are parked anew, so the order holds. */
+  w->parked_head = w->parked_tail = NULL;
+  while (req) {
+    struct request *next = req->next;
+
+    switch (req->type) {
+    case NBD_CMD_WRITE: write_start (req); break;
+    case NBD_CMD_WRITE_ZEROES: do_write_zeroes (req); break;
+    case NBD_CMD_TRIM: do_trim (req); break;
+    default: abort ();
+    }
+    req = next;
+  }
+}
+
+/* A modifying command has done its work (ERR is 0 or a negative errno
+ * from the library): with FUA, make it durable, then answer. */
+static void
+modify_done (struct request *req, int err)
+{
+  if (err < 0) {
+    reply_error (req, -err, "%s at offset %" PRIu64 ": %s",
+                 cmd_name (req->type), req->offset, strerror (-err));
+    return;
+  }
+  if (req->flags & NBD_CMD_FLAG_FUA) {
+    int r = qcow2_flush (req->cs->conn->exp->img);
+    if (r < 0) {
+      reply_error (req, -r, "flush after %s: %s", cmd_name (req->type),
+                   strerror (-r));
+      return;
+    }
+  }
+  reply_plain (req);
+}
+
+static void
+wop_submit (struct wop *wo)
+{
+  struct conn_state *cs = wo->req->cs;
+  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+
+  if (wo->zero && !wo->write_zeros)
+    io_uring_prep_fallocate (sqe, wo->fd, FALLOC_FL_ZERO_RANGE, wo->off,
+                             wo->left);
+  else if (wo->zero)
+    io_uring_prep_write (sqe, wo->fd, zero_buf,
+                         MIN (wo->left, (uint64_t) sizeof zero_buf), wo->off);
+  else if (wo->iovcnt == 1)
+    io_uring_prep_write (sqe, wo->fd, wo->iov->iov_base, wo->iov->iov_len,
+                         wo->off);
+  else
+    io_uring_prep_writev (sqe, wo->fd, wo->iov, wo->iovcnt, wo->off);
+  io_uring_sqe_set_data (sqe, &wo->op);
+  cs->ops++;
+}
+
+/* Every host write of a WRITE is done: link the new clusters (or undo
+ * the allocation after a failure), then answer.  Only now is the write
+ * covered by a later FLUSH on any connection, so only now is it
+ * acknowledged. */
+static void
+write_done (struct request *req)
+{
+  int r = qcow2_write_end (req->qw, req->err ? -req->err : 0);
+
+  req->qw = NULL;
+  if (req->err) {
+    reply_plain (req);        /* the I/O error, already described */
+    return;
+  }
+  modify_done (req, r);
+}
+
+static void
+wop_complete (struct wop *wo, int res)
+{
+  struct request *req = wo->req;
+  struct conn_state *cs = req->cs;
+
+  cs->ops--;
+  if (res == -EINTR || res == -EAGAIN) {
+    wop_submit (wo);
+    return;
+  }
+  if (wo->zero && !wo->write_zeros) {
+    /* EINVAL too: kernels without IORING_OP_FALLOCATE say that. */
+    if (res == -EOPNOTSUPP || res == -ENOSYS || res == -EINVAL) {
+      if (!cs->w->no_zero_range[wo->file])
+        log_debug ("worker %u: FALLOC_FL_ZERO_RANGE on %s: %s; writing "
+                   "zeros instead", cs->w->idx,
+                   qcow2_file_name (cs->conn->exp->img, wo->file),
+                   strerror (-res));
+      cs->w->no_zero_range[wo->file] = true;
+      wo->write_zeros = true;
+      wop_submit (wo);
+      return;
+    }
+    if (res < 0)
+      set_error (req, -res, "zeroing host offset %" PRIu64 ": %s",
+                 wo->off, strerror (-res));
+    wo->left = 0;
+  }
+  else if (res < 0)
+    set_error (req, -res, "write at host offset %" PRIu64 ": %s",
+               wo->off, strerror (-res));
+  else if (res == 0)
+    set_error (req, EIO, "write at host offset %" PRIu64
+               " made no progress", wo->off);
+  else {
+    /* A short write goes on where it stopped. */
+    uint64_t n = res;
+
+    wo->left -= MIN (n, wo->left);
+    wo->off += n;
+    while (!wo->zero && n > 0 && wo->iovcnt > 0) {
+      if (n >= wo->iov->iov_len) {
+        n -= wo->iov->iov_len;
+        wo->iov++;
+        wo->iovcnt--;
+      }
+      else {
+        wo->iov->iov_base = (char *) wo->iov->iov_base + n;
+        wo->iov->iov_len -= n;
+        n = 0;
+      }
+    }
+    if (wo->left > 0 && !req->err) {
+      wop_submit (wo);
+      return;
+    }
+  }
+  if (--req->pending == 0)
+    write_done (req);
+}
+
+/* Can segments A and B go into one run? */
+static bool
+seg_adjacent (const struct qcow2_seg *a, const struct qcow2_seg *b)
+{
+  return a->file == b->file && a->host_offset + a->length == b->host_offset
+    && (a->source == QCOW2_SEG_ZERO) == (b->source == QCOW2_SEG_ZERO);
+}
+
+/* Start (or, after QCOW2_BLOCKED, retry) a WRITE whose payload is in
+ * req->buf: ask the library for the host writes, then submit them all
+ * at once, one per host-contiguous run. */
+static void
+write_start (struct request *req)
+{
+  struct conn_state *cs = req->cs;
+  struct worker *w = cs->w;
+  const struct qcow2_seg *segs;
+  size_t nsegs = 0, nops = 0;
+  unsigned seq = atomic_load (&workers_wake_seq);
+  int r;
+
+  r = qcow2_write_begin (cs->conn->exp->img, req->offset, req->length, 0,
+                         &req->qw, &segs, &nsegs);
+  if (r != 0)
+    req->qw = NULL;             /* no write handle to end */
+  if (r == QCOW2_BLOCKED) {
+    park (req, seq);
+    return;
+  }
+  if (r < 0) {
+    modify_done (req, r);
+    return;
+  }
+
+  /* Our own library, but a bad segment would write the wrong bytes to
+   * the wrong place: check before trusting. */
+  for (size_t i = 0; i < nsegs; i++) {
+    const struct qcow2_seg *sg = &segs[i];
+    bool bad = sg->file >= w->nr_fds || sg->length == 0
+      || sg->host_offset > UINT64_MAX - sg->length;
+
+    if (sg->source == QCOW2_SEG_GUEST)
+      bad |= !range_fits (sg->src_offset, sg->length, req->length);
+    else if (sg->source == QCOW2_SEG_BUFFER)
+      bad |= sg->buf == NULL;
+    else if (sg->source != QCOW2_SEG_ZERO)
+      bad = true;
+    if (bad) {
+      set_error (req, EIO, "internal error: bad write segment %zu", i);
+      write_done (req);
+      return;
+    }
+  }
+  for (size_t i = 0, run = 0; i < nsegs; i++) {
+    if (i == 0 || !seg_adjacent (&segs[i - 1], &segs[i])
+        || run == WRITE_MAX_IOV) {
+      nops++;
+      run = 0;
+    }
+    run++;
+  }
+
+  if (nops > 0) {
+    req->wops = calloc (nops, sizeof *req->wops);
+    req->wiov = calloc (nsegs, sizeof *req->wiov);
+    if (req->wops == NULL || req->wiov == NULL) {
+      set_error (req, ENOMEM, "out of memory for the write");
+      write_done (req);
+      return;
+    }
+  }
+
+  struct wop *wo = NULL;
+  size_t run = 0;
+  for (size_t i = 0; i < nsegs; i++) {
+    const struct qcow2_seg *sg = &segs[i];
+    struct iovec *iov = &req->wiov[i];
+
+    if (i == 0 || !seg_adjacent (&segs[i - 1], sg) || run == WRITE_MAX_IOV) {
+      wo = wo ? wo + 1 : req->wops;
+      wo->op.kind = OP_WRITE;
+      wo->req = req;
+      wo->file = sg->file;
+      wo->fd = w->fds[sg->file];
+      wo->off = sg->host_offset;
+      wo->iov = iov;
+      wo->zero = sg->source == QCOW2_SEG_ZERO;
+      wo->write_zeros = wo->zero && w->no_zero_range[sg->file];
+      run = 0;
+    }
+    run++;
+    wo->left += sg->length;
+    if (sg->source == QCOW2_SEG_GUEST)
+      iov->iov_base = req->buf + sg->src_offset;
+    else
+      iov->iov_base = (void *) sg->buf;
+    iov->iov_len = sg->length;
+    wo->iovcnt++;
+  }
+
+  req->pending = nops;
+  for (size_t i = 0; i < nops; i++)
+    wop_submit (&req->wops[i]);
+  if (nops == 0)
+    write_done (req);
+}
+
+static void
+do_write (struct request *req)
+{
+  if (req->length == 0) {
+    modify_done (req, 0);
+    return;
+  }
+  write_start (req);
+}
+
+static void
+do_write_zeroes (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  unsigned flags = 0, seq;
+  int r;
+
+  if (req->length == 0) {
+    modify_done (req, 0);
+    return;
+  }
+  /* As in QEMU, deallocating needs both the client's leave (no NO_HOLE)
+   * and the server's (--discard=unmap). */
+  if (exp->discard_unmap && !(req->flags & NBD_CMD_FLAG_NO_HOLE))
+    flags |= QCOW2_MAY_UNMAP;
+  if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
+    flags |= QCOW2_FAST_ZERO;
+
+  seq = atomic_load (&workers_wake_seq);
+  r = qcow2_zero (exp->img, req->offset, req->length, flags);
+  if (r == QCOW2_BLOCKED) {
+    park (req, seq);
+    return;
+  }
+  if (r == -ENOTSUP && (flags & QCOW2_FAST_ZERO)) {
+    /* The client asked to hear at once that zeroing would be slow; it
+     * will write the zeros itself. */
+    reply_error (req, ENOTSUP, "fast zeroing is not possible here");
+    return;
+  }
+  modify_done (req, r);
+}
+
+static void
+do_trim (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  unsigned seq;
+  int r;
+
+  /* --discard=ignore (the default, as in qemu-nbd): TRIM is advice and
+   * may be ignored; the data stays as it was. */
+  if (!exp->discard_unmap || req->length == 0) {
+    reply_plain (req);
+    return;
+  }
+  seq = atomic_load (&workers_wake_seq);
+  r = qcow2_discard (exp->img, req->offset, req->length, 0);
+  if (r == QCOW2_BLOCKED) {
+    park (req, seq);
+    return;
+  }
+  modify_done (req, r);
+}
+
+static void
+do_flush (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  int r;
+
+  /* Covers every write already answered, on every connection: those
+   * have all ended (qcow2_write_end) before their replies were queued,
+   * and qcow2_flush covers every ended write, whatever thread made it. */
+  if (exp->read_only) {
+    reply_plain (req);
+    return;
+  }
+  r = qcow2_flush (exp->img);
+  if (r < 0) {
+    reply_error (req, -r, "flush: %s", strerror (-r));
+    return;
+  }
+  reply_plain (req);
+}
+
 /* ---- parsing ---------------------------------------------------------- */
 
 /* Which flags each command accepts, beyond FUA (valid everywhere once
@@ -991,6 +1430,11 @@ dispatch (struct request *req)
   struct conn *conn = req->cs->conn;
   const struct export *exp = conn->exp;
 
+  if (req->err) {
+    /* Failed while its payload came in (no buffer for it). */
+    reply_plain (req);
+    return;
+  }
   if (req->flags & ~valid_flags (conn, req->type)) {
     reply_error (req, EINVAL, "invalid flags %#x for %s", req->flags,
                  cmd_name (req->type));
@@ -1005,7 +1449,9 @@ dispatch (struct request *req)
   case NBD_CMD_TRIM:
   case NBD_CMD_WRITE_ZEROES:
     if (!range_fits (req->offset, req->length, exp->size)) {
-      reply_error (req, req->type == NBD_CMD_WRITE ? ENOSPC : EINVAL,
+      /* Writing past the end: ENOSPC, as qemu-nbd says. */
+      reply_error (req, req->type == NBD_CMD_WRITE
+                   || req->type == NBD_CMD_WRITE_ZEROES ? ENOSPC : EINVAL,
                    "request out of range: offset %" PRIu64 " length %"
                    PRIu32 " size %" PRIu64, req->offset, req->length,
                    exp->size);
@@ -1043,17 +1489,23 @@ dispatch (struct request *req)
     return;
 
   case NBD_CMD_FLUSH:
-    /* Nothing is ever written through this export yet, so there is
-     * nothing to make durable. */
-    reply_plain (req);
+    do_flush (req);
     return;
 
   case NBD_CMD_WRITE:
   case NBD_CMD_TRIM:
   case NBD_CMD_WRITE_ZEROES:
-    /* The write path does not exist yet: every export is read-only. */
-    reply_error (req, EPERM, "%s on a read-only export",
-                 cmd_name (req->type));
+    if (exp->read_only) {
+      reply_error (req, EPERM, "%s on a read-only export",
+                   cmd_name (req->type));
+      return;
+    }
+    if (req->type == NBD_CMD_WRITE)
+      do_write (req);
+    else if (req->type == NBD_CMD_TRIM)
+      do_trim (req);
+    else
+      do_write_zeroes (req);
     return;
 
   default:
@@ -1072,6 +1524,26 @@ conn_read (struct conn_state *cs)
   while (!cs->stop_read) {
     size_t avail = cs->in_len - cs->in_pos;
     uint8_t *p = cs->in_buf + cs->in_pos;
+    bool direct = false;
+
+    if (cs->payload_req) {
+      struct request *req = cs->payload_req;
+      size_t need = req->length - cs->payload_got;
+
+      if (avail > 0 || need == 0) {
+        size_t n = MIN (avail, need);
+        memcpy (req->buf + cs->payload_got, p, n);
+        cs->in_pos += n;
+        cs->payload_got += n;
+        if (cs->payload_got == req->length) {
+          cs->payload_req = NULL;
+          dispatch (req);
+        }
+        continue;
+      }
+      /* The input buffer is empty: a big payload skips it. */
+      direct = need >= DIRECT_PAYLOAD;
+    }
 
     if (cs->discard_left > 0 && avail > 0) {
       size_t n = MIN ((uint64_t) avail, cs->discard_left);
@@ -1127,14 +1599,30 @@ conn_read (struct conn_state *cs)
       req->length = length;
       if (type == NBD_CMD_READ)
         req->bytes = MIN (length, NBD_MAX_PAYLOAD);
-      cs->bytes += req->bytes;
 
       if (type == NBD_CMD_WRITE && length > 0) {
+        /* Keep the payload only for a write that will be done; the
+         * payload of one refused anyway is thrown away as it comes. */
+        if (!conn->exp->read_only
+            && !(req->flags & ~valid_flags (conn, type))
+            && range_fits (req->offset, length, conn->exp->size)) {
+          req->buf = bufpool_get (cs->w, length, &req->buf_cls);
+          if (req->buf) {
+            req->bytes = length;
+            cs->bytes += req->bytes;
+            cs->payload_req = req;
+            cs->payload_got = 0;
+            continue;
+          }
+          set_error (req, ENOMEM, "out of memory for the write payload");
+        }
         cs->discard_left = length;
         cs->discard_req = req;
       }
-      else
+      else {
+        cs->bytes += req->bytes;
         dispatch (req);
+      }
       continue;
     }
 
@@ -1144,14 +1632,26 @@ conn_read (struct conn_state *cs)
     cs->in_pos = 0;
     cs->in_len = avail;
 
-    ssize_t r = conn->transport->recv (conn, cs->in_buf + cs->in_len,
-                                       IN_BUF_SIZE - cs->in_len);
-    if (r > 0) {
-      cs->in_len += r;
-      continue;
+    ssize_t r;
+    if (direct) {
+      struct request *req = cs->payload_req;
+      r = conn->transport->recv (conn, req->buf + cs->payload_got,
+                                 req->length - cs->payload_got);
+      if (r > 0) {
+        cs->payload_got += r;
+        continue;               /* dispatched at the top when complete */
+      }
+    }
+    else {
+      r = conn->transport->recv (conn, cs->in_buf + cs->in_len,
+                                 IN_BUF_SIZE - cs->in_len);
+      if (r > 0) {
+        cs->in_len += r;
+        continue;
+      }
     }
     if (r == 0) {
-      if (cs->in_len > 0 || cs->discard_left > 0)
+      if (cs->in_len > 0 || cs->discard_left > 0 || cs->payload_req)
         conn_stop_reading (cs, "client hung up in the middle of a request");
       else
         conn_stop_reading (cs, "client hung up without NBD_CMD_DISC");
@@ -1395,6 +1895,13 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     struct piece *pc = container_of (op, struct piece, op);
     cs = pc->req->cs;
     piece_complete (pc, res);
+    mark_dirty (cs);
+    break;
+  }
+  case OP_WRITE: {
+    struct wop *wo = container_of (op, struct wop, op);
+    cs = wo->req->cs;
+    wop_complete (wo, res);
     mark_dirty (cs);
     break;
   }

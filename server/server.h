@@ -35,6 +35,7 @@ struct server_config {
   const char *export_name;      /* default "" */
   const char *description;      /* NULL: none */
   bool read_only;
+  bool discard_unmap;           /* --discard=unmap (default ignore) */
   const char *bind_addr;        /* NULL: all addresses, dual stack */
   const char *port;             /* default "10809" */
   const char *socket_path;      /* Unix socket instead of TCP */
@@ -59,6 +60,7 @@ struct export {
   struct qcow2_image *img;
   uint64_t size;
   bool read_only;
+  bool discard_unmap;           /* TRIM deallocates; else it is ignored */
   uint16_t eflags;              /* NBD_FLAG_* transmission flags */
   uint32_t min_block, pref_block, max_block;
 };
@@ -166,10 +168,27 @@ void workers_add_conn (struct conn *conn);
 /* Stop reading new requests on every connection, answer what is in
  * flight, close every connection and join the threads. */
 void workers_shutdown (void);
+/* The qcow2_open_opts.wakeup callback: an in-flight allocation ended, so
+ * every worker retries the requests it parked on QCOW2_BLOCKED.  Safe
+ * from any thread, before workers_start and after workers_shutdown. */
+void workers_wakeup (void *opaque);
 
 /* ---- request.c: the transmission phase -------------------------------- */
 
 /* Map an errno to the NBD error sent on the wire (the only such place). */
 uint32_t nbd_errno (int err);
+
+/* ---- options.c: command line values shared by subcommands ------------- */
+
+/* Parse a decimal size with an optional binary suffix K, M, G or T
+ * (either case) into *SIZE.  Returns 0, or -1 when S is not such a size
+ * or does not fit in 64 bits. */
+int options_parse_size (const char *s, uint64_t *size);
+
+/* ---- create.c: the create subcommand ---------------------------------- */
+
+/* Run "qcow2-nbd create ..." (ARGV[0] is "create"); returns the exit
+ * status. */
+int create_main (int argc, char **argv);
 
 #endif /* SERVER_SERVER_H */

@@ -28,6 +28,7 @@ enum uring_op_kind {
   OP_POLL_IN,       /* a connection's socket became readable */
   OP_POLL_OUT,      /* ... or writable */
   OP_PIECE,         /* one data read of a READ request */
+  OP_WRITE,         /* one host write or zeroing of a WRITE request */
 };
 
 struct uring_op {
@@ -80,7 +81,19 @@ struct worker {
   struct request *free_reqs;    /* recycled request structs */
   unsigned nr_free_reqs;
   struct bufpool pool;
+  /* Requests the library answered with QCOW2_BLOCKED, in arrival order,
+   * retried after every wake-up (request_retry_parked). */
+  struct request *parked_head, *parked_tail;
+  /* Per file (indexed like fds): FALLOC_FL_ZERO_RANGE was refused, so
+   * zero segments are written as zeros straight away. */
+  bool *no_zero_range;
 };
+
+/* Bumped by workers_wakeup() before it kicks the workers.  A request
+ * that gets QCOW2_BLOCKED compares it with the value read before the
+ * call: if it moved, the wake-up may have been consumed before the
+ * request was parked, so the worker kicks itself. */
+extern atomic_uint workers_wake_seq;
 
 /* ---- worker.c --------------------------------------------------------- */
 
@@ -92,6 +105,9 @@ struct io_uring_sqe *worker_get_sqe (struct worker *w);
  * receives the class to give back to bufpool_put. */
 void *bufpool_get (struct worker *w, size_t size, unsigned *cls);
 void bufpool_put (struct worker *w, void *buf, unsigned cls);
+
+/* Make W's loop run a wake-up (and so retry its parked requests). */
+void worker_kick (struct worker *w);
 
 /* ---- request.c -------------------------------------------------------- */
 
@@ -107,6 +123,8 @@ void request_service (struct worker *w);
 void request_stop_all (struct worker *w);
 /* Shutdown grace period over: drop every connection, answered or not. */
 void request_kill_all (struct worker *w);
+/* After a wake-up: retry the parked requests, in arrival order. */
+void request_retry_parked (struct worker *w);
 /* Free per-worker caches at thread exit. */
 void request_worker_cleanup (struct worker *w);
 

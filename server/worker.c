@@ -5,7 +5,9 @@
  * requests, queue data reads and send replies, and then submits all the
  * SQEs of that iteration with one io_uring_enter.  Connections arrive
  * through a mutex-protected queue and an eventfd the ring always has a
- * read armed on, so the listener never touches a worker's ring. */
+ * read armed on, so the listener never touches a worker's ring.  The same
+ * eventfd carries the library's wake-ups (workers_wakeup): an ended
+ * allocation makes every worker retry the requests it parked. */
 
 #include <config.h>
 
@@ -34,6 +36,12 @@
 
 static struct worker *workers;
 static unsigned nr_workers;
+/* Workers that workers_wakeup() may kick: set once every worker runs,
+ * cleared only after every thread has been joined, so a wake-up from a
+ * worker's last write never pokes a closed eventfd. */
+static atomic_uint nr_wakeable;
+
+atomic_uint workers_wake_seq;
 
 /* ---- buffer pool ------------------------------------------------------ */
 
@@ -133,6 +141,10 @@ wake (struct worker *w)
   for (size_t i = 0; i < n; i++)
     request_conn_start (w, list[i]);
   free (list);
+
+  /* The eventfd does not say who kicked it: an ended allocation may have
+   * unblocked parked requests, so try them whatever the reason. */
+  request_retry_parked (w);
 
   if (atomic_load (&w->stop) && !w->stopping) {
     w->stopping = true;
@@ -275,7 +287,9 @@ workers_start (const struct export *exp, unsigned n)
     pthread_mutex_init (&w->lock, NULL);
 
     w->fds = calloc (nfiles ? nfiles : 1, sizeof *w->fds);
-    if (w->fds == NULL) {
+    w->no_zero_range = calloc (nfiles ? nfiles : 1,
+                               sizeof *w->no_zero_range);
+    if (w->fds == NULL || w->no_zero_range == NULL) {
       log_error ("worker %u: %m", i);
       return -1;
     }
@@ -307,11 +321,12 @@ workers_start (const struct export *exp, unsigned n)
     }
     nr_workers++;
   }
+  atomic_store (&nr_wakeable, nr_workers);
   return 0;
 }
 
-static void
-kick (struct worker *w)
+void
+worker_kick (struct worker *w)
 {
   uint64_t one = 1;
 
@@ -362,7 +377,17 @@ workers_add_conn (struct conn *conn)
     w->handoff[w->nr_handoff++] = conn;
     atomic_fetch_add (&w->nr_conns, 1);
   }
-  kick (w);
+  worker_kick (w);
+}
+
+void
+workers_wakeup (void *opaque)
+{
+  unsigned n = atomic_load (&nr_wakeable);
+
+  atomic_fetch_add (&workers_wake_seq, 1);
+  for (unsigned i = 0; i < n; i++)
+    worker_kick (&workers[i]);
 }
 
 void
@@ -370,17 +395,24 @@ workers_shutdown (void)
 {
   for (unsigned i = 0; i < nr_workers; i++) {
     atomic_store (&workers[i].stop, true);
-    kick (&workers[i]);
+    worker_kick (&workers[i]);
   }
+  /* A worker leaves only when its connections have no request left, so
+   * every write has ended (qcow2_write_end) once all are joined.  Join
+   * them all before closing anything: a worker finishing a write wakes
+   * the others through their eventfds. */
+  for (unsigned i = 0; i < nr_workers; i++)
+    pthread_join (workers[i].thread, NULL);
+  atomic_store (&nr_wakeable, 0);
   for (unsigned i = 0; i < nr_workers; i++) {
     struct worker *w = &workers[i];
 
-    pthread_join (w->thread, NULL);
     io_uring_queue_exit (&w->ring);
     close (w->efd);
     for (size_t f = 0; f < w->nr_fds; f++)
       close (w->fds[f]);
     free (w->fds);
+    free (w->no_zero_range);
     free (w->handoff);
     pthread_mutex_destroy (&w->lock);
   }

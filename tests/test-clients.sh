@@ -180,7 +180,7 @@ if command -v fio >/dev/null 2>&1 &&
   for (( i = 0; i < 100; i++ )); do [ -S "$qsock" ] && break; sleep 0.1; done
   [ -S "$qsock" ] || fail "qemu-nbd did not start: $(cat "$tmpdir/qemu-nbd.log")"
   fio_job=(--name=verify --ioengine=nbd --bs=4k --size=32M
-           --verify=crc32c --randrepeat=1 --iodepth=8)
+           --verify=crc32c --randrepeat=1 --iodepth=8 --verify_state_save=0)
   run_timeout 300 fio "${fio_job[@]}" --rw=randwrite --do_verify=0 \
     --uri="nbd+unix:///?socket=$qsock" >"$tmpdir/fio-write.out" 2>&1 || {
     cat "$tmpdir/fio-write.out" >&2; fail "fio write through qemu-nbd"; }

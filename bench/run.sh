@@ -5,7 +5,8 @@
 # Runs the same fio jobs (nbd engine) against qcow2-nbd, qemu-nbd (its
 # default aio and --aio=io_uring) and, for reads, nbdkit's null plugin (the
 # ceiling of the protocol and of fio on this machine), one server after the
-# other, and prints a table of IOPS or MiB/s, the ratio to the better
+# other (writes go to a fresh copy of the fixture for each server), and
+# prints a table of IOPS or MiB/s, the ratio to the better
 # qemu-nbd, and each server's CPU time per request (from /proc).  Also
 # peak RSS while serving a 1 TiB image and the time from start to
 # accepting connections.  Ratios, not absolute numbers, are what carry
@@ -62,7 +63,7 @@ stop ()
         pid=
     fi
 }
-trap stop EXIT
+trap 'stop; rm -f "$workdir/work.qcow2"' EXIT
 
 wait_port ()
 {
@@ -77,18 +78,20 @@ wait_port ()
     return 1
 }
 
-# start NAME IMAGE: start server NAME on IMAGE, set $pid and $uri.
+# start NAME IMAGE [rw]: start server NAME on IMAGE (read-only unless rw),
+# set $pid and $uri.
 start ()
 {
-    local name=$1 img=$2
+    local name=$1 img=$2 ro_ours=--read-only ro_qemu=-r
+    if [ "${3:-}" = rw ]; then ro_ours= ro_qemu=; fi
     uri="nbd://127.0.0.1:$port"
     case "$name" in
         *-tls) uri="nbds://localhost:$port/?tls-certificates=$tlsdir/client" ;;
     esac
     case "$name" in
-        qcow2-nbd) "$server" serve "$img" --read-only -p "$port" -b 127.0.0.1 2>>"$out/server.log" & ;;
-        qemu-nbd) qemu-nbd -f qcow2 -r -t -e 16 -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
-        qemu-nbd-uring) qemu-nbd -f qcow2 -r -t -e 16 --aio=io_uring -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
+        qcow2-nbd) "$server" serve "$img" $ro_ours -p "$port" -b 127.0.0.1 2>>"$out/server.log" & ;;
+        qemu-nbd) qemu-nbd -f qcow2 $ro_qemu -t -e 16 -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
+        qemu-nbd-uring) qemu-nbd -f qcow2 $ro_qemu -t -e 16 --aio=io_uring -p "$port" -b 127.0.0.1 "$img" 2>>"$out/server.log" & ;;
         qcow2-nbd-tls) "$server" serve "$img" --read-only -p "$port" -b 127.0.0.1 \
                            --tls-certs "$tlsdir/server" 2>>"$out/server.log" & ;;
         qemu-nbd-tls) qemu-nbd -f qcow2 -r -t -e 16 -p "$port" -b 127.0.0.1 \
@@ -119,7 +122,16 @@ job ()
     local s
     for s in $servers; do
         [ "$s" = nbdkit-null ] && [ "$key" != full ] && continue
-        start "$s" "$workdir/$key.qcow2"
+        case "$key" in
+            overwrite)   # a private copy of the fully written image
+                cp "$workdir/full.qcow2" "$workdir/work.qcow2"
+                start "$s" "$workdir/work.qcow2" rw ;;
+            empty)       # allocating writes into a new image
+                rm -f "$workdir/work.qcow2"
+                qemu-img create -q -f qcow2 "$workdir/work.qcow2" "$(stat -c %s "$workdir/full.raw")"
+                start "$s" "$workdir/work.qcow2" rw ;;
+            *) start "$s" "$workdir/$key.qcow2" ;;
+        esac
         local t0 t1
         t0=$(cpu_ticks)
         fio --output-format=json --output="$out/$name.$s.json" \
@@ -144,6 +156,9 @@ job zstd-randread-4k    zstd --rw=randread --bs=4k --iodepth=32
 job zstd-seqread-1m     zstd --rw=read --bs=1M --iodepth=8
 job zlib-randread-4k    zlib --rw=randread --bs=4k --iodepth=32
 job overlay-randread-4k overlay --rw=randread --bs=4k --iodepth=32
+job randwrite-4k-overwrite overwrite --rw=randwrite --bs=4k --iodepth=32
+job randwrite-4k-alloc  empty --rw=randwrite --bs=4k --iodepth=32
+job seqwrite-1m-alloc   empty --rw=write --bs=1M --iodepth=8
 
 # TLS: fio's nbd engine refuses tls-certificates= in URIs (libnbd keeps
 # local file access off unless the program allows it), so TLS throughput

@@ -49,13 +49,10 @@ create_usage (FILE *fp)
 "  -h, --help                    print this help\n");
 }
 
-static void
+static void __attribute__ ((noreturn))
 create_bad_usage (const char *msg, const char *arg)
 {
-  fprintf (stderr, "qcow2-nbd: create: %s%s%s%s\n", msg, arg ? " '" : "",
-           arg ? arg : "", arg ? "'" : "");
-  fprintf (stderr, "Try 'qcow2-nbd create --help' for more information.\n");
-  exit (EXIT_FAILURE);
+  options_usage_error ("create: ", "create", msg, arg);
 }
 
 /* Did the library say why it failed?  Then we need not. */
@@ -181,16 +178,8 @@ create_main (int argc, char **argv)
     case 'h':
       create_usage (stdout);
       exit (EXIT_SUCCESS);
-    case ':':
-      create_bad_usage ("missing argument for", argv[optind - 1]);
-      break;
     default:
-      if (optopt > 0 && optopt < 256) {
-        char opt[3] = { '-', (char) optopt, '\0' };
-
-        create_bad_usage ("unknown option", opt);
-      }
-      create_bad_usage ("unknown option", argv[optind - 1]);
+      options_getopt_error (create_bad_usage, c, argv);
     }
   }
 

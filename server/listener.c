@@ -126,6 +126,18 @@ format_peer (int fd, const struct sockaddr_storage *ss, socklen_t len,
     snprintf (buf, size, "%s:%s", host, serv);
 }
 
+/* Take P off pending_list (its handshake is over or never started). */
+static void
+pending_unlink_locked (struct pending *p)
+{
+  if (p->prev)
+    p->prev->next = p->next;
+  else
+    pending_list = p->next;
+  if (p->next)
+    p->next->prev = p->prev;
+}
+
 /* The socket timeouts the handshake armed must not outlive it. */
 static void
 clear_timeouts (int fd)
@@ -151,12 +163,7 @@ handshake_thread (void *arg)
 
   {
     LOCK_FOR_SCOPE (&lock);
-    if (p->prev)
-      p->prev->next = p->next;
-    else
-      pending_list = p->next;
-    if (p->next)
-      p->next->prev = p->prev;
+    pending_unlink_locked (p);
   }
   free (p);
 
@@ -255,12 +262,7 @@ accept_one (int lfd)
     log_error ("%s: creating handshake thread: %m", peer);
     {
       LOCK_FOR_SCOPE (&lock);
-      if (p->prev)
-        p->prev->next = p->next;
-      else
-        pending_list = p->next;
-      if (p->next)
-        p->next->prev = p->prev;
+      pending_unlink_locked (p);
       nr_handshakes--;
     }
     free (p);

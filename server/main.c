@@ -100,14 +100,10 @@ serve_usage (FILE *fp)
            DEFAULT_HANDSHAKE_TIMEOUT);
 }
 
-static void
+static void __attribute__ ((noreturn))
 bad_usage (const char *msg, const char *arg)
 {
-  if (msg)
-    fprintf (stderr, "qcow2-nbd: %s%s%s%s\n", msg, arg ? " '" : "",
-             arg ? arg : "", arg ? "'" : "");
-  fprintf (stderr, "Try 'qcow2-nbd serve --help' for more information.\n");
-  exit (EXIT_FAILURE);
+  options_usage_error ("", "serve", msg, arg);
 }
 
 /* Parse a decimal unsigned in [MIN, MAX]; exits on error. */
@@ -365,16 +361,8 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     case 'h':
       serve_usage (stdout);
       exit (EXIT_SUCCESS);
-    case ':':
-      bad_usage ("missing argument for", argv[optind - 1]);
-      break;
     default:
-      if (optopt > 0 && optopt < 256) {
-        char opt[3] = { '-', (char) optopt, '\0' };
-
-        bad_usage ("unknown option", opt);
-      }
-      bad_usage ("unknown option", argv[optind - 1]);
+      options_getopt_error (bad_usage, c, argv);
     }
   }
 

@@ -1,13 +1,17 @@
 /* SPDX-License-Identifier: MIT */
-/* Parsers for command line values that more than one subcommand takes
- * (serve's --l2-cache-size, create's SIZE and --cluster-size), so the
- * subcommands agree on what "64K" means.  They report failure and leave
- * the message, which names the option, to the caller. */
+/* Command line pieces that more than one subcommand uses: parsers for
+ * values they both take (serve's --l2-cache-size, create's SIZE and
+ * --cluster-size), so the subcommands agree on what "64K" means, and
+ * the usage error reports, so they word mistakes alike.  The parsers
+ * report failure and leave the message, which names the option, to the
+ * caller. */
 
 #include <config.h>
 
 #include <errno.h>
+#include <getopt.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "server/server.h"
@@ -37,4 +41,29 @@ options_parse_size (const char *s, uint64_t *size)
     return -1;
   *size = v * mult;
   return 0;
+}
+
+void
+options_usage_error (const char *prefix, const char *subcmd, const char *msg,
+                     const char *arg)
+{
+  if (msg)
+    fprintf (stderr, "qcow2-nbd: %s%s%s%s%s\n", prefix, msg,
+             arg ? " '" : "", arg ? arg : "", arg ? "'" : "");
+  fprintf (stderr, "Try 'qcow2-nbd %s --help' for more information.\n",
+           subcmd);
+  exit (EXIT_FAILURE);
+}
+
+void
+options_getopt_error (options_bad_usage_fn bad_usage, int c, char **argv)
+{
+  if (c == ':')
+    bad_usage ("missing argument for", argv[optind - 1]);
+  if (optopt > 0 && optopt < 256) {
+    char opt[3] = { '-', (char) optopt, '\0' };
+
+    bad_usage ("unknown option", opt);
+  }
+  bad_usage ("unknown option", argv[optind - 1]);
 }

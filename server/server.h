@@ -173,7 +173,7 @@ void workers_shutdown (void);
  * from any thread, before workers_start and after workers_shutdown. */
 void workers_wakeup (void *opaque);
 
-/* ---- request.c: the transmission phase -------------------------------- */
+/* ---- reply.c: replies in the transmission phase ----------------------- */
 
 /* Map an errno to the NBD error sent on the wire (the only such place). */
 uint32_t nbd_errno (int err);
@@ -184,6 +184,25 @@ uint32_t nbd_errno (int err);
  * (either case) into *SIZE.  Returns 0, or -1 when S is not such a size
  * or does not fit in 64 bits. */
 int options_parse_size (const char *s, uint64_t *size);
+
+/* Report a command line error and exit with status 1: "qcow2-nbd:
+ * PREFIXMSG 'ARG'" (the quoted ARG only when given, the whole line only
+ * when MSG is), then a pointer to "qcow2-nbd SUBCMD --help". */
+void options_usage_error (const char *prefix, const char *subcmd,
+                          const char *msg, const char *arg)
+  __attribute__ ((noreturn));
+
+/* A subcommand's own usage error report (a wrapper of
+ * options_usage_error). */
+typedef void (*options_bad_usage_fn) (const char *msg, const char *arg)
+  __attribute__ ((noreturn));
+
+/* getopt_long returned C, ':' (missing argument) or '?' (unknown
+ * option; the option string must start with ':'): report it with
+ * BAD_USAGE, which does not return. */
+void options_getopt_error (options_bad_usage_fn bad_usage, int c,
+                           char **argv)
+  __attribute__ ((noreturn));
 
 /* ---- create.c: the create subcommand ---------------------------------- */
 

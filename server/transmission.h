@@ -1,8 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* Private interface between the worker threads (worker.c) and the
- * transmission phase (request.c): the worker struct with its ring, its
- * dup()ed image fds and its buffer pool, and the tags that every io_uring
- * user_data points at so one completion loop can dispatch them.
+/* Private interface of the transmission phase: between the worker threads
+ * (worker.c) and the per-connection request code, which is split by
+ * concern into request.c (parsing, dispatch, connection lifetime),
+ * reply.c (reply building, the send queue), read.c (READ, CACHE),
+ * block-status.c and writes.c (WRITE, WRITE_ZEROES, TRIM, FLUSH).  It
+ * holds the worker struct with its ring, its dup()ed image fds and its
+ * buffer pool, the tags that every io_uring user_data points at so one
+ * completion loop can dispatch them, and the request and connection state
+ * those files share.
  *
  * Everything here belongs to one worker thread, except the fields marked
  * "lock" (the hand-over queue, filled by the listener) and the atomics. */
@@ -14,9 +19,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <liburing.h>
 
+#include "qcow2/qcow2.h"
+#include "server/nbd-protocol.h"
 #include "server/server.h"
 
 /* What a completion is for.  Each SQE's user_data points at a struct
@@ -95,6 +103,110 @@ struct worker {
  * request was parked, so the worker kicks itself. */
 extern atomic_uint workers_wake_seq;
 
+/* ---- per-request and per-connection state ----------------------------- */
+
+/* Structured reply chunk header size ("Structured reply chunk message"). */
+#define STRUCT_HDR NBD_STRUCTURED_REPLY_SIZE
+/* Extents asked of qcow2_map per call. */
+#define MAP_BATCH 256
+
+/* One data read of a READ request: a DATA extent read into place, or a
+ * COMPRESSED extent's stream read into scratch and decompressed. */
+struct piece {
+  struct uring_op op;
+  struct request *req;
+  const struct qcow2_extent *ext;
+  char *dst;            /* where the guest bytes go */
+  size_t len;           /* bytes to read (compressed: stream length) */
+  size_t done;          /* bytes read so far (short reads resubmit) */
+  int fd;
+  uint64_t host_off;
+  char *scratch;        /* compressed stream */
+  unsigned scratch_cls;
+};
+
+/* One host write of a WRITE request: a host-contiguous run of segments
+ * from qcow2_write_begin as one (vectored) write, or one ZERO segment as
+ * an FALLOC_FL_ZERO_RANGE fallocate (or written zeros where the file
+ * system refuses it). */
+struct wop {
+  struct uring_op op;
+  struct request *req;
+  unsigned file;
+  int fd;
+  struct iovec *iov;    /* what is left to write (advanced in place) */
+  int iovcnt;
+  uint64_t off;         /* host offset of the next byte */
+  uint64_t left;        /* bytes still to write or zero */
+  bool zero;            /* a ZERO segment */
+  bool write_zeros;     /* ... written from zero_buf, not fallocated */
+};
+
+struct request {
+  struct conn_state *cs;
+  struct request *next;         /* send queue, free list, parked list */
+  uint16_t flags, type;
+  uint64_t cookie, offset;
+  uint32_t length;
+  uint64_t bytes;               /* counted against MAX_INFLIGHT_BYTES */
+
+  int err;                      /* errno to report, 0 = success */
+  char msg[96];                 /* structured error message */
+
+  /* READ */
+  struct qcow2_extent *ext;
+  size_t nr_ext, cap_ext;
+  struct piece *pieces;
+  size_t nr_pieces;
+  unsigned pending;             /* pieces still in the kernel */
+  char *buf;                    /* READ data, WRITE payload */
+  unsigned buf_cls;
+
+  /* WRITE, between qcow2_write_begin and qcow2_write_end; 'pending'
+   * counts the wops in the kernel. */
+  struct qcow2_write *qw;
+  struct wop *wops;
+  struct iovec *wiov;
+
+  /* Reply: iov[iov_idx] + iov_off is the next byte to send. */
+  struct iovec *iov;
+  int iovcnt, iov_idx;
+  size_t iov_off;
+  uint8_t *hdrs;                /* chunk headers and small payloads */
+  struct iovec small_iov[3];
+  uint8_t small_hdrs[64];
+};
+
+struct conn_state {
+  struct conn *conn;
+  struct worker *w;
+  struct conn_state *next, *prev;       /* worker's connection list */
+  struct conn_state *dirty_next;
+  bool in_dirty;
+
+  /* Input */
+  uint8_t *in_buf;
+  size_t in_pos, in_len;
+  uint64_t discard_left;        /* payload bytes still to throw away */
+  struct request *discard_req;  /* answered once the payload is gone */
+  struct request *payload_req;  /* WRITE whose payload is coming in */
+  uint32_t payload_got;         /* bytes of it in req->buf so far */
+  bool paused;                  /* over the in-flight bounds */
+  bool stop_read;               /* DISC, EOF, shutdown: read no more */
+  bool dead;                    /* socket unusable: drop replies */
+  const char *close_reason;
+
+  /* In flight */
+  unsigned nr_reqs;             /* parsed and not yet sent or dropped */
+  uint64_t bytes;
+  unsigned ops;                 /* polls, reads and writes in the kernel */
+  struct uring_op poll_in, poll_out;
+  bool poll_in_armed, poll_out_armed, cancelled;
+
+  /* Send queue */
+  struct request *sq_head, *sq_tail;
+};
+
 /* ---- worker.c --------------------------------------------------------- */
 
 /* An SQE from W's ring, submitting queued ones first if the ring is full.
@@ -109,11 +221,11 @@ void bufpool_put (struct worker *w, void *buf, unsigned cls);
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);
 
-/* ---- request.c -------------------------------------------------------- */
+/* ---- request.c: parsing, dispatch, connection lifetime ---------------- */
 
 /* Take over a connection in the transmission phase. */
 void request_conn_start (struct worker *w, struct conn *conn);
-/* A completion whose op belongs to request.c. */
+/* A completion whose op belongs to the transmission phase. */
 void request_complete (struct worker *w, struct uring_op *op, int res);
 /* Run the deferred work of every connection marked dirty: send queued
  * replies, resume reading, close finished connections. */
@@ -123,9 +235,82 @@ void request_service (struct worker *w);
 void request_stop_all (struct worker *w);
 /* Shutdown grace period over: drop every connection, answered or not. */
 void request_kill_all (struct worker *w);
-/* After a wake-up: retry the parked requests, in arrival order. */
-void request_retry_parked (struct worker *w);
 /* Free per-worker caches at thread exit. */
 void request_worker_cleanup (struct worker *w);
+
+/* The command's name for messages ("WRITE_ZEROES"). */
+const char *cmd_name (uint16_t type);
+/* Record the request's error (errno ERR and a message) unless it has one
+ * already: the first error is the one reported. */
+void set_error (struct request *req, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+/* The request is finished: sent, or dropped with its connection. */
+void req_free (struct request *req);
+/* Queue the connection for request_service. */
+void mark_dirty (struct conn_state *cs);
+/* Stop using the socket for good (client gone, protocol violation):
+ * queued replies are dropped, reads in the kernel are waited for. */
+void conn_kill (struct conn_state *cs, const char *reason);
+/* Poll the socket for input, or (OUT) for room to send. */
+void arm_poll (struct conn_state *cs, bool out);
+
+/* ---- reply.c: reply building and the per-connection send queue -------- */
+
+/* Queue a built reply to be sent (or drop it if the socket is dead). */
+void reply_enqueue (struct request *req);
+/* Room for N iovecs and HDR_BYTES of headers in the request.  Returns 0
+ * or -1 (out of memory; reply_release_iov undoes a part done). */
+int reply_alloc (struct request *req, size_t n, size_t hdr_bytes);
+/* Give back what reply_alloc took, so the request can still be answered
+ * with reply_plain or reply_error. */
+void reply_release_iov (struct request *req);
+/* Append an iovec to the reply. */
+void reply_put_iov (struct request *req, void *base, size_t len);
+/* Write a structured reply chunk header at P; returns the byte after. */
+uint8_t *reply_put_struct_hdr (uint8_t *p, struct request *req,
+                               uint16_t flags, uint16_t type, uint32_t len);
+/* Send a simple reply with no data, or (structured) an error chunk or a
+ * bare DONE: req->err and req->msg say which. */
+void reply_plain (struct request *req);
+/* Set the error and send it with reply_plain. */
+void reply_error (struct request *req, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+/* Send queued replies until the queue is empty or the socket is full. */
+void reply_send (struct conn_state *cs);
+/* Drop every queued reply unsent. */
+void reply_drop_queue (struct conn_state *cs);
+
+/* ---- read.c: READ and CACHE ------------------------------------------- */
+
+/* Zero and unallocated extents read as zeros: OFFSET_HOLE material. */
+static inline bool
+extent_is_hole (const struct qcow2_extent *e)
+{
+  return e->type == QCOW2_EXTENT_ZERO || e->type == QCOW2_EXTENT_UNALLOCATED;
+}
+
+/* Map [OFFSET, OFFSET+LENGTH) into req->ext, at most MAX_EXT extents in
+ * all.  Returns 0 or -errno (the request's error set). */
+int read_map_range (struct request *req, uint64_t offset, uint64_t length,
+                    size_t max_ext);
+void cmd_read (struct request *req);
+void cmd_cache (struct request *req);
+/* A data read of a READ completed with RES. */
+void piece_complete (struct piece *pc, int res);
+
+/* ---- block-status.c: BLOCK_STATUS for every metadata context ---------- */
+
+void cmd_block_status (struct request *req);
+
+/* ---- writes.c: WRITE, WRITE_ZEROES, TRIM, FLUSH ----------------------- */
+
+void cmd_write (struct request *req);
+void cmd_write_zeroes (struct request *req);
+void cmd_trim (struct request *req);
+void cmd_flush (struct request *req);
+/* A host write of a WRITE completed with RES. */
+void wop_complete (struct wop *wo, int res);
+/* After a wake-up: retry the parked requests, in arrival order. */
+void request_retry_parked (struct worker *w);
 
 #endif /* SERVER_TRANSMISSION_H */

@@ -1,0 +1,380 @@
+/* SPDX-License-Identifier: MIT */
+/* READ and CACHE.  READ maps the range with qcow2_map and queues one
+ * io_uring read per data or compressed extent (a piece); compressed
+ * clusters are decompressed as their stream comes in.  The reply is
+ * built when the last piece completes, so a simple-reply error is always
+ * known before the header goes out: runs of data become OFFSET_DATA
+ * chunks and runs of zeros OFFSET_HOLE chunks, unless the client asked
+ * for one chunk (DF) or has no structured replies.  CACHE maps the same
+ * way and asks for readahead. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/byteorder.h"
+#include "common/rounding.h"
+#include "qcow2/qcow2.h"
+#include "server/nbd-protocol.h"
+#include "server/server.h"
+#include "server/transmission.h"
+
+/* CACHE: readahead at most this many extents per request (advisory). */
+#define CACHE_MAX_EXTENTS 4096
+
+/* ---- mapping ---------------------------------------------------------- */
+
+int
+read_map_range (struct request *req, uint64_t offset, uint64_t length,
+                size_t max_ext)
+{
+  struct qcow2_image *img = req->cs->conn->exp->img;
+  uint64_t pos = offset, end = offset + length;
+
+  while (pos < end && req->nr_ext < max_ext) {
+    size_t got = 0;
+    int r;
+
+    if (req->nr_ext == req->cap_ext) {
+      size_t cap = req->cap_ext ? 2 * req->cap_ext : 16;
+      struct qcow2_extent *p = realloc (req->ext, cap * sizeof *p);
+      if (p == NULL) {
+        set_error (req, ENOMEM, "out of memory mapping the range");
+        return -ENOMEM;
+      }
+      req->ext = p;
+      req->cap_ext = cap;
+    }
+    r = qcow2_map (img, pos, end - pos, req->ext + req->nr_ext,
+                   MIN (req->cap_ext - req->nr_ext, (size_t) MAP_BATCH), &got);
+    if (r < 0) {
+      set_error (req, -r, "cannot map offset %" PRIu64 ": %s", pos,
+                 strerror (-r));
+      return r;
+    }
+    /* The library promises contiguous, non-empty extents covering a
+     * prefix; a broken promise must not loop forever or overrun. */
+    if (got == 0 || got > req->cap_ext - req->nr_ext) {
+      set_error (req, EIO, "internal error mapping offset %" PRIu64, pos);
+      return -EIO;
+    }
+    for (size_t i = 0; i < got; i++) {
+      struct qcow2_extent *e = &req->ext[req->nr_ext + i];
+      if (e->offset != pos || e->length == 0 || e->length > end - pos) {
+        set_error (req, EIO, "internal error mapping offset %" PRIu64, pos);
+        return -EIO;
+      }
+      pos += e->length;
+    }
+    req->nr_ext += got;
+  }
+  return 0;
+}
+
+/* ---- the READ reply --------------------------------------------------- */
+
+/* All pieces of a READ are in: build the reply. */
+static void
+read_done (struct request *req)
+{
+  struct conn_state *cs = req->cs;
+  bool df = req->flags & NBD_CMD_FLAG_DF;
+
+  if (cs->dead) {
+    req_free (req);
+    mark_dirty (cs);
+    return;
+  }
+  if (req->err) {
+    reply_plain (req);
+    return;
+  }
+  if (log_verbose >= 3)
+    log_debug ("%s: READ cookie %#" PRIx64 " offset %" PRIu64 " length %"
+               PRIu32 ": %zu extents", cs->conn->peer, req->cookie,
+               req->offset, req->length, req->nr_ext);
+
+  if (!cs->conn->structured_replies) {
+    if (reply_alloc (req, 2, NBD_SIMPLE_REPLY_SIZE) == -1)
+      goto nomem;
+    store_be32 (req->hdrs, NBD_SIMPLE_REPLY_MAGIC);
+    store_be32 (req->hdrs + 4, 0);
+    store_be64 (req->hdrs + 8, req->cookie);
+    reply_put_iov (req, req->hdrs, NBD_SIMPLE_REPLY_SIZE);
+    reply_put_iov (req, req->buf, req->length);
+    reply_enqueue (req);
+    return;
+  }
+
+  if (df || req->nr_ext == 0) {
+    /* One content chunk (the buffer has the zeros filled in). */
+    if (reply_alloc (req, 2, STRUCT_HDR + 8) == -1)
+      goto nomem;
+    uint8_t *p = reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
+                                       NBD_REPLY_TYPE_OFFSET_DATA,
+                                       8 + req->length);
+    store_be64 (p, req->offset);
+    reply_put_iov (req, req->hdrs, STRUCT_HDR + 8);
+    reply_put_iov (req, req->buf, req->length);
+    reply_enqueue (req);
+    return;
+  }
+
+  /* Runs of data extents become OFFSET_DATA chunks, runs of zero and
+   * unallocated extents OFFSET_HOLE chunks; together they cover the
+   * range exactly once. */
+  size_t nchunks = 0;
+  for (size_t i = 0; i < req->nr_ext; i++)
+    if (i == 0
+        || extent_is_hole (&req->ext[i]) != extent_is_hole (&req->ext[i - 1]))
+      nchunks++;
+  if (reply_alloc (req, 2 * nchunks, nchunks * (STRUCT_HDR + 12)) == -1)
+    goto nomem;
+
+  uint8_t *p = req->hdrs;
+  for (size_t i = 0; i < req->nr_ext; ) {
+    bool hole = extent_is_hole (&req->ext[i]);
+    uint64_t start = req->ext[i].offset, len = 0;
+    size_t j = i;
+
+    while (j < req->nr_ext && extent_is_hole (&req->ext[j]) == hole)
+      len += req->ext[j++].length;
+    uint16_t flags = j == req->nr_ext ? NBD_REPLY_FLAG_DONE : 0;
+    uint8_t *chunk = p;
+    if (hole) {
+      p = reply_put_struct_hdr (p, req, flags, NBD_REPLY_TYPE_OFFSET_HOLE,
+                                12);
+      store_be64 (p, start);
+      store_be32 (p + 8, len);
+      p += 12;
+      reply_put_iov (req, chunk, STRUCT_HDR + 12);
+    }
+    else {
+      p = reply_put_struct_hdr (p, req, flags, NBD_REPLY_TYPE_OFFSET_DATA,
+                                8 + len);
+      store_be64 (p, start);
+      p += 8;
+      reply_put_iov (req, chunk, STRUCT_HDR + 8);
+      reply_put_iov (req, req->buf + (start - req->offset), len);
+    }
+    i = j;
+  }
+  reply_enqueue (req);
+  return;
+
+ nomem:
+  reply_release_iov (req);
+  reply_error (req, ENOMEM, "out of memory building the reply");
+}
+
+/* ---- READ ------------------------------------------------------------- */
+
+static void
+piece_submit (struct piece *pc)
+{
+  struct conn_state *cs = pc->req->cs;
+  char *dst = pc->scratch ? pc->scratch : pc->dst;
+  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+
+  io_uring_prep_read (sqe, pc->fd, dst + pc->done, pc->len - pc->done,
+                      pc->host_off + pc->done);
+  io_uring_sqe_set_data (sqe, &pc->op);
+  cs->ops++;
+}
+
+/* A compressed cluster's stream is in: decompress and copy our piece. */
+static void
+piece_decompress (struct piece *pc)
+{
+  struct request *req = pc->req;
+  const struct qcow2_extent *e = pc->ext;
+  uint32_t csize = qcow2_layer_cluster_size (e->layer);
+  char *out;
+  unsigned cls = 0;
+  int r;
+
+  if (e->cluster_offset == 0 && e->length == csize)
+    out = pc->dst;
+  else {
+    if (csize == 0 || e->cluster_offset > csize
+        || e->length > csize - e->cluster_offset) {
+      set_error (req, EIO, "bad compressed extent at offset %" PRIu64,
+                 e->offset);
+      return;
+    }
+    out = bufpool_get (req->cs->w, csize, &cls);
+    if (out == NULL) {
+      set_error (req, ENOMEM, "out of memory decompressing");
+      return;
+    }
+  }
+  r = qcow2_decompress (e->layer, pc->scratch, pc->len, out);
+  if (r < 0)
+    set_error (req, -r, "cannot decompress cluster at offset %" PRIu64
+               ": %s", e->offset, strerror (-r));
+  else if (out != pc->dst)
+    memcpy (pc->dst, out + e->cluster_offset, e->length);
+  if (out != pc->dst)
+    bufpool_put (req->cs->w, out, cls);
+}
+
+void
+piece_complete (struct piece *pc, int res)
+{
+  struct request *req = pc->req;
+  struct conn_state *cs = req->cs;
+
+  cs->ops--;
+  if (res < 0) {
+    if (res == -EINTR || res == -EAGAIN) {
+      piece_submit (pc);
+      return;
+    }
+    set_error (req, -res, "read error at offset %" PRIu64 ": %s",
+               pc->ext->offset, strerror (-res));
+  }
+  else if (res > 0 && (size_t) res < pc->len - pc->done) {
+    /* Short read: go on from there; a read at EOF returns 0 next. */
+    pc->done += res;
+    if (!req->err && !cs->dead) {
+      piece_submit (pc);
+      return;
+    }
+  }
+  else {
+    char *dst = pc->scratch ? pc->scratch : pc->dst;
+    pc->done += res;
+    /* Past the end of the file reads as zeros. */
+    memset (dst + pc->done, 0, pc->len - pc->done);
+    if (pc->scratch && !req->err && !cs->dead)
+      piece_decompress (pc);
+  }
+  if (pc->scratch) {
+    bufpool_put (cs->w, pc->scratch, pc->scratch_cls);
+    pc->scratch = NULL;
+  }
+  if (--req->pending == 0)
+    read_done (req);
+}
+
+void
+cmd_read (struct request *req)
+{
+  struct conn_state *cs = req->cs;
+  struct worker *w = cs->w;
+  bool zero_fill = !cs->conn->structured_replies
+    || (req->flags & NBD_CMD_FLAG_DF);
+  size_t npieces = 0;
+
+  if (req->length == 0) {
+    reply_plain (req);
+    return;
+  }
+  if (read_map_range (req, req->offset, req->length, SIZE_MAX) < 0) {
+    reply_plain (req);
+    return;
+  }
+  req->buf = bufpool_get (w, req->length, &req->buf_cls);
+  if (req->buf == NULL) {
+    reply_error (req, ENOMEM, "out of memory for the read buffer");
+    return;
+  }
+
+  for (size_t i = 0; i < req->nr_ext; i++)
+    if (!extent_is_hole (&req->ext[i]))
+      npieces++;
+  if (npieces) {
+    req->pieces = calloc (npieces, sizeof *req->pieces);
+    if (req->pieces == NULL) {
+      reply_error (req, ENOMEM, "out of memory");
+      return;
+    }
+  }
+
+  for (size_t i = 0; i < req->nr_ext; i++) {
+    const struct qcow2_extent *e = &req->ext[i];
+    char *dst = req->buf + (e->offset - req->offset);
+    struct piece *pc;
+
+    if (extent_is_hole (e)) {
+      if (zero_fill)
+        memset (dst, 0, e->length);
+      continue;
+    }
+    if (e->file >= w->nr_fds) {
+      set_error (req, EIO, "bad file index in extent at %" PRIu64, e->offset);
+      break;
+    }
+    pc = &req->pieces[req->nr_pieces++];
+    pc->op.kind = OP_PIECE;
+    pc->req = req;
+    pc->ext = e;
+    pc->dst = dst;
+    pc->fd = w->fds[e->file];
+    pc->host_off = e->host_offset;
+    if (e->type == QCOW2_EXTENT_DATA)
+      pc->len = e->length;
+    else {
+      /* A compressed stream is at most a little over one cluster. */
+      if (e->compressed_length == 0
+          || e->compressed_length > 2 * qcow2_layer_cluster_size (e->layer)
+                                    + 1024) {
+        set_error (req, EIO, "bad compressed length at offset %" PRIu64,
+                   e->offset);
+        req->nr_pieces--;
+        break;
+      }
+      pc->len = e->compressed_length;
+      pc->scratch = bufpool_get (w, pc->len, &pc->scratch_cls);
+      if (pc->scratch == NULL) {
+        set_error (req, ENOMEM, "out of memory");
+        req->nr_pieces--;
+        break;
+      }
+    }
+  }
+
+  /* Submit only once every piece is set up, so an error part-way never
+   * leaves reads in the kernel for a request we are answering now. */
+  if (req->err) {
+    reply_plain (req);
+    return;
+  }
+  req->pending = req->nr_pieces;
+  for (size_t i = 0; i < req->nr_pieces; i++)
+    piece_submit (&req->pieces[i]);
+  if (req->pending == 0)
+    read_done (req);
+}
+
+
+/* ---- CACHE ------------------------------------------------------------ */
+
+void
+cmd_cache (struct request *req)
+{
+  struct worker *w = req->cs->w;
+
+  /* Readahead is advice: failures are not the client's concern, and the
+   * reply need not wait for it. */
+  if (read_map_range (req, req->offset, req->length, CACHE_MAX_EXTENTS) == 0) {
+    for (size_t i = 0; i < req->nr_ext; i++) {
+      const struct qcow2_extent *e = &req->ext[i];
+      uint64_t len;
+
+      if (extent_is_hole (e) || e->file >= w->nr_fds)
+        continue;
+      len = e->type == QCOW2_EXTENT_DATA ? e->length : e->compressed_length;
+      struct io_uring_sqe *sqe = worker_get_sqe (w);
+      io_uring_prep_fadvise (sqe, w->fds[e->file], e->host_offset, len,
+                             POSIX_FADV_WILLNEED);
+    }
+  }
+  req->err = 0;
+  reply_plain (req);
+}

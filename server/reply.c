@@ -1,0 +1,262 @@
+/* SPDX-License-Identifier: MIT */
+/* Replies: building them and sending them.  Each reply is one iovec
+ * list (headers and data buffers, never copied) queued on its
+ * connection; replies leave in completion order through that send
+ * queue, so bytes of two replies never interleave, and a burst of small
+ * ones goes out in one send.  Errors become NBD errors here (nbd_errno),
+ * and only here. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/byteorder.h"
+#include "server/nbd-protocol.h"
+#include "server/server.h"
+#include "server/transmission.h"
+
+/* ---- errors ----------------------------------------------------------- */
+
+uint32_t
+nbd_errno (int err)
+{
+  switch (err) {
+  case 0: return 0;
+  case EPERM: case EROFS: return NBD_EPERM;
+  case EIO: return NBD_EIO;
+  case ENOMEM: return NBD_ENOMEM;
+  case EINVAL: return NBD_EINVAL;
+  case ENOSPC: case EDQUOT: case EFBIG: return NBD_ENOSPC;
+  case EOVERFLOW: return NBD_EOVERFLOW;
+  case ENOTSUP: return NBD_ENOTSUP;
+  case ESHUTDOWN: return NBD_ESHUTDOWN;
+  default: return NBD_EIO;
+  }
+}
+
+/* ---- replies ---------------------------------------------------------- */
+
+void
+reply_enqueue (struct request *req)
+{
+  struct conn_state *cs = req->cs;
+
+  if (cs->dead) {
+    req_free (req);
+    mark_dirty (cs);
+    return;
+  }
+  req->next = NULL;
+  if (cs->sq_tail)
+    cs->sq_tail->next = req;
+  else
+    cs->sq_head = req;
+  cs->sq_tail = req;
+  mark_dirty (cs);
+}
+
+int
+reply_alloc (struct request *req, size_t n, size_t hdr_bytes)
+{
+  if (n <= sizeof req->small_iov / sizeof req->small_iov[0])
+    req->iov = req->small_iov;
+  else if ((req->iov = calloc (n, sizeof *req->iov)) == NULL)
+    return -1;
+  if (hdr_bytes <= sizeof req->small_hdrs)
+    req->hdrs = req->small_hdrs;
+  else if ((req->hdrs = malloc (hdr_bytes)) == NULL)
+    return -1;
+  return 0;
+}
+
+void
+reply_release_iov (struct request *req)
+{
+  if (req->iov != req->small_iov)
+    free (req->iov);
+  if (req->hdrs != req->small_hdrs)
+    free (req->hdrs);
+  req->iov = NULL;
+  req->hdrs = NULL;
+  req->iovcnt = 0;
+}
+
+void
+reply_put_iov (struct request *req, void *base, size_t len)
+{
+  req->iov[req->iovcnt].iov_base = base;
+  req->iov[req->iovcnt].iov_len = len;
+  req->iovcnt++;
+}
+
+uint8_t *
+reply_put_struct_hdr (uint8_t *p, struct request *req, uint16_t flags,
+                      uint16_t type, uint32_t len)
+{
+  store_be32 (p, NBD_STRUCTURED_REPLY_MAGIC);
+  store_be16 (p + 4, flags);
+  store_be16 (p + 6, type);
+  store_be64 (p + 8, req->cookie);
+  store_be32 (p + 16, len);
+  return p + STRUCT_HDR;
+}
+
+/* Send a simple reply with no data, or (structured) an error chunk or a
+ * bare DONE.  Used for every reply except successful READ and
+ * BLOCK_STATUS.  Cannot fail: the fixed headers fit the inline room. */
+void
+reply_plain (struct request *req)
+{
+  struct conn_state *cs = req->cs;
+  size_t msglen = req->err ? strlen (req->msg) : 0;
+
+  req->iov = req->small_iov;
+  req->hdrs = req->small_hdrs;
+  if (!cs->conn->structured_replies) {
+    store_be32 (req->hdrs, NBD_SIMPLE_REPLY_MAGIC);
+    store_be32 (req->hdrs + 4, nbd_errno (req->err));
+    store_be64 (req->hdrs + 8, req->cookie);
+    reply_put_iov (req, req->hdrs, NBD_SIMPLE_REPLY_SIZE);
+  }
+  else if (req->err == 0) {
+    reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
+                          NBD_REPLY_TYPE_NONE, 0);
+    reply_put_iov (req, req->hdrs, STRUCT_HDR);
+  }
+  else {
+    uint8_t *p = reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
+                                       NBD_REPLY_TYPE_ERROR, 6 + msglen);
+    store_be32 (p, nbd_errno (req->err));
+    store_be16 (p + 4, msglen);
+    reply_put_iov (req, req->hdrs, STRUCT_HDR + 6);
+    if (msglen)
+      reply_put_iov (req, req->msg, msglen);
+  }
+  if (log_verbose >= 3)
+    log_debug ("%s: %s cookie %#" PRIx64 " offset %" PRIu64 " length %"
+               PRIu32 ": %s%s%s", cs->conn->peer, cmd_name (req->type),
+               req->cookie, req->offset, req->length,
+               req->err ? strerror (req->err) : "ok",
+               msglen ? ": " : "", msglen ? req->msg : "");
+  reply_enqueue (req);
+}
+
+void
+reply_error (struct request *req, int err, const char *fmt, ...)
+{
+  va_list ap;
+
+  req->err = err;
+  va_start (ap, fmt);
+  vsnprintf (req->msg, sizeof req->msg, fmt, ap);
+  va_end (ap);
+  reply_plain (req);
+}
+
+/* ---- sending ---------------------------------------------------------- */
+
+void
+reply_drop_queue (struct conn_state *cs)
+{
+  while (cs->sq_head) {
+    struct request *req = cs->sq_head;
+    cs->sq_head = req->next;
+    req_free (req);
+  }
+  cs->sq_tail = NULL;
+}
+
+void
+reply_send (struct conn_state *cs)
+{
+  struct conn *conn = cs->conn;
+
+  while (cs->sq_head && !cs->dead) {
+    struct iovec iov[64];
+    int n = 0;
+    size_t want = 0;
+    bool more;
+
+    /* Gather from as many queued replies as fit: one syscall for a
+     * burst of small replies. */
+    struct request *req = cs->sq_head;
+    int idx = req->iov_idx;
+    size_t off = req->iov_off;
+    while (req && n < (int) (sizeof iov / sizeof iov[0])) {
+      if (idx >= req->iovcnt) {
+        req = req->next;
+        idx = 0;
+        off = 0;
+        continue;
+      }
+      if (req->iov[idx].iov_len > off) {
+        iov[n].iov_base = (char *) req->iov[idx].iov_base + off;
+        iov[n].iov_len = req->iov[idx].iov_len - off;
+        want += iov[n].iov_len;
+        n++;
+      }
+      idx++;
+      off = 0;
+    }
+    more = req != NULL;
+    if (n == 0) {
+      /* Only empty iovecs left (cannot happen: every reply has a
+       * header); drop them rather than spin. */
+      reply_drop_queue (cs);
+      break;
+    }
+
+    ssize_t r = conn->transport->send (conn, iov, n, more);
+    if (r < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        if (!cs->poll_out_armed)
+          arm_poll (cs, true);
+        return;
+      }
+      if (errno == EPIPE || errno == ECONNRESET)
+        log_info ("%s: client went away while we were replying",
+                  conn->peer);
+      else
+        log_info ("%s: send: %m", conn->peer);
+      conn_kill (cs, "send error");
+      return;
+    }
+
+    /* Advance over what went out, freeing finished replies. */
+    size_t sent = r;
+    while (cs->sq_head
+           && (sent > 0 || cs->sq_head->iov_idx >= cs->sq_head->iovcnt)) {
+      req = cs->sq_head;
+      if (req->iov_idx >= req->iovcnt) {
+        cs->sq_head = req->next;
+        if (cs->sq_head == NULL)
+          cs->sq_tail = NULL;
+        req_free (req);
+        continue;
+      }
+      size_t left = req->iov[req->iov_idx].iov_len - req->iov_off;
+      if (sent >= left) {
+        sent -= left;
+        req->iov_idx++;
+        req->iov_off = 0;
+      }
+      else {
+        req->iov_off += sent;
+        sent = 0;
+      }
+    }
+    if ((size_t) r < want) {
+      /* The socket buffer is full: wait for room rather than retry. */
+      if (!cs->poll_out_armed)
+        arm_poll (cs, true);
+      return;
+    }
+  }
+}

@@ -1,0 +1,395 @@
+/* SPDX-License-Identifier: MIT */
+/* The commands that change the image: WRITE, WRITE_ZEROES, TRIM, FLUSH.
+ *
+ * WRITE has its payload in a pool buffer (request.c received it), asks
+ * qcow2_write_begin for the host writes (payload, copy-on-write buffers,
+ * zero ranges), queues one io_uring write per host-contiguous run
+ * (fallocate for zero ranges), and calls qcow2_write_end when the last
+ * completes; only then is it answered, so a FLUSH (qcow2_flush) covers
+ * every write answered on any connection.  A request the library answers
+ * with QCOW2_BLOCKED (an overlapping allocation in flight, perhaps this
+ * loop's own) is parked, never waited for, and retried after the next
+ * wake-up.  WRITE_ZEROES, TRIM and FLUSH call the library
+ * synchronously. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/checked-overflow.h"
+#include "common/rounding.h"
+#include "qcow2/qcow2.h"
+#include "server/nbd-protocol.h"
+#include "server/server.h"
+#include "server/transmission.h"
+
+/* Most iovecs in one vectored write (the kernel's UIO_MAXIOV). */
+#define WRITE_MAX_IOV 1024
+
+/* Never written: the source of zeros where fallocate cannot make them. */
+static char zero_buf[1 << 20] __attribute__ ((aligned (4096)));
+
+static void write_start (struct request *req);
+
+/* The library said QCOW2_BLOCKED: an overlapping allocation is in
+ * flight, maybe one of this very loop's, so the worker must not wait for
+ * it.  Park the request until the next wake-up.  SEQ is workers_wake_seq
+ * as read before the library call: if it has moved, the wake-up that
+ * ended the blocking allocation may already have been consumed, so make
+ * sure another one comes. */
+static void
+park (struct request *req, unsigned seq)
+{
+  struct worker *w = req->cs->w;
+
+  req->next = NULL;
+  if (w->parked_tail)
+    w->parked_tail->next = req;
+  else
+    w->parked_head = req;
+  w->parked_tail = req;
+  if (atomic_load (&workers_wake_seq) != seq)
+    worker_kick (w);
+}
+
+void
+request_retry_parked (struct worker *w)
+{
+  struct request *req = w->parked_head;
+
+  /* Requests blocked again are parked anew, so the order holds. */
+  w->parked_head = w->parked_tail = NULL;
+  while (req) {
+    struct request *next = req->next;
+
+    switch (req->type) {
+    case NBD_CMD_WRITE: write_start (req); break;
+    case NBD_CMD_WRITE_ZEROES: cmd_write_zeroes (req); break;
+    case NBD_CMD_TRIM: cmd_trim (req); break;
+    default: abort ();
+    }
+    req = next;
+  }
+}
+
+/* A modifying command has done its work (ERR is 0 or a negative errno
+ * from the library): with FUA, make it durable, then answer. */
+static void
+modify_done (struct request *req, int err)
+{
+  if (err < 0) {
+    reply_error (req, -err, "%s at offset %" PRIu64 ": %s",
+                 cmd_name (req->type), req->offset, strerror (-err));
+    return;
+  }
+  if (req->flags & NBD_CMD_FLAG_FUA) {
+    int r = qcow2_flush (req->cs->conn->exp->img);
+    if (r < 0) {
+      reply_error (req, -r, "flush after %s: %s", cmd_name (req->type),
+                   strerror (-r));
+      return;
+    }
+  }
+  reply_plain (req);
+}
+
+/* A synchronous library call, made when workers_wake_seq was SEQ,
+ * returned R: park the request on QCOW2_BLOCKED, else answer it. */
+static void
+modify_done_or_park (struct request *req, int r, unsigned seq)
+{
+  if (r == QCOW2_BLOCKED)
+    park (req, seq);
+  else
+    modify_done (req, r);
+}
+
+static void
+wop_submit (struct wop *wo)
+{
+  struct conn_state *cs = wo->req->cs;
+  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+
+  if (wo->zero && !wo->write_zeros)
+    io_uring_prep_fallocate (sqe, wo->fd, FALLOC_FL_ZERO_RANGE, wo->off,
+                             wo->left);
+  else if (wo->zero)
+    io_uring_prep_write (sqe, wo->fd, zero_buf,
+                         MIN (wo->left, (uint64_t) sizeof zero_buf), wo->off);
+  else if (wo->iovcnt == 1)
+    io_uring_prep_write (sqe, wo->fd, wo->iov->iov_base, wo->iov->iov_len,
+                         wo->off);
+  else
+    io_uring_prep_writev (sqe, wo->fd, wo->iov, wo->iovcnt, wo->off);
+  io_uring_sqe_set_data (sqe, &wo->op);
+  cs->ops++;
+}
+
+/* Every host write of a WRITE is done: link the new clusters (or undo
+ * the allocation after a failure), then answer.  Only now is the write
+ * covered by a later FLUSH on any connection, so only now is it
+ * acknowledged. */
+static void
+write_done (struct request *req)
+{
+  int r = qcow2_write_end (req->qw, req->err ? -req->err : 0);
+
+  req->qw = NULL;
+  if (req->err) {
+    reply_plain (req);        /* the I/O error, already described */
+    return;
+  }
+  modify_done (req, r);
+}
+
+void
+wop_complete (struct wop *wo, int res)
+{
+  struct request *req = wo->req;
+  struct conn_state *cs = req->cs;
+
+  cs->ops--;
+  if (res == -EINTR || res == -EAGAIN) {
+    wop_submit (wo);
+    return;
+  }
+  if (wo->zero && !wo->write_zeros) {
+    /* EINVAL too: kernels without IORING_OP_FALLOCATE say that. */
+    if (res == -EOPNOTSUPP || res == -ENOSYS || res == -EINVAL) {
+      if (!cs->w->no_zero_range[wo->file])
+        log_debug ("worker %u: FALLOC_FL_ZERO_RANGE on %s: %s; writing "
+                   "zeros instead", cs->w->idx,
+                   qcow2_file_name (cs->conn->exp->img, wo->file),
+                   strerror (-res));
+      cs->w->no_zero_range[wo->file] = true;
+      wo->write_zeros = true;
+      wop_submit (wo);
+      return;
+    }
+    if (res < 0)
+      set_error (req, -res, "zeroing host offset %" PRIu64 ": %s",
+                 wo->off, strerror (-res));
+    wo->left = 0;
+  }
+  else if (res < 0)
+    set_error (req, -res, "write at host offset %" PRIu64 ": %s",
+               wo->off, strerror (-res));
+  else if (res == 0)
+    set_error (req, EIO, "write at host offset %" PRIu64
+               " made no progress", wo->off);
+  else {
+    /* A short write goes on where it stopped. */
+    uint64_t n = res;
+
+    wo->left -= MIN (n, wo->left);
+    wo->off += n;
+    while (!wo->zero && n > 0 && wo->iovcnt > 0) {
+      if (n >= wo->iov->iov_len) {
+        n -= wo->iov->iov_len;
+        wo->iov++;
+        wo->iovcnt--;
+      }
+      else {
+        wo->iov->iov_base = (char *) wo->iov->iov_base + n;
+        wo->iov->iov_len -= n;
+        n = 0;
+      }
+    }
+    if (wo->left > 0 && !req->err) {
+      wop_submit (wo);
+      return;
+    }
+  }
+  if (--req->pending == 0)
+    write_done (req);
+}
+
+/* Can segments A and B go into one run? */
+static bool
+seg_adjacent (const struct qcow2_seg *a, const struct qcow2_seg *b)
+{
+  return a->file == b->file && a->host_offset + a->length == b->host_offset
+    && (a->source == QCOW2_SEG_ZERO) == (b->source == QCOW2_SEG_ZERO);
+}
+
+/* Start (or, after QCOW2_BLOCKED, retry) a WRITE whose payload is in
+ * req->buf: ask the library for the host writes, then submit them all
+ * at once, one per host-contiguous run. */
+static void
+write_start (struct request *req)
+{
+  struct conn_state *cs = req->cs;
+  struct worker *w = cs->w;
+  const struct qcow2_seg *segs;
+  size_t nsegs = 0, nops = 0;
+  unsigned seq = atomic_load (&workers_wake_seq);
+  int r;
+
+  r = qcow2_write_begin (cs->conn->exp->img, req->offset, req->length, 0,
+                         &req->qw, &segs, &nsegs);
+  if (r != 0)
+    req->qw = NULL;             /* no write handle to end */
+  if (r == QCOW2_BLOCKED) {
+    park (req, seq);
+    return;
+  }
+  if (r < 0) {
+    modify_done (req, r);
+    return;
+  }
+
+  /* Our own library, but a bad segment would write the wrong bytes to
+   * the wrong place: check before trusting. */
+  for (size_t i = 0; i < nsegs; i++) {
+    const struct qcow2_seg *sg = &segs[i];
+    bool bad = sg->file >= w->nr_fds || sg->length == 0
+      || sg->host_offset > UINT64_MAX - sg->length;
+
+    if (sg->source == QCOW2_SEG_GUEST)
+      bad |= !range_fits (sg->src_offset, sg->length, req->length);
+    else if (sg->source == QCOW2_SEG_BUFFER)
+      bad |= sg->buf == NULL;
+    else if (sg->source != QCOW2_SEG_ZERO)
+      bad = true;
+    if (bad) {
+      set_error (req, EIO, "internal error: bad write segment %zu", i);
+      write_done (req);
+      return;
+    }
+  }
+  for (size_t i = 0, run = 0; i < nsegs; i++) {
+    if (i == 0 || !seg_adjacent (&segs[i - 1], &segs[i])
+        || run == WRITE_MAX_IOV) {
+      nops++;
+      run = 0;
+    }
+    run++;
+  }
+
+  if (nops > 0) {
+    req->wops = calloc (nops, sizeof *req->wops);
+    req->wiov = calloc (nsegs, sizeof *req->wiov);
+    if (req->wops == NULL || req->wiov == NULL) {
+      set_error (req, ENOMEM, "out of memory for the write");
+      write_done (req);
+      return;
+    }
+  }
+
+  struct wop *wo = NULL;
+  size_t run = 0;
+  for (size_t i = 0; i < nsegs; i++) {
+    const struct qcow2_seg *sg = &segs[i];
+    struct iovec *iov = &req->wiov[i];
+
+    if (i == 0 || !seg_adjacent (&segs[i - 1], sg) || run == WRITE_MAX_IOV) {
+      wo = wo ? wo + 1 : req->wops;
+      wo->op.kind = OP_WRITE;
+      wo->req = req;
+      wo->file = sg->file;
+      wo->fd = w->fds[sg->file];
+      wo->off = sg->host_offset;
+      wo->iov = iov;
+      wo->zero = sg->source == QCOW2_SEG_ZERO;
+      wo->write_zeros = wo->zero && w->no_zero_range[sg->file];
+      run = 0;
+    }
+    run++;
+    wo->left += sg->length;
+    if (sg->source == QCOW2_SEG_GUEST)
+      iov->iov_base = req->buf + sg->src_offset;
+    else
+      iov->iov_base = (void *) sg->buf;
+    iov->iov_len = sg->length;
+    wo->iovcnt++;
+  }
+
+  req->pending = nops;
+  for (size_t i = 0; i < nops; i++)
+    wop_submit (&req->wops[i]);
+  if (nops == 0)
+    write_done (req);
+}
+
+void
+cmd_write (struct request *req)
+{
+  if (req->length == 0) {
+    modify_done (req, 0);
+    return;
+  }
+  write_start (req);
+}
+
+void
+cmd_write_zeroes (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  unsigned flags = 0, seq;
+  int r;
+
+  if (req->length == 0) {
+    modify_done (req, 0);
+    return;
+  }
+  /* As in QEMU, deallocating needs both the client's leave (no NO_HOLE)
+   * and the server's (--discard=unmap). */
+  if (exp->discard_unmap && !(req->flags & NBD_CMD_FLAG_NO_HOLE))
+    flags |= QCOW2_MAY_UNMAP;
+  if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
+    flags |= QCOW2_FAST_ZERO;
+
+  seq = atomic_load (&workers_wake_seq);
+  r = qcow2_zero (exp->img, req->offset, req->length, flags);
+  if (r == -ENOTSUP && (flags & QCOW2_FAST_ZERO)) {
+    /* The client asked to hear at once that zeroing would be slow; it
+     * will write the zeros itself. */
+    reply_error (req, ENOTSUP, "fast zeroing is not possible here");
+    return;
+  }
+  modify_done_or_park (req, r, seq);
+}
+
+void
+cmd_trim (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  unsigned seq;
+  int r;
+
+  /* --discard=ignore (the default, as in qemu-nbd): TRIM is advice and
+   * may be ignored; the data stays as it was. */
+  if (!exp->discard_unmap || req->length == 0) {
+    reply_plain (req);
+    return;
+  }
+  seq = atomic_load (&workers_wake_seq);
+  r = qcow2_discard (exp->img, req->offset, req->length, 0);
+  modify_done_or_park (req, r, seq);
+}
+
+void
+cmd_flush (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  int r;
+
+  /* Covers every write already answered, on every connection: those
+   * have all ended (qcow2_write_end) before their replies were queued,
+   * and qcow2_flush covers every ended write, whatever thread made it. */
+  if (exp->read_only) {
+    reply_plain (req);
+    return;
+  }
+  r = qcow2_flush (exp->img);
+  if (r < 0) {
+    reply_error (req, -r, "flush: %s", strerror (-r));
+    return;
+  }
+  reply_plain (req);
+}

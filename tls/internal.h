@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: MIT */
+/* Inside tls/: the context and connection state, and the few calls the
+ * two halves make of each other.  Grouped by the file that defines them.
+ * Public interface: tls/tls.h. */
+#ifndef TLS_INTERNAL_H
+#define TLS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/bio.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+struct conn;
+
+/* Plaintext bytes in a full TLS record: small pieces are gathered up to
+ * this.  A large buffer is passed to OpenSSL in place, DIRECT_MAX at a
+ * time, which bounds what a WANT_WRITE retry must present again. */
+#define RECORD_MAX 16384
+#define DIRECT_MAX (1024 * 1024)
+
+struct psk_entry {
+  char *identity;
+  unsigned char *key;
+  size_t key_len;
+};
+
+struct tls_ctx {
+  SSL_CTX *ssl_ctx;
+  BIO_METHOD *bio_method;       /* socket BIO that never raises SIGPIPE */
+  bool verify_peer;
+  struct psk_entry *psks;       /* NULL when PSK is off */
+  size_t nr_psks;
+  char **authz;                 /* allowed client DNs, NULL when off */
+  size_t nr_authz;
+};
+
+/* Per-connection state, in conn->transport_data after tls_upgrade(). */
+struct tls_conn {
+  struct tls_ctx *ctx;
+  struct conn *conn;
+  SSL *ssl;
+  int io_errno;                 /* errno of the last failed socket call */
+  bool failed;                  /* fatal TLS error: no close_notify */
+  bool more;                    /* MSG_MORE for the next socket write */
+  bool nowait;                  /* MSG_DONTWAIT: never block (shutdown) */
+  /* Length of the SSL_write that last returned WANT_WRITE: OpenSSL has
+   * part of it in flight and must be called again with at least that
+   * many of the same bytes (0: nothing pending). */
+  size_t pending_len;
+  char reason[256];             /* first handshake failure reason */
+  unsigned char stage[RECORD_MAX];
+};
+
+/* ---- context.c: credentials, client verification, the SSL_CTX ---------- */
+
+/* The OpenSSL error queue of this thread as one message; clears it. */
+void tls_openssl_reason (char *buf, size_t len);
+
+/* A certificate name as RFC 4514 prints it (see context.c); NULL if out
+ * of memory.  The caller frees it. */
+char *tls_format_dn (const X509_NAME *name);
+
+/* ---- session.c: socket BIO, transport, handshake ----------------------- */
+
+/* Record the first reason a handshake failed, for its log line. */
+void tls_set_reason (struct tls_conn *t, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* The BIO method for connection sockets; NULL on error (OpenSSL queue). */
+BIO_METHOD *tls_bio_method_new (void);
+
+#endif /* TLS_INTERNAL_H */

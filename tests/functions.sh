@@ -373,6 +373,18 @@ image_to_raw ()
   qemu-img convert -O raw "$1" "$2" || fail "qemu-img convert $1 -> raw"
 }
 
+# check_clean IMAGE WHAT: `qemu-img check` must exit 0, exactly (no
+# corruption, no leaks); WHAT names the moment in the failure message.
+check_clean ()
+{
+  local rc=0
+  qemu-img check "$1" >"$tmpdir/check.out" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    cat "$tmpdir/check.out" >&2
+    fail "$2: qemu-img check $1 exited $rc"
+  fi
+}
+
 # compare_with_uri IMAGE [URI]: the export must read exactly like IMAGE.
 compare_with_uri ()
 {

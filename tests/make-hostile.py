@@ -82,6 +82,15 @@ def refuse(f, err, keyword, flags=''):
     manifest.append('refuse|%s|%s|%s|%s' % (f, err, keyword, flags))
 
 
+def refuse_patched(name, err, keyword, *writes):
+    """NAME: base.qcow2 with WRITES, (OFFSET, FMT, VALUE) each, applied;
+    qcow2_open must refuse it with ERR and log KEYWORD."""
+    f = copy('base.qcow2', name)
+    for off, fmt, val in writes:
+        wr(f, off, fmt, val)
+    refuse(f, err, keyword)
+
+
 def read(f, ranges='-', keyword='', flags=''):
     if ranges != '-':
         flags = ','.join(x for x in (flags, 'corrupt') if x)
@@ -148,93 +157,64 @@ read('base.qcow2')
 
 # ---- header fields -------------------------------------------------------
 
-f = copy('base.qcow2', 'magic.qcow2')
-wr(f, 0, 'I', 0x514649fa)
-refuse(f, 'EINVAL', 'magic')
+refuse_patched('magic.qcow2', 'EINVAL', 'magic', (0, 'I', 0x514649fa))
 
-f = copy('base.qcow2', 'version4.qcow2')
-wr(f, 4, 'I', 4)
-refuse(f, 'ENOTSUP', 'version')
+refuse_patched('version4.qcow2', 'ENOTSUP', 'version', (4, 'I', 4))
 
 for name, val in (('small', 100), ('huge', 0xfffffff8), ('unaligned', 108)):
-    f = copy('base.qcow2', 'header-length-%s.qcow2' % name)
-    wr(f, HEADER_LENGTH, 'I', val)
-    refuse(f, 'EINVAL', 'header_length')
+    refuse_patched('header-length-%s.qcow2' % name, 'EINVAL', 'header_length',
+                   (HEADER_LENGTH, 'I', val))
 
 for bits in (8, 22, 0xffffffff):
-    f = copy('base.qcow2', 'cluster-bits-%d.qcow2' % bits)
-    wr(f, CLUSTER_BITS, 'I', bits)
-    refuse(f, 'EINVAL', 'cluster_bits')
+    refuse_patched('cluster-bits-%d.qcow2' % bits, 'EINVAL', 'cluster_bits',
+                   (CLUSTER_BITS, 'I', bits))
 
-f = copy('base.qcow2', 'refcount-order-7.qcow2')
-wr(f, REFCOUNT_ORDER, 'I', 7)
-refuse(f, 'EINVAL', 'refcount_order')
+refuse_patched('refcount-order-7.qcow2', 'EINVAL', 'refcount_order',
+               (REFCOUNT_ORDER, 'I', 7))
 
 # Backing file name: offset and size out of bounds, too long.
-f = copy('base.qcow2', 'backing-offset-huge.qcow2')
-wr(f, BACKING_OFF, 'Q', 0xffffffffffff0000)
-wr(f, BACKING_SIZE, 'I', 10)
-refuse(f, 'EINVAL', 'backing file name')
-f = copy('base.qcow2', 'backing-size-oob.qcow2')
-wr(f, BACKING_OFF, 'Q', CS - 100)
-wr(f, BACKING_SIZE, 'I', 200)
-refuse(f, 'EINVAL', 'backing file name')
-f = copy('base.qcow2', 'backing-too-long.qcow2')
-wr(f, BACKING_OFF, 'Q', 512)
-wr(f, BACKING_SIZE, 'I', 1024)
-refuse(f, 'EINVAL', 'too long')
-f = copy('base.qcow2', 'backing-in-header.qcow2')
-wr(f, BACKING_OFF, 'Q', 16)
-wr(f, BACKING_SIZE, 'I', 8)
-refuse(f, 'EINVAL', 'backing file name')
+refuse_patched('backing-offset-huge.qcow2', 'EINVAL', 'backing file name',
+               (BACKING_OFF, 'Q', 0xffffffffffff0000), (BACKING_SIZE, 'I', 10))
+refuse_patched('backing-size-oob.qcow2', 'EINVAL', 'backing file name',
+               (BACKING_OFF, 'Q', CS - 100), (BACKING_SIZE, 'I', 200))
+refuse_patched('backing-too-long.qcow2', 'EINVAL', 'too long',
+               (BACKING_OFF, 'Q', 512), (BACKING_SIZE, 'I', 1024))
+refuse_patched('backing-in-header.qcow2', 'EINVAL', 'backing file name',
+               (BACKING_OFF, 'Q', 16), (BACKING_SIZE, 'I', 8))
 
 # Refcount table.
 rt = rd('base.qcow2', RT_OFF, 'Q')
-f = copy('base.qcow2', 'reftable-unaligned.qcow2')
-wr(f, RT_OFF, 'Q', rt + 512)
-refuse(f, 'EINVAL', 'refcount table')
-f = copy('base.qcow2', 'reftable-past-eof.qcow2')
-wr(f, RT_OFF, 'Q', (base_size + 100 * CS) // CS * CS)
-refuse(f, 'EINVAL', 'refcount table')
-f = copy('base.qcow2', 'reftable-offset-huge.qcow2')
-wr(f, RT_OFF, 'Q', 0xfffffffffffff000)
-refuse(f, 'EINVAL', 'refcount table')
-f = copy('base.qcow2', 'reftable-clusters-huge.qcow2')
-wr(f, RT_CLUSTERS, 'I', 0xffffffff)
-refuse(f, 'EINVAL', 'refcount table too large')
-f = copy('base.qcow2', 'reftable-clusters-zero.qcow2')
-wr(f, RT_CLUSTERS, 'I', 0)
-refuse(f, 'EINVAL', 'refcount table')
+refuse_patched('reftable-unaligned.qcow2', 'EINVAL', 'refcount table',
+               (RT_OFF, 'Q', rt + 512))
+refuse_patched('reftable-past-eof.qcow2', 'EINVAL', 'refcount table',
+               (RT_OFF, 'Q', (base_size + 100 * CS) // CS * CS))
+refuse_patched('reftable-offset-huge.qcow2', 'EINVAL', 'refcount table',
+               (RT_OFF, 'Q', 0xfffffffffffff000))
+refuse_patched('reftable-clusters-huge.qcow2', 'EINVAL',
+               'refcount table too large', (RT_CLUSTERS, 'I', 0xffffffff))
+refuse_patched('reftable-clusters-zero.qcow2', 'EINVAL', 'refcount table',
+               (RT_CLUSTERS, 'I', 0))
 
 # L1 table.
 l1 = rd('base.qcow2', L1_OFF, 'Q')
 l1_size = rd('base.qcow2', L1_SIZE, 'I')
 assert l1_size == 4, l1_size
-f = copy('base.qcow2', 'l1-unaligned.qcow2')
-wr(f, L1_OFF, 'Q', l1 + 8)
-refuse(f, 'EINVAL', 'L1 table offset')
-f = copy('base.qcow2', 'l1-offset-huge.qcow2')
-wr(f, L1_OFF, 'Q', 0xfffffffffffff000)
-refuse(f, 'EINVAL', 'L1 table')
-f = copy('base.qcow2', 'l1-size-huge.qcow2')
-wr(f, L1_SIZE, 'I', 0x7fffffff)
-refuse(f, 'EINVAL', 'L1 table too large')
-f = copy('base.qcow2', 'l1-size-max.qcow2')
-wr(f, L1_SIZE, 'I', 0xffffffff)
-refuse(f, 'EINVAL', 'L1 table too large')
-f = copy('base.qcow2', 'l1-past-eof.qcow2')
-wr(f, L1_SIZE, 'I', (base_size - l1) // 8 + 1)
-refuse(f, 'EINVAL', 'past the end')
-f = copy('base.qcow2', 'l1-too-small.qcow2')
-wr(f, L1_SIZE, 'I', 3)
-refuse(f, 'EINVAL', 'L1 table too small')
-f = copy('base.qcow2', 'size-huge.qcow2')
-wr(f, SIZE, 'Q', 0xffffffffffffffff)
-refuse(f, 'EINVAL', 'L1 table')
-f = copy('base.qcow2', 'size-2p62.qcow2')
-wr(f, SIZE, 'Q', 1 << 62)
-wr(f, L1_SIZE, 'I', 0x7fffffff)
-refuse(f, 'EINVAL', 'L1 table')
+refuse_patched('l1-unaligned.qcow2', 'EINVAL', 'L1 table offset',
+               (L1_OFF, 'Q', l1 + 8))
+refuse_patched('l1-offset-huge.qcow2', 'EINVAL', 'L1 table',
+               (L1_OFF, 'Q', 0xfffffffffffff000))
+refuse_patched('l1-size-huge.qcow2', 'EINVAL', 'L1 table too large',
+               (L1_SIZE, 'I', 0x7fffffff))
+refuse_patched('l1-size-max.qcow2', 'EINVAL', 'L1 table too large',
+               (L1_SIZE, 'I', 0xffffffff))
+refuse_patched('l1-past-eof.qcow2', 'EINVAL', 'past the end',
+               (L1_SIZE, 'I', (base_size - l1) // 8 + 1))
+refuse_patched('l1-too-small.qcow2', 'EINVAL', 'L1 table too small',
+               (L1_SIZE, 'I', 3))
+refuse_patched('size-huge.qcow2', 'EINVAL', 'L1 table',
+               (SIZE, 'Q', 0xffffffffffffffff))
+refuse_patched('size-2p62.qcow2', 'EINVAL', 'L1 table',
+               (SIZE, 'Q', 1 << 62), (L1_SIZE, 'I', 0x7fffffff))
 # An L1 table longer than the virtual size needs is valid (QEMU accepts
 # it); the extra entries are never looked at.
 f = copy('base.qcow2', 'l1-larger.qcow2')
@@ -242,29 +222,18 @@ wr(f, L1_SIZE, 'I', 64)
 read(f)
 
 # Overlapping metadata.
-f = copy('base.qcow2', 'l1-on-header.qcow2')
-wr(f, L1_OFF, 'Q', 0)
-refuse(f, 'EINVAL', 'overlaps')
-f = copy('base.qcow2', 'reftable-on-l1.qcow2')
-wr(f, RT_OFF, 'Q', l1)
-refuse(f, 'EINVAL', 'overlaps')
-f = copy('base.qcow2', 'reftable-on-header.qcow2')
-wr(f, RT_OFF, 'Q', 0)
-refuse(f, 'EINVAL', 'overlaps')
+refuse_patched('l1-on-header.qcow2', 'EINVAL', 'overlaps', (L1_OFF, 'Q', 0))
+refuse_patched('reftable-on-l1.qcow2', 'EINVAL', 'overlaps', (RT_OFF, 'Q', l1))
+refuse_patched('reftable-on-header.qcow2', 'EINVAL', 'overlaps',
+               (RT_OFF, 'Q', 0))
 
 # Snapshot table.
-f = copy('base.qcow2', 'snapshot-offset-huge.qcow2')
-wr(f, NB_SN, 'I', 1)
-wr(f, SN_OFF, 'Q', 0xfffffffffffff000)
-refuse(f, 'EINVAL', 'snapshot')
-f = copy('base.qcow2', 'snapshot-offset-unaligned.qcow2')
-wr(f, NB_SN, 'I', 1)
-wr(f, SN_OFF, 'Q', CS + 8)
-refuse(f, 'EINVAL', 'snapshot')
-f = copy('base.qcow2', 'snapshot-count-huge.qcow2')
-wr(f, NB_SN, 'I', 0x7fffffff)
-wr(f, SN_OFF, 'Q', 5 * M // CS * CS)
-refuse(f, 'EINVAL', 'too many snapshots')
+refuse_patched('snapshot-offset-huge.qcow2', 'EINVAL', 'snapshot',
+               (NB_SN, 'I', 1), (SN_OFF, 'Q', 0xfffffffffffff000))
+refuse_patched('snapshot-offset-unaligned.qcow2', 'EINVAL', 'snapshot',
+               (NB_SN, 'I', 1), (SN_OFF, 'Q', CS + 8))
+refuse_patched('snapshot-count-huge.qcow2', 'EINVAL', 'too many snapshots',
+               (NB_SN, 'I', 0x7fffffff), (SN_OFF, 'Q', 5 * M // CS * CS))
 
 
 def snapshot_case(name, id_size, name_size, extra, keyword):
@@ -336,9 +305,8 @@ wr(f, off + 4, 'I', CS - off - 8)
 read(f)
 
 # Incompatible features.
-f = copy('base.qcow2', 'incompat-unknown.qcow2')
-wr(f, INCOMPAT, 'Q', 1 << 40)
-refuse(f, 'ENOTSUP', 'unknown incompatible feature bit 40')
+refuse_patched('incompat-unknown.qcow2', 'ENOTSUP',
+               'unknown incompatible feature bit 40', (INCOMPAT, 'Q', 1 << 40))
 f = copy('base.qcow2', 'incompat-named.qcow2')
 wr(f, INCOMPAT, 'Q', (1 << 40) | (1 << 63))
 add_ext(f, 0x6803f857,
@@ -347,26 +315,21 @@ add_ext(f, 0x6803f857,
         struct.pack('>BB46s', 0, 40, b'frobnicator') +
         struct.pack('>BB46s', 0, 63, b'\x1b[31mred' + b'z' * 36))
 refuse(f, 'ENOTSUP', 'frobnicator, ?[31mredzzz')
-f = copy('base.qcow2', 'incompat-extl2-small.qcow2')
-wr(f, INCOMPAT, 'Q', 1 << 4)
-refuse(f, 'EINVAL', 'extended L2')
-f = copy('base.qcow2', 'incompat-datafile-noname.qcow2')
-wr(f, INCOMPAT, 'Q', 1 << 2)
-refuse(f, 'EINVAL', 'data file')
+refuse_patched('incompat-extl2-small.qcow2', 'EINVAL', 'extended L2',
+               (INCOMPAT, 'Q', 1 << 4))
+refuse_patched('incompat-datafile-noname.qcow2', 'EINVAL', 'data file',
+               (INCOMPAT, 'Q', 1 << 2))
 assert rd('base.qcow2', HEADER_LENGTH, 'I') == 112
-f = copy('base.qcow2', 'compression-type-2.qcow2')
-wr(f, INCOMPAT, 'Q', 1 << 3)
-wr(f, COMPRESSION_TYPE, 'B', 2)
-refuse(f, 'ENOTSUP', 'compression type')
-f = copy('base.qcow2', 'compression-type-nobit.qcow2')
-wr(f, COMPRESSION_TYPE, 'B', 1)
-refuse(f, 'EINVAL', 'compression type')
+refuse_patched('compression-type-2.qcow2', 'ENOTSUP', 'compression type',
+               (INCOMPAT, 'Q', 1 << 3), (COMPRESSION_TYPE, 'B', 2))
+refuse_patched('compression-type-nobit.qcow2', 'EINVAL', 'compression type',
+               (COMPRESSION_TYPE, 'B', 1))
 
 # Encryption: refused by name, never served as ciphertext.
 for m, what in ((1, 'AES'), (2, 'LUKS')):
-    f = copy('base.qcow2', 'crypt-%d.qcow2' % m)
-    wr(f, CRYPT, 'I', m)
-    refuse(f, 'ENOTSUP', 'encrypted (crypt_method %d: %s)' % (m, what))
+    refuse_patched('crypt-%d.qcow2' % m, 'ENOTSUP',
+                   'encrypted (crypt_method %d: %s)' % (m, what),
+                   (CRYPT, 'I', m))
 try:
     qemu_img('create', '-q', '-f', 'qcow2', '--object',
              'secret,id=sec0,data=123456', '-o',

@@ -24,16 +24,6 @@ seed=${CONC_SEED:-$RANDOM$RANDOM}
 echo "seed $seed (CONC_SEED=$seed replays)"
 MiB=$(( 1024 * 1024 ))
 
-check_clean ()
-{
-  local rc=0
-  qemu-img check "$1" >"$tmpdir/check.out" 2>&1 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    cat "$tmpdir/check.out" >&2
-    fail "$2: qemu-img check $1 exited $rc"
-  fi
-}
-
 # ---- 1. overlapping aio_write into fresh clusters --------------------------
 
 # overlapping NAME IMG CLUSTER BASE-RAW: BASE-RAW is what the image reads

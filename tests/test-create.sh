@@ -47,18 +47,6 @@ EOF
 )" || fail "qemu-img info $img: $out"
 }
 
-# check_clean IMAGE WHEN: `qemu-img check` must exit 0 (no corruption,
-# no leaks).
-check_clean ()
-{
-  local rc=0
-  qemu-img check "$1" >"$tmpdir/check.out" 2>&1 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    cat "$tmpdir/check.out" >&2
-    fail "qemu-img check $1 ($2) exited with $rc"
-  fi
-}
-
 # compare_window IMAGE OFFSET LENGTH: that range of the image (with its
 # backing chain) must read the same through the last started server.
 # Both sides are read with qemu-io and hex dumped: qemu-img compare over

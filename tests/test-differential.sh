@@ -23,17 +23,6 @@ seed=${DIFF_SEED:-$RANDOM$RANDOM}
 echo "seed $seed (DIFF_SEED=$seed replays)"
 run=0
 
-# check_clean IMG WHAT: qemu-img check must exit 0, exactly.
-check_clean ()
-{
-  local rc=0
-  qemu-img check "$1" >"$tmpdir/check.out" 2>&1 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    cat "$tmpdir/check.out" >&2
-    fail "$2: qemu-img check $1 exited $rc"
-  fi
-}
-
 # differential NAME IMG [SERVER-ARGS...] [-- DIFFERENTIAL-ARGS...]:
 # serve IMG, run the random load, stop, compare with the shadow, check.
 differential ()

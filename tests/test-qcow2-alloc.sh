@@ -14,8 +14,6 @@ source "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-io
 tool=$abs_top_builddir/tests/test-qcow2-alloc
 [ -x "$tool" ] || fail "$tool not built"
-tmpdir=$(mktemp -d /tmp/test-qcow2-alloc.XXXXXX)
-cleanup_fn rm -rf "$tmpdir"
 cd "$tmpdir"
 
 check_exit ()

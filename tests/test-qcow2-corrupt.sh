@@ -7,19 +7,12 @@
 # data cluster past the end of the file reads as zeros (our documented
 # choice, as QEMU).
 
-set -euo pipefail
+source "$(dirname "$0")/functions.sh"
 
-for t in qemu-img qemu-io cmp; do
-  command -v "$t" >/dev/null || { echo "$0: SKIP: $t not installed"; exit 77; }
-done
-PYTHON=${PYTHON:-/usr/bin/python3}
-builddir=${abs_top_builddir:-$(cd "$(dirname "$0")/.." && pwd)}
-reader=$builddir/tests/test-qcow2-read
-[ -x "$reader" ] || { echo "$0: $reader not built"; exit 1; }
-
-tmp=$(mktemp -d /tmp/test-qcow2-corrupt.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
+requires qemu-img qemu-io cmp
+reader=$abs_top_builddir/tests/test-qcow2-read
+[ -x "$reader" ] || fail "$reader not built"
+cd "$tmpdir"
 
 # poke.py IMAGE l1 INDEX [VALUE]         print / set an L1 entry
 # poke.py IMAGE l2 CLUSTER [VALUE [BITMAP]]  print / set the L2 entry

@@ -9,19 +9,12 @@
 # larger than their backing, a fragmented image, preallocation, external
 # data files.  Any mismatch fails the test.
 
-set -euo pipefail
+source "$(dirname "$0")/functions.sh"
 
-for t in qemu-img qemu-io cmp; do
-  command -v "$t" >/dev/null || { echo "$0: SKIP: $t not installed"; exit 77; }
-done
-PYTHON=${PYTHON:-/usr/bin/python3}
-builddir=${abs_top_builddir:-$(cd "$(dirname "$0")/.." && pwd)}
-reader=$builddir/tests/test-qcow2-read
-[ -x "$reader" ] || { echo "$0: $reader not built"; exit 1; }
-
-tmp=$(mktemp -d /tmp/test-qcow2-read.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
+requires qemu-img qemu-io cmp
+reader=$abs_top_builddir/tests/test-qcow2-read
+[ -x "$reader" ] || fail "$reader not built"
+cd "$tmpdir"
 
 # The comparison of our map (JSON from test-qcow2-read -m) with qemu's.
 # Segments are compared at every boundary either side has:

@@ -10,6 +10,7 @@
 # PSK suite even over TLS 1.2, where they also offer certificate suites.
 
 source "$abs_top_srcdir/tests/functions.sh"
+source "$abs_top_srcdir/tests/tls-functions.sh"
 
 requires qemu-img qemu-io nbdinfo nbdcopy openssl cmp
 requires_server
@@ -71,63 +72,7 @@ ok "nbdinfo, nbdcopy, PSK"
 
 # ---- refusals, with a good client running all along --------------------
 
-loop_stop="$tmpdir/loop.stop"
-loop_ok="$tmpdir/loop.ok"
-loop_bad="$tmpdir/loop.bad"
-: > "$loop_ok"
-: > "$loop_bad"
-(
-  while [ ! -e "$loop_stop" ]; do
-    if run_timeout 60 nbdcopy "$psk_uri" "$tmpdir/loop.raw" \
-         2>>"$tmpdir/loop.err" &&
-       cmp -s "$ref" "$tmpdir/loop.raw"; then
-      echo . >> "$loop_ok"
-    else
-      echo . >> "$loop_bad"
-    fi
-  done
-) &
-loop_pid=$!
-cleanup_fn kill "$loop_pid"
-
-loop_count () { wc -l < "$1"; }
-
-wait_loop_past ()
-{
-  local i
-  for (( i = 0; i < 600; i++ )); do
-    [ "$(loop_count "$loop_ok")" -gt "$1" ] && return 0
-    [ "$(loop_count "$loop_bad")" -eq 0 ] ||
-      fail "good client failed during refusals: $(cat "$tmpdir/loop.err")"
-    sleep 0.1
-  done
-  fail "good client loop made no progress"
-}
-wait_loop_past 0
-
-# refused WHAT LOG-REGEX CMD...: CMD must fail, the server must log a
-# line matching the extended regex and still be serving.
-refused ()
-{
-  local what=$1 pattern=$2; shift 2
-  local before i found=0
-  before=$(wc -l < "$server_log")
-  if run_timeout 60 "$@" >"$tmpdir/refused.out" 2>&1; then
-    cat "$tmpdir/refused.out" >&2
-    fail "$what: the client was not refused"
-  fi
-  for (( i = 0; i < 50; i++ )); do
-    if tail -n +"$(( before + 1 ))" "$server_log" | grep -qE -- "$pattern"
-    then found=1; break; fi
-    sleep 0.1
-  done
-  if [ "$found" = 0 ]; then
-    tail -n +"$(( before + 1 ))" "$server_log" | grep -v debug >&2
-    fail "$what: server did not log '$pattern'"
-  fi
-  server_alive "after $what"
-  ok "refused: $what"
-}
+start_good_loop "$psk_uri" "$ref"
 
 refused "plain nbdinfo" "TLS is required" \
   env LIBNBD_DEBUG=1 nbdinfo "nbd://127.0.0.1:$psk_port"
@@ -179,35 +124,18 @@ grep -q '^dropped$' "$tmpdir/refused.out" ||
   fail "silent client: $(cat "$tmpdir/refused.out")"
 [ "$elapsed" -lt 25 ] || fail "silent client held for $elapsed s"
 
-wait_loop_past "$(loop_count "$loop_ok")"
-touch "$loop_stop"
-wait "$loop_pid" || true
-[ "$(loop_count "$loop_bad")" -eq 0 ] ||
-  fail "good client failed: $(cat "$tmpdir/loop.err")"
-ok "good client succeeded $(loop_count "$loop_ok") times during the refusals"
+stop_good_loop
 stop_server
 
 # ---- certificates and PSK on one server --------------------------------
 
+certs="$tmpdir/certs"
+mkdir -p "$certs"
+make_ca "$certs/ca" "PSK test CA"
+sign "$certs/ca" server "/CN=localhost" v3_server
 creds="$tmpdir/creds"
-mkdir -p "$creds"
-openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 \
-  -keyout "$creds/ca-key.pem" -out "$creds/ca-cert.pem" -subj "/CN=PSK test CA" \
-  -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,keyCertSign" >/dev/null 2>&1 ||
-  fail "openssl: CA"
-openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
-  -keyout "$creds/server-key.pem" -out "$tmpdir/server.csr" >/dev/null 2>&1 ||
-  fail "openssl: server request"
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' \
-  > "$tmpdir/server.ext"
-openssl x509 -req -in "$tmpdir/server.csr" -CA "$creds/ca-cert.pem" \
-  -CAkey "$creds/ca-key.pem" -CAcreateserial -days 30 -sha256 \
-  -extfile "$tmpdir/server.ext" -out "$creds/server-cert.pem" >/dev/null 2>&1 ||
-  fail "openssl: server certificate"
-mkdir -p "$tmpdir/ca-only"
-cp "$creds/ca-cert.pem" "$tmpdir/ca-only/"
-rm "$creds/ca-key.pem"
+server_dir "$creds" "$certs/ca"
+client_dir "$tmpdir/ca-only" "" "$certs/ca"
 
 start_server "$img" --tls-certs "$creds" --tls-psk "$keys" -vv
 run_timeout 60 qemu-img convert \

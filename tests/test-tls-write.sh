@@ -10,6 +10,7 @@
 # agrees.
 
 source "$abs_top_srcdir/tests/functions.sh"
+source "$abs_top_srcdir/tests/tls-functions.sh"
 
 requires qemu-img qemu-io nbdcopy openssl cmp
 requires_python_nbd
@@ -22,35 +23,13 @@ size=$(( 24 * MiB ))
 
 certs="$tmpdir/certs"
 mkdir -p "$certs"
-openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 \
-  -keyout "$certs/ca-key.pem" -out "$certs/ca-cert.pem" -subj "/CN=Write CA" \
-  -addext "basicConstraints=critical,CA:TRUE" \
-  -addext "keyUsage=critical,keyCertSign" >/dev/null 2>&1 ||
-  fail "openssl: CA"
-
-# issue NAME CN EXTFILE-LINES
-issue ()
-{
-  openssl req -newkey rsa:2048 -nodes -subj "/CN=$2" \
-    -keyout "$certs/$1-key.pem" -out "$tmpdir/$1.csr" >/dev/null 2>&1 ||
-    fail "openssl req $1"
-  printf '%b' "$3" > "$tmpdir/$1.ext"
-  openssl x509 -req -in "$tmpdir/$1.csr" -CA "$certs/ca-cert.pem" \
-    -CAkey "$certs/ca-key.pem" -CAcreateserial -days 30 -sha256 \
-    -extfile "$tmpdir/$1.ext" -out "$certs/$1-cert.pem" >/dev/null 2>&1 ||
-    fail "openssl x509 $1"
-}
-issue server localhost \
-  'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n'
-issue client client 'extendedKeyUsage=clientAuth\n'
-
+make_ca "$certs/ca" "Write CA"
+sign "$certs/ca" server "/CN=localhost" v3_server
+sign "$certs/ca" client "/CN=client" v3_client
 srv="$tmpdir/server-creds"
 cli="$tmpdir/client-creds"
-mkdir -p "$srv" "$cli"
-cp "$certs/ca-cert.pem" "$certs/server-cert.pem" "$certs/server-key.pem" "$srv/"
-cp "$certs/ca-cert.pem" "$cli/"
-cp "$certs/client-cert.pem" "$cli/client-cert.pem"
-cp "$certs/client-key.pem" "$cli/client-key.pem"
+server_dir "$srv" "$certs/ca"
+client_dir "$cli" client "$certs/ca"
 
 key=$(openssl rand -hex 32)
 printf 'alice:%s\n' "$key" > "$tmpdir/server.psk"
@@ -79,17 +58,6 @@ EOF
 make_data "$tmpdir/a.raw" 1
 make_data "$tmpdir/b.raw" 2
 make_data "$tmpdir/c.raw" 3
-
-# check_clean IMG WHAT
-check_clean ()
-{
-  local rc=0
-  qemu-img check "$1" >"$tmpdir/check.out" 2>&1 || rc=$?
-  if [ "$rc" -ne 0 ]; then
-    cat "$tmpdir/check.out" >&2
-    fail "$2: qemu-img check $1 exited $rc"
-  fi
-}
 
 # tls_writes NAME QEMU-OBJECT NBDS-URI SERVER-ARGS...
 tls_writes ()

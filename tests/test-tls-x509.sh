@@ -7,85 +7,16 @@
 # server refuses plain clients, a client that trusts another CA, client
 # certificates from another CA, expired, revoked (CRL) or missing, one
 # whose name is not in the authz file, and plaintext after STARTTLS,
-# logging the reason each time.  Certificates are made here with the
-# openssl command (an "openssl ca" setup, which can backdate and revoke).
+# logging the reason each time.  Certificates come from tls-functions.sh
+# (an "openssl ca" setup, which can backdate and revoke).
 
 source "$abs_top_srcdir/tests/functions.sh"
+source "$abs_top_srcdir/tests/tls-functions.sh"
 
 requires qemu-img qemu-io nbdinfo nbdcopy openssl cmp
 requires_server
 
 # ---- certificates ------------------------------------------------------
-
-# make_ca DIR CN: a CA able to sign, revoke and issue CRLs.  The policy
-# keeps the request's order C, O, CN, so RFC 4514 prints CN first.
-make_ca ()
-{
-  local d=$1 cn=$2
-  mkdir -p "$d/newcerts"
-  : > "$d/index.txt"
-  echo 01 > "$d/serial"
-  echo 01 > "$d/crlnumber"
-  cat > "$d/ca.cnf" <<'EOF'
-[ca]
-default_ca = ca_default
-[ca_default]
-dir = .
-database = $dir/index.txt
-new_certs_dir = $dir/newcerts
-serial = $dir/serial
-crlnumber = $dir/crlnumber
-default_md = sha256
-default_days = 365
-default_crl_days = 30
-policy = policy_any
-unique_subject = no
-[policy_any]
-countryName = optional
-organizationName = optional
-commonName = supplied
-[v3_server]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1
-[v3_client]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature, keyEncipherment
-extendedKeyUsage = clientAuth
-EOF
-  openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 365 \
-    -keyout "$d/ca-key.pem" -out "$d/ca-cert.pem" -subj "/O=Example/CN=$cn" \
-    -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" >/dev/null 2>&1 ||
-    fail "openssl: cannot make CA $cn"
-}
-
-# sign CADIR NAME SUBJECT EXTENSIONS [STARTDATE ENDDATE]: NAME-key.pem and
-# NAME-cert.pem in $certs.
-sign ()
-{
-  local ca=$1 name=$2 subj=$3 ext=$4 dates=()
-  [ $# -ge 6 ] && dates=(-startdate "$5" -enddate "$6")
-  openssl req -newkey rsa:2048 -nodes -subj "$subj" \
-    -keyout "$certs/$name-key.pem" -out "$certs/$name.csr" >/dev/null 2>&1 ||
-    fail "openssl req $name"
-  (cd "$ca" && openssl ca -batch -config ca.cnf -notext -extensions "$ext" \
-     -cert ca-cert.pem -keyfile ca-key.pem ${dates[@]+"${dates[@]}"} \
-     -in "$certs/$name.csr" -out "$certs/$name-cert.pem") >/dev/null 2>&1 ||
-    fail "openssl ca $name"
-}
-
-# client_dir DIR CERTNAME CADIR: the layout qemu and libnbd read.
-client_dir ()
-{
-  mkdir -p "$1"
-  cp "$3/ca-cert.pem" "$1/ca-cert.pem"
-  if [ -n "$2" ]; then
-    cp "$certs/$2-cert.pem" "$1/client-cert.pem"
-    cp "$certs/$2-key.pem" "$1/client-key.pem"
-  fi
-}
 
 certs="$tmpdir/certs"
 mkdir -p "$certs"
@@ -106,9 +37,8 @@ sign "$certs/ca" revoked "/C=GB/O=Example/CN=revoked" v3_client
 
 # Server directory: the qemu-nbd/nbdkit layout, with a CRL.
 srv="$tmpdir/server-creds"
-mkdir -p "$srv"
-cp "$certs/ca/ca-cert.pem" "$certs/ca/ca-crl.pem" "$srv/"
-cp "$certs/server-cert.pem" "$certs/server-key.pem" "$srv/"
+server_dir "$srv" "$certs/ca"
+cp "$certs/ca/ca-crl.pem" "$srv/"
 
 client_dir "$tmpdir/good" client "$certs/ca"
 client_dir "$tmpdir/intruder" intruder "$certs/ca"
@@ -253,67 +183,7 @@ ok "slow reader, 64 MiB queued, TLS 1.3 and 1.2"
 
 # ---- refusals, with a good client running all along --------------------
 
-loop_stop="$tmpdir/loop.stop"
-loop_ok="$tmpdir/loop.ok"
-loop_bad="$tmpdir/loop.bad"
-: > "$loop_ok"
-: > "$loop_bad"
-(
-  while [ ! -e "$loop_stop" ]; do
-    if run_timeout 60 nbdcopy "$nbds?tls-certificates=$good" \
-         "$tmpdir/loop.raw" 2>>"$tmpdir/loop.err" &&
-       cmp -s "$ref" "$tmpdir/loop.raw"; then
-      echo . >> "$loop_ok"
-    else
-      echo . >> "$loop_bad"
-    fi
-  done
-) &
-loop_pid=$!
-cleanup_fn kill "$loop_pid"
-
-loop_count () { wc -l < "$1"; }
-
-# wait_loop_past N: wait until the loop has succeeded more than N times.
-wait_loop_past ()
-{
-  local i
-  for (( i = 0; i < 600; i++ )); do
-    [ "$(loop_count "$loop_ok")" -gt "$1" ] && return 0
-    [ "$(loop_count "$loop_bad")" -eq 0 ] ||
-      fail "good client failed during refusals: $(cat "$tmpdir/loop.err")"
-    sleep 0.1
-  done
-  fail "good client loop made no progress"
-}
-wait_loop_past 0
-
-# refused WHAT LOG-REGEX CMD...: CMD must fail, the server must log a
-# line matching the extended regex (if not empty) and still be serving.
-refused ()
-{
-  local what=$1 pattern=$2; shift 2
-  local before
-  before=$(wc -l < "$server_log")
-  if run_timeout 60 "$@" >"$tmpdir/refused.out" 2>&1; then
-    cat "$tmpdir/refused.out" >&2
-    fail "$what: the client was not refused"
-  fi
-  if [ -n "$pattern" ]; then
-    local i found=0
-    for (( i = 0; i < 50; i++ )); do
-      if tail -n +"$(( before + 1 ))" "$server_log" | grep -qE -- "$pattern"
-      then found=1; break; fi
-      sleep 0.1
-    done
-    if [ "$found" = 0 ]; then
-      tail -n +"$(( before + 1 ))" "$server_log" | grep -v debug >&2
-      fail "$what: server did not log '$pattern'"
-    fi
-  fi
-  server_alive "after $what"
-  ok "refused: $what"
-}
+start_good_loop "$nbds?tls-certificates=$good" "$ref"
 
 # No TLS at all against a server that requires it.
 refused "plain nbdinfo" "TLS is required" \
@@ -394,12 +264,7 @@ EOF
 grep -q 'dropped cleanly' "$tmpdir/refused.out" ||
   fail "plaintext after STARTTLS: $(cat "$tmpdir/refused.out")"
 
-wait_loop_past "$(loop_count "$loop_ok")"
-touch "$loop_stop"
-wait "$loop_pid" || true
-[ "$(loop_count "$loop_bad")" -eq 0 ] ||
-  fail "good client failed: $(cat "$tmpdir/loop.err")"
-ok "good client succeeded $(loop_count "$loop_ok") times during the refusals"
+stop_good_loop
 stop_server
 
 # ---- --tls=on: plain and TLS clients both welcome ----------------------

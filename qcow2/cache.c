@@ -226,15 +226,11 @@ l2_cache_writeback_locked (struct qcow2_layer *layer)
 static int
 evict_dirty_locked (struct qcow2_layer *layer)
 {
-  struct qcow2_image *img = layer->img;
   int r;
 
   r = refcount_writeback_locked (layer);
-  if (r < 0)
-    return r;
-  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
-  if (r == 0 && layer->data_file != layer->file)
-    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
+  if (r == 0)
+    r = sync_layer (layer);
   if (r < 0)
     return r;
   return write_dirty_locked (layer);

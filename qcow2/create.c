@@ -100,26 +100,6 @@ log2_exact (uint64_t v)
   return (unsigned) __builtin_ctzll (v);
 }
 
-/* The backing file named in the header is relative to the new image's
- * directory, as open.c (and QEMU) will resolve it. */
-static char *
-resolve_backing (const char *path, const char *name)
-{
-  const char *slash = strrchr (path, '/');
-  size_t dirlen, namelen = strlen (name);
-  char *r;
-
-  if (name[0] == '/' || slash == NULL)
-    return strdup (name);
-  dirlen = slash - path + 1;
-  r = malloc (dirlen + namelen + 1);
-  if (r == NULL)
-    return NULL;
-  memcpy (r, path, dirlen);
-  memcpy (r + dirlen, name, namelen + 1);
-  return r;
-}
-
 /* The backing file must open as the format given (a qcow2 image opens
  * with its whole chain); set *SIZE to its virtual size, rounded up to
  * whole sectors as QEMU sees a raw file. */
@@ -127,7 +107,8 @@ static int
 check_backing (const struct logger *lg, const char *path,
                const struct plan *p, uint64_t *size)
 {
-  CLEANUP_FREE char *resolved = resolve_backing (path, p->backing_file);
+  /* Relative to the new image's directory, as open.c will resolve it. */
+  CLEANUP_FREE char *resolved = open_resolve_name (path, p->backing_file);
   CLEANUP_CLOSE int fd = -1;
   struct stat st;
   uint64_t sz;
@@ -282,7 +263,7 @@ plan_options (const struct logger *lg, const char *path,
 
   p->size = o->size;
   if (p->backing_file) {
-    uint64_t bsize;
+    uint64_t bsize = 0;   /* set by check_backing; gcc -O2 cannot tell */
     int r = check_backing (lg, path, p, &bsize);
 
     if (r < 0)
@@ -443,24 +424,12 @@ refcount_set_one (unsigned char *block, uint32_t order, uint64_t i)
   }
 }
 
+/* The file is ours, created just now: plain POSIX I/O, through the
+ * library's own loop over short writes and EINTR. */
 static int
 write_all (int fd, const void *buf, size_t len, uint64_t off)
 {
-  const unsigned char *p = buf;
-
-  while (len > 0) {
-    ssize_t n = pwrite (fd, p, len, off);
-
-    if (n == -1) {
-      if (errno == EINTR)
-        continue;
-      return -errno;
-    }
-    p += n;
-    len -= n;
-    off += n;
-  }
-  return 0;
+  return qcow2_posix_io.pwrite (NULL, fd, buf, len, off);
 }
 
 /* Write every metadata cluster of the plan to FD and make it durable.

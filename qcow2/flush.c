@@ -20,7 +20,10 @@
 #include "common/cleanup.h"
 #include "qcow2/internal.h"
 
-static int
+/* ORDERING.md's "sync": an fsync covers only the file it is given, and
+ * the data of a write may sit in the external data file while the
+ * metadata naming it sits in the metadata file. */
+int
 sync_layer (struct qcow2_layer *layer)
 {
   struct qcow2_image *img = layer->img;
@@ -41,17 +44,15 @@ qcow2_flush (struct qcow2_image *img)
     return 0;
 
   WRLOCK_FOR_SCOPE (&layer->lock);
-  r = refcount_writeback_locked (layer);
+  /* Steps 1-5 of ORDERING.md, "FLUSH / FUA". */
+  r = refcount_writeback_locked (layer);      /* 1 */
+  if (r == 0)
+    r = sync_layer (layer);                   /* 2 */
+  if (r == 0)
+    r = l2_cache_writeback_locked (layer);    /* 3 */
+  if (r == 0)
+    r = sync_layer (layer);                   /* 4 */
   if (r < 0)
     return r;
-  r = sync_layer (layer);
-  if (r < 0)
-    return r;
-  r = l2_cache_writeback_locked (layer);
-  if (r < 0)
-    return r;
-  r = sync_layer (layer);
-  if (r < 0)
-    return r;
-  return refcount_flush_done_locked (layer);
+  return refcount_flush_done_locked (layer);  /* 5 */
 }

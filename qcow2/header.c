@@ -63,6 +63,28 @@ ofd_lock (int fd, short type, off_t start, int cmd, struct flock *out)
   return 0;
 }
 
+/* Check that no other user holds lock byte OFF of FD, which stands for
+ * permission BIT (WHAT: "" for a permission held, "shared " for one
+ * denied, as QEMU words the message).  -EBUSY (logged) when one does. */
+static int
+check_byte_free (struct qcow2_image *img, int fd, const char *name,
+                 off_t off, const char *what, unsigned bit)
+{
+  struct flock fl = { .l_type = F_UNLCK };   /* filled by F_OFD_GETLK */
+  int r;
+
+  r = ofd_lock (fd, F_WRLCK, off, F_OFD_GETLK, &fl);
+  if (r < 0)
+    return r;
+  if (fl.l_type != F_UNLCK) {
+    qcow2_log (img, QCOW2_LOG_ERROR, "%s: failed to get %s\"%s\" lock: "
+               "is another process using the image?", name, what,
+               perm_name (bit));
+    return -EBUSY;
+  }
+  return 0;
+}
+
 /* Take the lock bytes of FD as QEMU would for a user holding PERM and
  * sharing SHARED, then check nobody conflicts.  NAME is for the message.
  * -EBUSY (logged) on conflict. */
@@ -70,7 +92,6 @@ static int
 lock_file (struct qcow2_image *img, int fd, const char *name,
            unsigned perm, unsigned shared)
 {
-  struct flock fl;
   unsigned bit;
   int r;
 
@@ -91,28 +112,14 @@ lock_file (struct qcow2_image *img, int fd, const char *name,
   for (bit = 1; bit & PERM_ALL; bit <<= 1) {
     unsigned i = __builtin_ctz (bit);
 
-    if (perm & bit) {
-      r = ofd_lock (fd, F_WRLCK, LOCK_SHARED_BASE + i, F_OFD_GETLK, &fl);
-      if (r < 0)
-        return r;
-      if (fl.l_type != F_UNLCK) {
-        qcow2_log (img, QCOW2_LOG_ERROR, "%s: failed to get \"%s\" lock: "
-                   "is another process using the image?", name,
-                   perm_name (bit));
-        return -EBUSY;
-      }
-    }
-    if (!(shared & bit)) {
-      r = ofd_lock (fd, F_WRLCK, LOCK_PERM_BASE + i, F_OFD_GETLK, &fl);
-      if (r < 0)
-        return r;
-      if (fl.l_type != F_UNLCK) {
-        qcow2_log (img, QCOW2_LOG_ERROR, "%s: failed to get shared \"%s\" "
-                   "lock: is another process using the image?", name,
-                   perm_name (bit));
-        return -EBUSY;
-      }
-    }
+    r = 0;
+    if (perm & bit)
+      r = check_byte_free (img, fd, name, LOCK_SHARED_BASE + i, "", bit);
+    if (r == 0 && !(shared & bit))
+      r = check_byte_free (img, fd, name, LOCK_PERM_BASE + i, "shared ",
+                           bit);
+    if (r < 0)
+      return r;
   }
   return 0;
 
@@ -158,18 +165,6 @@ header_lock_layer (struct qcow2_layer *layer, bool writable)
  * with or without a layer lock held. */
 static pthread_mutex_t incompat_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static int
-sync_layer (struct qcow2_layer *layer)
-{
-  struct qcow2_image *img = layer->img;
-  int r;
-
-  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
-  if (r == 0 && layer->data_file != layer->file)
-    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
-  return r;
-}
-
 int
 header_write_incompatible (struct qcow2_layer *layer, uint64_t set,
                            uint64_t clear)
@@ -199,8 +194,18 @@ header_write_incompatible (struct qcow2_layer *layer, uint64_t set,
 int
 header_mark_dirty_locked (struct qcow2_layer *layer)
 {
-  if (!(layer->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS) ||
-      (layer->incompatible & QCOW2_INCOMPAT_DIRTY))
+  bool dirty;
+
+  if (!(layer->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS))
+    return 0;
+  {
+    /* incompatible is guarded by incompat_lock, not layer->lock:
+     * qcow2_corrupt writes it from threads holding the layer lock only
+     * shared. */
+    LOCK_FOR_SCOPE (&incompat_lock);
+    dirty = layer->incompatible & QCOW2_INCOMPAT_DIRTY;
+  }
+  if (dirty)
     return 0;
   return header_write_incompatible (layer, QCOW2_INCOMPAT_DIRTY, 0);
 }

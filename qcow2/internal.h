@@ -12,9 +12,13 @@
  *
  * Locking: each qcow2 layer has one reader-writer lock, 'lock', guarding
  * its L2 cache and every mutable field marked "lock".  Cache hits take it
- * shared; loading or evicting a slice takes it exclusive.  A thread never
- * holds the locks of two layers at once: map() drops a layer's lock before
- * descending into its backing file. */
+ * shared; loading or evicting a slice, and every metadata change, take it
+ * exclusive.  A thread never holds the locks of two layers at once:
+ * map() drops a layer's lock before descending into its backing file.
+ * Lock order: layer->lock, then either header.c's incompat_lock or
+ * write.c's write_state.lock (both leaf locks).  Every field below says
+ * what guards it; "const" means set during qcow2_open (one thread) and
+ * never changed afterwards. */
 #ifndef QCOW2_INTERNAL_H
 #define QCOW2_INTERNAL_H
 
@@ -29,31 +33,43 @@
 
 enum layer_format { LAYER_QCOW2, LAYER_RAW };
 
-struct l2_cache;      /* cache.c */
+struct l2_cache;              /* cache.c */
 struct refcount_cache;        /* refcount.c */
 struct refcount_pending;      /* refcount.c */
+struct write_state;           /* write.c */
+struct inflight;              /* write.c */
 
 /* One open file of the chain. */
 struct qcow2_file {
-  int fd;
-  char *name;         /* path as opened (resolved) */
-  uint64_t size;      /* size at open time */
+  int fd;                     /* const */
+  char *name;                 /* const: path as opened (resolved) */
+  uint64_t size;              /* size at open time; const, except the
+                               * metadata file of a writable top layer:
+                               * grown by alloc_note_end_locked under
+                               * that layer's lock (exclusive), so the
+                               * L2 offset checks of cache.c accept new
+                               * tables */
 };
 
 struct qcow2_layer {
-  struct qcow2_image *img;     /* the chain this layer belongs to */
-  unsigned depth;              /* 1 = top */
-  enum layer_format format;
-  unsigned file;               /* metadata file (raw: the data) */
-  unsigned data_file;          /* == file unless external data file */
-  uint64_t size;               /* virtual size (raw: file size) */
-  struct qcow2_layer *backing; /* NULL at the bottom */
+  struct qcow2_image *img;     /* const: the chain this layer belongs to */
+  unsigned depth;              /* const: 1 = top */
+  enum layer_format format;    /* const */
+  unsigned file;               /* const: metadata file (raw: the data) */
+  unsigned data_file;          /* const: == file unless external data file */
+  uint64_t size;               /* const: virtual size (raw: file size) */
+  struct qcow2_layer *backing; /* const: NULL at the bottom */
 
-  /* Header, validated at open; constant afterwards. */
+  /* Header, validated at open; const unless marked otherwise (the
+   * marked ones change only in a writable top layer). */
   uint32_t version;
   uint32_t cluster_bits;
   uint32_t cluster_size;
-  uint64_t incompatible, compatible, autoclear;
+  uint64_t incompatible;       /* header.c's incompat_lock (qcow2_corrupt
+                                * sets a bit holding no layer lock) */
+  uint64_t compatible;
+  uint64_t autoclear;          /* const once header_open_writable, still
+                                * inside qcow2_open, has cleared bits */
   uint32_t refcount_order;
   uint32_t header_length;
   uint8_t compression_type;    /* QCOW2_COMPRESSION_* */
@@ -64,33 +80,30 @@ struct qcow2_layer {
   uint32_t subcluster_bits;    /* cluster_bits - 5 with extended L2 */
   uint32_t csize_shift, csize_mask;   /* compressed descriptor layout */
   uint64_t coffset_mask;
-  uint64_t refcount_table_offset;
-  uint32_t refcount_table_clusters;
+  uint64_t refcount_table_offset;     /* lock (refcount.c grows it) */
+  uint32_t refcount_table_clusters;   /* lock */
   uint32_t nb_snapshots;
   uint64_t snapshots_offset;
   char *backing_name;          /* as stored in the header, or NULL */
   char *backing_format;        /* from the extension, or NULL */
   char *data_file_name;        /* external data file extension, or NULL */
 
-  /* L1 table, loaded whole at open, host byte order. */
-  uint64_t *l1;
-  uint32_t l1_size;
-  uint64_t l1_table_offset;
+  /* L1 table, loaded whole at open, host byte order; l1.c grows it and
+   * write.c sets entries in a writable layer. */
+  uint64_t *l1;                /* lock */
+  uint32_t l1_size;            /* lock */
+  uint64_t l1_table_offset;    /* lock */
 
-  /* Created with preallocation=metadata (detected as QEMU does): its
-   * allocated clusters may be host holes that read as zeros. */
+  /* const: created with preallocation=metadata (detected as QEMU does):
+   * its allocated clusters may be host holes that read as zeros. */
   bool metadata_prealloc;
 
   pthread_rwlock_t lock;
-  struct l2_cache *l2_cache;   /* lock */
+  struct l2_cache *l2_cache;   /* const pointer; its contents: lock */
 
   /* alloc.c, refcount.c, l1.c, header.c: the allocator of a writable
-   * top layer (all NULL/0 in read-only layers).  Every field here is
-   * guarded by 'lock' (exclusive to change).  In a writable layer the
-   * header fields l1, l1_size, l1_table_offset, refcount_table_offset,
-   * refcount_table_clusters and incompatible above also change, with
-   * 'lock' exclusive, and so does files[file].size (grown as the file
-   * grows, so the L2 offset checks of cache.c accept new tables). */
+   * top layer (all NULL/0 in read-only layers).  Guarded by 'lock',
+   * exclusive to change. */
   struct refcount_cache *refcount_cache;  /* lock */
   uint64_t *reftable;          /* lock: refcount table, host order */
   uint64_t reftable_entries;   /* lock */
@@ -101,84 +114,63 @@ struct qcow2_layer {
   uint64_t avoid_lo, avoid_hi; /* lock: clusters an allocation in progress
                                 * is taking: new refcount metadata goes
                                 * elsewhere */
-  uint32_t *repair_counts;     /* header.c repair only (single thread) */
-  uint64_t repair_nr;
-  bool image_locked;           /* header.c: OFD lock bytes taken */
+  uint32_t *repair_counts;     /* header.c's repair, inside qcow2_open */
+  uint64_t repair_nr;          /* (one thread); NULL/0 afterwards */
+  bool image_locked;           /* const: header.c took OFD lock bytes */
 };
 
 struct qcow2_image {
-  const struct qcow2_io_ops *io;
-  void *io_opaque;
-  qcow2_log_fn log;
-  void *log_opaque;
-  bool writable;
+  const struct qcow2_io_ops *io;  /* const */
+  void *io_opaque;                /* const */
+  qcow2_log_fn log;               /* const */
+  void *log_opaque;               /* const */
+  bool writable;                  /* const */
 
-  struct qcow2_file *files;    /* constant after open */
-  size_t nr_files;
-  struct qcow2_layer **layers; /* layers[0] is the top; constant */
-  unsigned nr_layers;
+  struct qcow2_file *files;    /* const array (see qcow2_file.size) */
+  size_t nr_files;             /* const */
+  struct qcow2_layer **layers; /* const: layers[0] is the top */
+  unsigned nr_layers;          /* const */
 
-  atomic_bool corrupt;         /* set once, never cleared */
+  atomic_bool corrupt;         /* atomic: set once, never cleared */
 
-  /* qcow2_open_opts.wakeup, set by open.c; constant after open.  Called
-   * by write.c when an in-flight record someone got QCOW2_BLOCKED on
-   * ends. */
+  /* const: qcow2_open_opts.wakeup, called by write.c when an in-flight
+   * record someone got QCOW2_BLOCKED on ends. */
   void (*wakeup) (void *opaque);
   void *wakeup_opaque;
 };
 
-/* ---- open.c: header parsing, validation, backing chain ---------------- */
+/* Every function named _locked is called with layer->lock held: the
+ * ones that change metadata with it exclusive, following
+ * qcow2/ORDERING.md. */
 
-/* (file-local) */
+/* ---- io.c: qcow2_posix_io, the default I/O ops (qcow2.h) ------------- */
 
-/* ---- refcount.c: reading refcounts ----------------------------------- */
+/* ---- corrupt.c: the one path for corruption found at run time -------- */
+
+/* Log "<file of LAYER>: corruption: <message>", mark the image corrupt
+ * and return -EIO, so callers can 'return qcow2_corrupt (...)'. */
+int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Send a formatted message to the image's log callback. */
+void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
+                const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* ---- open.c: header parsing, validation, backing chain --------------- */
+
+/* Resolve NAME, found in the image at REFERRER (a backing file or
+ * external data file name), as QEMU does: absolute names as they are,
+ * relative ones against REFERRER's directory.  NULL (errno) when out of
+ * memory. */
+char *open_resolve_name (const char *referrer, const char *name);
+
+/* ---- refcount.c: refcounts, their cache and deferred decrements ------ */
 
 /* Decide layer->metadata_prealloc from the refcounts and the host file's
  * allocated size.  Returns 0 or -errno (a refcount block that cannot be
  * read); an invalid refcount table entry just ends the scan. */
 int refcount_detect_metadata_prealloc (struct qcow2_layer *layer);
-
-/* ---- alloc.c, refcount.c, l1.c, header.c: the allocator --------------
- * (engineer "qcow2-alloc"; every _locked function is called with
- * layer->lock held exclusively.  Ordering rules: qcow2/ORDERING.md.) */
-
-/* Allocate between MIN and MAX host clusters, contiguous, in LAYER's
- * metadata file (refcounts 0 -> 1, in the refcount cache).  Sets *HOST
- * and *GOT.  Never returns a cluster whose freeing is not yet durable or
- * that metadata in memory still references.  -ENOSPC, -EIO, -errno. */
-int alloc_clusters_locked (struct qcow2_layer *layer, uint64_t min,
-                           uint64_t max, uint64_t *host, uint64_t *got);
-
-/* Drop one reference to each of the N clusters at HOST.  The decrement
- * is deferred: it is applied by refcount_flush_done_locked() once the
- * metadata that dropped the reference is durable. */
-int refcount_release_locked (struct qcow2_layer *layer, uint64_t host,
-                             uint64_t n);
-
-/* Add DELTA (may be negative, applied at once: only for references not
- * yet visible on disk, e.g. undoing a failed allocation) to the refcount
- * of each of the N clusters at HOST. */
-int refcount_adjust_locked (struct qcow2_layer *layer, uint64_t host,
-                            uint64_t n, int64_t delta);
-
-/* Current refcount of the cluster at HOST. */
-int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
-                         uint64_t *refcount);
-
-/* Write dirty refcount blocks (and a grown refcount table) to the file,
- * without syncing. */
-int refcount_writeback_locked (struct qcow2_layer *layer);
-
-/* Called by qcow2_flush after everything up to now is durable: apply the
- * deferred decrements (the clusters become reusable once those are
- * written back in turn). */
-int refcount_flush_done_locked (struct qcow2_layer *layer);
-
-/* Optional, for a flush that drops the lock around its syncs: mark the
- * decrements recorded so far as the ones the coming L2 writeback makes
- * durable; refcount_flush_done_locked() then applies only those (without
- * a begin it applies every pending decrement).  See ORDERING.md. */
-void refcount_flush_begin_locked (struct qcow2_layer *layer);
 
 /* Set up / tear down the refcount machinery of a writable layer: load
  * the refcount table, create the refcount block cache (CACHE_SIZE bytes,
@@ -186,11 +178,9 @@ void refcount_flush_begin_locked (struct qcow2_layer *layer);
 int refcount_init (struct qcow2_layer *layer, uint64_t cache_size);
 void refcount_destroy (struct qcow2_layer *layer);
 
-/* Set the refcount of the cluster at HOST to VALUE (repair only);
- * creates refcount blocks (and grows the table) as needed.  -EINVAL
- * when VALUE does not fit the refcount width. */
-int refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
-                         uint64_t value);
+/* Current refcount of the cluster at HOST. */
+int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
+                         uint64_t *refcount);
 
 /* Make sure a refcount block covers host cluster CLUSTER (by index):
  * create one inside its own range, or grow the refcount table.  Returns
@@ -200,98 +190,40 @@ int refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
 int refcount_ensure_block_locked (struct qcow2_layer *layer,
                                   uint64_t cluster);
 
-/* Record that the file now extends to at least END bytes (alloc.c). */
-void alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end);
+/* Add DELTA (may be negative, applied at once: only for references not
+ * yet visible on disk, e.g. undoing a failed allocation) to the refcount
+ * of each of the N clusters at HOST. */
+int refcount_adjust_locked (struct qcow2_layer *layer, uint64_t host,
+                            uint64_t n, int64_t delta);
 
-/* Make the L1 table hold at least MIN_ENTRIES entries (new table, sync,
- * switch the header fields, sync, free the old one). */
-int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
+/* Set the refcount of the cluster at HOST to VALUE (repair only);
+ * creates refcount blocks (and grows the table) as needed.  -EINVAL
+ * when VALUE does not fit the refcount width. */
+int refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
+                         uint64_t value);
 
-/* Write L1 entry INDEX (from layer->l1) to the file, without syncing. */
-int l1_write_entry_locked (struct qcow2_layer *layer, uint32_t index);
+/* Drop one reference to each of the N clusters at HOST.  The decrement
+ * is deferred: it is applied by refcount_flush_done_locked() once the
+ * metadata that dropped the reference is durable. */
+int refcount_release_locked (struct qcow2_layer *layer, uint64_t host,
+                             uint64_t n);
 
-/* Writable open and clean close: image lock, autoclear bits, dirty-bit
- * repair (open), dirty bit cleared after a final flush (close). */
-int header_open_writable (struct qcow2_layer *layer);
-int header_close_writable (struct qcow2_layer *layer);
-/* Take QEMU-compatible OFD image locks on LAYER's files (writer or
- * reader permissions); -EBUSY, logged with QEMU's wording, when another
- * process conflicts.  header_open_writable() does it for the top layer. */
-int header_lock_layer (struct qcow2_layer *layer, bool writable);
-/* Set and clear bits of the on-disk incompatible-features field (v3;
- * no-op on v2) with one write and a sync.  Takes no layer lock (a
- * mutex of its own), so qcow2_corrupt may call it. */
-int header_write_incompatible (struct qcow2_layer *layer, uint64_t set,
-                               uint64_t clear);
-/* Mark the image dirty before the first metadata change when
- * lazy_refcounts is on (no-op otherwise or when already dirty). */
-int header_mark_dirty_locked (struct qcow2_layer *layer);
+/* Optional, for a flush that drops the lock around its syncs: mark the
+ * decrements recorded so far as the ones the coming L2 writeback makes
+ * durable; refcount_flush_done_locked() then applies only those (without
+ * a begin it applies every pending decrement).  See ORDERING.md. */
+void refcount_flush_begin_locked (struct qcow2_layer *layer);
 
-/* ---- write.c, zero.c, flush.c: the write path ------------------------
- * (engineer "qcow2-write") */
+/* Called by qcow2_flush after everything up to now is durable: apply the
+ * deferred decrements (the clusters become reusable once those are
+ * written back in turn). */
+int refcount_flush_done_locked (struct qcow2_layer *layer);
 
-/* Write back LAYER's dirty L2 slices (cache.c), without syncing. */
-int l2_cache_writeback_locked (struct qcow2_layer *layer);
+/* Write dirty refcount blocks (and a grown refcount table) to the file,
+ * without syncing. */
+int refcount_writeback_locked (struct qcow2_layer *layer);
 
-/* Like l2_cache_get_locked, with the lock held exclusively, but the slice
- * is writable and marked dirty: change entries in it (big-endian) before
- * releasing the lock.  Only for tables whose L1 entry has COPIED. */
-int l2_cache_get_dirty_locked (struct qcow2_layer *layer, uint64_t l1_index,
-                               uint32_t slice_index, uint8_t **slice);
-
-/* Drop every cached slice of the L2 table at HOST, dirty or not: a new
- * table is about to be written there. */
-void l2_cache_forget_table_locked (struct qcow2_layer *layer, uint64_t host);
-
-/* The per-layer write state (in-flight records, write.c) kept with the
- * cache so it lives exactly as long as the layer's cache. */
-struct write_state;
-struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
-struct write_state *write_state_new (void);
-void write_state_free (struct write_state *ws);
-
-/* In-flight records (write.c): register the guest clusters of [offset,
- * offset+length) of the top layer, or return QCOW2_BLOCKED (sleep
- * instead with QCOW2_WAIT) while an overlapping record exists.  *REC is
- * then released with inflight_leave, which wakes waiters. */
-struct inflight;
-int inflight_enter (struct qcow2_image *img, uint64_t offset,
-                    uint64_t length, unsigned flags, struct inflight **rec);
-void inflight_leave (struct qcow2_image *img, struct inflight *rec);
-
-/* Make the L2 table of L1 entry L1_INDEX exist and be ours alone (COPIED):
- * grow the L1 table, allocate a zeroed table, or copy a table shared
- * with a snapshot, in the order qcow2/ORDERING.md gives (write.c). */
-int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
-
-/* Release the host clusters behind L2 entry L2E (normal, preallocated
- * zero or compressed; deferred decrements) (write.c). */
-int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e);
-
-/* qcow2_write_begin for a caller already holding the in-flight record
- * (qcow2_zero): ZEROS makes the guest part a QCOW2_SEG_ZERO segment. */
-int write_begin_held (struct qcow2_image *img, uint64_t offset,
-                      uint64_t length, bool zeros, struct qcow2_write **wp,
-                      const struct qcow2_seg **segs, size_t *nsegs);
-
-/* Perform SEGS synchronously through the io ops; GUEST segments come from
- * DATA (write.c, for sync.c and zero.c). */
-int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
-                     size_t nsegs, const void *data);
-
-/* ---- corrupt.c: the one path for corruption found at run time -------- */
-
-/* Log "corruption in LAYER: <message>", mark the image corrupt and return
- * -EIO, so callers can 'return qcow2_corrupt (...)'. */
-int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
-  __attribute__ ((format (printf, 2, 3)));
-
-/* Send a formatted message to the image's log callback. */
-void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
-                const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
-
-/* ---- cache.c: the L2 slice cache -------------------------------------- */
+/* ---- cache.c: the L2 slice cache ------------------------------------- */
 
 /* Create/destroy LAYER's cache, holding at most CACHE_SIZE bytes of L2
  * slices (rounded to whole slices, at least a few). */
@@ -301,6 +233,9 @@ void l2_cache_destroy (struct qcow2_layer *layer);
 /* L2 entries in one cache slice (a slice is min(cluster_size, 4096)
  * bytes of an L2 table). */
 uint32_t l2_cache_slice_entries (const struct qcow2_layer *layer);
+
+/* Write back LAYER's dirty L2 slices, without syncing. */
+int l2_cache_writeback_locked (struct qcow2_layer *layer);
 
 /* Find slice SLICE_INDEX of the L2 table named by L1 entry L1_INDEX
  * (validated here: corruption -> -EIO through qcow2_corrupt).  The caller
@@ -314,6 +249,131 @@ int l2_cache_get_locked (struct qcow2_layer *layer, uint64_t l1_index,
                          uint32_t slice_index, bool *exclusive,
                          const uint8_t **slice);
 
-/* ---- map.c, compress.c, sync.c: see qcow2.h --------------------------- */
+/* Like l2_cache_get_locked, with the lock held exclusively, but the slice
+ * is writable and marked dirty: change entries in it (big-endian) before
+ * releasing the lock.  Only for tables whose L1 entry has COPIED. */
+int l2_cache_get_dirty_locked (struct qcow2_layer *layer, uint64_t l1_index,
+                               uint32_t slice_index, uint8_t **slice);
+
+/* Drop every cached slice of the L2 table at HOST, dirty or not: a new
+ * table is about to be written there. */
+void l2_cache_forget_table_locked (struct qcow2_layer *layer, uint64_t host);
+
+/* The per-layer write state (write.c), kept with the cache so it lives
+ * exactly as long as the layer's cache. */
+struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
+
+/* ---- map.c: qcow2_map (qcow2.h) -------------------------------------- */
+
+/* ---- compress.c: qcow2_decompress (qcow2.h) -------------------------- */
+
+/* ---- sync.c: qcow2_pread and qcow2_pwrite (qcow2.h) ------------------ */
+
+/* ---- alloc.c: the cluster allocator ---------------------------------- */
+
+/* Allocate between MIN and MAX host clusters, contiguous, in LAYER's
+ * metadata file (refcounts 0 -> 1, in the refcount cache).  Sets *HOST
+ * and *GOT.  Never returns a cluster whose freeing is not yet durable or
+ * that metadata in memory still references.  -ENOSPC, -EIO, -errno. */
+int alloc_clusters_locked (struct qcow2_layer *layer, uint64_t min,
+                           uint64_t max, uint64_t *host, uint64_t *got);
+
+/* Record that the file now extends to at least END bytes. */
+void alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end);
+
+/* ---- l1.c: the L1 table of a writable layer -------------------------- */
+
+/* Write L1 entry INDEX (from layer->l1) to the file, without syncing. */
+int l1_write_entry_locked (struct qcow2_layer *layer, uint32_t index);
+
+/* Make the L1 table hold at least MIN_ENTRIES entries (new table, sync,
+ * switch the header fields, sync, free the old one). */
+int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
+
+/* ---- header.c: image locks, feature bits, dirty bit and repair ------- */
+
+/* Take QEMU-compatible OFD image locks on LAYER's files (writer or
+ * reader permissions); -EBUSY, logged with QEMU's wording, when another
+ * process conflicts.  header_open_writable() does it for the top layer. */
+int header_lock_layer (struct qcow2_layer *layer, bool writable);
+
+/* Set and clear bits of the on-disk incompatible-features field (v3;
+ * no-op on v2) with one write and a sync.  Takes no layer lock (a
+ * mutex of its own), so qcow2_corrupt may call it. */
+int header_write_incompatible (struct qcow2_layer *layer, uint64_t set,
+                               uint64_t clear);
+
+/* Mark the image dirty before the first metadata change when
+ * lazy_refcounts is on (no-op otherwise or when already dirty). */
+int header_mark_dirty_locked (struct qcow2_layer *layer);
+
+/* Writable open and clean close: image lock, autoclear bits, dirty-bit
+ * repair (open), dirty bit cleared after a final flush (close). */
+int header_open_writable (struct qcow2_layer *layer);
+int header_close_writable (struct qcow2_layer *layer);
+
+/* ---- write.c: the write path, in-flight records, L2 table preparation */
+
+struct write_state *write_state_new (void);
+void write_state_free (struct write_state *ws);
+
+/* Register the guest clusters of [offset, offset+length) of the top
+ * layer, or return QCOW2_BLOCKED (sleep instead with QCOW2_WAIT) while
+ * an overlapping record exists.  *REC is then released with
+ * inflight_leave, which wakes waiters.  Call with no layer lock held. */
+int inflight_enter (struct qcow2_image *img, uint64_t offset,
+                    uint64_t length, unsigned flags, struct inflight **rec);
+void inflight_leave (struct qcow2_image *img, struct inflight *rec);
+
+/* Make the L2 table of L1 entry L1_INDEX exist and be ours alone (COPIED):
+ * grow the L1 table, allocate a zeroed table, or copy a table shared
+ * with a snapshot, in the order qcow2/ORDERING.md gives. */
+int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
+
+/* Release the host clusters behind L2 entry L2E (normal, preallocated
+ * zero or compressed; deferred decrements). */
+int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e);
+
+/* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER, not
+ * checked; *HAS_TABLE false when its L1 entry names no table (the entry
+ * reads 0).  The lock is held shared or exclusive as *EXCLUSIVE says,
+ * and may be upgraded (see l2_cache_get_locked). */
+int read_l2_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                          uint64_t *l2e, uint64_t *bitmap, bool *has_table,
+                          bool *exclusive);
+
+/* Check the L2 entry of CLUSTER before writing through, zeroing or
+ * discarding it: reserved bits, alignment, subcluster bitmap, and a host
+ * cluster inside the image (not the header, not past host_end).  0, or
+ * -EIO through qcow2_corrupt. */
+int write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                              uint64_t l2e, uint64_t bitmap);
+
+/* The checks every guest write, zeroing and discard makes first:
+ * -EROFS, -EIO (image marked corrupt), -EINVAL (range past the disk),
+ * -ENOTSUP (raw top layer, external data file); else 0. */
+int write_check_args (struct qcow2_image *img, uint64_t offset,
+                      uint64_t length);
+
+/* qcow2_write_begin for a caller already holding the in-flight record
+ * (qcow2_zero): ZEROS makes the guest part a QCOW2_SEG_ZERO segment. */
+int write_begin_held (struct qcow2_image *img, uint64_t offset,
+                      uint64_t length, bool zeros, struct qcow2_write **wp,
+                      const struct qcow2_seg **segs, size_t *nsegs);
+
+/* Perform SEGS synchronously through the io ops; GUEST segments come from
+ * DATA (for sync.c and zero.c). */
+int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
+                     size_t nsegs, const void *data);
+
+/* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
+
+/* ---- flush.c: qcow2_flush (qcow2.h) and the sync it is made of ------- */
+
+/* ORDERING.md's "sync": flush every file of LAYER (metadata file and
+ * external data file).  0 or -errno. */
+int sync_layer (struct qcow2_layer *layer);
+
+/* ---- create.c: qcow2_create (qcow2.h) -------------------------------- */
 
 #endif /* QCOW2_INTERNAL_H */

@@ -17,19 +17,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-/* Sync every file of the layer (ORDERING.md's "sync"). */
-static int
-sync_layer (struct qcow2_layer *layer)
-{
-  struct qcow2_image *img = layer->img;
-  int r;
-
-  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
-  if (r == 0 && layer->data_file != layer->file)
-    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
-  return r;
-}
-
 int
 l1_write_entry_locked (struct qcow2_layer *layer, uint32_t index)
 {

@@ -102,8 +102,8 @@ dup_name (const uint8_t *p, size_t len)
 
 /* Resolve NAME, found in the image at REFERRER, as QEMU does: absolute
  * names are used as-is, relative ones against REFERRER's directory. */
-static char *
-resolve_name (const char *referrer, const char *name)
+char *
+open_resolve_name (const char *referrer, const char *name)
 {
   const char *slash = strrchr (referrer, '/');
   size_t dirlen, namelen = strlen (name);
@@ -706,7 +706,7 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
 
   /* The external data file, named like a backing file. */
   if (l->data_file_name) {
-    CLEANUP_FREE char *path = resolve_name (name, l->data_file_name);
+    CLEANUP_FREE char *path = open_resolve_name (name, l->data_file_name);
 
     if (!path)
       return fail (img, -ENOMEM, "out of memory");
@@ -828,7 +828,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
       goto err;
     }
     {
-      char *next = resolve_name (cur, l->backing_name);
+      char *next = open_resolve_name (cur, l->backing_name);
 
       if (!next) {
         r = fail (img, -ENOMEM, "out of memory");

@@ -185,19 +185,6 @@ max_refcount (const struct qcow2_layer *layer)
   return bits == 64 ? UINT64_MAX : (UINT64_C (1) << bits) - 1;
 }
 
-/* Sync every file of the layer (ORDERING.md's "sync"). */
-static int
-sync_layer (struct qcow2_layer *layer)
-{
-  struct qcow2_image *img = layer->img;
-  int r;
-
-  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
-  if (r == 0 && layer->data_file != layer->file)
-    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
-  return r;
-}
-
 int
 refcount_init (struct qcow2_layer *layer, uint64_t cache_size)
 {
@@ -593,6 +580,45 @@ in_memory_table (const struct qcow2_layer *layer, uint64_t cl)
     (layer->l1_size > 0 && cl >= l1c && cl - l1c < l1n);
 }
 
+/* Install BLOCK (a whole refcount block, its own count already in it or
+ * in another block) at cluster index B as the block of table index T:
+ * write and sync it before the table entry names it (ORDERING.md, rule
+ * 3), then write that entry without a sync (a lost entry only leaks the
+ * block), and put the block in the cache, clean, without reading it
+ * back. */
+static int
+install_block (struct qcow2_layer *layer, uint64_t t, uint64_t b,
+               const unsigned char *block)
+{
+  struct qcow2_image *img = layer->img;
+  const int fd = img->files[layer->file].fd;
+  unsigned char e[8];
+  struct rc_slot *s;
+  int r;
+
+  r = img->io->pwrite (img->io_opaque, fd, block, layer->cluster_size,
+                       b << layer->cluster_bits);
+  if (r == 0)
+    r = sync_layer (layer);
+  if (r < 0)
+    return r;
+  alloc_note_end_locked (layer, (b + 1) << layer->cluster_bits);
+  store_be64 (e, b << layer->cluster_bits);
+  r = img->io->pwrite (img->io_opaque, fd, e, 8,
+                       layer->refcount_table_offset + 8 * t);
+  if (r < 0)
+    return r;
+  layer->reftable[t] = b << layer->cluster_bits;
+  if (b < layer->repair_nr)
+    layer->repair_counts[b] = 1;
+  r = get_block (layer, t, true, &s);
+  if (r < 0)
+    return r;
+  memcpy (s->data, block, layer->cluster_size);
+  s->dirty = false;
+  return 0;
+}
+
 /* Create the refcount block of table index T, whose whole range is
  * being allocated (layer->avoid_lo/hi): it goes to the first free
  * cluster past that allocation, counted by the block of its own range
@@ -600,11 +626,8 @@ in_memory_table (const struct qcow2_layer *layer, uint64_t cl)
 static int
 place_elsewhere (struct qcow2_layer *layer, uint64_t t)
 {
-  struct qcow2_image *img = layer->img;
   const uint32_t bb = block_bits (layer);
   CLEANUP_FREE unsigned char *block = NULL;
-  unsigned char e[8];
-  struct rc_slot *s;
   uint64_t b, rc;
   int r;
 
@@ -639,39 +662,17 @@ place_elsewhere (struct qcow2_layer *layer, uint64_t t)
   block = calloc (1, layer->cluster_size);
   if (block == NULL)
     return -ENOMEM;
-  r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd, block,
-                       layer->cluster_size, b << layer->cluster_bits);
-  if (r == 0)
-    r = sync_layer (layer);
-  if (r < 0)
-    return r;
-  alloc_note_end_locked (layer, (b + 1) << layer->cluster_bits);
-  store_be64 (e, b << layer->cluster_bits);
-  r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd, e, 8,
-                       layer->refcount_table_offset + 8 * t);
-  if (r < 0)
-    return r;
-  layer->reftable[t] = b << layer->cluster_bits;
-  if (b < layer->repair_nr)
-    layer->repair_counts[b] = 1;
-  r = get_block (layer, t, true, &s);
-  if (r < 0)
-    return r;
-  memset (s->data, 0, layer->cluster_size);
-  s->dirty = false;
-  return 1;
+  r = install_block (layer, t, b, block);
+  return r < 0 ? r : 1;
 }
 
 int
 refcount_ensure_block_locked (struct qcow2_layer *layer, uint64_t cluster)
 {
-  struct qcow2_image *img = layer->img;
   const uint32_t bb = block_bits (layer);
   const uint64_t t = cluster >> bb;
   uint64_t b, first = t << bb, last = ((t + 1) << bb) - 1;
   CLEANUP_FREE unsigned char *block = NULL;
-  unsigned char e[8];
-  struct rc_slot *s;
   int r;
 
   if (t >= layer->reftable_entries) {
@@ -702,29 +703,8 @@ refcount_ensure_block_locked (struct qcow2_layer *layer, uint64_t cluster)
   if (block == NULL)
     return -ENOMEM;
   set_refcount_entry (block, layer->refcount_order, b - first, 1);
-  r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd, block,
-                       layer->cluster_size, b << layer->cluster_bits);
-  if (r == 0)
-    r = sync_layer (layer);
-  if (r < 0)
-    return r;
-  alloc_note_end_locked (layer, (b + 1) << layer->cluster_bits);
-  store_be64 (e, b << layer->cluster_bits);
-  r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd, e, 8,
-                       layer->refcount_table_offset + 8 * t);
-  if (r < 0)
-    return r;
-  layer->reftable[t] = b << layer->cluster_bits;
-  if (b < layer->repair_nr)
-    layer->repair_counts[b] = 1;
-
-  /* Put it in the cache, clean, without reading it back. */
-  r = get_block (layer, t, true, &s);
-  if (r < 0)
-    return r;
-  memcpy (s->data, block, layer->cluster_size);
-  s->dirty = false;
-  return 1;
+  r = install_block (layer, t, b, block);
+  return r < 0 ? r : 1;
 }
 
 /* Check that adding DELTA to each of the N clusters from cluster index

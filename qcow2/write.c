@@ -163,17 +163,6 @@ inflight_leave (struct qcow2_image *img, struct inflight *rec)
 
 /* ---- Metadata helpers -------------------------------------------------- */
 
-static int
-sync_layer (struct qcow2_layer *layer)
-{
-  struct qcow2_image *img = layer->img;
-  int r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
-
-  if (r == 0 && layer->data_file != layer->file)
-    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
-  return r;
-}
-
 int
 l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index)
 {
@@ -276,14 +265,10 @@ release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e)
   return 0;
 }
 
-/* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER;
- * *HAS_TABLE false when its L1 entry names no table (entry reads 0).
- * The lock is held shared or exclusive as *EXCLUSIVE says, and may be
- * upgraded (see l2_cache_get_locked). */
-static int
-read_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
-                   uint64_t *l2e, uint64_t *bitmap, bool *has_table,
-                   bool *exclusive)
+int
+read_l2_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                      uint64_t *l2e, uint64_t *bitmap, bool *has_table,
+                      bool *exclusive)
 {
   const uint32_t slice_entries = l2_cache_slice_entries (layer);
   uint64_t l1_index = cluster / layer->l2_entries;
@@ -338,10 +323,29 @@ store_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
   return 0;
 }
 
-/* Check a standard (not compressed) L2 entry as map.c does. */
-static int
-check_entry (struct qcow2_layer *layer, uint64_t cluster, uint64_t l2e,
-             uint64_t bitmap)
+/* Does the host cluster at HOST hold the header, the L1 table or the
+ * refcount table? */
+static bool
+overlaps_tables_locked (const struct qcow2_layer *layer, uint64_t host)
+{
+  uint64_t cs = layer->cluster_size;
+  uint64_t l1_end = layer->l1_table_offset + (uint64_t) layer->l1_size * 8;
+  uint64_t rt_end = layer->refcount_table_offset +
+    ((uint64_t) layer->refcount_table_clusters << layer->cluster_bits);
+
+  /* Offsets and sizes were validated at open: no overflow here. */
+  return host < cs ||
+    (host + cs > layer->l1_table_offset && host < l1_end) ||
+    (host + cs > layer->refcount_table_offset && host < rt_end);
+}
+
+/* Check an L2 entry before it is written through, zeroed or discarded:
+ * what map.c checks, plus that a host cluster lies inside the part of the
+ * file the allocator accounts for (an entry pointing past it would let
+ * the allocator hand the same cluster out again) and is not the header. */
+int
+write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                          uint64_t l2e, uint64_t bitmap)
 {
   uint64_t host = l2e & L2E_OFFSET_MASK;
 
@@ -369,11 +373,18 @@ check_entry (struct qcow2_layer *layer, uint64_t cluster, uint64_t l2e,
       return qcow2_corrupt (layer, "cluster %" PRIu64 " has allocated "
                             "subclusters but no host offset", cluster);
   }
-  /* Writing in place over the header would destroy the image: QEMU's
-   * overlap check refuses that too. */
-  if (host != 0 && host < layer->cluster_size)
-    return qcow2_corrupt (layer, "cluster %" PRIu64 " points at the image "
-                          "header", cluster);
+  /* Writing in place over the image's own tables would destroy it:
+   * QEMU's overlap check refuses that too.  (L2 tables and refcount
+   * blocks are not checked: that would cost a lookup per write.) */
+  if (host != 0 && overlaps_tables_locked (layer, host))
+    return qcow2_corrupt (layer, "data offset %#" PRIx64 " of cluster %"
+                          PRIu64 " overlaps the header, the L1 table or "
+                          "the refcount table", host, cluster);
+  if (host != 0 && layer->host_end != 0 &&
+      !range_fits (host, layer->cluster_size, layer->host_end))
+    return qcow2_corrupt (layer, "data offset %#" PRIx64 " of cluster %"
+                          PRIu64 " is past the end of the image", host,
+                          cluster);
   return 0;
 }
 
@@ -495,6 +506,23 @@ add_buf (struct qcow2_write *w, size_t size)
   return b;
 }
 
+/* The pieces of a write into [A, B) of a whole new (or wholly rewritten)
+ * cluster at host BASE whose guest cluster starts at GBASE: COW of the
+ * head, the data from SRC, COW of the tail up to CEND. */
+static int
+add_cluster_pieces (struct qcow2_write *w, uint64_t base, uint64_t gbase,
+                    uint64_t a, uint64_t b, uint64_t cend, uint64_t src)
+{
+  int r;
+
+  r = add_piece (w, base, a, true, gbase);
+  if (r == 0)
+    r = add_piece (w, base + a, b - a, false, src);
+  if (r == 0)
+    r = add_piece (w, base + b, cend - b, true, gbase + b);
+  return r;
+}
+
 /* Bits FIRST..LAST of a subcluster bitmap. */
 static uint32_t
 sc_mask (uint32_t first, uint32_t last)
@@ -520,11 +548,11 @@ plan_cluster_locked (struct qcow2_layer *layer, struct qcow2_write *w,
   bool has_table, in_place, exclusive = true;
   int r;
 
-  r = read_entry_locked (layer, cluster, &l2e, &bitmap, &has_table,
-                         &exclusive);
+  r = read_l2_entry_locked (layer, cluster, &l2e, &bitmap, &has_table,
+                            &exclusive);
   if (r < 0)
     return r;
-  r = check_entry (layer, cluster, l2e, bitmap);
+  r = write_check_entry_locked (layer, cluster, l2e, bitmap);
   if (r < 0)
     return r;
   host = l2e & L2E_OFFSET_MASK;
@@ -543,11 +571,7 @@ plan_cluster_locked (struct qcow2_layer *layer, struct qcow2_write *w,
       if (l2e & QCOW_OFLAG_ZERO) {
         /* Preallocated zero cluster: the rest of it must become real
          * zeros (COW reads them as zeros) before the flag goes. */
-        r = add_piece (w, host, a, true, gbase);
-        if (r == 0)
-          r = add_piece (w, host + a, b - a, false, src);
-        if (r == 0)
-          r = add_piece (w, host + b, cend - b, true, gbase + b);
+        r = add_cluster_pieces (w, host, gbase, a, b, cend, src);
         lk.new_l2e = l2e & ~QCOW_OFLAG_ZERO;
         *need_table = true;
       }
@@ -555,11 +579,7 @@ plan_cluster_locked (struct qcow2_layer *layer, struct qcow2_write *w,
         return add_piece (w, host + a, b - a, false, src);
     }
     else {
-      r = add_piece (w, 0, a, true, gbase);
-      if (r == 0)
-        r = add_piece (w, a, b - a, false, src);
-      if (r == 0)
-        r = add_piece (w, b, cend - b, true, gbase + b);
+      r = add_cluster_pieces (w, 0, gbase, a, b, cend, src);
       lk.alloc = true;
       lk.release_old = (l2e & QCOW_OFLAG_COMPRESSED) || host != 0;
       lk.new_l2e = QCOW_OFLAG_COPIED;
@@ -607,11 +627,7 @@ plan_cluster_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     else {
       /* Shared or compressed: copy the whole cluster as the guest sees
        * it; every subcluster of the copy is allocated. */
-      r = add_piece (w, 0, a, true, gbase);
-      if (r == 0)
-        r = add_piece (w, a, b - a, false, src);
-      if (r == 0)
-        r = add_piece (w, b, cend - b, true, gbase + b);
+      r = add_cluster_pieces (w, 0, gbase, a, b, cend, src);
       lk.alloc = true;
       lk.release_old = true;
       lk.new_l2e = QCOW_OFLAG_COPIED;
@@ -751,7 +767,8 @@ plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
     uint64_t l2e, bitmap, host;
     bool has_table;
 
-    r = read_entry_locked (layer, c, &l2e, &bitmap, &has_table, &exclusive);
+    r = read_l2_entry_locked (layer, c, &l2e, &bitmap, &has_table,
+                              &exclusive);
     if (r < 0)
       break;
     host = l2e & L2E_OFFSET_MASK;
@@ -769,7 +786,7 @@ plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
     }
     else if (l2e & QCOW_OFLAG_ZERO)
       break;
-    r = check_entry (layer, c, l2e, bitmap);
+    r = write_check_entry_locked (layer, c, l2e, bitmap);
     if (r < 0)
       break;
     r = add_piece (w, host + a, b - a, false, gbase + a - offset);
@@ -933,8 +950,9 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
   return 0;
 }
 
-static int
-check_writable (struct qcow2_image *img, uint64_t offset, uint64_t length)
+int
+write_check_args (struct qcow2_image *img, uint64_t offset,
+                  uint64_t length)
 {
   struct qcow2_layer *top = img->layers[0];
 
@@ -960,7 +978,7 @@ qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  r = check_writable (img, offset, length);
+  r = write_check_args (img, offset, length);
   if (r < 0)
     return r;
   if (length > MAX_WRITE)

@@ -70,36 +70,23 @@ add_zpiece (struct zplan *zp, uint64_t offset, uint64_t length)
   return 0;
 }
 
+/* The L2 entry of CLUSTER (0 without a table), its host offset checked
+ * as far as zeroing and discarding rely on it. */
 static int
 get_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
                   uint64_t *l2e, uint64_t *bitmap)
 {
-  const uint32_t se = l2_cache_slice_entries (layer);
-  uint64_t l1_index = cluster / layer->l2_entries;
-  uint32_t l2_index = cluster % layer->l2_entries;
-  const uint8_t *slice, *ent;
-  bool exclusive = true;
+  bool has_table, exclusive = true;
   int r;
 
-  *l2e = *bitmap = 0;
-  r = l2_cache_get_locked (layer, l1_index, l2_index / se, &exclusive,
-                           &slice);
-  if (r < 0 || slice == NULL)
+  r = read_l2_entry_locked (layer, cluster, l2e, bitmap, &has_table,
+                            &exclusive);
+  if (r < 0)
     return r;
-  ent = slice + (size_t) (l2_index % se) * layer->l2_entry_size;
-  *l2e = load_be64 (ent);
-  if (layer->extended_l2)
-    *bitmap = load_be64 (ent + 8);
-  if (!(*l2e & QCOW_OFLAG_COMPRESSED)) {
-    if (*l2e & L2E_STD_RESERVED_MASK)
-      return qcow2_corrupt (layer, "L2 entry %#" PRIx64 " of cluster %"
-                            PRIu64 " has reserved bits set", *l2e, cluster);
-    if (!IS_ALIGNED (*l2e & L2E_OFFSET_MASK, layer->cluster_size))
-      return qcow2_corrupt (layer, "data offset %#" PRIx64 " of cluster %"
-                            PRIu64 " is not cluster aligned",
-                            *l2e & L2E_OFFSET_MASK, cluster);
-  }
-  return 0;
+  /* The same checks as a write: zeroing or discarding an entry that
+   * points at the header or past the image would release a cluster that
+   * is not the guest's. */
+  return write_check_entry_locked (layer, cluster, *l2e, *bitmap);
 }
 
 /* Replace the entry of CLUSTER by L2E/BITMAP (no-op when equal),
@@ -332,22 +319,6 @@ zero_pieces (struct qcow2_image *img, const struct zplan *zp)
   return 0;
 }
 
-static int
-check_args (struct qcow2_image *img, uint64_t offset, uint64_t length)
-{
-  struct qcow2_layer *top = img->layers[0];
-
-  if (!img->writable)
-    return -EROFS;
-  if (qcow2_is_corrupt (img))
-    return -EIO;
-  if (!range_fits (offset, length, top->size))
-    return -EINVAL;
-  if (top->format != LAYER_QCOW2 || top->data_file != top->file)
-    return -ENOTSUP;
-  return 0;
-}
-
 int
 qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
             unsigned flags)
@@ -356,7 +327,7 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   struct inflight *rec;
   int r;
 
-  r = check_args (img, offset, length);
+  r = write_check_args (img, offset, length);
   if (r < 0 || length == 0)
     return r;
   r = inflight_enter (img, offset, length, flags, &rec);
@@ -393,7 +364,7 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   uint64_t first, end;
   int r;
 
-  r = check_args (img, offset, length);
+  r = write_check_args (img, offset, length);
   if (r < 0 || length == 0)
     return r;
   /* Whole clusters only; the last one counts as whole when the range

@@ -5,6 +5,7 @@
 
 SERVERWRITE_TESTS = \
 	test-write-server.sh \
+	test-write-hostile.sh \
 	$(NULL)
 
 TESTS += $(SERVERWRITE_TESTS)

@@ -229,38 +229,7 @@ refused "no client certificate" "did not return a certificate" \
 # where the ClientHello belongs.  The server must drop the connection
 # (at most a TLS alert, then EOF), not hang or crash.
 refused "plaintext after STARTTLS" "TLS handshake failed" \
-  "$PYTHON" - "$tls_port" <<'EOF'
-import socket, struct, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
-def recv_exact(n):
-    b = b""
-    while len(b) < n:
-        d = s.recv(n - len(b))
-        if not d:
-            raise SystemExit("EOF during the handshake")
-        b += d
-    return b
-IHAVEOPT = 0x49484156454F5054
-magic, opt, flags = struct.unpack(">QQH", recv_exact(18))
-assert magic == 0x4e42444d41474943 and opt == IHAVEOPT, "bad greeting"
-s.sendall(struct.pack(">I", 1))                         # FIXED_NEWSTYLE
-s.sendall(struct.pack(">QII", IHAVEOPT, 5, 0))          # STARTTLS
-rmagic, ropt, rtype, rlen = struct.unpack(">QIII", recv_exact(20))
-assert rmagic == 0x3e889045565a9 and ropt == 5, "bad reply"
-assert rtype == 1 and rlen == 0, "STARTTLS not ACKed: %#x" % rtype
-s.sendall(struct.pack(">QII", IHAVEOPT, 3, 0))          # LIST, in clear
-rest = b""
-while True:
-    d = s.recv(4096)
-    if not d:
-        break
-    rest += d
-# Anything before EOF must be a TLS alert record (content type 21).
-if rest and rest[0] != 21:
-    raise SystemExit("unexpected bytes after plaintext: %r" % rest[:32])
-print("dropped cleanly")
-sys.exit(1)                     # "refused", as the helper expects
-EOF
+  "$PYTHON" "$abs_top_srcdir/tests/starttls-client.py" "$tls_port" plaintext
 grep -q 'dropped cleanly' "$tmpdir/refused.out" ||
   fail "plaintext after STARTTLS: $(cat "$tmpdir/refused.out")"
 

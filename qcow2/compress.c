@@ -2,7 +2,10 @@
 /* Decompression of compressed clusters: zlib raw deflate or zstd, as the
  * layer's compression_type says.
  *
- * Both produce exactly one cluster or the cluster is corrupt.  zlib
+ * Both produce exactly one cluster or the cluster is corrupt.  A caller
+ * that needs only the start of a cluster (a 4 KiB read at offset 8 KiB
+ * needs 12 KiB) may stop there: both formats decode front to back, so
+ * stopping early saves the rest of the work and gives the same bytes.  zlib
  * inflates with window bits -15, the largest, so streams from any writer
  * decode (QEMU writes -12).  zstd may have stored several frames in one
  * cluster; we decode frame after frame until the cluster is full.
@@ -81,7 +84,7 @@ qcow2_layer_cluster_size (const struct qcow2_layer *layer)
 
 static int
 inflate_cluster (struct qcow2_layer *layer, struct dctx *d,
-                 const void *in, size_t in_len, void *out)
+                 const void *in, size_t in_len, void *out, uint32_t out_len)
 {
   z_stream *z = &d->z;
   int r;
@@ -100,7 +103,7 @@ inflate_cluster (struct qcow2_layer *layer, struct dctx *d,
   z->next_in = (Bytef *) in;
   z->avail_in = in_len > UINT_MAX ? UINT_MAX : in_len;
   z->next_out = out;
-  z->avail_out = layer->cluster_size;
+  z->avail_out = out_len;
   r = inflate (z, Z_FINISH);
   /* A full output buffer with input left over (Z_BUF_ERROR) is fine:
    * trailing bytes belong to the next cluster. */
@@ -113,10 +116,10 @@ inflate_cluster (struct qcow2_layer *layer, struct dctx *d,
 
 static int
 zstd_cluster (struct qcow2_layer *layer, struct dctx *d,
-              const void *in, size_t in_len, void *out)
+              const void *in, size_t in_len, void *out, uint32_t out_len)
 {
   ZSTD_inBuffer ib = { .src = in, .size = in_len, .pos = 0 };
-  ZSTD_outBuffer ob = { .dst = out, .size = layer->cluster_size, .pos = 0 };
+  ZSTD_outBuffer ob = { .dst = out, .size = out_len, .pos = 0 };
 
   if (d->zstd == NULL) {
     d->zstd = ZSTD_createDCtx ();
@@ -143,8 +146,8 @@ zstd_cluster (struct qcow2_layer *layer, struct dctx *d,
 }
 
 int
-qcow2_decompress (const struct qcow2_layer *clayer, const void *in,
-                  size_t in_len, void *out)
+qcow2_decompress_part (const struct qcow2_layer *clayer, const void *in,
+                       size_t in_len, void *out, uint32_t out_len)
 {
   /* The layer is const to callers; reporting corruption marks its image. */
   struct qcow2_layer *layer = (struct qcow2_layer *) clayer;
@@ -152,14 +155,23 @@ qcow2_decompress (const struct qcow2_layer *clayer, const void *in,
 
   if (d == NULL)
     return -ENOMEM;
+  if (out_len == 0 || out_len > layer->cluster_size)
+    return -EINVAL;
   switch (layer->compression_type) {
   case QCOW2_COMPRESSION_ZLIB:
-    return inflate_cluster (layer, d, in, in_len, out);
+    return inflate_cluster (layer, d, in, in_len, out, out_len);
   case QCOW2_COMPRESSION_ZSTD:
-    return zstd_cluster (layer, d, in, in_len, out);
+    return zstd_cluster (layer, d, in, in_len, out, out_len);
   default:
     /* open.c refuses other types; never trust that twice. */
     return qcow2_corrupt (layer, "unknown compression type %u",
                           layer->compression_type);
   }
+}
+
+int
+qcow2_decompress (const struct qcow2_layer *layer, const void *in,
+                  size_t in_len, void *out)
+{
+  return qcow2_decompress_part (layer, in, in_len, out, layer->cluster_size);
 }

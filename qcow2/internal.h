@@ -43,6 +43,7 @@ struct inflight;              /* write.c */
 struct qcow2_file {
   int fd;                     /* const */
   char *name;                 /* const: path as opened (resolved) */
+  bool writable;              /* const: opened for writing */
   uint64_t size;              /* size at open time; const, except the
                                * metadata file of a writable top layer:
                                * grown by alloc_note_end_locked under

@@ -155,6 +155,7 @@ add_file (struct qcow2_image *img, const char *path, bool writable,
     return fail (img, -ENOMEM, "out of memory");
   }
   files[img->nr_files].fd = fd;
+  files[img->nr_files].writable = writable;
   files[img->nr_files].size = size;
   *index = img->nr_files++;
   return 0;
@@ -919,6 +920,20 @@ int
 qcow2_file_fd (const struct qcow2_image *img, size_t index)
 {
   return index < img->nr_files ? img->files[index].fd : -EINVAL;
+}
+
+bool
+qcow2_file_writable (const struct qcow2_image *img, size_t index)
+{
+  return index < img->nr_files && img->files[index].writable;
+}
+
+uint64_t
+qcow2_file_size (const struct qcow2_image *img, size_t index)
+{
+  /* Only the metadata file of a writable layer grows while open, so
+   * for the others this is exact. */
+  return index < img->nr_files ? img->files[index].size : 0;
 }
 
 /* Returns NULL for an index out of range. */

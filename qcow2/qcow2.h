@@ -107,6 +107,12 @@ bool qcow2_is_corrupt (const struct qcow2_image *img);
 size_t qcow2_file_count (const struct qcow2_image *img);
 int qcow2_file_fd (const struct qcow2_image *img, size_t index);
 const char *qcow2_file_name (const struct qcow2_image *img, size_t index);
+/* Was the file opened for writing?  The bytes of one that was not never
+ * change while the image is open (the image locks keep other writers
+ * out), so a caller may hand out references to its page cache. */
+bool qcow2_file_writable (const struct qcow2_image *img, size_t index);
+/* The file's size when it was opened: still its size unless writable. */
+uint64_t qcow2_file_size (const struct qcow2_image *img, size_t index);
 
 /* Number of layers in the chain (1 for an image without backing file). */
 unsigned qcow2_chain_depth (const struct qcow2_image *img);
@@ -178,6 +184,12 @@ uint32_t qcow2_layer_cluster_size (const struct qcow2_layer *layer);
  * when the stream is invalid or does not fill the cluster. */
 int qcow2_decompress (const struct qcow2_layer *layer, const void *in,
                       size_t in_len, void *out);
+/* The same for the first OUT_LEN bytes of the cluster only (0 < OUT_LEN
+ * <= cluster size): decoding stops there, so a small read near the start
+ * of a cluster costs a fraction of a whole one.  Corruption past OUT_LEN
+ * goes unnoticed until a read reaches it.  -EINVAL for a bad OUT_LEN. */
+int qcow2_decompress_part (const struct qcow2_layer *layer, const void *in,
+                           size_t in_len, void *out, uint32_t out_len);
 
 /* ---- Writing (write.c, zero.c, flush.c) --------------------------------
  *

@@ -15,6 +15,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,21 @@ plain_send (struct conn *conn, const struct iovec *iov, int iovcnt,
   return r;
 }
 
+/* Move LEN bytes from the pipe PIPE_FD to the socket: the pages go by
+ * reference, never copied (SIGPIPE is ignored process-wide, so a gone
+ * peer is EPIPE here as with MSG_NOSIGNAL). */
+static ssize_t
+plain_splice (struct conn *conn, int pipe_fd, size_t len, bool more)
+{
+  ssize_t r;
+
+  do
+    r = splice (pipe_fd, NULL, conn->fd, NULL, len,
+                SPLICE_F_NONBLOCK | (more ? SPLICE_F_MORE : 0));
+  while (r == -1 && errno == EINTR);
+  return r;
+}
+
 static void
 plain_shutdown (struct conn *conn)
 {
@@ -71,6 +87,7 @@ plain_shutdown (struct conn *conn)
 const struct conn_transport conn_plain_transport = {
   .recv = plain_recv,
   .send = plain_send,
+  .splice = plain_splice,
   .shutdown = plain_shutdown,
 };
 

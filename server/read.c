@@ -1,12 +1,14 @@
 /* SPDX-License-Identifier: MIT */
 /* READ and CACHE.  READ maps the range with qcow2_map and queues one
  * io_uring read per data or compressed extent (a piece); compressed
- * clusters are decompressed as their stream comes in.  The reply is
+ * clusters come from the worker's cache or are decompressed
+ * (decompress.c) once their stream is in.  The reply is
  * built when the last piece completes, so a simple-reply error is always
  * known before the header goes out: runs of data become OFFSET_DATA
  * chunks and runs of zeros OFFSET_HOLE chunks, unless the client asked
- * for one chunk (DF) or has no structured replies.  CACHE maps the same
- * way and asks for readahead. */
+ * for one chunk (DF) or has no structured replies.  Large reads of
+ * files we never write skip our buffer altogether (zerocopy.c).  CACHE
+ * maps the same way and asks for readahead. */
 
 #include <config.h>
 
@@ -40,9 +42,21 @@ read_map_range (struct request *req, uint64_t offset, uint64_t length,
     size_t got = 0;
     int r;
 
+    if (req->ext == NULL) {
+      /* Most requests fit the inline room: no allocation. */
+      req->ext = req->small_ext;
+      req->cap_ext = SMALL_EXT;
+    }
     if (req->nr_ext == req->cap_ext) {
-      size_t cap = req->cap_ext ? 2 * req->cap_ext : 16;
-      struct qcow2_extent *p = realloc (req->ext, cap * sizeof *p);
+      size_t cap = MAX (2 * req->cap_ext, (size_t) 16);
+      struct qcow2_extent *p;
+      if (req->ext == req->small_ext) {
+        p = malloc (cap * sizeof *p);
+        if (p)
+          memcpy (p, req->ext, req->nr_ext * sizeof *p);
+      }
+      else
+        p = realloc (req->ext, cap * sizeof *p);
       if (p == NULL) {
         set_error (req, ENOMEM, "out of memory mapping the range");
         return -ENOMEM;
@@ -78,6 +92,14 @@ read_map_range (struct request *req, uint64_t offset, uint64_t length,
 
 /* ---- the READ reply --------------------------------------------------- */
 
+/* Where the reply's bytes for guest offset OFFSET are: in the buffer, or
+ * (NULL) next in the pipe of a zero-copy read. */
+static void *
+data_at (struct request *req, uint64_t offset)
+{
+  return req->zc ? NULL : req->buf + (offset - req->offset);
+}
+
 /* All pieces of a READ are in: build the reply. */
 static void
 read_done (struct request *req)
@@ -96,8 +118,9 @@ read_done (struct request *req)
   }
   if (log_verbose >= 3)
     log_debug ("%s: READ cookie %#" PRIx64 " offset %" PRIu64 " length %"
-               PRIu32 ": %zu extents", cs->conn->peer, req->cookie,
-               req->offset, req->length, req->nr_ext);
+               PRIu32 ": %zu extents%s", cs->conn->peer, req->cookie,
+               req->offset, req->length, req->nr_ext,
+               req->zc ? ", zero-copy" : "");
 
   if (!cs->conn->structured_replies) {
     if (reply_alloc (req, 2, NBD_SIMPLE_REPLY_SIZE) == -1)
@@ -106,7 +129,7 @@ read_done (struct request *req)
     store_be32 (req->hdrs + 4, 0);
     store_be64 (req->hdrs + 8, req->cookie);
     reply_put_iov (req, req->hdrs, NBD_SIMPLE_REPLY_SIZE);
-    reply_put_iov (req, req->buf, req->length);
+    reply_put_iov (req, data_at (req, req->offset), req->length);
     reply_enqueue (req);
     return;
   }
@@ -120,7 +143,7 @@ read_done (struct request *req)
                                        8 + req->length);
     store_be64 (p, req->offset);
     reply_put_iov (req, req->hdrs, STRUCT_HDR + 8);
-    reply_put_iov (req, req->buf, req->length);
+    reply_put_iov (req, data_at (req, req->offset), req->length);
     reply_enqueue (req);
     return;
   }
@@ -160,7 +183,7 @@ read_done (struct request *req)
       store_be64 (p, start);
       p += 8;
       reply_put_iov (req, chunk, STRUCT_HDR + 8);
-      reply_put_iov (req, req->buf + (start - req->offset), len);
+      reply_put_iov (req, data_at (req, start), len);
     }
     i = j;
   }
@@ -187,42 +210,6 @@ piece_submit (struct piece *pc)
   cs->ops++;
 }
 
-/* A compressed cluster's stream is in: decompress and copy our piece. */
-static void
-piece_decompress (struct piece *pc)
-{
-  struct request *req = pc->req;
-  const struct qcow2_extent *e = pc->ext;
-  uint32_t csize = qcow2_layer_cluster_size (e->layer);
-  char *out;
-  unsigned cls = 0;
-  int r;
-
-  if (e->cluster_offset == 0 && e->length == csize)
-    out = pc->dst;
-  else {
-    if (csize == 0 || e->cluster_offset > csize
-        || e->length > csize - e->cluster_offset) {
-      set_error (req, EIO, "bad compressed extent at offset %" PRIu64,
-                 e->offset);
-      return;
-    }
-    out = bufpool_get (req->cs->w, csize, &cls);
-    if (out == NULL) {
-      set_error (req, ENOMEM, "out of memory decompressing");
-      return;
-    }
-  }
-  r = qcow2_decompress (e->layer, pc->scratch, pc->len, out);
-  if (r < 0)
-    set_error (req, -r, "cannot decompress cluster at offset %" PRIu64
-               ": %s", e->offset, strerror (-r));
-  else if (out != pc->dst)
-    memcpy (pc->dst, out + e->cluster_offset, e->length);
-  if (out != pc->dst)
-    bufpool_put (req->cs->w, out, cls);
-}
-
 void
 piece_complete (struct piece *pc, int res)
 {
@@ -230,6 +217,11 @@ piece_complete (struct piece *pc, int res)
   struct conn_state *cs = req->cs;
 
   cs->ops--;
+  if (req->zc) {
+    if (zc_piece_complete (pc, res))
+      piece_done (pc);
+    return;
+  }
   if (res < 0) {
     if (res == -EINTR || res == -EAGAIN) {
       piece_submit (pc);
@@ -251,15 +243,36 @@ piece_complete (struct piece *pc, int res)
     pc->done += res;
     /* Past the end of the file reads as zeros. */
     memset (dst + pc->done, 0, pc->len - pc->done);
-    if (pc->scratch && !req->err && !cs->dead)
-      piece_decompress (pc);
+    if (pc->scratch && !req->err && !cs->dead
+        && decompress_submit (pc) == 1)
+      return;                   /* piece_done follows */
   }
+  piece_done (pc);
+}
+
+void
+piece_done (struct piece *pc)
+{
+  struct request *req = pc->req;
+  struct conn_state *cs = req->cs;
+
   if (pc->scratch) {
     bufpool_put (cs->w, pc->scratch, pc->scratch_cls);
     pc->scratch = NULL;
   }
-  if (--req->pending == 0)
+  req->pending--;
+  if (req->zc && req->zc_next < req->nr_pieces) {
+    /* Zero-copy pieces share the pipe: one after the other. */
+    if (!req->err && !cs->dead)
+      zc_submit (&req->pieces[req->zc_next++]);
+    else {
+      req->pending -= req->nr_pieces - req->zc_next;
+      req->zc_next = req->nr_pieces;
+    }
+  }
+  if (req->pending == 0)
     read_done (req);
+  mark_dirty (cs);
 }
 
 void
@@ -279,16 +292,20 @@ cmd_read (struct request *req)
     reply_plain (req);
     return;
   }
-  req->buf = bufpool_get (w, req->length, &req->buf_cls);
-  if (req->buf == NULL) {
-    reply_error (req, ENOMEM, "out of memory for the read buffer");
-    return;
+  if (!zc_start (req, zero_fill)) {
+    req->buf = bufpool_get (w, req->length, &req->buf_cls);
+    if (req->buf == NULL) {
+      reply_error (req, ENOMEM, "out of memory for the read buffer");
+      return;
+    }
   }
 
   for (size_t i = 0; i < req->nr_ext; i++)
     if (!extent_is_hole (&req->ext[i]))
       npieces++;
-  if (npieces) {
+  if (npieces <= SMALL_PIECES)
+    req->pieces = req->small_pieces;    /* zeroed by req_new */
+  else {
     req->pieces = calloc (npieces, sizeof *req->pieces);
     if (req->pieces == NULL) {
       reply_error (req, ENOMEM, "out of memory");
@@ -298,7 +315,7 @@ cmd_read (struct request *req)
 
   for (size_t i = 0; i < req->nr_ext; i++) {
     const struct qcow2_extent *e = &req->ext[i];
-    char *dst = req->buf + (e->offset - req->offset);
+    char *dst = data_at (req, e->offset);
     struct piece *pc;
 
     if (extent_is_hole (e)) {
@@ -310,6 +327,8 @@ cmd_read (struct request *req)
       set_error (req, EIO, "bad file index in extent at %" PRIu64, e->offset);
       break;
     }
+    if (e->type == QCOW2_EXTENT_COMPRESSED && decompress_cached (w, e, dst))
+      continue;
     pc = &req->pieces[req->nr_pieces++];
     pc->op.kind = OP_PIECE;
     pc->req = req;
@@ -346,6 +365,12 @@ cmd_read (struct request *req)
     return;
   }
   req->pending = req->nr_pieces;
+  if (req->zc) {
+    /* zc_start saw at least one data extent. */
+    req->zc_next = 1;
+    zc_submit (&req->pieces[0]);
+    return;
+  }
   for (size_t i = 0; i < req->nr_pieces; i++)
     piece_submit (&req->pieces[i]);
   if (req->pending == 0)

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Replies: building them and sending them.  Each reply is one iovec
- * list (headers and data buffers, never copied) queued on its
+ * list (headers and data buffers, never copied; a NULL base stands for
+ * bytes in the request's pipe, see zerocopy.c) queued on its
  * connection; replies leave in completion order through that send
  * queue, so bytes of two replies never interleave, and a burst of small
  * ones goes out in one send.  Errors become NBD errors here (nbd_errno),
@@ -182,11 +183,30 @@ reply_send (struct conn_state *cs)
     size_t want = 0;
     bool more;
 
-    /* Gather from as many queued replies as fit: one syscall for a
-     * burst of small replies. */
     struct request *req = cs->sq_head;
+    ssize_t r;
+
+    /* Step over empty iovecs, so the head is the next byte to send. */
+    while (req->iov_idx < req->iovcnt
+           && req->iov[req->iov_idx].iov_len <= req->iov_off) {
+      req->iov_idx++;
+      req->iov_off = 0;
+    }
     int idx = req->iov_idx;
     size_t off = req->iov_off;
+
+    if (idx < req->iovcnt && req->iov[idx].iov_base == NULL) {
+      /* Bytes of a zero-copy read: from its pipe to the socket. */
+      want = req->iov[idx].iov_len - off;
+      more = idx + 1 < req->iovcnt || req->next;
+      r = conn->transport->splice (conn, req->zp.rfd, want, more);
+      if (r > 0)
+        req->zc_held -= r;
+      goto sent;
+    }
+
+    /* Gather from as many queued replies as fit, up to the next bytes
+     * that come from a pipe: one syscall for a burst of small replies. */
     while (req && n < (int) (sizeof iov / sizeof iov[0])) {
       if (idx >= req->iovcnt) {
         req = req->next;
@@ -194,6 +214,8 @@ reply_send (struct conn_state *cs)
         off = 0;
         continue;
       }
+      if (req->iov[idx].iov_base == NULL)
+        break;
       if (req->iov[idx].iov_len > off) {
         iov[n].iov_base = (char *) req->iov[idx].iov_base + off;
         iov[n].iov_len = req->iov[idx].iov_len - off;
@@ -211,7 +233,8 @@ reply_send (struct conn_state *cs)
       break;
     }
 
-    ssize_t r = conn->transport->send (conn, iov, n, more);
+    r = conn->transport->send (conn, iov, n, more);
+  sent:
     if (r < 0) {
       if (errno == EINTR)
         continue;

@@ -107,7 +107,8 @@ req_free (struct request *req)
 
   for (size_t i = 0; i < req->nr_pieces; i++)
     bufpool_put (w, req->pieces[i].scratch, req->pieces[i].scratch_cls);
-  free (req->pieces);
+  if (req->pieces != req->small_pieces)
+    free (req->pieces);
   if (req->qw) {
     /* Never reached (a write ends before its request is answered), but
      * an in-flight allocation left behind would block its range for
@@ -119,8 +120,10 @@ req_free (struct request *req)
   }
   free (req->wops);
   free (req->wiov);
-  free (req->ext);
+  if (req->ext != req->small_ext)
+    free (req->ext);
   bufpool_put (w, req->buf, req->buf_cls);
+  zc_release (req);
   if (req->iov != req->small_iov)
     free (req->iov);
   if (req->hdrs != req->small_hdrs)

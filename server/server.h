@@ -82,6 +82,9 @@ struct conn_transport {
   ssize_t (*recv) (struct conn *conn, void *buf, size_t len);
   ssize_t (*send) (struct conn *conn, const struct iovec *iov, int iovcnt,
                    bool more);
+  /* Send up to LEN bytes straight from the pipe PIPE_FD (splice(2)), or
+   * NULL where bytes must pass through the transport (TLS). */
+  ssize_t (*splice) (struct conn *conn, int pipe_fd, size_t len, bool more);
   /* Release transport state (TLS session); the fd is closed by conn. */
   void (*shutdown) (struct conn *conn);
 };

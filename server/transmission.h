@@ -35,7 +35,7 @@ enum uring_op_kind {
   OP_WAKE,          /* read on the worker's eventfd */
   OP_POLL_IN,       /* a connection's socket became readable */
   OP_POLL_OUT,      /* ... or writable */
-  OP_PIECE,         /* one data read of a READ request */
+  OP_PIECE,         /* one data read (or splice) of a READ request */
   OP_WRITE,         /* one host write or zeroing of a WRITE request */
 };
 
@@ -58,6 +58,28 @@ struct bufpool {
 
 struct request;
 struct conn_state;
+struct djob;
+
+/* A decompressed cluster in a worker's cache (decompress.c); without a
+ * buffer, only the memory that the cluster was asked for. */
+struct dcache_entry {
+  const struct qcow2_layer *layer;
+  uint64_t host_offset;         /* of the compressed stream */
+  uint64_t stamp;               /* last use, for LRU */
+  void *buf;                    /* the whole cluster, or NULL */
+  unsigned cls;                 /* buf's pool class */
+  uint32_t size;
+};
+
+/* Clusters a worker's cache remembers at most. */
+#define DCACHE_SLOTS 32
+
+struct dcache {
+  struct dcache_entry e[DCACHE_SLOTS];
+  unsigned n;
+  uint64_t clock;
+  size_t bytes;                 /* in buffers */
+};
 
 struct worker {
   unsigned idx;
@@ -76,6 +98,7 @@ struct worker {
 
   pthread_mutex_t lock;
   struct conn **handoff;        /* lock: connections not yet picked up */
+  struct djob *done_jobs;       /* lock: our decompressions done by others */
   size_t nr_handoff, cap_handoff; /* lock */
   atomic_uint nr_conns;         /* handed over and not yet freed */
   atomic_bool stop;             /* workers_shutdown() was called */
@@ -95,6 +118,11 @@ struct worker {
   /* Per file (indexed like fds): FALLOC_FL_ZERO_RANGE was refused, so
    * zero segments are written as zeros straight away. */
   bool *no_zero_range;
+  struct dcache dcache;         /* decompressed clusters */
+  struct zpipe *pipes;          /* idle pipes for zero-copy reads */
+  unsigned nr_pipes;
+  bool zc_off;                  /* no pipes to be had: copy every read */
+  bool jobs_queued;             /* queued decompressions this iteration */
 };
 
 /* Bumped by workers_wakeup() before it kicks the workers.  A request
@@ -109,6 +137,28 @@ extern atomic_uint workers_wake_seq;
 #define STRUCT_HDR NBD_STRUCTURED_REPLY_SIZE
 /* Extents asked of qcow2_map per call. */
 #define MAP_BATCH 256
+/* Extents and data reads a request holds without allocating. */
+#define SMALL_EXT 4
+#define SMALL_PIECES 2
+
+/* A pipe a zero-copy READ splices its data into (zerocopy.c). */
+struct zpipe {
+  int rfd, wfd;
+  int size;                     /* capacity in bytes */
+};
+
+/* Decompressing (part of) one cluster, possibly on another worker. */
+struct djob {
+  struct djob *next;            /* shared queue, owner's done list */
+  struct worker *owner;         /* whose request it is */
+  const struct qcow2_layer *layer;
+  const void *in;
+  size_t in_len;
+  void *out;                    /* the piece's bytes, or a pool buffer */
+  unsigned out_cls;
+  uint32_t out_len;             /* decode this much of the cluster */
+  int result;                   /* of qcow2_decompress_part */
+};
 
 /* One data read of a READ request: a DATA extent read into place, or a
  * COMPRESSED extent's stream read into scratch and decompressed. */
@@ -123,6 +173,7 @@ struct piece {
   uint64_t host_off;
   char *scratch;        /* compressed stream */
   unsigned scratch_cls;
+  struct djob job;
 };
 
 /* One host write of a WRITE request: a host-contiguous run of segments
@@ -161,12 +212,23 @@ struct request {
   unsigned pending;             /* pieces still in the kernel */
   char *buf;                    /* READ data, WRITE payload */
   unsigned buf_cls;
+  /* A zero-copy READ: the data extents are spliced, one piece after the
+   * other, into the pipe, and from there to the socket; the reply's
+   * iovecs with a NULL base stand for bytes from the pipe. */
+  bool zc;
+  struct zpipe zp;
+  size_t zc_next;               /* next piece to splice in */
+  size_t zc_held;               /* bytes in the pipe */
 
   /* WRITE, between qcow2_write_begin and qcow2_write_end; 'pending'
    * counts the wops in the kernel. */
   struct qcow2_write *qw;
   struct wop *wops;
   struct iovec *wiov;
+
+  /* Inline room for the extents and pieces of a small READ. */
+  struct qcow2_extent small_ext[SMALL_EXT];
+  struct piece small_pieces[SMALL_PIECES];
 
   /* Reply: iov[iov_idx] + iov_off is the next byte to send. */
   struct iovec *iov;
@@ -220,6 +282,8 @@ void bufpool_put (struct worker *w, void *buf, unsigned cls);
 
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);
+/* Kick one worker other than W (round robin), if there is one. */
+void workers_kick_other (struct worker *w);
 
 /* ---- request.c: parsing, dispatch, connection lifetime ---------------- */
 
@@ -297,6 +361,40 @@ void cmd_read (struct request *req);
 void cmd_cache (struct request *req);
 /* A data read of a READ completed with RES. */
 void piece_complete (struct piece *pc, int res);
+/* A piece is finished: read, and decompressed if compressed (its error,
+ * if any, set). */
+void piece_done (struct piece *pc);
+
+/* ---- decompress.c: decompression over the workers, cluster cache ------ */
+
+/* If the cluster of compressed extent E is cached, copy E's bytes to DST
+ * and return true. */
+bool decompress_cached (struct worker *w, const struct qcow2_extent *e,
+                        char *dst);
+/* The compressed stream of PC is in pc->scratch: decompress PC's bytes
+ * into pc->dst.  Returns 0 when done on the spot, 1 when queued
+ * (piece_done follows, from decompress_run), -1 on error (the
+ * request's error set). */
+int decompress_submit (struct piece *pc);
+/* Finish the jobs others did for W, then do queued jobs, anyone's. */
+void decompress_run (struct worker *w);
+/* Free W's cache at thread exit. */
+void decompress_cache_free (struct worker *w);
+
+/* ---- zerocopy.c: READ data from the page cache to the socket ---------- */
+
+/* May REQ, its extents mapped, send its data without copying?  If so,
+ * take a pipe for it, set req->zc and return true. */
+bool zc_start (struct request *req, bool zero_fill);
+/* Splice the next piece of a zero-copy READ into its pipe. */
+void zc_submit (struct piece *pc);
+/* A splice into the pipe completed with RES: returns true when the piece
+ * is done (error set on failure), false when it was resubmitted. */
+bool zc_piece_complete (struct piece *pc, int res);
+/* Give back (or close, if not empty) the request's pipe. */
+void zc_release (struct request *req);
+/* Close W's idle pipes at thread exit. */
+void zc_worker_cleanup (struct worker *w);
 
 /* ---- block-status.c: BLOCK_STATUS for every metadata context ---------- */
 

@@ -7,7 +7,8 @@
  * through a mutex-protected queue and an eventfd the ring always has a
  * read armed on, so the listener never touches a worker's ring.  The same
  * eventfd carries the library's wake-ups (workers_wakeup): an ended
- * allocation makes every worker retry the requests it parked. */
+ * allocation makes every worker retry the requests it parked; and
+ * decompression jobs, which any worker may do (decompress.c). */
 
 #include <config.h>
 
@@ -226,10 +227,13 @@ worker_thread (void *arg)
 
     if (woke)
       wake (w);
+    decompress_run (w);
     request_service (w);
   }
 
   request_worker_cleanup (w);
+  decompress_cache_free (w);
+  zc_worker_cleanup (w);
   pool_destroy (w);
   return NULL;
 }
@@ -334,6 +338,18 @@ worker_kick (struct worker *w)
    * means the worker has a wake-up pending anyway. */
   if (write (w->efd, &one, sizeof one) != sizeof one && errno != EAGAIN)
     log_error ("worker %u: eventfd write: %m", w->idx);
+}
+
+void
+workers_kick_other (struct worker *w)
+{
+  static atomic_uint next;
+  unsigned n = atomic_load (&nr_wakeable);
+
+  if (n < 2)
+    return;
+  unsigned i = atomic_fetch_add (&next, 1) % (n - 1);
+  worker_kick (&workers[i < w->idx ? i : i + 1]);
 }
 
 void

@@ -6,6 +6,7 @@
 FUNCTIONAL_TESTS = \
 	test-matrix.sh \
 	test-clients.sh \
+	test-read-paths.sh \
 	test-protocol-abuse.sh \
 	test-lifecycle.sh \
 	$(NULL)
@@ -16,6 +17,7 @@ EXTRA_DIST += \
 	$(FUNCTIONAL_TESTS) \
 	compare-map.py \
 	client-checks.py \
+	read-paths.py \
 	abuse.py \
 	socket-activate.py \
 	$(NULL)

@@ -1,0 +1,291 @@
+/* SPDX-License-Identifier: MIT */
+/* Compressed clusters of READ requests: decompression spread over the
+ * workers, and a small per-worker cache of decompressed clusters.
+ *
+ * Decompressing a 64 KiB cluster costs tens of microseconds, far more
+ * than anything else a read does, and one connection lives on one
+ * worker.  So a worker whose read of a compressed stream completes does
+ * not decompress it on the spot: it queues a job on one queue shared by
+ * all workers and wakes one other worker.  Every worker drains the queue
+ * at the end of its loop iteration, before it sleeps, and a woken one
+ * drains it straight away; a job done by a worker other than its owner
+ * goes back on the owner's done list with a wake-up.  The owner always
+ * helps, so a job never waits for a worker that is asleep or gone.
+ *
+ * Only as many bytes as the read needs are decoded (a 4 KiB read at
+ * offset 8 KiB of a cluster stops after 12 KiB), unless the cluster was
+ * asked for recently: then all of it is decoded and cached, so a
+ * sequential reader decodes each cluster about once.
+ *
+ * The cache is keyed by layer and host offset of the compressed stream.
+ * That is safe for as long as the image is open: this server never
+ * writes compressed clusters, so a host offset that held a compressed
+ * stream may be freed and reused for data, but never for a different
+ * compressed stream that an L2 entry could point at. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/cleanup.h"
+#include "qcow2/qcow2.h"
+#include "server/server.h"
+#include "server/transmission.h"
+
+/* Decompressed bytes a worker caches (at least one cluster whatever its
+ * size) in at most DCACHE_SLOTS entries.  Entries without a buffer only
+ * remember that a cluster was asked for. */
+#define DCACHE_BYTES (2u << 20)
+
+/* The queue every worker takes jobs from. */
+static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct djob *queue_head, *queue_tail;    /* queue_lock */
+static atomic_uint queue_len;
+
+/* ---- cache ------------------------------------------------------------ */
+
+static struct dcache_entry *
+dcache_find (struct worker *w, const struct qcow2_layer *layer,
+             uint64_t host_offset)
+{
+  for (unsigned i = 0; i < w->dcache.n; i++) {
+    struct dcache_entry *e = &w->dcache.e[i];
+    if (e->layer == layer && e->host_offset == host_offset) {
+      e->stamp = ++w->dcache.clock;
+      return e;
+    }
+  }
+  return NULL;
+}
+
+static void
+dcache_evict (struct worker *w, unsigned i)
+{
+  struct dcache_entry *e = &w->dcache.e[i];
+
+  if (e->buf) {
+    w->dcache.bytes -= e->size;
+    bufpool_put (w, e->buf, e->cls);
+  }
+  w->dcache.e[i] = w->dcache.e[--w->dcache.n];
+}
+
+/* Remember the cluster at HOST_OFFSET; with BUF (a pool buffer of class
+ * CLS holding the whole cluster of SIZE bytes), keep its contents too.
+ * The cache owns BUF from here on. */
+static void
+dcache_insert (struct worker *w, const struct qcow2_layer *layer,
+               uint64_t host_offset, void *buf, unsigned cls, uint32_t size)
+{
+  struct dcache_entry *e = dcache_find (w, layer, host_offset);
+
+  if (e == NULL) {
+    if (w->dcache.n == DCACHE_SLOTS) {
+      unsigned old = 0;
+      for (unsigned i = 1; i < w->dcache.n; i++)
+        if (w->dcache.e[i].stamp < w->dcache.e[old].stamp)
+          old = i;
+      dcache_evict (w, old);
+    }
+    e = &w->dcache.e[w->dcache.n++];
+    *e = (struct dcache_entry) { .layer = layer, .host_offset = host_offset,
+                                 .stamp = ++w->dcache.clock };
+  }
+  if (buf == NULL)
+    return;
+  if (e->buf) {                 /* raced with another full decode */
+    bufpool_put (w, buf, cls);
+    return;
+  }
+  /* Make room, oldest first, but never evict the new entry itself. */
+  while (w->dcache.bytes + size > DCACHE_BYTES) {
+    unsigned old = w->dcache.n;
+    for (unsigned i = 0; i < w->dcache.n; i++)
+      if (w->dcache.e[i].buf && &w->dcache.e[i] != e
+          && (old == w->dcache.n
+              || w->dcache.e[i].stamp < w->dcache.e[old].stamp))
+        old = i;
+    if (old == w->dcache.n)
+      break;
+    w->dcache.bytes -= w->dcache.e[old].size;
+    bufpool_put (w, w->dcache.e[old].buf, w->dcache.e[old].cls);
+    w->dcache.e[old].buf = NULL;
+  }
+  e->buf = buf;
+  e->cls = cls;
+  e->size = size;
+  w->dcache.bytes += size;
+}
+
+bool
+decompress_cached (struct worker *w, const struct qcow2_extent *e, char *dst)
+{
+  struct dcache_entry *ce = dcache_find (w, e->layer, e->host_offset);
+
+  if (ce == NULL || ce->buf == NULL)
+    return false;
+  memcpy (dst, (char *) ce->buf + e->cluster_offset, e->length);
+  return true;
+}
+
+void
+decompress_cache_free (struct worker *w)
+{
+  while (w->dcache.n)
+    dcache_evict (w, w->dcache.n - 1);
+}
+
+/* ---- jobs ------------------------------------------------------------- */
+
+/* The owner's side of a finished job: copy the piece out, cache the
+ * cluster, and let read.c complete the piece. */
+static void
+job_finish (struct djob *j)
+{
+  struct piece *pc = container_of (j, struct piece, job);
+  struct request *req = pc->req;
+  struct worker *w = req->cs->w;
+  const struct qcow2_extent *e = pc->ext;
+
+  if (j->result < 0)
+    set_error (req, -j->result, "cannot decompress cluster at offset %"
+               PRIu64 ": %s", e->offset, strerror (-j->result));
+  else if (j->out != pc->dst)
+    memcpy (pc->dst, (char *) j->out + e->cluster_offset, e->length);
+
+  if (j->out != pc->dst) {
+    if (j->result == 0 && j->out_len == qcow2_layer_cluster_size (e->layer))
+      dcache_insert (w, e->layer, e->host_offset, j->out, j->out_cls,
+                     j->out_len);
+    else
+      bufpool_put (w, j->out, j->out_cls);
+  }
+  else if (j->result == 0)
+    dcache_insert (w, e->layer, e->host_offset, NULL, 0, 0);
+  j->out = NULL;
+  req->cs->ops--;               /* taken by decompress_submit */
+  piece_done (pc);
+}
+
+static void
+job_run (struct worker *w, struct djob *j)
+{
+  j->result = qcow2_decompress_part (j->layer, j->in, j->in_len, j->out,
+                                     j->out_len);
+  if (j->owner == w) {
+    job_finish (j);
+    return;
+  }
+  /* Once on the done list the job may be finished and its request
+   * recycled at any moment: touch it no more. */
+  struct worker *owner = j->owner;
+  {
+    LOCK_FOR_SCOPE (&owner->lock);
+    j->next = owner->done_jobs;
+    owner->done_jobs = j;
+  }
+  worker_kick (owner);
+}
+
+int
+decompress_submit (struct piece *pc)
+{
+  struct request *req = pc->req;
+  struct worker *w = req->cs->w;
+  const struct qcow2_extent *e = pc->ext;
+  struct djob *j = &pc->job;
+  uint32_t csize = qcow2_layer_cluster_size (e->layer);
+  struct dcache_entry *ce;
+
+  if (csize == 0 || e->cluster_offset > csize
+      || e->length > csize - e->cluster_offset) {
+    set_error (req, EIO, "bad compressed extent at offset %" PRIu64,
+               e->offset);
+    return -1;
+  }
+
+  *j = (struct djob) { .owner = w, .layer = e->layer, .in = pc->scratch,
+                       .in_len = pc->len };
+  ce = dcache_find (w, e->layer, e->host_offset);
+  if (ce && ce->buf) {
+    /* Decoded by an earlier job while this one's stream was read. */
+    memcpy (pc->dst, (char *) ce->buf + e->cluster_offset, e->length);
+    return 0;
+  }
+  if (ce == NULL && e->cluster_offset == 0) {
+    /* First sight of the cluster, and the piece is its start: decode
+     * straight into the read buffer, no further than needed. */
+    j->out = pc->dst;
+    j->out_len = e->length;
+  }
+  else {
+    j->out_len = ce ? csize : e->cluster_offset + e->length;
+    j->out = bufpool_get (w, csize, &j->out_cls);
+    if (j->out == NULL) {
+      set_error (req, ENOMEM, "out of memory decompressing");
+      return -1;
+    }
+  }
+
+  req->cs->ops++;
+  {
+    LOCK_FOR_SCOPE (&queue_lock);
+    if (queue_tail)
+      queue_tail->next = j;
+    else
+      queue_head = j;
+    queue_tail = j;
+    atomic_fetch_add (&queue_len, 1);
+  }
+  w->jobs_queued = true;
+  return 1;
+}
+
+static struct djob *
+queue_pop (void)
+{
+  struct djob *j;
+
+  if (atomic_load (&queue_len) == 0)
+    return NULL;
+  LOCK_FOR_SCOPE (&queue_lock);
+  j = queue_head;
+  if (j) {
+    queue_head = j->next;
+    if (queue_head == NULL)
+      queue_tail = NULL;
+    atomic_fetch_sub (&queue_len, 1);
+  }
+  return j;
+}
+
+void
+decompress_run (struct worker *w)
+{
+  struct djob *done, *j;
+
+  /* Jobs others did for us. */
+  {
+    LOCK_FOR_SCOPE (&w->lock);
+    done = w->done_jobs;
+    w->done_jobs = NULL;
+  }
+  while ((j = done) != NULL) {
+    done = j->next;
+    job_finish (j);
+  }
+
+  /* Our jobs and anyone's: wake one helper if we queued more than one,
+   * then work through the queue ourselves. */
+  if (w->jobs_queued) {
+    w->jobs_queued = false;
+    if (atomic_load (&queue_len) > 0)
+      workers_kick_other (w);
+  }
+  while ((j = queue_pop ()) != NULL)
+    job_run (w, j);
+}

@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: MIT */
+/* Zero-copy READ: data goes from the page cache to the socket by
+ * reference, never through a buffer of ours.
+ *
+ * A copying READ moves every byte twice on our side (page cache to our
+ * buffer, buffer to the socket).  For large reads those copies are most
+ * of the server's CPU time.  Here each data extent is spliced from the
+ * image file into a pipe (IORING_OP_SPLICE, which io_uring runs in its
+ * worker threads, so a cold page never stalls this worker), the extents
+ * one after the other because they share the pipe; the reply is built
+ * when all are in, as for a copying read, so a read error is still
+ * reported before the header goes out; and the send path splices the
+ * pipe into the socket between the chunk headers.
+ *
+ * The pages are referenced, not copied, until the client has them.  If
+ * the bytes could change meanwhile, the reply could carry them: worse, a
+ * host cluster freed by a TRIM and reused for another guest offset could
+ * send that offset's data.  So only files we never write qualify: the
+ * image of a read-only export, and backing files.
+ *
+ * Only plain transports splice (TLS must encrypt from memory), only
+ * reads large enough that the copies cost more than the io_uring
+ * round trips, and only requests whose pages fit in one pipe. */
+
+#include <config.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/rounding.h"
+#include "qcow2/qcow2.h"
+#include "server/server.h"
+#include "server/transmission.h"
+
+/* Smaller reads are copied: two copies of a few pages cost less than the
+ * splice round trips through io_uring's workers. */
+#define ZC_MIN_LENGTH (128 * 1024)
+/* More extents than this are copied: they are spliced one after the
+ * other, and a long chain of round trips costs more than it saves. */
+#define ZC_MAX_PIECES 32
+/* Pipe capacity asked for, and idle pipes a worker keeps. */
+#define ZC_PIPE_SIZE (1024 * 1024)
+#define ZC_KEEP_PIPES 16
+#define PAGE 4096
+
+static bool
+pipe_get (struct worker *w, struct zpipe *zp)
+{
+  int fds[2], size;
+
+  if (w->nr_pipes > 0) {
+    *zp = w->pipes[--w->nr_pipes];
+    return true;
+  }
+  if (w->pipes == NULL) {
+    w->pipes = calloc (ZC_KEEP_PIPES, sizeof *w->pipes);
+    if (w->pipes == NULL)
+      return false;
+  }
+  /* A blocking pipe: io_uring's worker must never see EAGAIN from it,
+   * and zc_start makes sure the data fits, so it never blocks either. */
+  if (pipe2 (fds, O_CLOEXEC) == -1)
+    return false;
+  /* Past the per-user pipe limits the kernel refuses big pipes: then
+   * whatever size we got decides which reads still qualify. */
+  size = fcntl (fds[1], F_SETPIPE_SZ, ZC_PIPE_SIZE);
+  if (size == -1)
+    size = fcntl (fds[1], F_GETPIPE_SZ);
+  if (size <= 0) {
+    close (fds[0]);
+    close (fds[1]);
+    return false;
+  }
+  zp->rfd = fds[0];
+  zp->wfd = fds[1];
+  zp->size = size;
+  return true;
+}
+
+static void
+pipe_put (struct worker *w, struct zpipe *zp, bool empty)
+{
+  if (empty && w->pipes && w->nr_pipes < ZC_KEEP_PIPES)
+    w->pipes[w->nr_pipes++] = *zp;
+  else {
+    close (zp->rfd);
+    close (zp->wfd);
+  }
+  zp->rfd = zp->wfd = -1;
+}
+
+bool
+zc_start (struct request *req, bool zero_fill)
+{
+  struct conn *conn = req->cs->conn;
+  struct worker *w = req->cs->w;
+  const struct qcow2_image *img = conn->exp->img;
+  size_t pieces = 0, pages = 0;
+
+  if (conn->transport->splice == NULL || req->length < ZC_MIN_LENGTH
+      || w->zc_off)
+    return false;
+  for (size_t i = 0; i < req->nr_ext; i++) {
+    const struct qcow2_extent *e = &req->ext[i];
+
+    if (extent_is_hole (e)) {
+      if (zero_fill)            /* the zeros would have to be sent */
+        return false;
+      continue;
+    }
+    /* Bytes past the end of the file read as zeros, which would have
+     * to be written into the pipe: copy such (rare) reads instead. */
+    if (e->type != QCOW2_EXTENT_DATA || e->file >= w->nr_fds
+        || qcow2_file_writable (img, e->file)
+        || e->host_offset + e->length > qcow2_file_size (img, e->file))
+      return false;
+    pages += (ROUND_UP (e->host_offset + e->length, PAGE)
+              - ROUND_DOWN (e->host_offset, PAGE)) / PAGE;
+    pieces++;
+  }
+  if (pieces == 0 || pieces > ZC_MAX_PIECES)
+    return false;
+
+  if (!pipe_get (w, &req->zp)) {
+    /* No pipes to be had (file descriptors, memory): stop trying. */
+    log_info ("worker %u: no pipe for zero-copy reads (%m); copying "
+              "from now on", w->idx);
+    w->zc_off = true;
+    return false;
+  }
+  if (pages * PAGE > (size_t) req->zp.size) {
+    pipe_put (w, &req->zp, true);
+    return false;
+  }
+  req->zc = true;
+  return true;
+}
+
+void
+zc_submit (struct piece *pc)
+{
+  struct request *req = pc->req;
+  struct io_uring_sqe *sqe = worker_get_sqe (req->cs->w);
+
+  io_uring_prep_splice (sqe, pc->fd, pc->host_off + pc->done,
+                        req->zp.wfd, -1, pc->len - pc->done, 0);
+  io_uring_sqe_set_data (sqe, &pc->op);
+  req->cs->ops++;
+}
+
+bool
+zc_piece_complete (struct piece *pc, int res)
+{
+  struct request *req = pc->req;
+
+  if (res == -EINTR || res == -EAGAIN) {
+    zc_submit (pc);
+    return false;
+  }
+  if (res < 0) {
+    set_error (req, -res, "read error at offset %" PRIu64 ": %s",
+               pc->ext->offset, strerror (-res));
+    return true;
+  }
+  if (res == 0) {
+    /* zc_start checked the extent against the file size, which does not
+     * change for a file we don't write: someone truncated it. */
+    set_error (req, EIO, "read error at offset %" PRIu64 ": the image "
+               "file ends early", pc->ext->offset);
+    return true;
+  }
+  pc->done += res;
+  req->zc_held += res;
+  if (pc->done < pc->len) {
+    zc_submit (pc);
+    return false;
+  }
+  return true;
+}
+
+void
+zc_release (struct request *req)
+{
+  if (req->zc) {
+    pipe_put (req->cs->w, &req->zp, req->zc_held == 0);
+    req->zc = false;
+  }
+}
+
+void
+zc_worker_cleanup (struct worker *w)
+{
+  while (w->nr_pipes > 0) {
+    struct zpipe *zp = &w->pipes[--w->nr_pipes];
+    close (zp->rfd);
+    close (zp->wfd);
+  }
+  free (w->pipes);
+  w->pipes = NULL;
+}

@@ -119,6 +119,8 @@ struct worker {
    * zero segments are written as zeros straight away. */
   bool *no_zero_range;
   struct dcache dcache;         /* decompressed clusters */
+  uint64_t inline_writes_after; /* now_ns() before which writes go
+                                 * through io_uring (writes.c) */
   struct zpipe *pipes;          /* idle pipes for zero-copy reads */
   unsigned nr_pipes;
   bool zc_off;                  /* no pipes to be had: copy every read */

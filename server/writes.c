@@ -3,8 +3,9 @@
  *
  * WRITE has its payload in a pool buffer (request.c received it), asks
  * qcow2_write_begin for the host writes (payload, copy-on-write buffers,
- * zero ranges), queues one io_uring write per host-contiguous run
- * (fallocate for zero ranges), and calls qcow2_write_end when the last
+ * zero ranges), writes small host-contiguous runs to the page cache
+ * itself and queues one io_uring write per larger run (fallocate for
+ * zero ranges), and calls qcow2_write_end when the last
  * completes; only then is it answered, so a FLUSH (qcow2_flush) covers
  * every write answered on any connection.  A request the library answers
  * with QCOW2_BLOCKED (an overlapping allocation in flight, perhaps this
@@ -20,6 +21,7 @@
 #include <linux/falloc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "common/checked-overflow.h"
 #include "common/rounding.h"
@@ -30,6 +32,19 @@
 
 /* Most iovecs in one vectored write (the kernel's UIO_MAXIOV). */
 #define WRITE_MAX_IOV 1024
+
+/* Host writes up to this size go to the page cache from the worker
+ * itself.  A buffered write of a few pages takes microseconds, but
+ * io_uring cannot do one without blocking on most file systems (ext4
+ * refuses RWF_NOWAIT), so it hands each to one of its worker threads:
+ * two context switches that cost more than the write.  A write can
+ * still block (dirty-page throttling, a journal commit), and then this
+ * worker's other connections wait: after an inline write that took
+ * longer than INLINE_WRITE_SLOW_NS, the worker hands its writes to
+ * io_uring again for INLINE_WRITE_BACKOFF_NS. */
+#define INLINE_WRITE_MAX (64 * 1024)
+#define INLINE_WRITE_SLOW_NS (1000 * 1000)
+#define INLINE_WRITE_BACKOFF_NS (1000 * 1000 * 1000)
 
 /* Never written: the source of zeros where fallocate cannot make them. */
 static char zero_buf[1 << 20] __attribute__ ((aligned (4096)));
@@ -128,6 +143,38 @@ wop_submit (struct wop *wo)
     io_uring_prep_writev (sqe, wo->fd, wo->iov, wo->iovcnt, wo->off);
   io_uring_sqe_set_data (sqe, &wo->op);
   cs->ops++;
+}
+
+/* Write WO to the page cache right here if it is small and writes have
+ * not been blocking lately; returns false if it must be submitted.  The
+ * completion runs as for a submitted write (a short write goes on
+ * through io_uring).  The last wop of a request may answer it, so the
+ * caller must not touch the request after its last wop. */
+static bool
+wop_write_inline (struct wop *wo)
+{
+  struct conn_state *cs = wo->req->cs;
+  struct worker *w = cs->w;
+  uint64_t t0, t1;
+  ssize_t n;
+
+  if (wo->zero || wo->left > INLINE_WRITE_MAX)
+    return false;
+  t0 = now_ns ();
+  if (t0 < w->inline_writes_after)
+    return false;
+  n = pwritev (wo->fd, wo->iov, wo->iovcnt, wo->off);
+  t1 = now_ns ();
+  if (t1 - t0 > INLINE_WRITE_SLOW_NS) {
+    if (log_verbose >= 2)
+      log_debug ("worker %u: a %" PRIu64 "-byte write took %" PRIu64
+                 " µs: writing through io_uring for a while", w->idx,
+                 wo->left, (t1 - t0) / 1000);
+    w->inline_writes_after = t1 + INLINE_WRITE_BACKOFF_NS;
+  }
+  cs->ops++;                    /* wop_complete takes it back */
+  wop_complete (wo, n < 0 ? -errno : (int) n);
+  return true;
 }
 
 /* Every host write of a WRITE is done: link the new clusters (or undo
@@ -310,8 +357,10 @@ write_start (struct request *req)
   }
 
   req->pending = nops;
-  for (size_t i = 0; i < nops; i++)
-    wop_submit (&req->wops[i]);
+  for (size_t i = 0; i < nops; i++) {
+    if (!wop_write_inline (&req->wops[i]))
+      wop_submit (&req->wops[i]);
+  }
   if (nops == 0)
     write_done (req);
 }

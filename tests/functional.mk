@@ -8,6 +8,7 @@ FUNCTIONAL_TESTS = \
 	test-clients.sh \
 	test-protocol-abuse.sh \
 	test-lifecycle.sh \
+	test-trickle.sh \
 	$(NULL)
 
 TESTS += $(FUNCTIONAL_TESTS)
@@ -18,4 +19,5 @@ EXTRA_DIST += \
 	client-checks.py \
 	abuse.py \
 	socket-activate.py \
+	trickle.py \
 	$(NULL)

@@ -4,12 +4,16 @@
  * writes.c), and the connection's lifetime, driven by the worker's
  * io_uring loop (worker.c).
  *
- * A connection reads requests until its transport says EAGAIN (TLS may
- * hold plaintext the socket no longer shows, so readiness alone is not
- * trusted), then arms a POLLIN.  Too many requests or bytes in flight
- * pause reading.  A WRITE's payload is received into a pool buffer
- * before the request is dispatched.  A connection is freed only when no
- * request, read, write or poll of it is left in the kernel. */
+ * A plain connection keeps one IORING_OP_RECV armed whenever it wants
+ * input, so requests come in through the same ring as the data reads
+ * they start: no recv syscall per request, and none that only says
+ * EAGAIN.  A TLS connection reads through its transport until that says
+ * EAGAIN (OpenSSL may hold plaintext the socket no longer shows, so
+ * readiness alone is not trusted), then arms a POLLIN.  Too many
+ * requests or bytes in flight pause reading.  A WRITE's payload is
+ * received into a pool buffer before the request is dispatched.  A
+ * connection is freed only when no request, recv, read, write or poll
+ * of it is left in the kernel. */
 
 #include <config.h>
 
@@ -163,7 +167,16 @@ drop_incoming (struct conn_state *cs)
     cs->discard_req = NULL;
   }
   if (cs->payload_req) {
-    req_free (cs->payload_req);
+    struct request *req = cs->payload_req;
+
+    if (cs->recv_armed && cs->recv_direct) {
+      /* The kernel may still write into the payload buffer: it goes
+       * back to the pool only when the recv completes. */
+      cs->recv_orphan = req->buf;
+      cs->recv_orphan_cls = req->buf_cls;
+      req->buf = NULL;
+    }
+    req_free (req);
     cs->payload_req = NULL;
   }
 }
@@ -220,6 +233,29 @@ arm_poll (struct conn_state *cs, bool out)
     cs->poll_out_armed = true;
   else
     cs->poll_in_armed = true;
+  cs->ops++;
+}
+
+/* Receive through the ring into the input buffer or (DIRECT) into the
+ * payload buffer.  Not IORING_RECVSEND_POLL_FIRST: by the time the SQE
+ * is submitted the client has often sent its next request already, and
+ * then the kernel's first try completes it at once. */
+static void
+arm_recv (struct conn_state *cs, bool direct)
+{
+  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+
+  if (direct) {
+    struct request *req = cs->payload_req;
+    io_uring_prep_recv (sqe, cs->conn->fd, req->buf + cs->payload_got,
+                        req->length - cs->payload_got, 0);
+  }
+  else
+    io_uring_prep_recv (sqe, cs->conn->fd, cs->in_buf + cs->in_len,
+                        IN_BUF_SIZE - cs->in_len, 0);
+  io_uring_sqe_set_data (sqe, &cs->recv_op);
+  cs->recv_armed = true;
+  cs->recv_direct = direct;
   cs->ops++;
 }
 
@@ -357,12 +393,35 @@ dispatch (struct request *req)
   }
 }
 
-/* Parse requests out of the input buffer; receive more while there is
- * room in the in-flight bounds. */
+/* The client closed its end. */
+static void
+conn_hung_up (struct conn_state *cs)
+{
+  if (cs->in_len > 0 || cs->discard_left > 0 || cs->payload_req)
+    conn_stop_reading (cs, "client hung up in the middle of a request");
+  else
+    conn_stop_reading (cs, "client hung up without NBD_CMD_DISC");
+}
+
+static void
+conn_recv_failed (struct conn_state *cs, int err)
+{
+  log_info ("%s: recv: %s", cs->conn->peer, strerror (err));
+  conn_kill (cs, "receive error");
+}
+
+/* Parse requests out of the input buffer; receive more (on a plain
+ * connection: arm the recv) while there is room in the in-flight
+ * bounds. */
 static void
 conn_read (struct conn_state *cs)
 {
   struct conn *conn = cs->conn;
+
+  /* An armed recv means everything received so far is parsed, and its
+   * buffer must stay put: its completion carries on from here. */
+  if (cs->recv_armed)
+    return;
 
   while (!cs->stop_read) {
     size_t avail = cs->in_len - cs->in_pos;
@@ -475,6 +534,11 @@ conn_read (struct conn_state *cs)
     cs->in_pos = 0;
     cs->in_len = avail;
 
+    if (cs->ring_recv) {
+      arm_recv (cs, direct);
+      return;
+    }
+
     ssize_t r;
     if (direct) {
       struct request *req = cs->payload_req;
@@ -494,10 +558,7 @@ conn_read (struct conn_state *cs)
       }
     }
     if (r == 0) {
-      if (cs->in_len > 0 || cs->discard_left > 0 || cs->payload_req)
-        conn_stop_reading (cs, "client hung up in the middle of a request");
-      else
-        conn_stop_reading (cs, "client hung up without NBD_CMD_DISC");
+      conn_hung_up (cs);
       return;
     }
     if (errno == EINTR)
@@ -507,10 +568,45 @@ conn_read (struct conn_state *cs)
         arm_poll (cs, false);
       return;
     }
-    log_info ("%s: recv: %m", conn->peer);
-    conn_kill (cs, "receive error");
+    conn_recv_failed (cs, errno);
     return;
   }
+}
+
+/* The armed recv completed with RES: bytes, EOF or an error. */
+static void
+recv_complete (struct conn_state *cs, int res)
+{
+  cs->recv_armed = false;
+  cs->ops--;
+  if (cs->recv_orphan) {
+    bufpool_put (cs->w, cs->recv_orphan, cs->recv_orphan_cls);
+    cs->recv_orphan = NULL;
+  }
+  /* Reading stopped while the recv was armed (shutdown, a send error):
+   * whatever it brought is not parsed. */
+  if (cs->stop_read)
+    return;
+
+  if (res > 0) {
+    if (cs->recv_direct)
+      cs->payload_got += res;
+    else
+      cs->in_len += res;
+    conn_read (cs);
+  }
+  else if (res == 0)
+    conn_hung_up (cs);
+  else if (res == -EINTR)
+    conn_read (cs);             /* arms it again */
+  else if (res == -EAGAIN) {
+    /* A kernel that hands EAGAIN back rather than waiting for input:
+     * wait with a poll, whose completion arms the recv again. */
+    if (!cs->poll_in_armed)
+      arm_poll (cs, false);
+  }
+  else
+    conn_recv_failed (cs, -res);
 }
 
 /* ---- connection life -------------------------------------------------- */
@@ -572,13 +668,17 @@ conn_service (struct conn_state *cs)
 
   if (!cs->stop_read || cs->nr_reqs > 0)
     return false;
-  /* Nothing left to answer: take back any poll still in the kernel. */
-  if ((cs->poll_in_armed || cs->poll_out_armed) && !cs->cancelled) {
+  /* Nothing left to answer: take back any poll or recv still in the
+   * kernel. */
+  if ((cs->poll_in_armed || cs->poll_out_armed || cs->recv_armed)
+      && !cs->cancelled) {
     cs->cancelled = true;
     if (cs->poll_in_armed)
       cancel_op (cs, &cs->poll_in);
     if (cs->poll_out_armed)
       cancel_op (cs, &cs->poll_out);
+    if (cs->recv_armed)
+      cancel_op (cs, &cs->recv_op);
   }
   if (cs->ops > 0)
     return false;
@@ -607,6 +707,9 @@ request_conn_start (struct worker *w, struct conn *conn)
   cs->w = w;
   cs->poll_in.kind = OP_POLL_IN;
   cs->poll_out.kind = OP_POLL_OUT;
+  cs->recv_op.kind = OP_RECV;
+  /* TLS keeps to its transport: only OpenSSL knows what it holds. */
+  cs->ring_recv = conn->transport == &conn_plain_transport;
   conn->worker = w;
   conn->state = cs;
   cs->next = w->conns;
@@ -639,6 +742,11 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     cs = container_of (op, struct conn_state, poll_out);
     cs->poll_out_armed = false;
     cs->ops--;
+    mark_dirty (cs);
+    break;
+  case OP_RECV:
+    cs = container_of (op, struct conn_state, recv_op);
+    recv_complete (cs, res);
     mark_dirty (cs);
     break;
   case OP_PIECE: {

@@ -9,8 +9,10 @@
  * (worker.c), switched to non-blocking, and served from the worker's
  * io_uring loop (request.c) until it ends.
  *
- * Socket I/O always goes through the connection's transport ops, so TLS
- * (tls/) can replace them without the protocol code knowing. */
+ * Socket I/O goes through the connection's transport ops, so TLS (tls/)
+ * can replace them without the protocol code knowing.  The one exception
+ * is input on a plain connection in the transmission phase, which the
+ * worker's ring receives (request.c). */
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
@@ -115,7 +117,8 @@ struct conn {
   struct conn_state *state;
 };
 
-/* Plain-socket transport (recv/sendmsg with MSG_NOSIGNAL). */
+/* Plain-socket transport (recv/sendmsg with MSG_NOSIGNAL).  Workers
+ * recognise it and receive requests through their ring instead. */
 extern const struct conn_transport conn_plain_transport;
 
 struct conn *conn_new (int fd, const char *peer);

@@ -35,6 +35,7 @@ enum uring_op_kind {
   OP_WAKE,          /* read on the worker's eventfd */
   OP_POLL_IN,       /* a connection's socket became readable */
   OP_POLL_OUT,      /* ... or writable */
+  OP_RECV,          /* input arrived on a plain connection's socket */
   OP_PIECE,         /* one data read (or splice) of a READ request */
   OP_WRITE,         /* one host write or zeroing of a WRITE request */
 };
@@ -259,6 +260,16 @@ struct conn_state {
   bool stop_read;               /* DISC, EOF, shutdown: read no more */
   bool dead;                    /* socket unusable: drop replies */
   const char *close_reason;
+  /* A plain socket receives through the ring: one recv at a time, into
+   * in_buf + in_len or (recv_direct) into payload_req->buf +
+   * payload_got, counted in 'ops'.  While it is armed neither buffer may
+   * be moved, reused or freed: a payload buffer whose request is dropped
+   * meanwhile waits in recv_orphan for the completion. */
+  bool ring_recv;               /* plain transport (TLS polls and recvs) */
+  bool recv_armed, recv_direct;
+  struct uring_op recv_op;
+  void *recv_orphan;
+  unsigned recv_orphan_cls;
 
   /* In flight */
   unsigned nr_reqs;             /* parsed and not yet sent or dropped */

@@ -9,6 +9,7 @@ FUNCTIONAL_TESTS = \
 	test-read-paths.sh \
 	test-protocol-abuse.sh \
 	test-lifecycle.sh \
+	test-trickle.sh \
 	$(NULL)
 
 TESTS += $(FUNCTIONAL_TESTS)
@@ -20,4 +21,5 @@ EXTRA_DIST += \
 	read-paths.py \
 	abuse.py \
 	socket-activate.py \
+	trickle.py \
 	$(NULL)

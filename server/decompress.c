@@ -157,15 +157,15 @@ job_finish (struct djob *j)
   else if (j->out != pc->dst)
     memcpy (pc->dst, (char *) j->out + e->cluster_offset, e->length);
 
-  if (j->out != pc->dst) {
-    if (j->result == 0 && j->out_len == qcow2_layer_cluster_size (e->layer))
-      dcache_insert (w, e->layer, e->host_offset, j->out, j->out_cls,
-                     j->out_len);
-    else
-      bufpool_put (w, j->out, j->out_cls);
-  }
-  else if (j->result == 0)
-    dcache_insert (w, e->layer, e->host_offset, NULL, 0, 0);
+  /* Remember the cluster, with its bytes if we have all of them, so the
+   * next read of it decodes it whole (or finds it here). */
+  bool whole = j->out != pc->dst
+    && j->out_len == qcow2_layer_cluster_size (e->layer);
+  if (j->result == 0)
+    dcache_insert (w, e->layer, e->host_offset, whole ? j->out : NULL,
+                   j->out_cls, j->out_len);
+  if (j->out != pc->dst && (j->result < 0 || !whole))
+    bufpool_put (w, j->out, j->out_cls);
   j->out = NULL;
   req->cs->ops--;               /* taken by decompress_submit */
   piece_done (pc);

@@ -41,11 +41,18 @@ def metric(path, name, server, value):
 
 
 def table(path):
-    jobs, metrics = {}, {}
+    jobs, metrics, runs = {}, {}, {}
     for line in open(path):
         kind, name, server, *vals = line.rstrip("\n").split("\t")
         if kind == "job":
+            # Several runs of a job on a server (the bench's passes) are
+            # averaged.
             server = TLS_ALIASES.get(server, server)
+            sums = runs.setdefault((name, server), [0.0] * len(vals) + [0])
+            for i, v in enumerate(vals):
+                sums[i] += float(v)
+            sums[-1] += 1
+            vals = [str(x / sums[-1]) for x in sums[:-1]]
         (jobs if kind == "job" else metrics).setdefault(name, {})[server] = vals
     cpu = "unknown CPU"
     for line in open("/proc/cpuinfo"):

@@ -5,7 +5,8 @@
 # Runs the same fio jobs (nbd engine) against qcow2-nbd, qemu-nbd (its
 # default aio and --aio=io_uring) and, for reads, nbdkit's null plugin (the
 # ceiling of the protocol and of fio on this machine), one server after the
-# other (writes go to a fresh copy of the fixture for each server), and
+# other, in two passes in opposite orders whose results are averaged
+# (writes go to a fresh copy of the fixture for each run), and
 # prints a table of IOPS or MiB/s, the ratio to the better
 # qemu-nbd, and each server's CPU time per request (from /proc).  Also
 # peak RSS while serving a 1 TiB image and the time from start to
@@ -119,8 +120,11 @@ job ()
         *-tls) servers="qcow2-nbd-tls qemu-nbd-tls" ;;
         *read*) servers="$servers nbdkit-null" ;;
     esac
-    local s
-    for s in $servers; do
+    # Two passes of half the run time each, the second in reverse order
+    # (ABBA): no server always runs first, after a quiet spell, or last.
+    local order s
+    order="$servers $(printf '%s\n' $servers | tac | tr '\n' ' ')"
+    for s in $order; do
         [ "$s" = nbdkit-null ] && [ "$key" != full ] && continue
         case "$key" in
             overwrite)   # a private copy of the fully written image
@@ -136,7 +140,7 @@ job ()
         t0=$(cpu_ticks)
         fio --output-format=json --output="$out/$name.$s.json" \
             --name="$name" --ioengine=nbd --uri="$uri" \
-            --time_based --runtime="$runtime" --ramp_time=1 --group_reporting \
+            --time_based --runtime="$pass_runtime" --ramp_time=1 --group_reporting \
             "$@" >/dev/null
         t1=$(cpu_ticks)
         stop
@@ -145,7 +149,13 @@ job ()
     done
 }
 
-echo "bench: running (each job ${runtime}s per server) ..." >&2
+pass_runtime=$(( (runtime + 1) / 2 ))
+
+# Every fixture in the page cache before the first job, so the first
+# server measured does not pay for reading them from disk.
+cat "$workdir"/*.qcow2 > /dev/null
+
+echo "bench: running (each job ${runtime}s per server, in two passes) ..." >&2
 job randread-4k-qd1     full --rw=randread --bs=4k --iodepth=1
 job randread-4k-qd32    full --rw=randread --bs=4k --iodepth=32
 job randread-4k-4conn   full --rw=randread --bs=4k --iodepth=8 --numjobs=4
@@ -167,7 +177,7 @@ copy_job ()
 {
     local name=$1 key=$2 s
     shift 2
-    for s in "$@"; do
+    for s in "$@" $(printf '%s\n' "$@" | tac); do
         start "$s" "$workdir/$key.qcow2"
         local t0 t1 ns0 ns1 bytes
         bytes=$(stat -c %s "$workdir/full.raw")

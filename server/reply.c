@@ -164,6 +164,10 @@ reply_error (struct request *req, int err, const char *fmt, ...)
 void
 reply_drop_queue (struct conn_state *cs)
 {
+  /* The kernel still reads the head replies: reply_send_complete drops
+   * them all when it is done. */
+  if (cs->send_armed)
+    return;
   while (cs->sq_head) {
     struct request *req = cs->sq_head;
     cs->sq_head = req->next;
@@ -172,12 +176,86 @@ reply_drop_queue (struct conn_state *cs)
   cs->sq_tail = NULL;
 }
 
+/* SENT bytes of the queue went out: step over them, freeing finished
+ * replies. */
+static void
+advance (struct conn_state *cs, size_t sent)
+{
+  while (cs->sq_head
+         && (sent > 0 || cs->sq_head->iov_idx >= cs->sq_head->iovcnt)) {
+    struct request *req = cs->sq_head;
+    if (req->iov_idx >= req->iovcnt) {
+      cs->sq_head = req->next;
+      if (cs->sq_head == NULL)
+        cs->sq_tail = NULL;
+      req_free (req);
+      continue;
+    }
+    size_t left = req->iov[req->iov_idx].iov_len - req->iov_off;
+    if (sent >= left) {
+      sent -= left;
+      req->iov_idx++;
+      req->iov_off = 0;
+    }
+    else {
+      req->iov_off += sent;
+      sent = 0;
+    }
+  }
+}
+
+static void
+send_failed (struct conn_state *cs, int err)
+{
+  if (err == EPIPE || err == ECONNRESET)
+    log_info ("%s: client went away while we were replying",
+              cs->conn->peer);
+  else
+    log_info ("%s: send: %s", cs->conn->peer, strerror (err));
+  conn_kill (cs, "send error");
+}
+
+/* Queue a sendmsg of IOV[0..N) in the ring.  The kernel sends what fits
+ * and waits for room on its own, so no POLLOUT is needed. */
+static void
+ring_send (struct conn_state *cs, const struct iovec *iov, int n, bool more)
+{
+  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+
+  memcpy (cs->send_iov, iov, n * sizeof *iov);
+  cs->send_msg = (struct msghdr) { .msg_iov = cs->send_iov,
+                                   .msg_iovlen = n };
+  io_uring_prep_sendmsg (sqe, cs->conn->fd, &cs->send_msg,
+                         MSG_NOSIGNAL | (more ? MSG_MORE : 0));
+  io_uring_sqe_set_data (sqe, &cs->send_op);
+  cs->send_armed = true;
+  cs->ops++;
+}
+
+void
+reply_send_complete (struct conn_state *cs, int res)
+{
+  cs->send_armed = false;
+  cs->ops--;
+  if (cs->dead) {
+    reply_drop_queue (cs);      /* deferred by conn_kill */
+    return;
+  }
+  if (res == -EINTR || res == -EAGAIN)
+    return;                     /* reply_send tries again */
+  if (res < 0) {
+    send_failed (cs, -res);
+    return;
+  }
+  advance (cs, res);
+}
+
 void
 reply_send (struct conn_state *cs)
 {
   struct conn *conn = cs->conn;
 
-  while (cs->sq_head && !cs->dead) {
+  while (cs->sq_head && !cs->dead && !cs->send_armed) {
     struct iovec iov[64];
     int n = 0;
     size_t want = 0;
@@ -233,6 +311,10 @@ reply_send (struct conn_state *cs)
       break;
     }
 
+    if (cs->ring_send) {
+      ring_send (cs, iov, n, more);
+      return;
+    }
     r = conn->transport->send (conn, iov, n, more);
   sent:
     if (r < 0) {
@@ -243,38 +325,11 @@ reply_send (struct conn_state *cs)
           arm_poll (cs, true);
         return;
       }
-      if (errno == EPIPE || errno == ECONNRESET)
-        log_info ("%s: client went away while we were replying",
-                  conn->peer);
-      else
-        log_info ("%s: send: %m", conn->peer);
-      conn_kill (cs, "send error");
+      send_failed (cs, errno);
       return;
     }
 
-    /* Advance over what went out, freeing finished replies. */
-    size_t sent = r;
-    while (cs->sq_head
-           && (sent > 0 || cs->sq_head->iov_idx >= cs->sq_head->iovcnt)) {
-      req = cs->sq_head;
-      if (req->iov_idx >= req->iovcnt) {
-        cs->sq_head = req->next;
-        if (cs->sq_head == NULL)
-          cs->sq_tail = NULL;
-        req_free (req);
-        continue;
-      }
-      size_t left = req->iov[req->iov_idx].iov_len - req->iov_off;
-      if (sent >= left) {
-        sent -= left;
-        req->iov_idx++;
-        req->iov_off = 0;
-      }
-      else {
-        req->iov_off += sent;
-        sent = 0;
-      }
-    }
+    advance (cs, r);
     if ((size_t) r < want) {
       /* The socket buffer is full: wait for room rather than retry. */
       if (!cs->poll_out_armed)

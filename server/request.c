@@ -48,6 +48,7 @@
 #define DIRECT_PAYLOAD (IN_BUF_SIZE / 4)
 
 static void conn_read (struct conn_state *cs);
+static void cancel_op (struct conn_state *cs, struct uring_op *op);
 
 /* ---- command names and errors ----------------------------------------- */
 
@@ -190,6 +191,12 @@ conn_kill (struct conn_state *cs, const char *reason)
     cs->close_reason = reason;
   cs->dead = true;
   cs->stop_read = true;
+  /* A sendmsg in the ring holds the head replies until it completes:
+   * take it back, so a client that stopped reading cannot hold them. */
+  if (cs->send_armed && !cs->send_cancelled) {
+    cs->send_cancelled = true;
+    cancel_op (cs, &cs->send_op);
+  }
   reply_drop_queue (cs);
   drop_incoming (cs);
   /* Parked requests have not touched the image yet: drop them. */
@@ -708,8 +715,10 @@ request_conn_start (struct worker *w, struct conn *conn)
   cs->poll_in.kind = OP_POLL_IN;
   cs->poll_out.kind = OP_POLL_OUT;
   cs->recv_op.kind = OP_RECV;
+  cs->send_op.kind = OP_SEND;
   /* TLS keeps to its transport: only OpenSSL knows what it holds. */
   cs->ring_recv = conn->transport == &conn_plain_transport;
+  cs->ring_send = cs->ring_recv;
   conn->worker = w;
   conn->state = cs;
   cs->next = w->conns;
@@ -742,6 +751,11 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     cs = container_of (op, struct conn_state, poll_out);
     cs->poll_out_armed = false;
     cs->ops--;
+    mark_dirty (cs);
+    break;
+  case OP_SEND:
+    cs = container_of (op, struct conn_state, send_op);
+    reply_send_complete (cs, res);
     mark_dirty (cs);
     break;
   case OP_RECV:

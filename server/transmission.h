@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <liburing.h>
@@ -36,6 +37,7 @@ enum uring_op_kind {
   OP_POLL_IN,       /* a connection's socket became readable */
   OP_POLL_OUT,      /* ... or writable */
   OP_RECV,          /* input arrived on a plain connection's socket */
+  OP_SEND,          /* a plain connection's replies went out */
   OP_PIECE,         /* one data read (or splice) of a READ request */
   OP_WRITE,         /* one host write or zeroing of a WRITE request */
 };
@@ -280,6 +282,15 @@ struct conn_state {
 
   /* Send queue */
   struct request *sq_head, *sq_tail;
+  /* Plain connections send through the ring: one sendmsg at a time,
+   * whose iovecs point into the replies at the head of the queue, so
+   * those stay queued (and alive) until it completes. */
+  bool ring_send;
+  bool send_armed;
+  bool send_cancelled;
+  struct uring_op send_op;
+  struct msghdr send_msg;
+  struct iovec send_iov[64];
 };
 
 /* ---- worker.c --------------------------------------------------------- */
@@ -352,8 +363,11 @@ void reply_plain (struct request *req);
 /* Set the error and send it with reply_plain. */
 void reply_error (struct request *req, int err, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
-/* Send queued replies until the queue is empty or the socket is full. */
+/* Send queued replies until the queue is empty or the socket is full
+ * (or, on a plain connection, queue a sendmsg of them in the ring). */
 void reply_send (struct conn_state *cs);
+/* The ring's sendmsg completed with RES. */
+void reply_send_complete (struct conn_state *cs, int res);
 /* Drop every queued reply unsent. */
 void reply_drop_queue (struct conn_state *cs);
 

@@ -729,19 +729,22 @@ CASES = {name[5:]: fn for name, fn in globals().items()
          if name.startswith("case_")}
 
 
-def main():
+def run_cases(cases, label):
+    """The command line of a case runner (this one, trickle.py):
+    --list, or HOST PORT EXPORT-NAME REF-FILE CASE [READY-FILE]."""
     if sys.argv[1:] == ["--list"]:
-        print("\n".join(CASES))
+        print("\n".join(cases))
         return
-    host, port, name, ref, case = sys.argv[1:]
+    host, port, name, ref, case = sys.argv[1:6]
     x = Ctx(host, int(port), name.encode(), ref)
+    x.ready = sys.argv[6] if len(sys.argv) > 6 else None
     try:
-        CASES[case](x)
+        cases[case](x)
     except (Bad, Closed) as e:
-        sys.stderr.write("FAIL: abuse %s: %s\n" % (case, e))
+        sys.stderr.write("FAIL: %s %s: %s\n" % (label, case, e))
         sys.exit(1)
-    print("ok: abuse %s" % case)
+    print("ok: %s %s" % (label, case))
 
 
 if __name__ == "__main__":
-    main()
+    run_cases(CASES, "abuse")

@@ -21,7 +21,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import abuse  # noqa: E402
-from abuse import Bad, Closed, CMD_READ, CMD_WRITE, CMD_DISC, REQ_MAGIC
+from abuse import Bad, CMD_READ, CMD_WRITE, CMD_DISC, REQ_MAGIC
 
 ENOSPC = 28
 # Above the server's DIRECT_PAYLOAD (16 KiB): received into its buffer.
@@ -208,20 +208,5 @@ CASES = {name[5:]: fn for name, fn in globals().items()
          if name.startswith("case_")}
 
 
-def main():
-    if sys.argv[1:] == ["--list"]:
-        print("\n".join(CASES))
-        return
-    host, port, name, ref, case = sys.argv[1:6]
-    x = abuse.Ctx(host, int(port), name.encode(), ref)
-    x.ready = sys.argv[6] if len(sys.argv) > 6 else None
-    try:
-        CASES[case](x)
-    except (Bad, Closed) as e:
-        sys.stderr.write("FAIL: trickle %s: %s\n" % (case, e))
-        sys.exit(1)
-    print("ok: trickle %s" % case)
-
-
 if __name__ == "__main__":
-    main()
+    abuse.run_cases(CASES, "trickle")

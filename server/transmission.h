@@ -126,7 +126,9 @@ struct worker {
                                  * through io_uring (writes.c) */
   struct zpipe *pipes;          /* idle pipes for zero-copy reads */
   unsigned nr_pipes;
-  bool zc_off;                  /* no pipes to be had: copy every read */
+  unsigned zc_pipes;            /* pipes held by requests */
+  uint64_t zc_paused_until;     /* now_ns() before which reads are copied
+                                 * (pipes could not be had) */
   bool jobs_queued;             /* queued decompressions this iteration */
 };
 
@@ -148,8 +150,7 @@ extern atomic_uint workers_wake_seq;
 
 /* A pipe a zero-copy READ splices its data into (zerocopy.c). */
 struct zpipe {
-  int rfd, wfd;
-  int size;                     /* capacity in bytes */
+  int rfd, wfd;                 /* capacity: ZC_PIPE_SIZE */
 };
 
 /* Decompressing (part of) one cluster, possibly on another worker. */
@@ -279,6 +280,8 @@ struct conn_state {
   unsigned ops;                 /* polls, reads and writes in the kernel */
   struct uring_op poll_in, poll_out;
   bool poll_in_armed, poll_out_armed, cancelled;
+
+  unsigned zc_pipes;            /* pipes held by its zero-copy READs */
 
   /* Send queue */
   struct request *sq_head, *sq_tail;

@@ -20,7 +20,8 @@
  *
  * Only plain transports splice (TLS must encrypt from memory), only
  * reads large enough that the copies cost more than the io_uring
- * round trips, and only requests whose pages fit in one pipe. */
+ * round trips, only requests whose pages fit in one pipe, and only so
+ * many at once per connection and per worker. */
 
 #include <config.h>
 
@@ -46,8 +47,37 @@
 /* Pipe capacity asked for, and idle pipes a worker keeps. */
 #define ZC_PIPE_SIZE (1024 * 1024)
 #define ZC_KEEP_PIPES 16
-#define PAGE 4096
+/* Pipes in use at once, per connection and per worker: a client that
+ * stops reading holds its replies' pipes, and must not use up the
+ * process's file descriptors.  Reads beyond the caps are copied. */
+#define ZC_CONN_PIPES 8
+#define ZC_WORKER_PIPES 64
+/* After pipes could not be had (file descriptors, the kernel's per-user
+ * pipe limits), copy for this long before trying again. */
+#define ZC_BACKOFF_NS (1000 * 1000 * 1000)
 
+/* Pipe buffers hold one page each, whatever its size. */
+static size_t
+page_size (void)
+{
+  static size_t size;
+
+  if (size == 0) {
+    long r = sysconf (_SC_PAGESIZE);
+    size = r > 0 ? (size_t) r : 4096;
+  }
+  return size;
+}
+
+static void
+pipe_close (struct zpipe *zp)
+{
+  close (zp->rfd);
+  close (zp->wfd);
+  zp->rfd = zp->wfd = -1;
+}
+
+/* A pipe of ZC_PIPE_SIZE bytes, or false (and zero-copy paused). */
 static bool
 pipe_get (struct worker *w, struct zpipe *zp)
 {
@@ -62,36 +92,40 @@ pipe_get (struct worker *w, struct zpipe *zp)
     if (w->pipes == NULL)
       return false;
   }
-  /* A blocking pipe: io_uring's worker must never see EAGAIN from it,
-   * and zc_start makes sure the data fits, so it never blocks either. */
+  /* A blocking pipe, so io_uring's worker never sees EAGAIN from a full
+   * one and retries; zc_start makes sure the data fits, and the splice
+   * asks not to block anyway. */
   if (pipe2 (fds, O_CLOEXEC) == -1)
-    return false;
-  /* Past the per-user pipe limits the kernel refuses big pipes: then
-   * whatever size we got decides which reads still qualify. */
-  size = fcntl (fds[1], F_SETPIPE_SZ, ZC_PIPE_SIZE);
-  if (size == -1)
-    size = fcntl (fds[1], F_GETPIPE_SZ);
-  if (size <= 0) {
-    close (fds[0]);
-    close (fds[1]);
-    return false;
-  }
+    goto fail;
   zp->rfd = fds[0];
   zp->wfd = fds[1];
-  zp->size = size;
+  /* Past the per-user pipe limits the kernel gives small pipes only:
+   * not worth using, and not worth asking again at once. */
+  size = fcntl (fds[1], F_SETPIPE_SZ, ZC_PIPE_SIZE);
+  if (size < ZC_PIPE_SIZE) {
+    int err = size == -1 ? errno : ENOBUFS;
+    pipe_close (zp);
+    errno = err;
+    goto fail;
+  }
   return true;
+
+ fail:
+  log_info ("worker %u: no pipe for zero-copy reads (%m); copying for "
+            "a while", w->idx);
+  w->zc_paused_until = now_ns () + ZC_BACKOFF_NS;
+  return false;
 }
 
 static void
 pipe_put (struct worker *w, struct zpipe *zp, bool empty)
 {
-  if (empty && w->pipes && w->nr_pipes < ZC_KEEP_PIPES)
+  if (empty && w->pipes && w->nr_pipes < ZC_KEEP_PIPES) {
     w->pipes[w->nr_pipes++] = *zp;
-  else {
-    close (zp->rfd);
-    close (zp->wfd);
+    zp->rfd = zp->wfd = -1;
   }
-  zp->rfd = zp->wfd = -1;
+  else
+    pipe_close (zp);
 }
 
 bool
@@ -103,7 +137,9 @@ zc_start (struct request *req, bool zero_fill)
   size_t pieces = 0, pages = 0;
 
   if (conn->transport->splice == NULL || req->length < ZC_MIN_LENGTH
-      || w->zc_off)
+      || req->cs->zc_pipes >= ZC_CONN_PIPES
+      || w->zc_pipes >= ZC_WORKER_PIPES
+      || (w->zc_paused_until && now_ns () < w->zc_paused_until))
     return false;
   for (size_t i = 0; i < req->nr_ext; i++) {
     const struct qcow2_extent *e = &req->ext[i];
@@ -119,24 +155,18 @@ zc_start (struct request *req, bool zero_fill)
         || qcow2_file_writable (img, e->file)
         || e->host_offset + e->length > qcow2_file_size (img, e->file))
       return false;
-    pages += (ROUND_UP (e->host_offset + e->length, PAGE)
-              - ROUND_DOWN (e->host_offset, PAGE)) / PAGE;
+    pages += (ROUND_UP (e->host_offset + e->length, page_size ())
+              - ROUND_DOWN (e->host_offset, page_size ())) / page_size ();
     pieces++;
   }
   if (pieces == 0 || pieces > ZC_MAX_PIECES)
     return false;
 
-  if (!pipe_get (w, &req->zp)) {
-    /* No pipes to be had (file descriptors, memory): stop trying. */
-    log_info ("worker %u: no pipe for zero-copy reads (%m); copying "
-              "from now on", w->idx);
-    w->zc_off = true;
+  if (pages * page_size () > ZC_PIPE_SIZE || !pipe_get (w, &req->zp))
     return false;
-  }
-  if (pages * PAGE > (size_t) req->zp.size) {
-    pipe_put (w, &req->zp, true);
-    return false;
-  }
+  w->zc_paused_until = 0;
+  req->cs->zc_pipes++;
+  w->zc_pipes++;
   req->zc = true;
   return true;
 }
@@ -148,7 +178,8 @@ zc_submit (struct piece *pc)
   struct io_uring_sqe *sqe = worker_get_sqe (req->cs->w);
 
   io_uring_prep_splice (sqe, pc->fd, pc->host_off + pc->done,
-                        req->zp.wfd, -1, pc->len - pc->done, 0);
+                        req->zp.wfd, -1, pc->len - pc->done,
+                        SPLICE_F_NONBLOCK);
   io_uring_sqe_set_data (sqe, &pc->op);
   req->cs->ops++;
 }
@@ -158,10 +189,12 @@ zc_piece_complete (struct piece *pc, int res)
 {
   struct request *req = pc->req;
 
-  if (res == -EINTR || res == -EAGAIN) {
+  if (res == -EINTR) {
     zc_submit (pc);
     return false;
   }
+  /* -EAGAIN: the pipe is full, which zc_start's count rules out; fail
+   * the read rather than wait for room that never comes. */
   if (res < 0) {
     set_error (req, -res, "read error at offset %" PRIu64 ": %s",
                pc->ext->offset, strerror (-res));
@@ -188,6 +221,8 @@ zc_release (struct request *req)
 {
   if (req->zc) {
     pipe_put (req->cs->w, &req->zp, req->zc_held == 0);
+    req->cs->zc_pipes--;
+    req->cs->w->zc_pipes--;
     req->zc = false;
   }
 }
@@ -195,11 +230,8 @@ zc_release (struct request *req)
 void
 zc_worker_cleanup (struct worker *w)
 {
-  while (w->nr_pipes > 0) {
-    struct zpipe *zp = &w->pipes[--w->nr_pipes];
-    close (zp->rfd);
-    close (zp->wfd);
-  }
+  while (w->nr_pipes > 0)
+    pipe_close (&w->pipes[--w->nr_pipes]);
   free (w->pipes);
   w->pipes = NULL;
 }

@@ -81,3 +81,45 @@ grep 'READ .* offset 20971520 length 1048576' "$server_log" | grep -q zero-copy 
 grep 'READ .* offset 9437184 length 1048576' "$server_log" | grep -q zero-copy ||
   fail "overlay: a read of the backing file did not go zero-copy"
 ok "zero-copy only for files we never write"
+
+# Clients that ask for many large reads and never read the replies hold
+# the pipes of those replies: at most a few per connection, so they
+# cannot use up the server's file descriptors, and everyone else is
+# still served.
+image_to_raw "$plain" "$tmpdir/ref.raw"
+start_server "$plain" --read-only --threads 1 --export-name stall
+fds_before=$(ls "/proc/$server_pid/fd" | wc -l)
+ready="$tmpdir/stalled"
+"$PYTHON" - "$port" "$tmpdir/ref.raw" "$ready" <<'PY' &
+import os, struct, sys, time
+sys.path.insert(0, os.environ["abs_top_srcdir"] + "/tests")
+import abuse
+port, ref, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+x = abuse.Ctx("127.0.0.1", port, b"stall", ref)
+conns = []
+for _ in range(3):
+    c = x.good_conn()
+    for i in range(128):
+        c.s.sendall(struct.pack(">IHHQQI", abuse.REQ_MAGIC, 0, abuse.CMD_READ,
+                                i + 1, (i * 262144) % (x.size - 262144), 262144))
+    conns.append(c)
+open(ready, "w").close()
+time.sleep(30)
+PY
+stalled_pid=$!
+cleanup_fn _kill_server "$stalled_pid"
+for (( i = 0; i < 300; i++ )); do
+  [ -e "$ready" ] && break
+  sleep 0.1
+done
+[ -e "$ready" ] || fail "the stalled clients did not connect"
+sleep 2
+fds=$(ls "/proc/$server_pid/fd" | wc -l)
+# 3 sockets, and at most 8 pipes (16 fds) per connection.
+[ "$fds" -le $(( fds_before + 3 + 3 * 16 )) ] ||
+  fail "stalled clients hold $(( fds - fds_before )) file descriptors"
+run_timeout 120 "$PYTHON" "$abs_top_srcdir/tests/read-paths.py" \
+  "$uri/stall" "$tmpdir/ref.raw" 9 || fail "reads beside stalled clients"
+kill "$stalled_pid" 2>/dev/null; wait "$stalled_pid" 2>/dev/null || true
+stop_server
+ok "stalled clients hold $(( fds - fds_before )) file descriptors; others are served"

@@ -241,8 +241,15 @@ reply_send_complete (struct conn_state *cs, int res)
     reply_drop_queue (cs);      /* deferred by conn_kill */
     return;
   }
-  if (res == -EINTR || res == -EAGAIN)
+  if (res == -EINTR)
     return;                     /* reply_send tries again */
+  if (res == -EAGAIN) {
+    /* A kernel that hands EAGAIN back instead of waiting for room:
+     * wait with a poll before the next try, never spin. */
+    if (!cs->poll_out_armed)
+      arm_poll (cs, true);
+    return;
+  }
   if (res < 0) {
     send_failed (cs, -res);
     return;
@@ -255,7 +262,10 @@ reply_send (struct conn_state *cs)
 {
   struct conn *conn = cs->conn;
 
-  while (cs->sq_head && !cs->dead && !cs->send_armed) {
+  /* On a plain connection a POLLOUT in the kernel means the ring's
+   * last sendmsg found no room: wait for it. */
+  while (cs->sq_head && !cs->dead && !cs->send_armed
+         && !(cs->ring_send && cs->poll_out_armed)) {
     struct iovec iov[64];
     int n = 0;
     size_t want = 0;
@@ -302,6 +312,12 @@ reply_send (struct conn_state *cs)
       }
       idx++;
       off = 0;
+    }
+    /* MSG_MORE only if bytes really follow: TCP holds a segment sent
+     * with it until more come or a timer fires. */
+    while (req && idx >= req->iovcnt) {
+      req = req->next;
+      idx = 0;
     }
     more = req != NULL;
     if (n == 0) {

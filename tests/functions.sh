@@ -401,6 +401,18 @@ file_size ()
   stat -c %s "$1"
 }
 
+# wait_for_file FILE WHAT: wait (30 s at most) until a background client
+# creates FILE to say it is ready; fail with WHAT otherwise.
+wait_for_file ()
+{
+  local i
+  for (( i = 0; i < 300; i++ )); do
+    [ -e "$1" ] && return 0
+    sleep 0.1
+  done
+  fail "$2"
+}
+
 # run_timeout SECONDS CMD...: run a client that must not hang forever.
 run_timeout ()
 {

@@ -108,11 +108,7 @@ time.sleep(30)
 PY
 stalled_pid=$!
 cleanup_fn _kill_server "$stalled_pid"
-for (( i = 0; i < 300; i++ )); do
-  [ -e "$ready" ] && break
-  sleep 0.1
-done
-[ -e "$ready" ] || fail "the stalled clients did not connect"
+wait_for_file "$ready" "the stalled clients did not connect"
 sleep 2
 fds=$(ls "/proc/$server_pid/fd" | wc -l)
 # 3 sockets, and at most 8 pipes (16 fds) per connection.

@@ -74,11 +74,7 @@ run_timeout 60 "$PYTHON" "$trickle" 127.0.0.1 "$port" trickle "$ref" \
   held_mid_payload "$ready" &
 held_pid=$!
 cleanup_fn _kill_server "$held_pid"
-for (( i = 0; i < 300; i++ )); do
-  [ -e "$ready" ] && break
-  sleep 0.1
-done
-[ -e "$ready" ] || fail "the held client never got half its payload in"
+wait_for_file "$ready" "the held client never got half its payload in"
 stop_server
 wait "$held_pid" || fail "the held client saw no clean close"
 grep -q 'connection closed: server shutting down' "$server_log" ||

@@ -18,17 +18,6 @@ image_io "$img" "write -P 0x5a 0 60M" "write -P 0x11 61M 7777"
 ref="$tmpdir/ref.raw"
 image_to_raw "$img" "$ref"
 
-# wait_ready WHY: wait (30 s at most) until a client has touched
-# $tmpdir/ready, or fail with WHY.
-wait_ready ()
-{
-  local i
-  for (( i = 0; i < 300; i++ )); do
-    [ -e "$tmpdir/ready" ] && return 0
-    sleep 0.1
-  done
-  fail "$1"
-}
 
 # ---- --help, --version, bad options ------------------------------------
 
@@ -139,7 +128,7 @@ for sig in TERM INT; do
     >"$tmpdir/nbdcopy.out" 2>&1 &
   copier=$!
   cleanup_fn _kill_server "$copier"
-  wait_ready "the reader never read anything"
+  wait_for_file "$tmpdir/ready" "the reader never read anything"
   stop_server "$sig"
   [ ! -e "$pid_file" ] || fail "pid file left behind after SIG$sig"
   # The clients must notice and end, not hang.
@@ -192,7 +181,7 @@ rm -f "$tmpdir/ready"
 "$PYTHON" "$tmpdir/hold.py" "$uri" "$tmpdir/ready" 3 &
 holder=$!
 cleanup_fn _kill_server "$holder"
-wait_ready "the first client never connected"
+wait_for_file "$tmpdir/ready" "the first client never connected"
 t="$(run_timeout 60 "$PYTHON" "$tmpdir/timed.py" "$uri")" ||
   fail "the second client failed with --max-connections 1"
 wait "$holder" || fail "the first client failed"

@@ -183,11 +183,10 @@ job_run (struct worker *w, struct djob *j)
   /* Once on the done list the job may be finished and its request
    * recycled at any moment: touch it no more. */
   struct worker *owner = j->owner;
-  {
-    LOCK_FOR_SCOPE (&owner->lock);
-    j->next = owner->done_jobs;
-    owner->done_jobs = j;
-  }
+  struct djob *head = atomic_load (&owner->done_jobs);
+  do
+    j->next = head;
+  while (!atomic_compare_exchange_weak (&owner->done_jobs, &head, j));
   worker_kick (owner);
 }
 
@@ -210,12 +209,10 @@ decompress_submit (struct piece *pc)
 
   *j = (struct djob) { .owner = w, .layer = e->layer, .in = pc->scratch,
                        .in_len = pc->len };
-  ce = dcache_find (w, e->layer, e->host_offset);
-  if (ce && ce->buf) {
-    /* Decoded by an earlier job while this one's stream was read. */
-    memcpy (pc->dst, (char *) ce->buf + e->cluster_offset, e->length);
+  /* Decoded by an earlier job while this one's stream was read? */
+  if (decompress_cached (w, e, pc->dst))
     return 0;
-  }
+  ce = dcache_find (w, e->layer, e->host_offset);
   if (ce == NULL && e->cluster_offset == 0) {
     /* First sight of the cluster, and the piece is its start: decode
      * straight into the read buffer, no further than needed. */
@@ -268,12 +265,11 @@ decompress_run (struct worker *w)
 {
   struct djob *done, *j;
 
-  /* Jobs others did for us. */
-  {
-    LOCK_FOR_SCOPE (&w->lock);
-    done = w->done_jobs;
-    w->done_jobs = NULL;
-  }
+  /* Jobs others did for us: taking the whole list at once, so the
+   * push's compare-and-swap never races with a pop.  This runs every
+   * loop iteration, hence no lock. */
+  done = atomic_load (&w->done_jobs) ? atomic_exchange (&w->done_jobs, NULL)
+                                     : NULL;
   while ((j = done) != NULL) {
     done = j->next;
     job_finish (j);

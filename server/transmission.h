@@ -101,7 +101,9 @@ struct worker {
 
   pthread_mutex_t lock;
   struct conn **handoff;        /* lock: connections not yet picked up */
-  struct djob *done_jobs;       /* lock: our decompressions done by others */
+  /* Our decompressions done by other workers: a lock-free stack they
+   * push on, which we take whole (decompress.c). */
+  struct djob *_Atomic done_jobs;
   size_t nr_handoff, cap_handoff; /* lock */
   atomic_uint nr_conns;         /* handed over and not yet freed */
   atomic_bool stop;             /* workers_shutdown() was called */

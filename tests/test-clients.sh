@@ -92,7 +92,7 @@ ok "a wrong export name fails cleanly and the server keeps serving"
 if command -v nbd-client >/dev/null 2>&1; then
   out="$(run_timeout 60 nbd-client -l 127.0.0.1 "$port" 2>&1)" ||
     fail "nbd-client -l 127.0.0.1 $port: $out"
-  echo "$out" | grep -q '^exp1' ||
+  grep -q '^exp1' <<< "$out" ||
     fail "nbd-client -l does not list exp1: $out"
   ok "nbd-client -l lists the export"
 else
@@ -140,7 +140,7 @@ args=()
 for c in "${qio_reads[@]}"; do args+=(-c "$c"); done
 out="$(run_timeout 120 qemu-io -f raw -r "${args[@]}" "$main_uri" 2>&1)" ||
   fail "qemu-io reads: $out"
-if echo "$out" | grep -qiE 'fail|error'; then
+if grep -qiE 'fail|error' <<< "$out"; then
   fail "qemu-io reads: $out"
 fi
 ok "qemu-io: ${#qio_reads[@]} pattern reads at odd offsets and at the end"
@@ -208,8 +208,10 @@ start_server "$img" --read-only --socket "$sock_path"
 [ -z "$port" ] || fail "start_server set a port for a Unix socket"
 compare_with_uri "$img" "$uri"
 ok "qemu-img compare over $uri"
-run_timeout 60 nbdinfo --json "$uri" | grep -q "\"export-size\": $size" ||
+out="$(run_timeout 60 nbdinfo --json "$uri")" ||
   fail "nbdinfo over the Unix socket"
+grep -q "\"export-size\": $size" <<< "$out" ||
+  fail "nbdinfo over the Unix socket: $out"
 run_timeout 120 nbdcopy --connections=4 "$uri" "$tmpdir/copy.raw" ||
   fail "nbdcopy over the Unix socket"
 cmp "$ref" "$tmpdir/copy.raw" || fail "nbdcopy over the Unix socket differs"

@@ -332,7 +332,8 @@ racing "race-v2" "$img" 4096 0
 
 # ---- 3. fio random writes with verification, four connections --------------
 
-if command -v fio >/dev/null 2>&1 && fio --enghelp 2>/dev/null | grep -qw nbd
+if command -v fio >/dev/null 2>&1 &&
+   grep -qw nbd <<< "$(fio --enghelp 2>/dev/null)"
 then
   for spec in "64k:" "4k:-b $back -F raw"; do
     cs=${spec%%:*} extra=${spec#*:}

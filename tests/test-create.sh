@@ -219,9 +219,9 @@ out="$(create -q q.qcow2 1M)" || fail "create -q"
 grep -q 'extended L2 entries' q.qcow2 || fail "no feature name table"
 create -q --compat 0.10 q2.qcow2 1M || fail "create v2"
 ! grep -q 'extended L2 entries' q2.qcow2 || fail "feature table in v2"
-"$QCOW2_NBD" create --help | grep -q -- '--cluster-size' ||
+grep -q -- '--cluster-size' <<< "$("$QCOW2_NBD" create --help)" ||
   fail "create --help"
-"$QCOW2_NBD" --help | grep -q 'create' || fail "--help lacks create"
+grep -q 'create' <<< "$("$QCOW2_NBD" --help)" || fail "--help lacks create"
 ok "messages"
 
 # ---- refusals ------------------------------------------------------------

@@ -22,15 +22,15 @@ image_to_raw "$img" "$ref"
 # ---- --help, --version, bad options ------------------------------------
 
 out="$("$QCOW2_NBD" --version 2>&1)" || fail "--version exited $?: $out"
-echo "$out" | grep -qE '[0-9]+\.[0-9]+' || fail "--version: no version: $out"
+grep -qE '[0-9]+\.[0-9]+' <<< "$out" || fail "--version: no version: $out"
 ok "--version exits 0: $out"
 
 out="$("$QCOW2_NBD" --help 2>&1)" || fail "--help exited $?"
-echo "$out" | grep -q serve || fail "--help does not mention serve: $out"
+grep -q serve <<< "$out" || fail "--help does not mention serve: $out"
 out="$("$QCOW2_NBD" serve --help 2>&1)" || fail "serve --help exited $?"
 for o in --port --bind --socket --export-name --description --read-only \
          --threads --max-connections --handshake-timeout --pid-file; do
-  echo "$out" | grep -q -- "$o" || fail "serve --help does not mention $o"
+  grep -q -- "$o" <<< "$out" || fail "serve --help does not mention $o"
 done
 ok "--help and serve --help exit 0 and list the options"
 
@@ -62,9 +62,9 @@ missing="$tmpdir/does-not-exist.qcow2"
 out="$(run_timeout 30 "$QCOW2_NBD" serve "$missing" \
          --port "$(pick_unused_port)" --bind 127.0.0.1 2>&1)" || rc=$?
 [ "$rc" -eq 1 ] || fail "missing image: exit status $rc, want 1: $out"
-echo "$out" | grep -q "does-not-exist" ||
+grep -q "does-not-exist" <<< "$out" ||
   fail "missing image: message does not name the file: $out"
-echo "$out" | grep -qi "no such file" ||
+grep -qi "no such file" <<< "$out" ||
   fail "missing image: message does not say why: $out"
 ok "a missing image exits 1: $out"
 
@@ -76,7 +76,7 @@ then
   out="$(run_timeout 30 "$QCOW2_NBD" serve "$enc" \
            --port "$(pick_unused_port)" --bind 127.0.0.1 2>&1)" || rc=$?
   [ "$rc" -eq 1 ] || fail "encrypted image: exit status $rc, want 1: $out"
-  echo "$out" | grep -qi encrypt ||
+  grep -qi encrypt <<< "$out" ||
     fail "encrypted image: message does not mention encryption: $out"
   ok "an encrypted image is refused: $out"
 else

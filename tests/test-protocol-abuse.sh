@@ -61,7 +61,7 @@ check_server ()
            -c "read -P 0xe1 $(( size - 4096 )) 4096" \
            "$export_uri" 2>&1)" ||
     fail "qemu-io after abuse case $1: $out"
-  echo "$out" | grep -qiE 'fail|error' &&
+  grep -qiE 'fail|error' <<< "$out" &&
     fail "qemu-io after abuse case $1: $out"
   run_timeout 60 nbdinfo "$export_uri" >/dev/null ||
     fail "nbdinfo after abuse case $1"

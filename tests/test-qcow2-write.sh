@@ -187,7 +187,7 @@ plugin="$abs_top_builddir/plugin/.libs/nbdkit-qcow2nbd-plugin.so"
 if ! command -v nbdkit >/dev/null || [ ! -f "$plugin" ]; then
   echo "skipped: plugin writes (nbdkit or the plugin missing)"
 elif [ -n "${QCOW2NBD_SANITIZERS:-}" ] ||
-     nm -D "$plugin" 2>/dev/null | grep -q __asan_init; then
+     grep -q __asan_init <<< "$(nm -D "$plugin" 2>/dev/null)"; then
   echo "skipped: plugin writes (a sanitized plugin cannot be loaded)"
 else
   img="$(new plugin 32M)"; prefill "$img"

@@ -160,7 +160,7 @@ refused ()
   if [ -n "$pattern" ]; then
     local i found=0
     for (( i = 0; i < 50; i++ )); do
-      if tail -n +"$(( before + 1 ))" "$server_log" | grep -qE -- "$pattern"
+      if grep -qE -- "$pattern" <<< "$(tail -n +"$(( before + 1 ))" "$server_log")"
       then found=1; break; fi
       sleep 0.1
     done

@@ -53,6 +53,8 @@ reply_enqueue (struct request *req)
     return;
   }
   req->next = NULL;
+  req->queued = true;
+  cs->nr_queued++;
   if (cs->sq_tail)
     cs->sq_tail->next = req;
   else

@@ -135,6 +135,8 @@ req_free (struct request *req)
     free (req->hdrs);
 
   cs->nr_reqs--;
+  if (req->queued)
+    cs->nr_queued--;
   cs->bytes -= req->bytes;
 
   if (w->nr_free_reqs < MAX_FREE_REQS) {
@@ -244,23 +246,26 @@ arm_poll (struct conn_state *cs, bool out)
 }
 
 /* Receive through the ring into the input buffer or (DIRECT) into the
- * payload buffer.  Not IORING_RECVSEND_POLL_FIRST: by the time the SQE
- * is submitted the client has often sent its next request already, and
- * then the kernel's first try completes it at once. */
+ * payload buffer; coalesce.c decides whether to wait for a batch. */
 static void
 arm_recv (struct conn_state *cs, bool direct)
 {
-  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
-
   if (direct) {
     struct request *req = cs->payload_req;
-    io_uring_prep_recv (sqe, cs->conn->fd, req->buf + cs->payload_got,
-                        req->length - cs->payload_got, 0);
+    size_t left = req->length - cs->payload_got;
+    rxc_arm_recv (cs, req->buf + cs->payload_got, left, left);
   }
-  else
-    io_uring_prep_recv (sqe, cs->conn->fd, cs->in_buf + cs->in_len,
-                        IN_BUF_SIZE - cs->in_len, 0);
-  io_uring_sqe_set_data (sqe, &cs->recv_op);
+  else {
+    /* Whatever is owed (the rest of a payload, a discarded payload or a
+     * header) is not in the buffer: everything there is parsed. */
+    size_t owed = cs->discard_left;
+    if (cs->payload_req)
+      owed = cs->payload_req->length - cs->payload_got;
+    else if (cs->in_len > 0)
+      owed = NBD_REQUEST_SIZE - cs->in_len;
+    rxc_arm_recv (cs, cs->in_buf + cs->in_len, IN_BUF_SIZE - cs->in_len,
+                  owed);
+  }
   cs->recv_armed = true;
   cs->recv_direct = direct;
   cs->ops++;
@@ -482,6 +487,7 @@ conn_read (struct conn_state *cs)
       uint16_t type = load_be16 (p + 6);
       uint32_t length = load_be32 (p + 24);
       cs->in_pos += NBD_REQUEST_SIZE;
+      cs->rxc.parsed++;
 
       if (type == NBD_CMD_DISC) {
         conn_stop_reading (cs, "client sent NBD_CMD_DISC");
@@ -586,6 +592,7 @@ recv_complete (struct conn_state *cs, int res)
 {
   cs->recv_armed = false;
   cs->ops--;
+  bool rearm = rxc_recv_complete (cs, res);
   if (cs->recv_orphan) {
     bufpool_put (cs->w, cs->recv_orphan, cs->recv_orphan_cls);
     cs->recv_orphan = NULL;
@@ -604,7 +611,7 @@ recv_complete (struct conn_state *cs, int res)
   }
   else if (res == 0)
     conn_hung_up (cs);
-  else if (res == -EINTR)
+  else if (res == -EINTR || rearm)
     conn_read (cs);             /* arms it again */
   else if (res == -EAGAIN) {
     /* A kernel that hands EAGAIN back rather than waiting for input:
@@ -685,7 +692,7 @@ conn_service (struct conn_state *cs)
     if (cs->poll_out_armed)
       cancel_op (cs, &cs->poll_out);
     if (cs->recv_armed)
-      cancel_op (cs, &cs->recv_op);
+      cancel_op (cs, &cs->recv_op[cs->recv_slot]);
   }
   if (cs->ops > 0)
     return false;
@@ -714,7 +721,8 @@ request_conn_start (struct worker *w, struct conn *conn)
   cs->w = w;
   cs->poll_in.kind = OP_POLL_IN;
   cs->poll_out.kind = OP_POLL_OUT;
-  cs->recv_op.kind = OP_RECV;
+  cs->recv_op[0].kind = OP_RECV;
+  cs->recv_op[1].kind = OP_RECV_2;
   cs->send_op.kind = OP_SEND;
   /* TLS keeps to its transport: only OpenSSL knows what it holds. */
   cs->ring_recv = conn->transport == &conn_plain_transport;
@@ -759,8 +767,15 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     mark_dirty (cs);
     break;
   case OP_RECV:
-    cs = container_of (op, struct conn_state, recv_op);
+  case OP_RECV_2:
+    cs = container_of (op - (op->kind == OP_RECV_2), struct conn_state,
+                       recv_op);
     recv_complete (cs, res);
+    mark_dirty (cs);
+    break;
+  case OP_RECV_TIMEOUT:
+    cs = container_of (op, struct conn_state, rxc.timeout_op);
+    rxc_timeout_complete (cs);
     mark_dirty (cs);
     break;
   case OP_PIECE: {

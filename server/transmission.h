@@ -37,7 +37,9 @@ enum uring_op_kind {
   OP_POLL_IN,       /* a connection's socket became readable */
   OP_POLL_OUT,      /* ... or writable */
   OP_RECV,          /* input arrived on a plain connection's socket */
+  OP_RECV_2,        /* ... through its second recv op (coalesce.c) */
   OP_SEND,          /* a plain connection's replies went out */
+  OP_RECV_TIMEOUT,  /* the time limit linked to a coalesced recv */
   OP_PIECE,         /* one data read (or splice) of a READ request */
   OP_WRITE,         /* one host write or zeroing of a WRITE request */
 };
@@ -208,6 +210,7 @@ struct request {
   uint64_t cookie, offset;
   uint32_t length;
   uint64_t bytes;               /* counted against MAX_INFLIGHT_BYTES */
+  bool queued;                  /* its reply is in the send queue */
 
   int err;                      /* errno to report, 0 = success */
   char msg[96];                 /* structured error message */
@@ -247,6 +250,27 @@ struct request {
   uint8_t small_hdrs[64];
 };
 
+/* Receive coalescing of a plain connection (coalesce.c). */
+struct rx_coalesce {
+  unsigned target;              /* requests per wake-up; 1: every one */
+  unsigned want;                /* ... that the armed recv waits for */
+  unsigned depth;               /* requests the client keeps in flight */
+  unsigned lowat;               /* SO_RCVLOWAT in force, in bytes */
+  unsigned parsed;              /* headers parsed since the last recv */
+  unsigned misses;              /* batch waits in a row that ran out */
+  unsigned rounds, last_probe;  /* recvs armed */
+  bool probing;                 /* want is a probe above target */
+  bool measure;                 /* the armed recv takes all in flight */
+  bool timed;                   /* the armed recv has a time limit */
+  bool timed_out;               /* ... and it ran out */
+  bool busy;                    /* requests were in progress when it came */
+  unsigned calm;                /* rounds before batching may resume */
+  uint64_t armed_at;            /* now_ns() when the recv was armed */
+  uint64_t gap_ns;              /* average time between requests */
+  struct __kernel_timespec limit;
+  struct uring_op timeout_op;
+};
+
 struct conn_state {
   struct conn *conn;
   struct worker *w;
@@ -272,12 +296,19 @@ struct conn_state {
    * meanwhile waits in recv_orphan for the completion. */
   bool ring_recv;               /* plain transport (TLS polls and recvs) */
   bool recv_armed, recv_direct;
-  struct uring_op recv_op;
+  /* Two ops used in turn, so that no recv has the user_data of the one
+   * before: a linked timeout that fires as its recv completes cancels by
+   * user_data (coalesce.c). */
+  struct uring_op recv_op[2];
+  unsigned recv_slot;           /* which one is (or was last) armed */
   void *recv_orphan;
   unsigned recv_orphan_cls;
 
+  struct rx_coalesce rxc;
+
   /* In flight */
   unsigned nr_reqs;             /* parsed and not yet sent or dropped */
+  unsigned nr_queued;           /* ... of which answered, in the send queue */
   uint64_t bytes;
   unsigned ops;                 /* polls, reads and writes in the kernel */
   struct uring_op poll_in, poll_out;
@@ -303,6 +334,10 @@ struct conn_state {
 /* An SQE from W's ring, submitting queued ones first if the ring is full.
  * Never NULL. */
 struct io_uring_sqe *worker_get_sqe (struct worker *w);
+
+/* Make room for N SQEs that must be submitted together (a linked
+ * pair): submits queued ones if fewer are free. */
+void worker_reserve_sqes (struct worker *w, unsigned n);
 
 /* Buffers of at least SIZE bytes (SIZE <= 32 MiB), page aligned.  *CLS
  * receives the class to give back to bufpool_put. */
@@ -346,6 +381,20 @@ void mark_dirty (struct conn_state *cs);
 void conn_kill (struct conn_state *cs, const char *reason);
 /* Poll the socket for input, or (OUT) for room to send. */
 void arm_poll (struct conn_state *cs, bool out);
+
+/* ---- coalesce.c: receiving a deep client's requests in batches ------- */
+
+/* Arm CS's recv into BUF (LEN bytes).  OWED is how many bytes the client
+ * still owes for sure (the rest of a header or a payload), 0 between
+ * requests, where a client that keeps many requests in flight is waited
+ * for until a batch of them is queued (with a time limit). */
+void rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed);
+/* The armed recv completed with RES.  True if RES is a failure of the
+ * batch wait (it ran out of time, or the kernel refused it): arm the
+ * recv again, nothing is lost. */
+bool rxc_recv_complete (struct conn_state *cs, int res);
+/* The batch wait's time limit completed. */
+void rxc_timeout_complete (struct conn_state *cs);
 
 /* ---- reply.c: reply building and the per-connection send queue -------- */
 

@@ -99,18 +99,32 @@ pool_destroy (struct worker *w)
 
 /* ---- ring helpers ----------------------------------------------------- */
 
+/* Submit what is queued, to make room in the SQ. */
+static void
+submit_queued (struct worker *w)
+{
+  int r = io_uring_submit (&w->ring);
+
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
+    log_error ("worker %u: io_uring_submit: %s", w->idx, strerror (-r));
+    abort ();
+  }
+}
+
+void
+worker_reserve_sqes (struct worker *w, unsigned n)
+{
+  while (io_uring_sq_space_left (&w->ring) < n)
+    submit_queued (w);
+}
+
 struct io_uring_sqe *
 worker_get_sqe (struct worker *w)
 {
   struct io_uring_sqe *sqe;
 
-  while ((sqe = io_uring_get_sqe (&w->ring)) == NULL) {
-    int r = io_uring_submit (&w->ring);
-    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
-      log_error ("worker %u: io_uring_submit: %s", w->idx, strerror (-r));
-      abort ();
-    }
-  }
+  while ((sqe = io_uring_get_sqe (&w->ring)) == NULL)
+    submit_queued (w);
   io_uring_sqe_set_data64 (sqe, 0);
   return sqe;
 }

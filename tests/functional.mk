@@ -10,6 +10,7 @@ FUNCTIONAL_TESTS = \
 	test-protocol-abuse.sh \
 	test-lifecycle.sh \
 	test-trickle.sh \
+	test-coalesce.sh \
 	$(NULL)
 
 TESTS += $(FUNCTIONAL_TESTS)
@@ -22,4 +23,5 @@ EXTRA_DIST += \
 	abuse.py \
 	socket-activate.py \
 	trickle.py \
+	coalesce.py \
 	$(NULL)

@@ -29,7 +29,10 @@
  *   still being served (slow decompression, cold reads) means the
  *   server sets the pace: requests queue up on their own, and waiting
  *   would only hold back a client that waits for replies.  Batching
- *   stops for RXC_BUSY_ROUNDS receives.
+ *   stops for RXC_BUSY_ROUNDS receives, as it does after a request
+ *   larger than RXC_SMALL (a batch of those takes long to arrive).
+ *
+ * Only TCP connections: a Unix socket's poll ignores SO_RCVLOWAT.
  *
  * The wait is the socket's SO_RCVLOWAT (the kernel does not even wake
  * us before enough bytes are queued) on a recv armed with
@@ -70,8 +73,10 @@
  * checks that a batching client's count is still what it was. */
 #define RXC_PROBE_ROUNDS 256
 #define RXC_REPROBE_ROUNDS 4096
-/* Receives without batching after the server fell behind. */
+/* Receives without batching after the server fell behind, or after
+ * requests larger than RXC_SMALL. */
 #define RXC_BUSY_ROUNDS 4096
+#define RXC_SMALL (64 * 1024)
 /* Bounds of a batch's time limit. */
 #define RXC_LIMIT_MIN_NS UINT64_C (200000)
 #define RXC_LIMIT_MAX_NS UINT64_C (1000000)
@@ -153,13 +158,18 @@ end_round (struct conn_state *cs, uint64_t now)
     x->want = x->target;
     return;
   }
-  if (x->busy && (x->target > 1 || x->probing)) {
+  bool large = x->large;
+  x->large = false;
+  if ((x->busy || large) && (x->target > 1 || x->probing || x->depth)) {
     /* Requests came while others were still being served: the server
      * sets the pace, they queue up without waiting, and a client
-     * waiting for our replies cannot send a batch. */
-    log_debug ("%s: server busy: receiving one request per wake-up",
-               cs->conn->peer);
+     * waiting for our replies cannot send a batch.  Large requests take
+     * long enough on the wire that a batch of them would not fill in
+     * time.  Start again from nothing later. */
+    log_debug ("%s: %s: receiving one request per wake-up", cs->conn->peer,
+               large ? "large requests" : "server busy");
     x->target = x->want = 1;
+    x->depth = 0;
     x->probing = false;
     x->calm = RXC_BUSY_ROUNDS;
     return;
@@ -201,35 +211,44 @@ rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed)
   bool batch = false;
 
   if (x->target == 0) {         /* new connection */
+    int domain = 0;
+    socklen_t dlen = sizeof domain;
+
     x->target = x->want = 1;
     x->lowat = 1;
+    /* Only TCP wakes pollers by the low-water mark. */
+    x->able = getsockopt (cs->conn->fd, SOL_SOCKET, SO_DOMAIN, &domain,
+                          &dlen) == 0
+      && (domain == AF_INET || domain == AF_INET6);
   }
-  if (owed == 0) {
+  if (owed == 0 && x->able) {
     end_round (cs, now);
     batch = x->want > 1 && !atomic_load (&rxc_off);
   }
 
-  if (batch) {
-    unsigned want = x->want * NBD_REQUEST_SIZE;
-    if (x->lowat != want && !set_lowat (cs, want))
-      batch = x->lowat > 1;     /* stuck above 1: keep the time limit */
-  }
-  else if (x->lowat > MAX (owed, 1) && !set_lowat (cs, 1))
-    batch = true;               /* as above */
+  if (batch && x->lowat != x->want * NBD_REQUEST_SIZE
+      && !set_lowat (cs, x->want * NBD_REQUEST_SIZE))
+    batch = false;
+  if (!batch && x->lowat > MAX (owed, 1))
+    set_lowat (cs, 1);
+  /* Never a wait without a time limit for more than is owed (only if
+   * the mark could not be lowered). */
+  bool timed = batch || x->lowat > MAX (owed, 1);
 
-  if (batch)
+  if (timed)
     worker_reserve_sqes (w, 2);
   struct io_uring_sqe *sqe = worker_get_sqe (w);
   io_uring_prep_recv (sqe, cs->conn->fd, buf, len, 0);
   cs->recv_slot ^= 1;
   io_uring_sqe_set_data (sqe, &cs->recv_op[cs->recv_slot]);
-  x->timed = batch;
+  x->timed = timed;
   x->armed_at = now;
-  if (!batch)
+  if (!timed)
     return;
 
   /* Wait for the batch rather than take what is there now. */
-  sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  if (batch)
+    sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
   sqe->flags |= IOSQE_IO_LINK;
 
   uint64_t limit = 3 * x->want * x->gap_ns;
@@ -244,6 +263,14 @@ rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed)
   cs->ops++;
 }
 
+void
+rxc_count (struct conn_state *cs, uint32_t length)
+{
+  cs->rxc.parsed++;
+  if (length > RXC_SMALL)
+    cs->rxc.large = true;
+}
+
 bool
 rxc_recv_complete (struct conn_state *cs, int res)
 {
@@ -252,15 +279,23 @@ rxc_recv_complete (struct conn_state *cs, int res)
 
   x->timed = false;
   /* Requests of this connection still being served when input came?
-   * (Answered ones waiting to be sent do not count.) */
-  x->busy = cs->nr_reqs > cs->nr_queued;
-  if (!timed || res >= 0)
+   * Answered ones waiting to be sent, and the one whose payload is
+   * coming in, do not count. */
+  x->busy = cs->nr_reqs > cs->nr_queued + (cs->payload_req != NULL)
+    + (cs->discard_req != NULL);
+  if (res >= 0)
     return false;
-  if (res == -ECANCELED) {
-    x->timed_out = true;
+  /* A cancelled recv took nothing: ours ran out of time, or (with no
+   * time limit of its own) a time limit that fired as the recv before it
+   * completed hit it, as those cancel by user_data. */
+  if (res == -ECANCELED || (timed && (res == -EAGAIN || res == -EINTR))) {
+    /* The next recv takes what is queued, with the low-water mark back
+     * at 1, before anything could poll on it. */
+    if (timed)
+      x->timed_out = true;
     return true;
   }
-  if (res == -EINVAL) {
+  if (timed && res == -EINVAL) {
     /* A kernel without IORING_RECVSEND_POLL_FIRST. */
     rxc_disable (cs, "recv", EINVAL);
     x->target = x->want = 1;
@@ -270,7 +305,17 @@ rxc_recv_complete (struct conn_state *cs, int res)
 }
 
 void
-rxc_timeout_complete (struct conn_state *cs)
+rxc_timeout_complete (struct conn_state *cs, int res)
 {
   cs->ops--;
+  if (res == -ETIME || res == -ECANCELED || res == -ENOENT
+      || res == -EALREADY)
+    return;
+  /* The time limit never took hold (the kernel cut the submission
+   * between it and its recv): the recv may wait for a batch that never
+   * comes.  Lowering the mark wakes it. */
+  rxc_disable (cs, "linked timeout", -res);
+  cs->rxc.target = cs->rxc.want = 1;
+  if (cs->recv_armed)
+    set_lowat (cs, 1);
 }

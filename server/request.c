@@ -487,7 +487,7 @@ conn_read (struct conn_state *cs)
       uint16_t type = load_be16 (p + 6);
       uint32_t length = load_be32 (p + 24);
       cs->in_pos += NBD_REQUEST_SIZE;
-      cs->rxc.parsed++;
+      rxc_count (cs, length);
 
       if (type == NBD_CMD_DISC) {
         conn_stop_reading (cs, "client sent NBD_CMD_DISC");
@@ -775,7 +775,7 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     break;
   case OP_RECV_TIMEOUT:
     cs = container_of (op, struct conn_state, rxc.timeout_op);
-    rxc_timeout_complete (cs);
+    rxc_timeout_complete (cs, res);
     mark_dirty (cs);
     break;
   case OP_PIECE: {

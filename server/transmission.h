@@ -264,6 +264,8 @@ struct rx_coalesce {
   bool timed;                   /* the armed recv has a time limit */
   bool timed_out;               /* ... and it ran out */
   bool busy;                    /* requests were in progress when it came */
+  bool large;                   /* a request of the round was large */
+  bool able;                    /* TCP: the kernel honours SO_RCVLOWAT */
   unsigned calm;                /* rounds before batching may resume */
   uint64_t armed_at;            /* now_ns() when the recv was armed */
   uint64_t gap_ns;              /* average time between requests */
@@ -393,8 +395,10 @@ void rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed);
  * batch wait (it ran out of time, or the kernel refused it): arm the
  * recv again, nothing is lost. */
 bool rxc_recv_complete (struct conn_state *cs, int res);
-/* The batch wait's time limit completed. */
-void rxc_timeout_complete (struct conn_state *cs);
+/* The batch wait's time limit completed with RES. */
+void rxc_timeout_complete (struct conn_state *cs, int res);
+/* A request header of LENGTH was parsed from CS's input. */
+void rxc_count (struct conn_state *cs, uint32_t length);
 
 /* ---- reply.c: reply building and the per-connection send queue -------- */
 

@@ -24,6 +24,11 @@ from abuse import Bad, CMD_READ, REQ_MAGIC  # noqa: E402
 BS = 4096
 
 
+def readable(x):
+    """Where the raw client reads: below the area libnbd_deep writes."""
+    return x.size - (8 << 20) - BS
+
+
 def read_header(c, offset, length):
     c.handle += 1
     return c.handle, struct.pack(">IHHQQI", REQ_MAGIC, 0, CMD_READ,
@@ -42,27 +47,36 @@ def expect_reads(x, c, reqs, what):
                       % (what, off, r["error"]))
 
 
-def case_waves_then_split_header(x):
-    # Waves of 32 READs sent at once: the server learns that this client
-    # keeps 32 in flight and waits for batches.  Then a header comes in
-    # two pieces far apart (the wait for a batch must end, and the rest
-    # of the header must not wait for a batch), then lone READs (the
-    # server must notice the client keeps only one in flight).
-    c = x.good_conn(structured=False)
-    c.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    rnd = random.Random(21)
-    for wave in range(300):
+def waves(x, c, rnd, n=300):
+    for wave in range(n):
         reqs, data = {}, b""
         for i in range(32):
-            off = rnd.randrange(0, x.size - BS)
+            off = rnd.randrange(0, readable(x))
             h, hdr = read_header(c, off, BS)
             reqs[h] = off
             data += hdr
         c.send(data)
         expect_reads(x, c, reqs, "wave %d" % wave)
 
+
+def batching_conn(x, seed):
+    c = x.good_conn(structured=False)
+    c.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    rnd = random.Random(seed)
+    waves(x, c, rnd)
+    return c, rnd
+
+
+def case_waves_then_split_header(x):
+    # Waves of 32 READs sent at once: the server learns that this client
+    # keeps 32 in flight and waits for batches.  Then a header comes in
+    # two pieces far apart (the wait for a batch must end, and the rest
+    # of the header must not wait for a batch), then lone READs (the
+    # server must notice the client keeps only one in flight).
+    c, rnd = batching_conn(x, 21)
+
     for cut in (1, 13, 27):
-        off = rnd.randrange(0, x.size - BS)
+        off = rnd.randrange(0, readable(x))
         h, hdr = read_header(c, off, BS)
         c.send(hdr[:cut])
         time.sleep(0.2)
@@ -70,10 +84,31 @@ def case_waves_then_split_header(x):
         expect_reads(x, c, {h: off}, "header cut after %d bytes" % cut)
 
     for i in range(50):
-        off = rnd.randrange(0, x.size - BS)
+        off = rnd.randrange(0, readable(x))
         h, hdr = read_header(c, off, BS)
         c.send(hdr)
         expect_reads(x, c, {h: off}, "lone READ %d" % i)
+
+
+def case_hangup_mid_batch(x):
+    # Fewer requests than a batch, then gone: the wait ends with the
+    # hang-up, not with its time limit or never.
+    c, rnd = batching_conn(x, 23)
+    data = b""
+    for i in range(5):
+        data += read_header(c, rnd.randrange(0, readable(x)), BS)[1]
+    c.send(data)
+    c.close()
+
+
+def case_held_mid_batch(x):
+    # Keeps the connection while the server waits for a batch, and waits
+    # for the server to close it (it is being stopped): READY-FILE says
+    # when the wait has begun.
+    c, rnd = batching_conn(x, 24)
+    with open(x.ready, "w"):
+        pass
+    c.expect_close("server stopping during a batch wait", timeout=60)
 
 
 def case_libnbd_deep(x):
@@ -138,10 +173,28 @@ def case_libnbd_deep(x):
         h.aio_pwrite(data, off, completion=done)
 
     run(len(slots), issue_slot_write)
+    # Writes of 128 KiB: their payloads go straight into their buffers,
+    # and the server stops batching for large requests.
+    big = list(range(0, 8 << 20, 128 << 10))
+    rnd.shuffle(big)
+
+    def issue_big_write():
+        off = area + big.pop()
+        data = rnd.randbytes(128 << 10)
+        ref[off:off + len(data)] = data
+
+        def done(err):
+            if err.value:
+                bad.append("WRITE(%d, 128k) failed: %d" % (off, err.value))
+            state["inflight"] -= 1
+            return 1
+        h.aio_pwrite(data, off, completion=done)
+
+    run(len(big), issue_big_write)
     run(5000, lambda: issue_read(area - (1 << 20), x.size - BS,
                                  "READ after writes"))
     for i in range(100):
-        off = rnd.randrange(0, x.size - BS)
+        off = rnd.randrange(0, readable(x))
         got = h.pread(BS, off)
         if got != ref[off:off + BS]:
             raise Bad("lone READ(%d) returned wrong data" % off)

@@ -53,8 +53,33 @@ lines=$(batching_seen | wc -l)
 run_case libnbd_deep
 [ "$(batching_seen | wc -l)" -gt "$lines" ] ||
   fail "libnbd at depth 32 was never received in batches"
-ok "libnbd at depth 32: reads and writes in batches, all correct"
+grep -q 'large requests: receiving one request per wake-up' "$server_log" ||
+  fail "128 KiB writes did not stop the batching"
+ok "libnbd at depth 32: small and large reads and writes, all correct"
 
+nodisc='connection closed: client hung up without NBD_CMD_DISC'
+before=$(grep -c -- "$nodisc" "$server_log")
+run_case hangup_mid_batch
+for (( i = 0; i < 100; i++ )); do
+  [ "$(grep -c -- "$nodisc" "$server_log")" -gt "$before" ] && break
+  sleep 0.1
+done
+[ "$i" -lt 100 ] || fail "a client gone during a batch wait was not noticed"
+ok "a client gone during a batch wait is noticed"
+
+# Stop the server while it waits for a batch: the wait (a recv and its
+# linked time limit) must be taken back and the server exit 0.
+ready="$tmpdir/ready"
+run_timeout 120 "$PYTHON" "$coalesce" 127.0.0.1 "$port" deep "$ref" \
+  held_mid_batch "$ready" &
+held_pid=$!
+cleanup_fn _kill_server "$held_pid"
+wait_for_file "$ready" "the held client never finished its waves"
 stop_server
+wait "$held_pid" || fail "the held client saw no clean close"
+grep -q 'connection closed: server shutting down' "$server_log" ||
+  fail "the held connection was not closed for the shutdown"
+ok "server stopped cleanly during a batch wait"
+
 check_clean "$img" "after the batched writes"
 ok "image clean after the batched writes"

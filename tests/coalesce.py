@@ -157,40 +157,30 @@ def case_libnbd_deep(x):
     run(20000, issue_read)
     # Overlapping writes in flight at once land in any order: keep them
     # apart by writing each 4k slot of the area once per round.
-    slots = list(range(0, 8 << 20, BS))
-    rnd.shuffle(slots)
+    def write_slots(size):
+        """Write every SIZE slot of the area once, in random order, 32 in
+        flight."""
+        slots = list(range(0, 8 << 20, size))
+        rnd.shuffle(slots)
 
-    def issue_slot_write():
-        off = area + slots.pop()
-        data = rnd.randbytes(BS)
-        ref[off:off + BS] = data
+        def issue():
+            off = area + slots.pop()
+            data = rnd.randbytes(size)
+            ref[off:off + size] = data
 
-        def done(err):
-            if err.value:
-                bad.append("WRITE(%d) failed: %d" % (off, err.value))
-            state["inflight"] -= 1
-            return 1
-        h.aio_pwrite(data, off, completion=done)
+            def done(err):
+                if err.value:
+                    bad.append("WRITE(%d, %d) failed: %d"
+                               % (off, size, err.value))
+                state["inflight"] -= 1
+                return 1
+            h.aio_pwrite(data, off, completion=done)
+        run(len(slots), issue)
 
-    run(len(slots), issue_slot_write)
+    write_slots(BS)
     # Writes of 128 KiB: their payloads go straight into their buffers,
     # and the server stops batching for large requests.
-    big = list(range(0, 8 << 20, 128 << 10))
-    rnd.shuffle(big)
-
-    def issue_big_write():
-        off = area + big.pop()
-        data = rnd.randbytes(128 << 10)
-        ref[off:off + len(data)] = data
-
-        def done(err):
-            if err.value:
-                bad.append("WRITE(%d, 128k) failed: %d" % (off, err.value))
-            state["inflight"] -= 1
-            return 1
-        h.aio_pwrite(data, off, completion=done)
-
-    run(len(big), issue_big_write)
+    write_slots(128 << 10)
     run(5000, lambda: issue_read(area - (1 << 20), x.size - BS,
                                  "READ after writes"))
     for i in range(100):

@@ -413,6 +413,25 @@ wait_for_file ()
   fail "$2"
 }
 
+# stop_server_while WHAT CMD...: run CMD... READY-FILE in the background
+# (a client that holds its connection in some state, WHAT, creates
+# READY-FILE once it does, and waits for the server to close), stop the
+# server, and check that the client saw a clean close and that the log
+# says why.
+stop_server_while ()
+{
+  local what=$1 ready="$tmpdir/ready-$RANDOM" pid
+  shift
+  "$@" "$ready" &
+  pid=$!
+  cleanup_fn _kill_server "$pid"
+  wait_for_file "$ready" "the client never got $what"
+  stop_server
+  wait "$pid" || fail "the client with $what saw no clean close"
+  grep -q 'connection closed: server shutting down' "$server_log" ||
+    fail "the connection with $what was not closed for the shutdown"
+}
+
 # run_timeout SECONDS CMD...: run a client that must not hang forever.
 run_timeout ()
 {

@@ -69,16 +69,9 @@ ok "a client gone during a batch wait is noticed"
 
 # Stop the server while it waits for a batch: the wait (a recv and its
 # linked time limit) must be taken back and the server exit 0.
-ready="$tmpdir/ready"
-run_timeout 120 "$PYTHON" "$coalesce" 127.0.0.1 "$port" deep "$ref" \
-  held_mid_batch "$ready" &
-held_pid=$!
-cleanup_fn _kill_server "$held_pid"
-wait_for_file "$ready" "the held client never finished its waves"
-stop_server
-wait "$held_pid" || fail "the held client saw no clean close"
-grep -q 'connection closed: server shutting down' "$server_log" ||
-  fail "the held connection was not closed for the shutdown"
+stop_server_while "its waves done" \
+  run_timeout 120 "$PYTHON" "$coalesce" 127.0.0.1 "$port" deep "$ref" \
+  held_mid_batch
 ok "server stopped cleanly during a batch wait"
 
 check_clean "$img" "after the batched writes"

@@ -69,16 +69,9 @@ ok "each hang-up is logged for what it was"
 
 # Stop the server while a client is half-way through a big payload: the
 # recv waiting for the rest must be taken back and the server exit 0.
-ready="$tmpdir/ready"
-run_timeout 60 "$PYTHON" "$trickle" 127.0.0.1 "$port" trickle "$ref" \
-  held_mid_payload "$ready" &
-held_pid=$!
-cleanup_fn _kill_server "$held_pid"
-wait_for_file "$ready" "the held client never got half its payload in"
-stop_server
-wait "$held_pid" || fail "the held client saw no clean close"
-grep -q 'connection closed: server shutting down' "$server_log" ||
-  fail "the held connection was not closed for the shutdown"
+stop_server_while "half its payload in" \
+  run_timeout 60 "$PYTHON" "$trickle" 127.0.0.1 "$port" trickle "$ref" \
+  held_mid_payload
 ok "server stopped cleanly with a payload half received"
 
 check_clean "$img" "after the slow writes"

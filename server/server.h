@@ -105,6 +105,7 @@ struct conn {
   char peer[80];                /* printable peer address, for logs */
   const struct conn_transport *transport;
   void *transport_data;         /* TLS session */
+  bool paced;                   /* TCP_NOTSENT_LOWAT set (plain_splice) */
 
   /* Negotiated in the handshake, constant afterwards. */
   const struct export *exp;

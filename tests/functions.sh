@@ -413,6 +413,19 @@ wait_for_file ()
   fail "$2"
 }
 
+# wait_log COUNT PATTERN: wait (10 s at most) until the server log has
+# COUNT lines matching PATTERN (grep -c, so a count at least COUNT).
+wait_log ()
+{
+  local i
+  for (( i = 0; i < 100; i++ )); do
+    [ "$(grep -c -- "$2" "$server_log")" -ge "$1" ] && return 0
+    sleep 0.1
+  done
+  fail "expected $1 log lines matching '$2', got" \
+       "$(grep -c -- "$2" "$server_log")"
+}
+
 # stop_server_while WHAT CMD...: run CMD... READY-FILE in the background
 # (a client that holds its connection in some state, WHAT, creates
 # READY-FILE once it does, and waits for the server to close), stop the

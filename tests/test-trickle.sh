@@ -26,19 +26,6 @@ image_to_raw "$img" "$ref"
 
 start_server "$img" --export-name trickle -v
 
-# wait_log COUNT PATTERN: wait (10 s at most) until the server log has
-# COUNT lines matching PATTERN.
-wait_log ()
-{
-  local i
-  for (( i = 0; i < 100; i++ )); do
-    [ "$(grep -c -- "$2" "$server_log")" -ge "$1" ] && return 0
-    sleep 0.1
-  done
-  fail "expected $1 log lines matching '$2', got" \
-       "$(grep -c -- "$2" "$server_log")"
-}
-
 run_case ()
 {
   run_timeout 60 "$PYTHON" "$trickle" 127.0.0.1 "$port" trickle "$ref" "$@" ||

@@ -426,6 +426,24 @@ wait_log ()
        "$(grep -c -- "$2" "$server_log")"
 }
 
+# client_case SCRIPT EXPORT REF CASE [ARGS...]: run one case of a raw
+# client (a case runner built on tests/abuse.py: HOST PORT EXPORT REF CASE
+# [ARGS...]) against the server; 120 s at most.
+client_case ()
+{
+  run_timeout 120 "$PYTHON" "$1" 127.0.0.1 "$port" "${@:2}"
+}
+
+# run_client_case SCRIPT EXPORT REF CASE: client_case, which must pass,
+# and the server must still be up after it.
+run_client_case ()
+{
+  local what
+  what="$(basename "$1" .py) case $4"
+  client_case "$@" || fail "$what"
+  server_alive "after $what"
+}
+
 # stop_server_while WHAT CMD...: run CMD... READY-FILE in the background
 # (a client that holds its connection in some state, WHAT, creates
 # READY-FILE once it does, and waits for the server to close), stop the

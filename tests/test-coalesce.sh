@@ -30,9 +30,7 @@ start_server "$img" --export-name deep -vvv
 
 run_case ()
 {
-  run_timeout 120 "$PYTHON" "$coalesce" 127.0.0.1 "$port" deep "$ref" "$1" ||
-    fail "coalesce case $1"
-  server_alive "after coalesce case $1"
+  run_client_case "$coalesce" deep "$ref" "$1"
 }
 
 # batching_seen: the log says a client was served in batches of 2 or more.
@@ -66,8 +64,7 @@ ok "a client gone during a batch wait is noticed"
 # Stop the server while it waits for a batch: the wait (a recv and its
 # linked time limit) must be taken back and the server exit 0.
 stop_server_while "its waves done" \
-  run_timeout 120 "$PYTHON" "$coalesce" 127.0.0.1 "$port" deep "$ref" \
-  held_mid_batch
+  client_case "$coalesce" deep "$ref" held_mid_batch
 ok "server stopped cleanly during a batch wait"
 
 check_clean "$img" "after the batched writes"

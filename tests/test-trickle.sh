@@ -28,9 +28,7 @@ start_server "$img" --export-name trickle -v
 
 run_case ()
 {
-  run_timeout 60 "$PYTHON" "$trickle" 127.0.0.1 "$port" trickle "$ref" "$@" ||
-    fail "trickle case $1"
-  server_alive "after trickle case $1"
+  run_client_case "$trickle" trickle "$ref" "$1"
 }
 
 mid='connection closed: client hung up in the middle of a request'
@@ -57,8 +55,7 @@ ok "each hang-up is logged for what it was"
 # Stop the server while a client is half-way through a big payload: the
 # recv waiting for the rest must be taken back and the server exit 0.
 stop_server_while "half its payload in" \
-  run_timeout 60 "$PYTHON" "$trickle" 127.0.0.1 "$port" trickle "$ref" \
-  held_mid_payload
+  client_case "$trickle" trickle "$ref" held_mid_payload
 ok "server stopped cleanly with a payload half received"
 
 check_clean "$img" "after the slow writes"

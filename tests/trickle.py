@@ -174,14 +174,21 @@ def case_hangup_mid_header(x):
     c.close()
 
 
-def case_hangup_mid_payload(x):
+def part_of_big_write(x, fill, kib):
+    """A connection that sent a big WRITE's header and KIB KiB (and a
+    bit) of its payload: some through the input buffer, the rest
+    straight into the payload buffer."""
     c = slow_conn(x)
     _, hdr = header(c, CMD_WRITE, write_area(x), BIG)
-    c.send(hdr + b"\xcc" * 1000)
+    c.send(hdr + fill * 1000)
     time.sleep(0.05)
-    c.send(b"\xcc" * (200 << 10))
+    c.send(fill * (kib << 10))
     time.sleep(0.05)
-    c.close()
+    return c
+
+
+def case_hangup_mid_payload(x):
+    part_of_big_write(x, b"\xcc", 200).close()
 
 
 def case_hangup_between_requests(x):
@@ -191,14 +198,10 @@ def case_hangup_between_requests(x):
 
 
 def case_held_mid_payload(x):
-    # Half a big payload, then wait for the server to close (it is being
-    # stopped): READY-FILE says when the half is in.
-    c = slow_conn(x)
-    _, hdr = header(c, CMD_WRITE, write_area(x), BIG)
-    c.send(hdr + b"\xdd" * 1000)
+    # Part of a big payload, then wait for the server to close (it is
+    # being stopped): READY-FILE says when that part is in.
+    c = part_of_big_write(x, b"\xdd", 300)
     time.sleep(0.05)
-    c.send(b"\xdd" * (300 << 10))
-    time.sleep(0.1)
     with open(x.ready, "w"):
         pass
     c.expect_close("server stopping during a payload", timeout=60)

@@ -40,8 +40,10 @@ qcow2_flush (struct qcow2_image *img)
   struct qcow2_layer *layer = img->layers[0];
   int r;
 
-  if (!img->writable || layer->format != LAYER_QCOW2)
+  if (!img->writable)
     return 0;
+  if (layer->format == LAYER_RAW)      /* no metadata: only the data */
+    return sync_layer (layer);
 
   WRLOCK_FOR_SCOPE (&layer->lock);
   /* Steps 1-5 of ORDERING.md, "FLUSH / FUA". */

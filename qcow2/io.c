@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* qcow2_posix_io: the default I/O ops, plain open/pread/pwrite/fdatasync
- * and fstat.  pread loops over short reads and EINTR and reads past the
+/* qcow2_posix_io: the default I/O ops, plain open/pread/pwrite/fdatasync,
+ * fstat and fallocate.  pread loops over short reads and EINTR and reads past the
  * end of the file as zeros, as QEMU's file driver does, so that a table
  * or cluster straddling EOF of a truncated image reads like QEMU reads it
  * (the callers check offsets against the file size where that matters). */
@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -92,6 +93,31 @@ posix_flush (void *opaque, int fd)
 }
 
 static int
+posix_fallocate_mode (int fd, int mode, uint64_t off, uint64_t len)
+{
+  if (off > INT64_MAX || len > INT64_MAX - off)
+    return -EINVAL;
+  while (fallocate (fd, mode, (off_t) off, (off_t) len) == -1) {
+    if (errno != EINTR)
+      return -errno;
+  }
+  return 0;
+}
+
+static int
+posix_zero_range (void *opaque, int fd, uint64_t off, uint64_t len)
+{
+  return posix_fallocate_mode (fd, FALLOC_FL_ZERO_RANGE, off, len);
+}
+
+static int
+posix_punch_hole (void *opaque, int fd, uint64_t off, uint64_t len)
+{
+  return posix_fallocate_mode (fd, FALLOC_FL_PUNCH_HOLE
+                               | FALLOC_FL_KEEP_SIZE, off, len);
+}
+
+static int
 posix_get_size (void *opaque, int fd, uint64_t *size)
 {
   struct stat st;
@@ -133,6 +159,8 @@ const struct qcow2_io_ops qcow2_posix_io = {
   .pread = posix_pread,
   .pwrite = posix_pwrite,
   .flush = posix_flush,
+  .zero_range = posix_zero_range,
+  .punch_hole = posix_punch_hole,
   .get_size = posix_get_size,
   .get_allocated = posix_get_allocated,
 };

@@ -32,8 +32,14 @@ struct tls_ctx {
   bool verify_peer;
   struct psk_entry *psks;       /* NULL when PSK is off */
   size_t nr_psks;
-  char **authz;                 /* allowed client DNs, NULL when off */
+  /* Authorization of client certificates: rules tried in order, the
+   * first match deciding, else authz_default_allow.  authz_on false:
+   * every verified certificate is allowed. */
+  bool authz_on;
+  struct tls_authz_rule *authz;  /* match strings owned */
   size_t nr_authz;
+  bool authz_default_allow;
+  const char *authz_what;        /* "the authz file", for messages */
 };
 
 /* Per-connection state, in conn->transport_data after tls_upgrade(). */

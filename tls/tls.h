@@ -17,6 +17,13 @@ enum tls_mode {
   TLS_REQUIRE,    /* every option but STARTTLS and ABORT: ERR_TLS_REQD */
 };
 
+/* One authorization rule, as QEMU's authz-list objects have them. */
+struct tls_authz_rule {
+  const char *match;       /* a client certificate's DN, or a pattern */
+  bool glob;               /* MATCH is an fnmatch(3) pattern */
+  bool allow;              /* a match allows (else denies) the client */
+};
+
 struct tls_config {
   enum tls_mode mode;
   const char *certs_dir;   /* ca-cert.pem, server-cert.pem, server-key.pem,
@@ -24,6 +31,13 @@ struct tls_config {
   bool verify_peer;        /* demand a client certificate signed by the CA */
   const char *authz_file;  /* allowed client DNs, one per line */
   const char *psk_file;    /* psktool format: identity:hexkey */
+  /* Authorization rules (qemu-nbd's authz objects), used when not NULL:
+   * the first rule matching the client certificate's DN decides, and
+   * AUTHZ_DEFAULT_ALLOW when none does.  Implies verify_peer; not with
+   * authz_file. */
+  const struct tls_authz_rule *authz_rules;
+  size_t nr_authz_rules;
+  bool authz_default_allow;
 };
 
 struct tls_ctx;

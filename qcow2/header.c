@@ -166,7 +166,7 @@ header_lock_layer (struct qcow2_layer *layer, bool writable)
   }
 
   /* Only real file descriptors can carry OFD locks. */
-  if (img->io != &qcow2_posix_io)
+  if (img->io != &qcow2_posix_io || img->no_locks)
     return 0;
   r = lock_file (img, img->files[layer->file].fd,
                  img->files[layer->file].name, perm, shared);

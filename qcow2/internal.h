@@ -140,6 +140,8 @@ struct qcow2_image {
   uint64_t window;
   uint64_t view_size;
 
+  bool no_locks;                  /* const: qcow2_open_opts.no_locks */
+
   /* qcow2_open_opts.error, or NULL; only used inside qcow2_open. */
   struct qcow2_open_error *open_error;
 

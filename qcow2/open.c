@@ -801,6 +801,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   img->wakeup = opts->wakeup;
   img->wakeup_opaque = opts->wakeup_opaque;
   img->open_error = opts->error;
+  img->no_locks = opts->no_locks;
   if (opts->error)
     memset (opts->error, 0, sizeof *opts->error);
   atomic_init (&img->corrupt, false);

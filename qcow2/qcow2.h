@@ -111,6 +111,8 @@ struct qcow2_open_opts {
   /* Do not open the top image's backing file (QEMU's backing=null):
    * what it would show through reads as unallocated zeros. */
   bool no_backing;
+  /* Take no image locks (QEMU's file.locking=off). */
+  bool no_locks;
   /* Serve only a window of the disk (QEMU's raw offset and size, and
    * qemu-nbd --offset): guest offset 0 is OFFSET in the disk; the window
    * is SIZE bytes when HAS_SIZE, else it runs to the end of the disk.

@@ -376,7 +376,7 @@ workers_add_conn (struct conn *conn)
   if (flags == -1 || fcntl (conn->fd, F_SETFL, flags | O_NONBLOCK) == -1) {
     log_error ("%s: O_NONBLOCK: %m", conn->peer);
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (true);
     return;
   }
 
@@ -386,7 +386,7 @@ workers_add_conn (struct conn *conn)
       w = &workers[i];
   if (w == NULL) {
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (true);
     return;
   }
 
@@ -398,7 +398,7 @@ workers_add_conn (struct conn *conn)
       if (p == NULL) {
         log_error ("%s: %m", conn->peer);
         conn_free (conn);
-        listener_conn_closed ();
+        listener_conn_closed (true);
         return;
       }
       w->handoff = p;

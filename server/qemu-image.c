@@ -427,7 +427,10 @@ qnbd_image_config (const struct qnbd_image_args *a,
     r = from_dict (a, &d, &sp);
   }
   else if (strncmp (a->file, "json:", 5) == 0) {
-    if (qdict_parse_json (&d, a->file + 5, err, sizeof err) < 0)
+    r = qdict_parse_json (&d, a->file + 5, err, sizeof err);
+    if (r == -2)
+      r = fail (a, "%s", err);
+    else if (r < 0)
       r = fail (a, "Could not parse the JSON options: %s", err);
     else
       r = from_dict (a, &d, &sp);

@@ -56,7 +56,8 @@ struct qdict {
  * QEMU-worded message in ERR. */
 int qdict_parse_opts (struct qdict *d, const char *s, const char *implied,
                       char *err, size_t errlen);
-/* Parse a JSON object into D.  Returns 0, or -1 with a message in ERR. */
+/* Parse a JSON object into D.  Returns 0, or -1 with QEMU's message in
+ * ERR (-2: valid JSON, but not an object). */
 int qdict_parse_json (struct qdict *d, const char *s,
                       char *err, size_t errlen);
 /* The value of KEY (marking it used), or NULL when absent; *FOUND says

@@ -244,7 +244,15 @@ tls_creds (struct qdict *d, struct object *o, bool x509)
   o->dir = strdup (v);
   if (o->dir == NULL)
     return -1;
-  if (!x509)
+  return 0;
+}
+
+/* QEMU's "complete" step of credentials, once every property is known:
+ * the files must be there. */
+static int
+tls_creds_complete (const struct object *o)
+{
+  if (o->type == OBJ_PSK)
     return creds_file (o->dir, "keys.psk");
   if (creds_file (o->dir, "ca-cert.pem") < 0)
     return -1;
@@ -255,7 +263,7 @@ tls_creds (struct qdict *d, struct object *o, bool x509)
 }
 
 static int
-secret (struct qdict *d)
+secret (struct qdict *d, const char **file_to_check)
 {
   bool has_data, has_file;
   const char *fmt, *file;
@@ -278,10 +286,7 @@ secret (struct qdict *d)
     qnbd_error ("Either 'file' or 'data' must be provided");
     return -1;
   }
-  if (has_file && (file == NULL || access (file, R_OK) == -1)) {
-    qnbd_error ("Unable to read %s: %m", file ? file : "");
-    return -1;
-  }
+  *file_to_check = has_file ? (file ? file : "") : NULL;
   return 0;
 }
 
@@ -298,7 +303,7 @@ qnbd_object_add (const char *arg)
 {
   struct qdict d = { 0 };
   struct object o = { 0 }, *grown;
-  const char *type, *id, *v;
+  const char *type, *id, *v, *secret_file = NULL, *rules_file = NULL;
   bool found;
   char err[256];
   int r = -1;
@@ -357,7 +362,7 @@ qnbd_object_add (const char *arg)
 
   switch (o.type) {
   case OBJ_SECRET:
-    r = secret (&d);
+    r = secret (&d, &secret_file);
     break;
   case OBJ_X509:
   case OBJ_PSK:
@@ -385,12 +390,12 @@ qnbd_object_add (const char *arg)
     else if (strcmp (type, "authz-list") == 0)
       r = parse_rules (&d, &o);
     else {
-      v = qdict_take (&d, "filename", NULL);
+      rules_file = qdict_take (&d, "filename", NULL);
       qdict_take (&d, "refresh", NULL);
-      if (v == NULL)
+      if (rules_file == NULL)
         qnbd_error ("Parameter 'filename' is missing");
       else
-        r = load_rules_file (v, &o);
+        r = 0;
     }
     break;
   }
@@ -401,6 +406,15 @@ qnbd_object_add (const char *arg)
     qnbd_error ("Parameter '%s' is unexpected", qdict_unused (&d));
     goto out;
   }
+  /* Every property known: now what they name must be usable. */
+  if (secret_file && access (secret_file, R_OK) == -1) {
+    qnbd_error ("Unable to read %s: %m", secret_file);
+    goto out;
+  }
+  if ((o.type == OBJ_X509 || o.type == OBJ_PSK) && tls_creds_complete (&o) < 0)
+    goto out;
+  if (rules_file && load_rules_file (rules_file, &o) < 0)
+    goto out;
   if (find (id)) {
     qnbd_error ("attempt to add duplicate property '%s' to object (type "
                 "'container')", id);

@@ -219,12 +219,32 @@ skip_ws (struct json *j)
     j->p++;
 }
 
+/* QEMU's words for JSON errors (qobject/json-parser.c). */
 static int
 json_fail (struct json *j, const char *what)
 {
   if (j->err[0] == '\0')
-    snprintf (j->err, j->errlen, "JSON parse error, %s", what);
+    snprintf (j->err, j->errlen, "JSON parse error, %s",
+              *j->p == '\0' ? "premature EOI" : what);
   return -1;
+}
+
+/* Where a value was wanted: say what QEMU says about what is there. */
+static int
+json_bad_value (struct json *j)
+{
+  if ((*j->p >= 'a' && *j->p <= 'z') || (*j->p >= 'A' && *j->p <= 'Z')) {
+    const char *s = j->p;
+    char word[64];
+
+    while ((*j->p >= 'a' && *j->p <= 'z') || (*j->p >= 'A' && *j->p <= 'Z'))
+      j->p++;
+    snprintf (word, sizeof word, "invalid keyword '%.*s'",
+              (int) (j->p - s > 40 ? 40 : j->p - s), s);
+    j->p = s + 1;               /* not at the end: no "premature EOI" */
+    return json_fail (j, word);
+  }
+  return json_fail (j, "expecting value");
 }
 
 static int
@@ -300,7 +320,7 @@ json_string (struct json *j)
         continue;
       }
       default:
-        json_fail (j, "invalid escape");
+        json_fail (j, "invalid escape sequence in string");
         free (out);
         return NULL;
       }
@@ -342,7 +362,8 @@ json_object (struct json *j, const char *prefix)
 
     skip_ws (j);
     if (*j->p != '"')
-      return json_fail (j, "expected a key");
+      return *j->p == '}' ? json_fail (j, "expecting value")
+        : json_bad_value (j);
     name = json_string (j);
     if (name == NULL)
       return json_fail (j, "bad key");
@@ -451,7 +472,7 @@ json_value (struct json *j, const char *key)
     r = add (j->d, key, strlen (key), s, j->p - s, false);
   }
   else
-    return json_fail (j, "unexpected character");
+    return json_bad_value (j);
   j->depth--;
   if (r == -1)
     return json_fail (j, "out of memory");
@@ -465,12 +486,29 @@ qdict_parse_json (struct qdict *d, const char *s, char *err, size_t errlen)
 
   err[0] = '\0';
   skip_ws (&j);
-  if (*j.p != '{')
-    return json_fail (&j, "expected an object");
+  if (*j.p == '\0') {
+    snprintf (err, errlen, "Expecting a JSON value");
+    return -1;
+  }
+  if (*j.p != '{') {
+    /* A valid value that is no object is refused as such. */
+    struct qdict scratch = { 0 };
+
+    j.d = &scratch;
+    if (json_value (&j, "x") == 0) {
+      qdict_free (&scratch);
+      snprintf (err, errlen, "Invalid JSON object given");
+      return -2;
+    }
+    qdict_free (&scratch);
+    return -1;
+  }
   if (json_value (&j, "") == -1)
     return -1;
   skip_ws (&j);
-  if (*j.p != '\0')
-    return json_fail (&j, "trailing characters");
+  if (*j.p != '\0') {
+    snprintf (err, errlen, "Expecting at most one JSON value");
+    return -1;
+  }
   return 0;
 }

@@ -129,11 +129,28 @@ modify_done_or_park (struct request *req, int r, unsigned seq)
     modify_done (req, r);
 }
 
+/* The fd WO's data goes through: O_DIRECT when the export wants it and
+ * every piece of the write is aligned (worker_data_fd). */
+static int
+wop_fd (const struct wop *wo)
+{
+  const struct worker *w = wo->req->cs->w;
+
+  if (w->dfds == NULL || wo->zero)
+    return wo->fd;
+  for (int i = 0; i < wo->iovcnt; i++)
+    if (worker_data_fd (w, wo->file, 0, wo->iov[i].iov_len,
+                        wo->iov[i].iov_base) == w->fds[wo->file])
+      return wo->fd;
+  return worker_data_fd (w, wo->file, wo->off, wo->left, NULL);
+}
+
 static void
 wop_submit (struct wop *wo)
 {
   struct conn_state *cs = wo->req->cs;
   struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  int fd = wop_fd (wo);
 
   if (wo->zero && !wo->write_zeros)
     io_uring_prep_fallocate (sqe, wo->fd, FALLOC_FL_ZERO_RANGE, wo->off,
@@ -142,10 +159,10 @@ wop_submit (struct wop *wo)
     io_uring_prep_write (sqe, wo->fd, zero_buf,
                          MIN (wo->left, (uint64_t) sizeof zero_buf), wo->off);
   else if (wo->iovcnt == 1)
-    io_uring_prep_write (sqe, wo->fd, wo->iov->iov_base, wo->iov->iov_len,
+    io_uring_prep_write (sqe, fd, wo->iov->iov_base, wo->iov->iov_len,
                          wo->off);
   else
-    io_uring_prep_writev (sqe, wo->fd, wo->iov, wo->iovcnt, wo->off);
+    io_uring_prep_writev (sqe, fd, wo->iov, wo->iovcnt, wo->off);
   io_uring_sqe_set_data (sqe, &wo->op);
   cs->ops++;
 }
@@ -164,6 +181,9 @@ wop_write_inline (struct wop *wo)
   ssize_t n;
 
   if (wo->zero || wo->left > INLINE_WRITE_MAX)
+    return false;
+  /* A direct write waits for the device: never on the worker itself. */
+  if (wop_fd (wo) != wo->fd)
     return false;
   t0 = now_ns ();
   if (t0 < w->inline_writes_after)

@@ -839,7 +839,9 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
 
     if (format == LAYER_RAW) {
       l->format = LAYER_RAW;
-      l->size = img->files[l->file].size;
+      /* As QEMU sees a file: whole sectors, the tail of the last one
+       * past the end of the file reading as zeros (io ops' pread). */
+      l->size = ROUND_UP (img->files[l->file].size, 512);
       r = header_lock_layer (l, writable);
       if (r < 0)
         goto err;

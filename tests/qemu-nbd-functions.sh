@@ -58,8 +58,9 @@ same_output ()
 }
 
 # qnbd_start WHO SOCK ARGS...: start qemu-nbd in the background serving
-# on the Unix socket SOCK (-k SOCK is added), wait (30 s at most) for the
-# socket, and set qnbd_pid and qnbd_log.  Killed at exit.  A probing
+# on the Unix socket SOCK (-k SOCK is added), in the directory $qnbd_cwd
+# if set, wait (30 s at most) for the socket, and set qnbd_pid and
+# qnbd_log.  Killed at exit.  A probing
 # connection would count as the client a server without -t waits for, so
 # readiness is the socket file: qemu-nbd makes it before opening the
 # image, and clients that connect early wait in the backlog; ours makes
@@ -69,7 +70,9 @@ qnbd_start ()
   local who=$1 sock=$2 i; shift 2
   qnbd_log="$tmpdir/qnbd-$who-$RANDOM.log"
   _server_logs+=("$qnbd_log")
-  qnbd "$who" -k "$sock" "$@" >"$qnbd_log" 2>&1 </dev/null &
+  (cd "${qnbd_cwd:-.}" &&
+     PATH="$tmpdir/path-$who:$PATH" exec qemu-nbd -k "$sock" "$@") \
+    >"$qnbd_log" 2>&1 </dev/null &
   qnbd_pid=$!
   cleanup_fn _kill_server "$qnbd_pid"
   for (( i = 0; i < 300; i++ )); do

@@ -5,6 +5,7 @@
 
 QEMU_NBD_TESTS = \
 	test-qemu-nbd-cli.sh \
+	test-qemu-nbd-export.sh \
 	$(NULL)
 
 TESTS += $(QEMU_NBD_TESTS)

@@ -6,6 +6,7 @@
 QEMU_NBD_TESTS = \
 	test-qemu-nbd-cli.sh \
 	test-qemu-nbd-export.sh \
+	test-qemu-nbd-lifecycle.sh \
 	$(NULL)
 
 TESTS += $(QEMU_NBD_TESTS)

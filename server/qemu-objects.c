@@ -458,7 +458,7 @@ qnbd_tls_config (const char *id, const char *authz_id, bool list,
     return -1;
   }
   if (o->server == list) {
-    snprintf (err, errlen, "Expecting TLS credentials with a %s endpoint",
+    snprintf (err, errlen, "Expected TLS credentials for a %s endpoint",
               list ? "client" : "server");
     return -1;
   }
@@ -475,6 +475,7 @@ qnbd_tls_config (const char *id, const char *authz_id, bool list,
   /* QEMU checks the authorization only of a verified x509 client (and
    * denies everyone when the authz object does not exist). */
   if (authz_id && o->type == OBJ_X509 && o->verify_peer) {
+    tls->authz_cert_order = true;
     a = find (authz_id);
     if (a == NULL || a->type != OBJ_AUTHZ) {
       tls->authz_rules = deny_all;

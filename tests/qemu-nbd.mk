@@ -7,6 +7,7 @@ QEMU_NBD_TESTS = \
 	test-qemu-nbd-cli.sh \
 	test-qemu-nbd-export.sh \
 	test-qemu-nbd-lifecycle.sh \
+	test-qemu-nbd-tls.sh \
 	$(NULL)
 
 TESTS += $(QEMU_NBD_TESTS)

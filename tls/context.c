@@ -287,14 +287,22 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
 char *
 tls_format_dn (const X509_NAME *name)
 {
+  return tls_format_dn_order (name, false);
+}
+
+char *
+tls_format_dn_order (const X509_NAME *name, bool cert_order)
+{
   BIO *mem = BIO_new (BIO_s_mem ());
+  unsigned long flags = XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB;
   char *data, *s = NULL;
   long len;
 
+  if (cert_order)
+    flags &= ~XN_FLAG_DN_REV;
   if (mem == NULL)
     return NULL;
-  if (X509_NAME_print_ex (mem, name, 0,
-                          XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+  if (X509_NAME_print_ex (mem, name, 0, flags) >= 0) {
     len = BIO_get_mem_data (mem, &data);
     if (len >= 0)
       s = strndup (data, len);
@@ -419,7 +427,8 @@ verify_cb (int ok, X509_STORE_CTX *store)
   CLEANUP_FREE char *dn = NULL;
 
   if (cert)
-    dn = tls_format_dn (X509_get_subject_name (cert));
+    dn = tls_format_dn_order (X509_get_subject_name (cert),
+                              t->ctx->authz_cert_order);
   if (!ok) {
     int err = X509_STORE_CTX_get_error (store);
 
@@ -575,6 +584,7 @@ tls_ctx_new (const struct tls_config *cfg)
     ctx->authz_on = true;
     ctx->authz_what = "the authz rules";
     ctx->authz_default_allow = cfg->authz_default_allow;
+    ctx->authz_cert_order = cfg->authz_cert_order;
     for (size_t i = 0; i < cfg->nr_authz_rules; i++)
       if (add_authz_rule (ctx, &cfg->authz_rules[i]) == -1) {
         log_error ("tls: out of memory");

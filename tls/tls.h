@@ -38,6 +38,10 @@ struct tls_config {
   const struct tls_authz_rule *authz_rules;
   size_t nr_authz_rules;
   bool authz_default_allow;
+  /* The rules name certificates as QEMU's authz objects see them
+   * (GnuTLS's gnutls_x509_crt_get_dn: RDNs in certificate order,
+   * "C=GB,O=Example,CN=client"), not in RFC 4514's reversed order. */
+  bool authz_cert_order;
 };
 
 struct tls_ctx;

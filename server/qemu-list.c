@@ -191,9 +191,10 @@ drop (struct lister *l, uint32_t len)
   return 0;
 }
 
-/* NBD_OPT_LIST.  Returns the number of exports, or -1. */
+/* NBD_OPT_LIST into *OUT, *COUNT entries (also on failure, for the
+ * caller to free).  Returns the number of exports, or -1. */
 static int
-list (struct lister *l, struct export_info **out)
+list (struct lister *l, struct export_info **out, int *count)
 {
   struct export_info *a = NULL;
   int n = 0;
@@ -236,6 +237,7 @@ list (struct lister *l, struct export_info **out)
       a[n].desc = calloc (1, len - nlen + 1);
       n++;
       *out = a;
+      *count = n;
       if (a[n - 1].name == NULL || a[n - 1].desc == NULL)
         return fail (l, "out of memory");
       if (read_full (l, a[n - 1].name, nlen, "export name") < 0
@@ -440,7 +442,7 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
   char greet[18];
   uint32_t type, len, cflags;
   bool structured = false;
-  int n = -1, r;
+  int n = -1, count = 0, r;
 
   (void) tls_hostname;
   (void) tls_username;
@@ -484,7 +486,7 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
     structured = true;
   }
 
-  n = list (&l, &a);
+  n = list (&l, &a, &count);
   if (n < 0)
     goto out;
   for (int i = 0; i < n; i++) {
@@ -509,7 +511,7 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
     print_exports (a, n);
   else
     qnbd_error ("%s", l.err);
-  for (int i = 0; a && i < (n > 0 ? n : 0); i++) {
+  for (int i = 0; i < count; i++) {
     free (a[i].name);
     free (a[i].desc);
     for (size_t j = 0; j < a[i].n_contexts; j++)

@@ -8,6 +8,7 @@ QEMU_NBD_TESTS = \
 	test-qemu-nbd-export.sh \
 	test-qemu-nbd-lifecycle.sh \
 	test-qemu-nbd-tls.sh \
+	test-qemu-nbd-list.sh \
 	$(NULL)
 
 TESTS += $(QEMU_NBD_TESTS)

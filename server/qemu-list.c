@@ -34,6 +34,7 @@ struct export_info {
 
 struct lister {
   int fd;
+  struct tls_client *tls;       /* after STARTTLS */
   char err[512];
 };
 
@@ -56,7 +57,8 @@ read_full (struct lister *l, void *buf, size_t len, const char *what)
   char *p = buf;
 
   while (len > 0) {
-    ssize_t n = recv (l->fd, p, len, 0);
+    ssize_t n = l->tls ? tls_client_read (l->tls, p, len)
+      : recv (l->fd, p, len, 0);
 
     if (n == 0)
       return fail (l, "Failed to read %s: Unexpected end-of-file before all "
@@ -78,7 +80,8 @@ write_full (struct lister *l, const void *buf, size_t len)
   const char *p = buf;
 
   while (len > 0) {
-    ssize_t n = send (l->fd, p, len, MSG_NOSIGNAL);
+    ssize_t n = l->tls ? tls_client_write (l->tls, p, len)
+      : send (l->fd, p, len, MSG_NOSIGNAL);
 
     if (n < 0) {
       if (errno == EINTR)
@@ -444,8 +447,6 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
   bool structured = false;
   int n = -1, count = 0, r;
 
-  (void) tls_hostname;
-  (void) tls_username;
   if (connect_to (&l, socket_path, bind ? bind : "0.0.0.0",
                   port ? port : NBD_DEFAULT_PORT) < 0)
     goto out;
@@ -470,8 +471,20 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
   if (write_full (&l, greet, 4) < 0)
     goto out;
   if (tls) {
-    fail (&l, "--list over TLS is not supported yet by qcow2-nbd");
-    goto out;
+    /* QEMU's client: STARTTLS first, everything else inside. */
+    if (send_opt (&l, NBD_OPT_STARTTLS, NULL, 0) < 0)
+      goto out;
+    r = reply (&l, NBD_OPT_STARTTLS, &type, &len);
+    if (r == 0 || (r == 1 && (type != NBD_REP_ACK || len != 0))) {
+      fail (&l, "Server don't support STARTTLS option");
+      goto out;
+    }
+    if (r < 0)
+      goto out;
+    l.tls = tls_client_new (l.fd, tls, tls_hostname, tls_username, l.err,
+                            sizeof l.err);
+    if (l.tls == NULL)
+      goto out;
   }
   if (send_opt (&l, NBD_OPT_STRUCTURED_REPLY, NULL, 0) < 0)
     goto out;
@@ -505,6 +518,7 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
   send_opt (&l, NBD_OPT_ABORT, NULL, 0);
 
  out:
+  tls_client_free (l.tls);
   if (l.fd >= 0)
     close (l.fd);
   if (n >= 0)

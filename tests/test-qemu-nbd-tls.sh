@@ -137,6 +137,37 @@ kill -TERM "$qnbd_pid"
 qnbd_wait_exit "$qnbd_pid" "ours authz-list-file"
 ok "authz-list-file: glob and exact rules, default policy"
 
+# -L over TLS: our listing client, against qemu-nbd and against ours,
+# prints what qemu-nbd's prints, with X.509 (checking the server's name)
+# and with PSK.
+n=0
+for server in oracle ours; do
+  for creds in "x509" "psk"; do
+    n=$((n + 1))
+    if [ "$creds" = x509 ]; then
+      tls_start "$server" --object "$x509" --tls-creds tls0 -x disk -D "over TLS"
+      cl=(--object "tls-creds-x509,id=c0,endpoint=client,dir=$tmpdir/good"
+          --tls-creds c0 --tls-hostname localhost)
+    else
+      tls_start "$server" --object "$psk" --tls-creds tls0 -x disk
+      cl=(--object "tls-creds-psk,id=c0,endpoint=client,dir=$tmpdir/psk-alice,username=alice"
+          --tls-creds c0)
+    fi
+    for client in oracle ours; do
+      qnbd "$client" -L -b 127.0.0.1 -p "$tls_port" "${cl[@]}" \
+        > "$tmpdir/tl$n.$client" 2>&1 ||
+        { cat "$tmpdir/tl$n.$client" >&2;
+          fail "-L over TLS ($creds, $client) against $server"; }
+    done
+    diff -u "$tmpdir/tl$n.oracle" "$tmpdir/tl$n.ours" >&2 ||
+      fail "-L over TLS ($creds) against $server differs from qemu-nbd's"
+    grep -q "export: 'disk'" "$tmpdir/tl$n.ours" || fail "-L over TLS: no export"
+    kill -TERM "$qnbd_pid"
+    qnbd_wait_exit "$qnbd_pid" "$server TLS for -L"
+  done
+done
+ok "-L over TLS (X.509 with --tls-hostname, PSK) as qemu-nbd's"
+
 # Client credentials given to a server: qemu-nbd's refusal, word for word.
 run_both wrongend --object "tls-creds-x509,id=tls0,endpoint=client,dir=$srv" \
   --tls-creds tls0 -k "$tmpdir/never.sock" "$img"

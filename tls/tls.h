@@ -7,7 +7,9 @@
 #define TLS_TLS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 struct conn;
 
@@ -55,5 +57,23 @@ void tls_ctx_free (struct tls_ctx *ctx);
  * transport on the connection.  Returns 0, or -1 after logging the peer
  * and the reason; the caller then drops the connection. */
 int tls_upgrade (struct tls_ctx *ctx, struct conn *conn, uint64_t deadline);
+
+/* ---- client.c: the client side, for qemu-nbd -L ----------------------- */
+
+struct tls_client;
+
+/* Run the client side of the TLS handshake on the blocking socket FD
+ * with CFG's credentials: X.509 (certs_dir: ca-cert.pem, optional
+ * client-cert.pem and client-key.pem; the server checked when
+ * verify_peer, against HOSTNAME when not NULL) or PSK (psk_file, the
+ * key of USERNAME, "qemu" if NULL).  NULL with ERR set on failure. */
+struct tls_client *tls_client_new (int fd, const struct tls_config *cfg,
+                                   const char *hostname,
+                                   const char *username,
+                                   char *err, size_t errlen);
+/* Like recv(2) and send(2): bytes, 0 at the end (read), -1 (errno). */
+ssize_t tls_client_read (struct tls_client *c, void *buf, size_t len);
+ssize_t tls_client_write (struct tls_client *c, const void *buf, size_t len);
+void tls_client_free (struct tls_client *c);
 
 #endif /* TLS_TLS_H */

@@ -36,7 +36,11 @@ main_usage (FILE *fp)
 "  -V, --version           print the version\n"
 "\n"
 "Run 'qcow2-nbd serve --help' or 'qcow2-nbd create --help' for the\n"
-"options of each command.\n");
+"options of each command.\n"
+"\n"
+"Run under the name qemu-nbd (a link), the program takes qemu-nbd 7.2's\n"
+"command line instead: 'qemu-nbd --help', and qcow2-nbd(8), section\n"
+"QEMU-NBD COMPATIBILITY.\n");
 }
 
 static void

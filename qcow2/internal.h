@@ -471,4 +471,13 @@ typedef int (*bitmap_count_fn) (struct qcow2_layer *layer, uint64_t off,
                                 uint64_t len, const char *what);
 int bitmap_count_refs (struct qcow2_layer *layer, bitmap_count_fn count);
 
+/* ---- snapshot.c: internal snapshots, read-only ----------------------- */
+
+/* When OPTS names a snapshot, switch the top layer L (before any read)
+ * to it: its L1 table replaces the active one.  0 when none is named;
+ * -EINVAL when the image is writable; -ENOENT (logged) when there is no
+ * such snapshot; -EINVAL for a bad snapshot L1 table. */
+int snapshot_select (struct qcow2_layer *l,
+                     const struct qcow2_open_opts *opts);
+
 #endif /* QCOW2_INTERNAL_H */

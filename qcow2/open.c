@@ -754,6 +754,8 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
       break;
     }
     r = open_qcow2_layer (img, l, writable, cache_size);
+    if (r == 0 && depth == 1)
+      r = snapshot_select (l, opts);
     if (r < 0)
       goto err;
     /* Image locks as QEMU takes them; the writable top layer also gets

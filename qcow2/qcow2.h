@@ -79,6 +79,14 @@ struct qcow2_open_opts {
    * QCOW2_WAIT). */
   void (*wakeup) (void *opaque);
   void *wakeup_opaque;
+  /* Serve an internal snapshot instead of the active layer (read-only
+   * opens only; snapshot.c), as qemu-nbd -l does: SNAPSHOT is an ID or a
+   * name, looked up by ID first, then by name; or SNAPSHOT_ID and/or
+   * SNAPSHOT_NAME, all of those given must match (qemu-nbd's
+   * snapshot.id= and snapshot.name=).  All NULL: the active layer. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
 };
 
 #define QCOW2_DEFAULT_L2_CACHE_SIZE (4u << 20)

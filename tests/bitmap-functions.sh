@@ -1,0 +1,76 @@
+# SPDX-License-Identifier: MIT
+# shellcheck shell=bash
+# Helpers of the dirty bitmap and snapshot tests (sourced after
+# functions.sh): qemu-nbd started side by side with our server as the
+# oracle, images with bitmaps of several granularities, and the bitmaps
+# qemu-img info reports.
+
+# start_qemu_nbd IMAGE SOCKET [QEMU-NBD-ARGS...]: qemu-nbd -t on a Unix
+# socket, waited for (30 s at most), killed at exit.  Sets qemu_pid and
+# qemu_uri; its output goes to $tmpdir/qemu-nbd.N.log.
+_qemu_count=0
+start_qemu_nbd ()
+{
+  local img=$1 s=$2 i log; shift 2
+  _qemu_count=$(( _qemu_count + 1 ))
+  log="$tmpdir/qemu-nbd.$_qemu_count.log"
+  rm -f "$s"
+  qemu-nbd -t -f qcow2 -k "$s" "$@" "$img" >"$log" 2>&1 </dev/null &
+  qemu_pid=$!
+  cleanup_fn _kill_server "$qemu_pid"
+  for (( i = 0; i < 300; i++ )); do
+    [ -S "$s" ] && break
+    _alive "$qemu_pid" || break
+    sleep 0.1
+  done
+  [ -S "$s" ] || { cat "$log" >&2; fail "qemu-nbd did not start on $img"; }
+  qemu_uri="nbd+unix:///?socket=$s"
+  # qemu-nbd listens before it opens the image (and marks its bitmaps in
+  # use); a client is answered only once the export exists.
+  run_timeout 60 nbdinfo --size "$qemu_uri" >/dev/null ||
+    { cat "$log" >&2; fail "qemu-nbd did not serve $img"; }
+}
+
+# stop_qemu_nbd [PID]: stop the last qemu-nbd (or PID) and wait for it
+# (it writes its bitmaps back on the way out).
+stop_qemu_nbd ()
+{
+  local pid=${1:-$qemu_pid}
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# bitmaps_of IMAGE: "name granularity flags..." per bitmap, one a line,
+# as qemu-img info reports them (flags: in-use, auto).
+bitmaps_of ()
+{
+  qemu-img info -U --output=json "$1" | "$PYTHON" -c '
+import json, sys
+d = json.load(sys.stdin)["format-specific"]["data"]
+for b in d.get("bitmaps", []):
+    print(b["name"], b["granularity"], *b["flags"])'
+}
+
+# bitmaps_have IMAGE TEXT: does a line of bitmaps_of IMAGE hold TEXT?
+# (Not grep -q at the end of a pipe: under pipefail its early exit can
+# fail the writer.)
+bitmaps_have ()
+{
+  local b
+  b="$(bitmaps_of "$1")"
+  [[ "$b" == *"$2"* ]]
+}
+
+# dirty_map URI BITMAP: the qemu:dirty-bitmap extents, as JSON.
+dirty_map ()
+{
+  nbdinfo --json --map="qemu:dirty-bitmap:$2" "$1" ||
+    fail "nbdinfo --map=qemu:dirty-bitmap:$2 $1"
+}
+
+# nbdsh: libnbd's shell, run by the Python that has the bindings (the
+# nbdsh script runs whatever python3 comes first on PATH).
+nbdsh ()
+{
+  "$PYTHON" -m nbd "$@"
+}

@@ -145,7 +145,7 @@ check_clusters_locked (struct qcow2_layer *l)
   }
   if (r < 0) {
     free (u.v);
-    return bitmap_fail (l, r, "checking the bitmaps: %s", strerror (-r));
+    return qcow2_error (l, r, "checking the bitmaps: %s", strerror (-r));
   }
 
   qsort (u.v, u.n, sizeof *u.v, cmp_use);
@@ -158,7 +158,7 @@ check_clusters_locked (struct qcow2_layer *l)
     /* Sorted by owner too: whatever else uses the cluster sorts before
      * the second user, and other metadata before anything. */
     if (i > 0 && u.v[i - 1].cluster == x->cluster) {
-      r = bitmap_fail (l, -EINVAL, "%s and %s both use cluster %#" PRIx64,
+      r = qcow2_error (l, -EINVAL, "%s and %s both use cluster %#" PRIx64,
                        owner_name (l, u.v[i - 1].owner, b1, sizeof b1),
                        owner_name (l, x->owner, b2, sizeof b2),
                        x->cluster << cb);
@@ -166,9 +166,9 @@ check_clusters_locked (struct qcow2_layer *l)
     }
     r = refcount_get_locked (l, x->cluster << cb, &rc);
     if (r < 0)
-      r = bitmap_fail (l, r, "reading refcounts: %s", strerror (-r));
+      r = qcow2_error (l, r, "reading refcounts: %s", strerror (-r));
     else if (rc == 0)
-      r = bitmap_fail (l, -EINVAL, "%s uses cluster %#" PRIx64 ", whose "
+      r = qcow2_error (l, -EINVAL, "%s uses cluster %#" PRIx64 ", whose "
                        "refcount is 0 (repair the image with 'qemu-img "
                        "check -r all')",
                        owner_name (l, x->owner, b1, sizeof b1),
@@ -191,7 +191,7 @@ write_dir (struct qcow2_layer *l)
   if (r == 0)
     r = sync_layer (l);
   if (r < 0)
-    return bitmap_fail (l, r, "writing the bitmap directory: %s",
+    return qcow2_error (l, r, "writing the bitmap directory: %s",
                         strerror (-r));
   return 0;
 }
@@ -225,7 +225,7 @@ bitmap_open_writable (struct qcow2_layer *l)
 
     d->track = calloc (l->nb_bitmaps, sizeof *d->track);
     if (d->track == NULL)
-      return bitmap_fail (l, -ENOMEM, "out of memory");
+      return qcow2_error (l, -ENOMEM, "out of memory");
     for (uint32_t i = 0; r == 0 && i < l->nb_bitmaps; i++) {
       struct qcow2_bitmap *bm = &d->v[i];
       bool enabled = bm->flags & QCOW2_BME_FLAG_AUTO;
@@ -360,7 +360,7 @@ close_locked (struct qcow2_layer *l, struct stored *st, size_t *nst)
   if (r < 0) {
     for (size_t i = 0; i < *nst; i++)
       undo_stored_locked (l, &st[i]);
-    return bitmap_fail (l, r, "writing the bitmaps: %s", strerror (-r));
+    return qcow2_error (l, r, "writing the bitmaps: %s", strerror (-r));
   }
   /* 3. The directory names the new tables, still in use; sync. */
   if (*nst > 0) {
@@ -404,7 +404,7 @@ bitmap_close (struct qcow2_image *img)
     return 0;
   st = calloc (d->ntrack ? d->ntrack : 1, sizeof *st);
   if (st == NULL)
-    return bitmap_fail (l, -ENOMEM, "writing the bitmaps: out of memory");
+    return qcow2_error (l, -ENOMEM, "writing the bitmaps: out of memory");
   {
     WRLOCK_FOR_SCOPE (&l->lock);
     r = close_locked (l, st, &nst);

@@ -27,8 +27,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,20 +37,6 @@
 #include "qcow2/internal.h"
 
 #define ALL_BITS (~UINT64_C (0))
-
-int
-bitmap_fail (struct qcow2_layer *l, int err, const char *fmt, ...)
-{
-  char buf[1024];
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (buf, sizeof buf, fmt, ap);
-  va_end (ap);
-  qcow2_log (l->img, QCOW2_LOG_ERROR, "%s: %s",
-             l->img->files[l->file].name, buf);
-  return err;
-}
 
 /* ---- The directory ------------------------------------------------------ */
 
@@ -97,13 +81,13 @@ check_unique (struct qcow2_layer *l, struct bitmap_dir *d)
 
   by_name = malloc (l->nb_bitmaps * sizeof *by_name);
   if (by_name == NULL)
-    return bitmap_fail (l, -ENOMEM, "out of memory");
+    return qcow2_error (l, -ENOMEM, "out of memory");
   for (uint32_t i = 0; i < l->nb_bitmaps; i++)
     by_name[i] = &d->v[i];
   qsort (by_name, l->nb_bitmaps, sizeof *by_name, cmp_names);
   for (uint32_t i = 1; i < l->nb_bitmaps; i++)
     if (strcmp (by_name[i - 1]->name, by_name[i]->name) == 0)
-      return bitmap_fail (l, -EINVAL, "bitmap directory: two bitmaps are "
+      return qcow2_error (l, -EINVAL, "bitmap directory: two bitmaps are "
                           "named '%s'",
                           qcow2_printable (by_name[i]->name, nbuf,
                                            sizeof nbuf));
@@ -123,26 +107,26 @@ parse_entry (struct qcow2_layer *l, const uint8_t *raw, size_t pos,
   char nbuf[128];
 
   if (avail < QCOW2_BME_HEADER_SIZE)
-    return bitmap_fail (l, -EINVAL, "bitmap directory is broken: entry at "
+    return qcow2_error (l, -EINVAL, "bitmap directory is broken: entry at "
                         "byte %zu runs past its end", pos);
   extra = load_be32 (e + QCOW2_BME_EXTRA_DATA_SIZE);
   name_size = load_be16 (e + QCOW2_BME_NAME_SIZE);
   *len = ROUND_UP ((uint64_t) QCOW2_BME_HEADER_SIZE + extra + name_size, 8);
   if (*len > avail)
-    return bitmap_fail (l, -EINVAL, "bitmap directory is broken: entry at "
+    return qcow2_error (l, -EINVAL, "bitmap directory is broken: entry at "
                         "byte %zu runs past its end", pos);
   if (extra != 0)
-    return bitmap_fail (l, -ENOTSUP, "bitmap directory: entry at byte %zu has "
+    return qcow2_error (l, -ENOTSUP, "bitmap directory: entry at byte %zu has "
                         "extra data, which is not supported", pos);
   if (name_size == 0 || name_size > QCOW2_BME_MAX_NAME_SIZE)
-    return bitmap_fail (l, -EINVAL, "bitmap directory: entry at byte %zu "
+    return qcow2_error (l, -EINVAL, "bitmap directory: entry at byte %zu "
                         "has an invalid name size %u", pos, name_size);
   if (memchr (e + QCOW2_BME_HEADER_SIZE, '\0', name_size) != NULL)
-    return bitmap_fail (l, -EINVAL, "bitmap directory: the name of the "
+    return qcow2_error (l, -EINVAL, "bitmap directory: the name of the "
                         "entry at byte %zu holds a NUL byte", pos);
   bm->name = strndup ((const char *) e + QCOW2_BME_HEADER_SIZE, name_size);
   if (bm->name == NULL)
-    return bitmap_fail (l, -ENOMEM, "out of memory");
+    return qcow2_error (l, -ENOMEM, "out of memory");
   qcow2_printable (bm->name, nbuf, sizeof nbuf);
 
   bm->layer = l;
@@ -155,14 +139,14 @@ parse_entry (struct qcow2_layer *l, const uint8_t *raw, size_t pos,
   atomic_init (&bm->modified, false);
 
   if (type != QCOW2_BME_TYPE_DIRTY_TRACKING)
-    return bitmap_fail (l, -EINVAL, "bitmap '%s' has unknown type %u", nbuf,
+    return qcow2_error (l, -EINVAL, "bitmap '%s' has unknown type %u", nbuf,
                         type);
   if (bm->flags & QCOW2_BME_RESERVED_FLAGS)
-    return bitmap_fail (l, -EINVAL, "bitmap '%s' has reserved flags set (%#x)",
+    return qcow2_error (l, -EINVAL, "bitmap '%s' has reserved flags set (%#x)",
                         nbuf, bm->flags);
   if (bm->granularity_bits < QCOW2_BME_MIN_GRANULARITY_BITS ||
       bm->granularity_bits > QCOW2_BME_MAX_GRANULARITY_BITS)
-    return bitmap_fail (l, -EINVAL, "bitmap '%s' has invalid "
+    return qcow2_error (l, -EINVAL, "bitmap '%s' has invalid "
                         "granularity_bits %u (%u to %u)", nbuf,
                         bm->granularity_bits,
                         QCOW2_BME_MIN_GRANULARITY_BITS,
@@ -170,12 +154,12 @@ parse_entry (struct qcow2_layer *l, const uint8_t *raw, size_t pos,
   phys = (uint64_t) bm->table_size * cs;
   if (bm->table_size == 0 || bm->table_size > QCOW2_BME_MAX_TABLE_SIZE ||
       phys > QCOW2_BME_MAX_PHYS_SIZE)
-    return bitmap_fail (l, -EINVAL, "bitmap '%s' has an invalid table size %u",
+    return qcow2_error (l, -EINVAL, "bitmap '%s' has an invalid table size %u",
                         nbuf, bm->table_size);
   if (bm->table_offset == 0 || !IS_ALIGNED (bm->table_offset, cs) ||
       !range_fits (bm->table_offset, (uint64_t) bm->table_size * 8,
                    l->img->files[l->file].size))
-    return bitmap_fail (l, -EINVAL, "bitmap '%s': its table at %#" PRIx64
+    return qcow2_error (l, -EINVAL, "bitmap '%s': its table at %#" PRIx64
                         " (%u entries) is unaligned or outside the file", nbuf,
                         bm->table_offset, bm->table_size);
 
@@ -186,7 +170,7 @@ parse_entry (struct qcow2_layer *l, const uint8_t *raw, size_t pos,
   /* QEMU loads a consistent bitmap only if its table is exactly the
    * disk's size; an inconsistent one may be stale after a resize. */
   if (!(bm->flags & QCOW2_BME_FLAG_IN_USE) && bm->table_size != needed)
-    return bitmap_fail (l, -EINVAL, "bitmap '%s' has %u table entries, "
+    return qcow2_error (l, -EINVAL, "bitmap '%s' has %u table entries, "
                         "the disk size needs %" PRIu64, nbuf,
                         bm->table_size, needed);
   return 0;
@@ -204,27 +188,27 @@ load_dir (struct qcow2_layer *l)
 
   d = calloc (1, sizeof *d);
   if (d == NULL)
-    return bitmap_fail (l, -ENOMEM, "out of memory");
+    return qcow2_error (l, -ENOMEM, "out of memory");
   if (pthread_mutex_init (&d->lock, NULL) != 0) {
     free (d);
-    return bitmap_fail (l, -ENOMEM, "cannot create a lock");
+    return qcow2_error (l, -ENOMEM, "cannot create a lock");
   }
   l->bitmaps = d;
   d->v = calloc (l->nb_bitmaps, sizeof *d->v);
   d->raw = malloc (l->bitmap_dir_size);
   if (d->v == NULL || d->raw == NULL)
-    return bitmap_fail (l, -ENOMEM, "out of memory");
+    return qcow2_error (l, -ENOMEM, "out of memory");
   r = img->io->pread (img->io_opaque, img->files[l->file].fd, d->raw,
                       l->bitmap_dir_size, l->bitmap_dir_offset);
   if (r < 0)
-    return bitmap_fail (l, r, "reading the bitmap directory: %s",
+    return qcow2_error (l, r, "reading the bitmap directory: %s",
                         strerror (-r));
 
   while (pos < l->bitmap_dir_size) {
     uint64_t len = 0;
 
     if (i == l->nb_bitmaps)
-      return bitmap_fail (l, -EINVAL, "bitmap directory holds more "
+      return qcow2_error (l, -EINVAL, "bitmap directory holds more "
                           "bitmaps than the extension says (%u)",
                           l->nb_bitmaps);
     r = parse_entry (l, d->raw, pos, l->bitmap_dir_size - pos, &d->v[i],
@@ -235,7 +219,7 @@ load_dir (struct qcow2_layer *l)
     i++;
   }
   if (i != l->nb_bitmaps)
-    return bitmap_fail (l, -EINVAL, "bitmap directory holds %u bitmaps, the "
+    return qcow2_error (l, -EINVAL, "bitmap directory holds %u bitmaps, the "
                         "extension says %u", i, l->nb_bitmaps);
   return check_unique (l, d);
 }
@@ -257,26 +241,26 @@ bitmap_parse_ext (struct qcow2_layer *l, const char *name,
     return 0;
   }
   if (l->bitmaps != NULL)
-    return bitmap_fail (l, -EINVAL, "two bitmaps extensions");
+    return qcow2_error (l, -EINVAL, "two bitmaps extensions");
   if (len != QCOW2_BITMAPS_EXT_SIZE)
-    return bitmap_fail (l, -EINVAL, "bitmaps extension has length %u, "
+    return qcow2_error (l, -EINVAL, "bitmaps extension has length %u, "
                         "expected %u", len, QCOW2_BITMAPS_EXT_SIZE);
   nb = load_be32 (data);
   reserved = load_be32 (data + 4);
   dir_size = load_be64 (data + 8);
   dir_off = load_be64 (data + 16);
   if (reserved != 0)
-    return bitmap_fail (l, -EINVAL, "bitmaps extension: reserved field is not "
+    return qcow2_error (l, -EINVAL, "bitmaps extension: reserved field is not "
                         "zero");
   if (nb == 0 || nb > QCOW2_MAX_BITMAPS)
-    return bitmap_fail (l, -EINVAL, "bitmaps extension: invalid number of "
+    return qcow2_error (l, -EINVAL, "bitmaps extension: invalid number of "
                         "bitmaps %u", nb);
   if (dir_size == 0 || dir_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE)
-    return bitmap_fail (l, -EINVAL, "bitmaps extension: invalid directory "
+    return qcow2_error (l, -EINVAL, "bitmaps extension: invalid directory "
                         "size %" PRIu64, dir_size);
   if (!IS_ALIGNED (dir_off, l->cluster_size) || dir_off == 0 ||
       !range_fits (dir_off, dir_size, file_size))
-    return bitmap_fail (l, -EINVAL, "bitmaps extension: directory at %#"
+    return qcow2_error (l, -EINVAL, "bitmaps extension: directory at %#"
                         PRIx64 " (%" PRIu64 " bytes) is unaligned or outside "
                         "the file", dir_off, dir_size);
   l->nb_bitmaps = nb;
@@ -301,7 +285,7 @@ charge (struct qcow2_layer *l, struct qcow2_bitmap *bm, uint64_t bytes)
   char nbuf[128];
 
   if (bytes > QCOW2_MAX_BITMAP_MEMORY - d->loaded)
-    return bitmap_fail (l, -ENOMEM, "bitmap '%s': the bitmaps would take more "
+    return qcow2_error (l, -ENOMEM, "bitmap '%s': the bitmaps would take more "
                         "than %" PRIu64 " MiB of memory",
                         qcow2_printable (bm->name, nbuf, sizeof nbuf),
                         QCOW2_MAX_BITMAP_MEMORY >> 20);
@@ -324,12 +308,12 @@ load_table_locked (struct qcow2_bitmap *bm)
     return 0;
   t = malloc (bytes);
   if (t == NULL)
-    return bitmap_fail (l, -ENOMEM, "out of memory");
+    return qcow2_error (l, -ENOMEM, "out of memory");
   r = img->io->pread (img->io_opaque, img->files[l->file].fd, t, bytes,
                       bm->table_offset);
   if (r < 0) {
     free (t);
-    return bitmap_fail (l, r, "reading the table of bitmap '%s': %s",
+    return qcow2_error (l, r, "reading the table of bitmap '%s': %s",
                         qcow2_printable (bm->name, nbuf, sizeof nbuf),
                         strerror (-r));
   }
@@ -342,7 +326,7 @@ load_table_locked (struct qcow2_bitmap *bm)
                       !IS_ALIGNED (off, l->cluster_size) ||
                       !range_fits (off, l->cluster_size, file_size)))) {
       free (t);
-      return bitmap_fail (l, -EINVAL, "bitmap '%s': table entry %u (%#" PRIx64
+      return qcow2_error (l, -EINVAL, "bitmap '%s': table entry %u (%#" PRIx64
                           ") is invalid", qcow2_printable (bm->name, nbuf,
                                                            sizeof nbuf), i, e);
     }
@@ -375,7 +359,7 @@ load_bits_locked (struct qcow2_bitmap *bm)
   buf = malloc (l->cluster_size);
   if (w == NULL || buf == NULL) {
     free (w);
-    return bitmap_fail (l, -ENOMEM, "out of memory");
+    return qcow2_error (l, -ENOMEM, "out of memory");
   }
   /* A consistent bitmap's table covers exactly nwords (parse_entry). */
   for (uint64_t i = 0; i < bm->table_size; i++) {
@@ -391,7 +375,7 @@ load_bits_locked (struct qcow2_bitmap *bm)
                           l->cluster_size, off);
       if (r < 0) {
         free (w);
-        return bitmap_fail (l, r, "reading bitmap '%s': %s",
+        return qcow2_error (l, r, "reading bitmap '%s': %s",
                             qcow2_printable (bm->name, nbuf, sizeof nbuf),
                             strerror (-r));
       }
@@ -511,7 +495,7 @@ qcow2_bitmap_get (struct qcow2_image *img, const char *name,
       /* Inconsistent: in use when found, i.e. not closed cleanly (the
        * ones we mark in use ourselves are consistent). */
       if (bm->flags & QCOW2_BME_FLAG_IN_USE)
-        return bitmap_fail (l, -EINVAL, "bitmap '%s' is inconsistent and "
+        return qcow2_error (l, -EINVAL, "bitmap '%s' is inconsistent and "
                             "cannot be used (it was in use when the image "
                             "was last closed; 'qemu-img bitmap --remove' "
                             "deletes it)",

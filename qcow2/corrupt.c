@@ -3,7 +3,8 @@
  * corruption found in metadata (a bad L1/L2 entry, a compressed stream
  * that does not decompress, ...) and marks the image corrupt, as QEMU
  * does; qcow2_log() formats any message for the caller's log callback,
- * and qcow2_printable() makes names from the file safe to put in one.
+ * qcow2_error() an error about one file, and qcow2_printable() makes
+ * names from the file safe to put in a message.
  * None prints: a server keeps serving its other clients. */
 #include <config.h>
 
@@ -42,6 +43,20 @@ qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
   va_start (ap, fmt);
   vlog (img, level, "", fmt, ap);
   va_end (ap);
+}
+
+int
+qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+{
+  char prefix[512];
+  va_list ap;
+
+  snprintf (prefix, sizeof prefix, "%s: ",
+            layer->img->files[layer->file].name);
+  va_start (ap, fmt);
+  vlog (layer->img, QCOW2_LOG_ERROR, prefix, fmt, ap);
+  va_end (ap);
+  return err;
 }
 
 const char *

@@ -167,6 +167,11 @@ void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
                 const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
 
+/* Log "<file of LAYER>: <message>" as an error and return ERR, so
+ * callers can 'return qcow2_error (...)'. */
+int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
 /* Copy S into BUF (of size N) replacing bytes that could upset a
  * terminal or a log parser (names come from the file); returns BUF. */
 const char *qcow2_printable (const char *s, char *buf, size_t n);
@@ -455,10 +460,6 @@ struct bitmap_dir {
   pthread_mutex_t lock;        /* loading tables and bits */
   uint64_t loaded;             /* lock: bytes of tables and bits held */
 };
-
-/* Log "<file of L>: <message>" as an error and return ERR. */
-int bitmap_fail (struct qcow2_layer *l, int err, const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
 
 /* Parse the bitmaps extension DATA (LEN bytes) of layer L (FILE_SIZE
  * bytes) and read and check its directory.  A stale extension (autoclear

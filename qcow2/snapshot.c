@@ -93,7 +93,6 @@ int
 snapshot_select (struct qcow2_layer *l, const struct qcow2_open_opts *opts)
 {
   struct qcow2_image *img = l->img;
-  const char *file = img->files[l->file].name;
   const char *id = opts->snapshot_id, *name = opts->snapshot_name;
   uint8_t h[QCOW2_SN_HEADER_SIZE];
   uint64_t pos = 0, l1_off, l1_bytes;
@@ -104,11 +103,9 @@ snapshot_select (struct qcow2_layer *l, const struct qcow2_open_opts *opts)
 
   if (!opts->snapshot && !id && !name)
     return 0;
-  if (img->writable) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: a snapshot can only be served "
-               "read-only", file);
-    return -EINVAL;
-  }
+  if (img->writable)
+    return qcow2_error (l, -EINVAL, "a snapshot can only be served "
+                        "read-only");
   if (opts->snapshot) {
     /* qemu-nbd -l: an ID first, then a name. */
     r = find (l, opts->snapshot, NULL, &pos, h);
@@ -117,17 +114,14 @@ snapshot_select (struct qcow2_layer *l, const struct qcow2_open_opts *opts)
   }
   else
     r = find (l, id, name, &pos, h);
-  if (r == -ENOENT) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: cannot find snapshot '%s'", file,
-               qcow2_printable (opts->snapshot ? opts->snapshot
-                                : name ? name : id, buf, sizeof buf));
-    return r;
-  }
-  if (r < 0) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: reading the snapshot table: %s",
-               file, strerror (-r));
-    return r;
-  }
+  if (r == -ENOENT)
+    return qcow2_error (l, r, "cannot find snapshot '%s'",
+                        qcow2_printable (opts->snapshot ? opts->snapshot
+                                         : name ? name : id, buf,
+                                         sizeof buf));
+  if (r < 0)
+    return qcow2_error (l, r, "reading the snapshot table: %s",
+                        strerror (-r));
 
   l1_off = load_be64 (h + QCOW2_SN_L1_TABLE_OFFSET);
   l1_size = load_be32 (h + QCOW2_SN_L1_SIZE);
@@ -135,12 +129,10 @@ snapshot_select (struct qcow2_layer *l, const struct qcow2_open_opts *opts)
   if (l1_bytes > QCOW2_MAX_L1_BYTES ||
       (l1_size > 0 && (l1_off == 0 || !IS_ALIGNED (l1_off, l->cluster_size)
                        || !range_fits (l1_off, l1_bytes,
-                                       img->files[l->file].size)))) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: the snapshot's L1 table at %#"
-               PRIx64 " (%u entries) is too large, unaligned or outside "
-               "the file", file, l1_off, l1_size);
-    return -EINVAL;
-  }
+                                       img->files[l->file].size))))
+    return qcow2_error (l, -EINVAL, "the snapshot's L1 table at %#" PRIx64
+                        " (%u entries) is too large, unaligned or outside "
+                        "the file", l1_off, l1_size);
   l1 = malloc (l1_bytes ? l1_bytes : 1);
   if (l1 == NULL)
     return -ENOMEM;
@@ -148,9 +140,8 @@ snapshot_select (struct qcow2_layer *l, const struct qcow2_open_opts *opts)
                                  l1_bytes, l1_off) : 0;
   if (r < 0) {
     free (l1);
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: reading the snapshot's L1 table: "
-               "%s", file, strerror (-r));
-    return r;
+    return qcow2_error (l, r, "reading the snapshot's L1 table: %s",
+                        strerror (-r));
   }
   for (uint32_t i = 0; i < l1_size; i++)
     l1[i] = load_be64 (&l1[i]);
@@ -159,6 +150,6 @@ snapshot_select (struct qcow2_layer *l, const struct qcow2_open_opts *opts)
   l->l1_size = l1_size;
   l->l1_table_offset = l1_off;
   qcow2_log (img, QCOW2_LOG_DEBUG, "%s: serving the snapshot at table "
-             "entry %#" PRIx64, file, pos);
+             "entry %#" PRIx64, img->files[l->file].name, pos);
   return 0;
 }

@@ -68,6 +68,18 @@ dirty_map ()
     fail "nbdinfo --map=qemu:dirty-bitmap:$2 $1"
 }
 
+# serve_refused WHAT MESSAGE IMAGE ARGS...: qcow2-nbd serve IMAGE ARGS
+# must fail at start-up, saying MESSAGE.
+serve_refused ()
+{
+  local what=$1 msg=$2 rc=0; shift 2
+  "$QCOW2_NBD" serve "$@" --socket "$tmpdir/refused.sock" \
+    >"$tmpdir/refused.out" 2>&1 || rc=$?
+  [ "$rc" = 1 ] || fail "$what: serve $* exited $rc, want 1"
+  grep -qF -- "$msg" "$tmpdir/refused.out" ||
+    { cat "$tmpdir/refused.out" >&2; fail "$what: no message '$msg'"; }
+}
+
 # nbdsh: libnbd's shell, run by the Python that has the bindings (the
 # nbdsh script runs whatever python3 comes first on PATH).
 nbdsh ()

@@ -7,8 +7,10 @@
 # servers with the dirty maps compared as they go (bitmap-diff.py); then,
 # both servers stopped, qemu-img check, qemu-img info's bitmaps and
 # qemu-img compare must agree, and the bitmaps as stored on disk must read
-# the same through qemu-nbd and through us.  Also: a bitmap that is
-# missing or inconsistent is a start-up error naming it.
+# the same through qemu-nbd and through us.  Also: the options are
+# documented; a bitmap that is missing or inconsistent is a start-up
+# error naming it; a backing file's bitmap is found through its overlay;
+# the dirty-image repair of lazy_refcounts images counts bitmap clusters.
 # BITMAP_SEED=N replays the random requests.
 
 source "$abs_top_srcdir/tests/functions.sh"
@@ -147,6 +149,21 @@ bitmaps_have "$img" 'b4k 4096 in-use auto' ||
   fail "an inconsistent bitmap was touched"
 check_clean "$img" "after serving an image with inconsistent bitmaps"
 ok "missing and inconsistent bitmaps refused by name; left alone otherwise"
+
+# A bitmap of the backing file, found through the overlay as qemu-nbd -B
+# finds it, on a disk larger than the backing file's.
+back="$tmpdir/back.qcow2" over="$tmpdir/over.qcow2"
+make_image "$back" $(( 4 * MiB ))
+qemu-img bitmap --add -g 4k "$back" inback
+image_io "$back" 'write -P 1 1M 10k' 'write -P 2 4090k 6k'
+make_image "$over" $(( 8 * MiB )) -b "$back" -F qcow2
+start_server "$over" --socket "$tmpdir/ours.sock" -r --bitmap inback
+start_qemu_nbd "$over" "$tmpdir/qemu.sock" -r -B inback
+[ "$(dirty_map "$uri" inback)" = "$(dirty_map "$qemu_uri" inback)" ] ||
+  fail "a backing file's bitmap differs from qemu-nbd's"
+stop_server
+stop_qemu_nbd
+ok "a backing file's bitmap, through a larger overlay, as qemu-nbd has it"
 
 # The dirty-image repair counts bitmap clusters: a lazy_refcounts image
 # QEMU left dirty, with a bitmap in use (qemu-io aborted), and one set

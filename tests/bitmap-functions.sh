@@ -18,17 +18,20 @@ start_qemu_nbd ()
   qemu-nbd -t -f qcow2 -k "$s" "$@" "$img" >"$log" 2>&1 </dev/null &
   qemu_pid=$!
   cleanup_fn _kill_server "$qemu_pid"
+  qemu_uri="nbd+unix:///?socket=$s"
+  # Ready when a client is answered: qemu-nbd binds its socket before it
+  # listens, and listens before it opens the image (and marks its bitmaps
+  # in use); a client is answered only once the export exists.
   for (( i = 0; i < 300; i++ )); do
-    [ -S "$s" ] && break
+    if [ -S "$s" ] &&
+       run_timeout 60 nbdinfo --size "$qemu_uri" >/dev/null 2>&1; then
+      return 0
+    fi
     _alive "$qemu_pid" || break
     sleep 0.1
   done
-  [ -S "$s" ] || { cat "$log" >&2; fail "qemu-nbd did not start on $img"; }
-  qemu_uri="nbd+unix:///?socket=$s"
-  # qemu-nbd listens before it opens the image (and marks its bitmaps in
-  # use); a client is answered only once the export exists.
-  run_timeout 60 nbdinfo --size "$qemu_uri" >/dev/null ||
-    { cat "$log" >&2; fail "qemu-nbd did not serve $img"; }
+  cat "$log" >&2
+  fail "qemu-nbd did not serve $img"
 }
 
 # stop_qemu_nbd [PID]: stop the last qemu-nbd (or PID) and wait for it
@@ -66,6 +69,15 @@ dirty_map ()
 {
   nbdinfo --json --map="qemu:dirty-bitmap:$2" "$1" ||
     fail "nbdinfo --map=qemu:dirty-bitmap:$2 $1"
+}
+
+# qemu_dirty_map SOCKET BITMAP: QEMU's NBD client's view of the bitmap
+# (qemu-img map with x-dirty-bitmap, REQ_ONE requests).
+qemu_dirty_map ()
+{
+  qemu-img map --output=json --image-opts \
+    "driver=nbd,server.type=unix,server.path=$1,x-dirty-bitmap=qemu:dirty-bitmap:$2" ||
+    fail "qemu-img map x-dirty-bitmap=$2 on $1"
 }
 
 # serve_refused WHAT MESSAGE IMAGE ARGS...: qcow2-nbd serve IMAGE ARGS

@@ -106,11 +106,15 @@ round ()
     mo=$(dirty_map "$uri" "$b")
     [ "$mq" = "$mr" ] || fail "$name: bitmap $b as we stored it differs"
     [ "$mq" = "$mo" ] || fail "$name: bitmap $b as we read it differs"
+    [ "$(qemu_dirty_map "$tmpdir/qemu.sock" "$b")" = \
+      "$(qemu_dirty_map "$tmpdir/ours.sock" "$b")" ] ||
+      fail "$name: bitmap $b differs through qemu-img map x-dirty-bitmap"
   done
   stop_server
   stop_qemu_nbd "$qpid"
   stop_qemu_nbd
-  ok "$name: stored bitmaps identical to qemu-nbd's, read by both"
+  ok "$name: stored bitmaps identical to qemu-nbd's, read by both" \
+     "(nbdinfo and qemu-img map)"
 }
 
 # The options are documented, and checked.

@@ -35,9 +35,10 @@ enum layer_format { LAYER_QCOW2, LAYER_RAW };
 
 struct l2_cache;              /* cache.c */
 struct refcount_cache;        /* refcount.c */
-struct refcount_pending;      /* refcount.c */
+struct release_list;          /* release.c */
 struct write_state;           /* write.c */
 struct inflight;              /* write.c */
+struct bitmap_dir;            /* bitmap.c */
 
 /* One open file of the chain. */
 struct qcow2_file {
@@ -85,6 +86,13 @@ struct qcow2_layer {
   uint32_t refcount_table_clusters;   /* lock */
   uint32_t nb_snapshots;
   uint64_t snapshots_offset;
+  /* Bitmaps extension; nb_bitmaps is 0 without one, or when it is stale
+   * (autoclear bit 0 clear) and ignored. */
+  uint32_t nb_bitmaps;
+  uint64_t bitmap_dir_offset, bitmap_dir_size;
+  struct bitmap_dir *bitmaps;  /* bitmap.c: the parsed directory (NULL
+                                * without bitmaps); its fields say what
+                                * guards them */
   char *backing_name;          /* as stored in the header, or NULL */
   char *backing_format;        /* from the extension, or NULL */
   char *data_file_name;        /* external data file extension, or NULL */
@@ -108,7 +116,7 @@ struct qcow2_layer {
   struct refcount_cache *refcount_cache;  /* lock */
   uint64_t *reftable;          /* lock: refcount table, host order */
   uint64_t reftable_entries;   /* lock */
-  struct refcount_pending *pending;       /* lock: deferred decrements */
+  struct release_list *pending;           /* lock: deferred decrements */
   uint64_t host_end;           /* lock: bytes; no cluster at or past it is
                                 * in use (file end at open, then grown) */
   uint64_t free_hint;          /* lock: cluster index to search from */
@@ -126,6 +134,7 @@ struct qcow2_image {
   qcow2_log_fn log;               /* const */
   void *log_opaque;               /* const */
   bool writable;                  /* const */
+  bool punch_discarded;           /* const: qcow2_open_opts */
 
   struct qcow2_file *files;    /* const array (see qcow2_file.size) */
   size_t nr_files;             /* const */
@@ -168,6 +177,15 @@ int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
 void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
                 const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
+
+/* Log "<file of LAYER>: <message>" as an error and return ERR, so
+ * callers can 'return qcow2_error (...)'. */
+int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Copy S into BUF (of size N) replacing bytes that could upset a
+ * terminal or a log parser (names come from the file); returns BUF. */
+const char *qcow2_printable (const char *s, char *buf, size_t n);
 
 /* ---- open.c: header parsing, validation, backing chain --------------- */
 
@@ -214,26 +232,41 @@ int refcount_adjust_locked (struct qcow2_layer *layer, uint64_t host,
 int refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
                          uint64_t value);
 
-/* Drop one reference to each of the N clusters at HOST.  The decrement
- * is deferred: it is applied by refcount_flush_done_locked() once the
- * metadata that dropped the reference is durable. */
-int refcount_release_locked (struct qcow2_layer *layer, uint64_t host,
-                             uint64_t n);
-
-/* Optional, for a flush that drops the lock around its syncs: mark the
- * decrements recorded so far as the ones the coming L2 writeback makes
- * durable; refcount_flush_done_locked() then applies only those (without
- * a begin it applies every pending decrement).  See ORDERING.md. */
-void refcount_flush_begin_locked (struct qcow2_layer *layer);
-
-/* Called by qcow2_flush after everything up to now is durable: apply the
- * deferred decrements (the clusters become reusable once those are
- * written back in turn). */
-int refcount_flush_done_locked (struct qcow2_layer *layer);
-
 /* Write dirty refcount blocks (and a grown refcount table) to the file,
  * without syncing. */
 int refcount_writeback_locked (struct qcow2_layer *layer);
+
+/* ---- release.c: deferred decrements, host space given back ---------- */
+
+/* Set up / tear down LAYER's list of deferred decrements (refcount_init
+ * and refcount_destroy call these). */
+int release_init (struct qcow2_layer *layer);
+void release_destroy (struct qcow2_layer *layer);
+
+/* Drop one reference to each of the N clusters at HOST.  The decrement
+ * is deferred: release_commit_locked() applies it once the metadata
+ * that dropped the reference is durable.  With GIVE_BACK (the guest
+ * discarded the data: TRIM, or zeroing that may unmap), the host bytes
+ * are punched out of the file as soon as no reference is left to them:
+ * now for clusters whose only reference this was, at the commit for
+ * the others. */
+int release_clusters_locked (struct qcow2_layer *layer, uint64_t host,
+                             uint64_t n, bool give_back);
+
+/* So many decrements wait that the caller should flush (qcow2_flush)
+ * once it has dropped the lock, to bound their memory. */
+bool release_backlog_locked (const struct qcow2_layer *layer);
+
+/* Optional, for a flush that drops the lock around its syncs: mark the
+ * decrements recorded so far as the ones the coming L2 writeback makes
+ * durable; release_commit_locked() then applies only those (without a
+ * begin it applies every pending decrement).  See ORDERING.md. */
+void release_commit_begin_locked (struct qcow2_layer *layer);
+
+/* Called by qcow2_flush after everything up to now is durable: apply the
+ * deferred decrements (the clusters become reusable once those are
+ * written back in turn) and punch what they free where asked. */
+int release_commit_locked (struct qcow2_layer *layer);
 
 /* ---- cache.c: the L2 slice cache ------------------------------------- */
 
@@ -349,8 +382,10 @@ void inflight_leave (struct qcow2_image *img, struct inflight *rec);
 int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
 
 /* Release the host clusters behind L2 entry L2E (normal, preallocated
- * zero or compressed; deferred decrements). */
-int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e);
+ * zero or compressed; deferred decrements), giving their space back to
+ * the host when GIVE_BACK (release_clusters_locked). */
+int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
+                             bool give_back);
 
 /* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER, not
  * checked; *HAS_TABLE false when its L1 entry names no table (the entry
@@ -401,6 +436,103 @@ int raw_discard (struct qcow2_image *img, uint64_t offset, uint64_t length);
  * external data file).  0 or -errno. */
 int sync_layer (struct qcow2_layer *layer);
 
+/* The last flush, for qcow2_close: qcow2_flush, then the refcount
+ * decrements it committed written back and synced too, so a clean close
+ * leaks nothing.  0 or -errno. */
+int flush_final (struct qcow2_image *img);
+
+/* When release_backlog_locked() says so, flush (takes the top layer's
+ * lock: call with no lock held); a failure is logged and left for the
+ * client's next FLUSH to report. */
+void flush_backlog (struct qcow2_image *img);
+
 /* ---- create.c: qcow2_create (qcow2.h) -------------------------------- */
+
+/* ---- bitmap.c: persistent dirty bitmaps, in memory ------------------- */
+
+/* One bitmap of a layer's directory.  The bits, one per granule of the
+ * guest (bit 0 of word 0 first, as the bytes on disk), are in memory
+ * only for bitmaps that track writes (enabled, in a writable top layer)
+ * or that were asked for with qcow2_bitmap_get: their memory is the
+ * bitmap's own size, DIV_ROUND_UP (virtual size, granularity) bits, not
+ * a cache. */
+struct qcow2_bitmap {
+  struct qcow2_layer *layer;   /* const */
+  char *name;                  /* const */
+  size_t dir_pos;              /* const: its entry in bitmap_dir.raw */
+  uint32_t flags;              /* const: QCOW2_BME_FLAG_*, as found */
+  uint32_t granularity_bits;   /* const */
+  uint32_t table_size;         /* const: entries */
+  uint64_t table_offset;       /* const while open (bitmap_close moves
+                                * it, the last call on the image) */
+  uint64_t nbits, nwords;      /* const: granules of the virtual size */
+  uint64_t *table;             /* bitmap_dir.lock: host order, checked;
+                                * NULL until loaded */
+  _Atomic uint64_t *words;     /* bitmap_dir.lock to load; once set the
+                                * pointer is const and bits are only
+                                * ever set, with atomic ORs */
+  bool marked;                 /* const: in use on disk by us (writable
+                                * open), cleared by bitmap_close */
+  atomic_bool modified;        /* a bit was set since open */
+};
+
+struct bitmap_dir {
+  uint8_t *raw;                /* the directory as on disk (open and
+                                * close only: one thread) */
+  struct qcow2_bitmap *v;      /* const: layer->nb_bitmaps entries */
+  /* const after open: the bitmaps bitmap_set_dirty sets bits in */
+  struct qcow2_bitmap **track;
+  size_t ntrack;
+  pthread_mutex_t lock;        /* loading tables and bits */
+  uint64_t loaded;             /* lock: bytes of tables and bits held */
+};
+
+/* Parse the bitmaps extension DATA (LEN bytes) of layer L (FILE_SIZE
+ * bytes) and read and check its directory.  A stale extension (autoclear
+ * bit 0 clear) is ignored, as QEMU does.  0, or -errno after logging. */
+int bitmap_parse_ext (struct qcow2_layer *l, const char *name,
+                      const uint8_t *data, uint32_t len, uint64_t file_size);
+void bitmap_free (struct qcow2_layer *l);
+
+/* Load BM's table (checked) and, with BITS, its bits.  Called with
+ * bitmap_dir.lock held.  0, or -errno after logging. */
+int bitmap_load_locked (struct qcow2_bitmap *bm, bool bits);
+
+/* Mark the guest range [offset, offset+length) dirty in every bitmap
+ * that tracks writes (a no-op without one).  Called before a write, zero
+ * or discard returns, whether it succeeded or not, as QEMU does. */
+void bitmap_set_dirty (struct qcow2_image *img, uint64_t offset,
+                       uint64_t length);
+
+/* Serialise bits [chunk * cluster_size * 8, ...) of BM into BUF, one
+ * cluster; returns whether any bit is set. */
+bool bitmap_chunk (const struct qcow2_bitmap *bm, uint64_t chunk,
+                   uint8_t *buf);
+
+/* ---- bitmap-store.c: persistent dirty bitmaps on disk ---------------- */
+
+/* Writable open, after the dirty-image repair: load and check every
+ * consistent bitmap, then mark them in use on disk (ORDERING.md). */
+int bitmap_open_writable (struct qcow2_layer *layer);
+
+/* Clean close, before the final flush: write the bits of every bitmap
+ * that changed and clear the in-use flags (ORDERING.md).  0 or -errno
+ * (logged; the bitmaps then stay in use, reported inconsistent). */
+int bitmap_close (struct qcow2_image *img);
+
+/* Dirty-image repair: call COUNT for the directory, every bitmap table
+ * and every bitmap data cluster. */
+typedef int (*bitmap_count_fn) (struct qcow2_layer *layer, uint64_t off,
+                                uint64_t len, const char *what);
+int bitmap_count_refs (struct qcow2_layer *layer, bitmap_count_fn count);
+
+/* ---- snapshot.c: internal snapshots, read-only ----------------------- */
+
+/* When OPTS names a snapshot, switch the top layer L (before any read)
+ * to it: its L1 table replaces the active one.  0 when none is named;
+ * -EINVAL when the image is writable; -ENOENT (logged) when there is no
+ * such snapshot; -EINVAL for a bad snapshot L1 table. */
+int snapshot_select (struct qcow2_layer *l,
+                     const struct qcow2_open_opts *opts);
 
 #endif /* QCOW2_INTERNAL_H */

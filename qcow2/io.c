@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* qcow2_posix_io: the default I/O ops, plain open/pread/pwrite/fdatasync,
- * fstat and fallocate.  pread loops over short reads and EINTR and reads past the
- * end of the file as zeros, as QEMU's file driver does, so that a table
+ * fstat and fallocate.  pread loops over short reads and EINTR and reads
+ * past the end of the file as zeros, as QEMU's file driver does, so that a table
  * or cluster straddling EOF of a truncated image reads like QEMU reads it
  * (the callers check offsets against the file size where that matters). */
 #include <config.h>
@@ -93,28 +93,24 @@ posix_flush (void *opaque, int fd)
 }
 
 static int
-posix_fallocate_mode (int fd, int mode, uint64_t off, uint64_t len)
+posix_punch (void *opaque, int fd, uint64_t off, uint64_t len)
 {
   if (off > INT64_MAX || len > INT64_MAX - off)
     return -EINVAL;
-  while (fallocate (fd, mode, (off_t) off, (off_t) len) == -1) {
-    if (errno != EINTR)
-      return -errno;
-  }
+  if (fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 (off_t) off, (off_t) len) == -1)
+    return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
   return 0;
 }
 
 static int
 posix_zero_range (void *opaque, int fd, uint64_t off, uint64_t len)
 {
-  return posix_fallocate_mode (fd, FALLOC_FL_ZERO_RANGE, off, len);
-}
-
-static int
-posix_punch_hole (void *opaque, int fd, uint64_t off, uint64_t len)
-{
-  return posix_fallocate_mode (fd, FALLOC_FL_PUNCH_HOLE
-                               | FALLOC_FL_KEEP_SIZE, off, len);
+  if (off > INT64_MAX || len > INT64_MAX - off)
+    return -EINVAL;
+  if (fallocate (fd, FALLOC_FL_ZERO_RANGE, (off_t) off, (off_t) len) == -1)
+    return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+  return 0;
 }
 
 static int
@@ -160,7 +156,7 @@ const struct qcow2_io_ops qcow2_posix_io = {
   .pwrite = posix_pwrite,
   .flush = posix_flush,
   .zero_range = posix_zero_range,
-  .punch_hole = posix_punch_hole,
+  .punch = posix_punch,
   .get_size = posix_get_size,
   .get_allocated = posix_get_allocated,
 };

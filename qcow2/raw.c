@@ -35,8 +35,8 @@ raw_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   int fd = img->files[layer->file].fd;
   int r;
 
-  if ((flags & QCOW2_MAY_UNMAP) && img->io->punch_hole) {
-    r = img->io->punch_hole (img->io_opaque, fd, offset, length);
+  if ((flags & QCOW2_MAY_UNMAP) && img->io->punch) {
+    r = img->io->punch (img->io_opaque, fd, offset, length);
     if (!unsupported (r))
       return r;
   }
@@ -64,9 +64,9 @@ raw_discard (struct qcow2_image *img, uint64_t offset, uint64_t length)
   struct qcow2_layer *layer = img->layers[0];
   int r;
 
-  if (img->io->punch_hole == NULL)
+  if (img->io->punch == NULL)
     return 0;
-  r = img->io->punch_hole (img->io_opaque, img->files[layer->file].fd,
+  r = img->io->punch (img->io_opaque, img->files[layer->file].fd,
                            offset, length);
   return unsupported (r) ? 0 : r;
 }

@@ -118,7 +118,9 @@ set_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
   if (layer->extended_l2)
     store_be64 (ent + 8, bitmap);
   if (release)
-    return release_l2_entry_locked (layer, old_l2e);
+    /* The guest gave the data up: its host space may go too. */
+    return release_l2_entry_locked (layer, old_l2e,
+                                    layer->img->punch_discarded);
   return 0;
 }
 
@@ -338,6 +340,8 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   r = inflight_enter (img, offset, length, flags, &rec);
   if (r != 0)
     return r;
+  /* Dirty whatever the outcome, FAST_ZERO refusals included: QEMU does. */
+  bitmap_set_dirty (img, offset, length);
 
   if (flags & QCOW2_FAST_ZERO) {
     r = zero_pass (img, offset, length, flags, true, &zp);
@@ -356,6 +360,7 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
     r = zero_pieces (img, &zp);
   free (zp.p);
   inflight_leave (img, rec);
+  flush_backlog (img);
   return r;
 }
 
@@ -367,6 +372,7 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   const uint64_t cs = layer->cluster_size;
   struct inflight *rec;
   uint64_t first, end;
+  bool backlog;
   int r;
 
   if (!range_fits (offset, length, img->view_size))
@@ -375,6 +381,9 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   r = write_check_args (img, offset, length);
   if (r < 0 || length == 0)
     return r;
+  /* The whole range is dirty, even where nothing is deallocated: QEMU
+   * dirties a discard's range whatever its driver did. */
+  bitmap_set_dirty (img, offset, length);
   if (layer->format == LAYER_RAW)
     return raw_discard (img, offset, length);
   /* Whole clusters only; the last one counts as whole when the range
@@ -406,7 +415,10 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
     r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
                           has_host (l2e));
   }
+  backlog = release_backlog_locked (layer);
   pthread_rwlock_unlock (&layer->lock);
   inflight_leave (img, rec);
+  if (backlog)
+    flush_backlog (img);
   return r;
 }

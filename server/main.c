@@ -66,6 +66,10 @@ serve_usage (FILE *fp)
 "  -D, --description=TEXT      export description\n"
 "  -r, --read-only             export read-only (default: read-write)\n"
 "      --discard=ignore|unmap  TRIM: ignore it (default) or deallocate\n"
+"      --bitmap=NAME           offer the persistent dirty bitmap NAME as\n"
+"                              qemu:dirty-bitmap:NAME (repeatable)\n"
+"      --load-snapshot=ID|NAME serve that internal snapshot, read-only\n"
+"                              (also snapshot.id=ID,snapshot.name=NAME)\n"
 "\n"
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
@@ -132,6 +136,8 @@ enum {
   OPT_TLS_VERIFY_PEER,
   OPT_TLS_AUTHZ_FILE,
   OPT_TLS_PSK,
+  OPT_BITMAP,
+  OPT_LOAD_SNAPSHOT,
 };
 
 /* Leading ':' so a missing argument is told apart from an unknown
@@ -145,6 +151,8 @@ static const struct option long_opts[] = {
   { "description", required_argument, NULL, 'D' },
   { "read-only", no_argument, NULL, 'r' },
   { "discard", required_argument, NULL, OPT_DISCARD },
+  { "bitmap", required_argument, NULL, OPT_BITMAP },
+  { "load-snapshot", required_argument, NULL, OPT_LOAD_SNAPSHOT },
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
@@ -209,6 +217,19 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
         cfg->discard_unmap = true;
       else
         bad_usage ("--discard must be ignore or unmap, not", optarg);
+      break;
+    case OPT_BITMAP:
+      if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
+        bad_usage ("invalid bitmap name", optarg);
+      if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
+        bad_usage ("too many --bitmap options (at most 62)", NULL);
+      cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
+      break;
+    case OPT_LOAD_SNAPSHOT:
+      if (options_parse_snapshot (optarg, cfg) == -1)
+        bad_usage ("invalid --load-snapshot", optarg);
+      /* A snapshot is a past state of the disk: it is never written. */
+      cfg->read_only = true;
       break;
     case 'e':
       cfg->max_connections = parse_unsigned ("--max-connections", optarg,

@@ -460,7 +460,7 @@ qnbd_image_config (const struct qnbd_image_args *a,
   cfg->offset = sp.offset;
   cfg->size = sp.size;
   cfg->has_size = sp.has_size;
-  cfg->snapshot = a->snapshot;
+  cfg->overlay = a->overlay;
   cfg->direct_io = sp.direct;
   cfg->writethrough = a->writethrough;
   cfg->no_flush = sp.no_flush;
@@ -483,7 +483,7 @@ qnbd_image_config (const struct qnbd_image_args *a,
     cfg->offset += a->offset;
   }
 
-  if (probed && !a->read_only && !a->snapshot)
+  if (probed && !a->read_only && !a->overlay)
     fprintf (stderr, "WARNING: Image format was not specified for '%s' and "
              "probing guessed raw.\n"
              "         Automatically detecting the format is dangerous for "

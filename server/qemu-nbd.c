@@ -347,7 +347,7 @@ parse (int argc, char **argv, struct cmdline *c)
 
     switch (ch) {
     case 's':
-      c->img.snapshot = true;
+      c->img.overlay = true;
       break;
     case 'n':
       optarg = (char *) "none";
@@ -717,6 +717,6 @@ qemu_nbd_main (int argc, char **argv)
   cfg.open_failed = qnbd_open_failed;
 
   if (c.fork_process)
-    do_fork (cfg.probed_raw && !cfg.read_only && !cfg.snapshot);
+    do_fork (cfg.probed_raw && !cfg.read_only && !cfg.overlay);
   return serve_run (&cfg);
 }

@@ -80,7 +80,7 @@ struct qnbd_image_args {
   const char *format;           /* -f, or NULL */
   bool image_opts;              /* --image-opts */
   bool read_only;               /* -r, -l */
-  bool snapshot;                /* -s */
+  bool overlay;                 /* -s */
   bool direct;                  /* --cache: cache.direct */
   bool writethrough;            /* --cache */
   bool no_flush;                /* --cache=unsafe */

@@ -104,6 +104,7 @@ open_opts (const struct server_config *cfg, struct qcow2_open_opts *opts,
 {
   *opts = (struct qcow2_open_opts) {
     .writable = !cfg->read_only,
+    .punch_discarded = cfg->discard_unmap,
     .l2_cache_size = cfg->l2_cache_size,
     .log = qcow2_log,
     /* Requests parked on QCOW2_BLOCKED are retried by their worker. */
@@ -115,6 +116,9 @@ open_opts (const struct server_config *cfg, struct qcow2_open_opts *opts,
     .size = cfg->size,
     .has_size = cfg->has_size,
     .error = err,
+    .snapshot = cfg->snapshot,
+    .snapshot_id = cfg->snapshot_id,
+    .snapshot_name = cfg->snapshot_name,
   };
 }
 
@@ -165,6 +169,7 @@ open_overlay (const struct server_config *cfg, struct qcow2_image **imgp,
     opts.writable = true;
     opts.format = QCOW2_FORMAT_QCOW2;
     opts.no_backing = false;
+    opts.snapshot = opts.snapshot_id = opts.snapshot_name = NULL;
     r = qcow2_open (path, &opts, imgp);
   }
   unlink (path);
@@ -185,7 +190,7 @@ open_image (const struct server_config *cfg, struct qcow2_image **imgp)
   opening = cfg;
   open_msg[0] = '\0';
   atomic_store (&qcow2_logged_error, false);
-  if (cfg->snapshot && writable)
+  if (cfg->overlay && writable)
     r = open_overlay (cfg, imgp, &err);
   else {
     open_opts (cfg, &opts, &err);
@@ -211,7 +216,8 @@ open_image (const struct server_config *cfg, struct qcow2_image **imgp)
 
 /* ---- the export ------------------------------------------------------- */
 
-static void
+/* Returns 0, or -1 (logged: a --bitmap that cannot be exported). */
+static int
 build_export (const struct server_config *cfg, struct qcow2_image *img,
               struct export *exp)
 {
@@ -227,9 +233,12 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
   exp->no_flush = cfg->no_flush;
   exp->direct_io = cfg->direct_io;
   exp->detect_zeroes = cfg->detect_zeroes;
-  exp->metas = 1u << META_BASE_ALLOCATION;
-  if (cfg->alloc_depth)
-    exp->metas |= 1u << META_ALLOCATION_DEPTH;
+  if (contexts_setup (exp, cfg) == -1)
+    return -1;
+  exp->metas = exp->nr_meta == META_MAX ? UINT64_MAX
+    : (UINT64_C (1) << exp->nr_meta) - 1;
+  if (!cfg->alloc_depth)
+    exp->metas &= ~(UINT64_C (1) << META_ALLOCATION_DEPTH);
 
   /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
    * writes answered on all of them (qcow2_flush).  TRIM is advertised
@@ -258,6 +267,7 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
     exp->min_block = cfg->probed_raw ? 512 : 1;
     exp->pref_block = exp->min_block > 4096 ? exp->min_block : 4096;
   }
+  return 0;
 }
 
 /* ---- signals and the pid file ----------------------------------------- */
@@ -342,7 +352,7 @@ write_pid_file (const char *path)
 int
 serve_run (const struct server_config *cfg)
 {
-  struct export exp;
+  struct export exp = { 0 };
   struct qcow2_image *img = NULL;
   sigset_t set;
   pthread_t sig_thread;
@@ -376,7 +386,8 @@ serve_run (const struct server_config *cfg)
   if (qcow2_is_corrupt (img))
     log_error ("warning: %s is marked corrupt; serving it read-only",
                cfg->image);
-  build_export (cfg, img, &exp);
+  if (build_export (cfg, img, &exp) == -1)
+    goto out_image;
 
   /* Sockets before workers: a busy port is the likeliest failure, and
    * finding it first costs no thread or ring set-up. */
@@ -424,6 +435,7 @@ serve_run (const struct server_config *cfg)
     unlink (cfg->socket_path);
  out_image:
   qcow2_close (img);
+  contexts_free (&exp);
  out_tls:
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);

@@ -28,8 +28,21 @@
 #include "tls/tls.h"
 
 struct qcow2_image;
+struct qcow2_bitmap;
 struct worker;
 struct conn;
+
+/* Meta contexts a client may select (bit numbers of conn->meta): two
+ * fixed ones, then one per exported bitmap. */
+enum meta_context {
+  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
+  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
+  META_DIRTY_BITMAP = 2,        /* "qemu:dirty-bitmap:NAME", + index */
+  META_MAX = 64                 /* bits of conn->meta */
+};
+#define MAX_EXPORT_BITMAPS (META_MAX - META_DIRTY_BITMAP)
+/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
+#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
 
 /* ---- serve.c: the server's configuration and life ------------------- */
 
@@ -51,7 +64,7 @@ struct server_config {
   bool no_locks;                /* QEMU's file.locking=off */
   uint64_t offset, size;        /* window of the disk (qcow2_open_opts) */
   bool has_size;
-  bool snapshot;                /* writes go to a temporary overlay */
+  bool overlay;                 /* -s: writes go to a temporary overlay */
   bool direct_io;               /* data I/O with O_DIRECT where aligned */
   bool writethrough;            /* every write durable before its reply */
   bool no_flush;                /* FLUSH and FUA skip the sync (unsafe) */
@@ -86,6 +99,16 @@ struct server_config {
   bool keep_pid_file;           /* leave it at exit, as qemu-nbd does */
   int verbose;                  /* -v count */
   struct tls_config tls;        /* --tls and its credentials */
+  /* --bitmap (qemu-nbd -B), in command line order: each exported as
+   * qemu:dirty-bitmap:NAME. */
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
+  /* --load-snapshot=ID_OR_NAME (qemu-nbd -l NAME|ID), or the ID and/or
+   * name that must both match (qemu-nbd -l snapshot.id=,snapshot.name=):
+   * serve that internal snapshot; it implies read_only. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
 
   /* Called once a connect would be served (sockets listening, pid file
    * written), in the main thread; NULL: nothing to do. */
@@ -126,12 +149,17 @@ struct export {
   bool no_flush;                /* FLUSH and FUA do not sync */
   bool direct_io;               /* workers open O_DIRECT fds too */
   enum detect_zeroes detect_zeroes;
-  uint32_t metas;               /* bitmask of enum meta_context offered */
+  uint64_t metas;               /* bitmask of enum meta_context offered */
   uint16_t eflags;              /* NBD_FLAG_* transmission flags */
   uint32_t min_block, pref_block, max_block;
   /* The minimum block size told to a client that did not ask for block
    * sizes with NBD_OPT_GO (min_block to those that did, and for INFO). */
   uint32_t min_block_unasked;
+  /* Meta contexts offered: names by enum meta_context, NR_META of them;
+   * the bitmap of context META_DIRTY_BITMAP + i is bitmaps[i]. */
+  const char *meta_names[META_MAX];
+  unsigned nr_meta;
+  struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
 };
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
@@ -159,15 +187,6 @@ struct conn_transport {
   void (*shutdown) (struct conn *conn);
 };
 
-/* Meta contexts a client may select (bit numbers of conn->meta). */
-enum meta_context {
-  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
-  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
-  META_NR
-};
-/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
-#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
-
 struct conn {
   int fd;
   char peer[80];                /* printable peer address, for logs */
@@ -179,7 +198,7 @@ struct conn {
   const struct export *exp;
   bool no_zeroes;
   bool structured_replies;
-  uint32_t meta;                /* bitmask of enum meta_context */
+  uint64_t meta;                /* bitmask of enum meta_context */
 
   /* Worker-owned state (request.c). */
   struct worker *worker;
@@ -261,6 +280,12 @@ uint32_t nbd_errno (int err);
  * or does not fit in 64 bits. */
 int options_parse_size (const char *s, uint64_t *size);
 
+/* Parse a snapshot selector as qemu-nbd -l takes it into CFG: an ID or
+ * a name (cfg->snapshot), or "snapshot.id=ID,snapshot.name=NAME" (either
+ * part may be left out; ",," is a comma).  Returns 0, or -1 for an
+ * unknown key or an empty list. */
+int options_parse_snapshot (const char *arg, struct server_config *cfg);
+
 /* Report a command line error and exit with status 1: "qcow2-nbd:
  * PREFIXMSG 'ARG'" (the quoted ARG only when given, the whole line only
  * when MSG is), then a pointer to "qcow2-nbd SUBCMD --help". */
@@ -279,6 +304,15 @@ typedef void (*options_bad_usage_fn) (const char *msg, const char *arg)
 void options_getopt_error (options_bad_usage_fn bad_usage, int c,
                            char **argv)
   __attribute__ ((noreturn));
+
+/* ---- contexts.c: the meta contexts of the export ---------------------- */
+
+/* Fill EXP's meta context table: the fixed contexts, then one
+ * qemu:dirty-bitmap:NAME per cfg->bitmaps entry (duplicates once), its
+ * bitmap looked up in exp->img.  Returns 0, or -1 (logged: the bitmap is
+ * missing, inconsistent or cannot be loaded). */
+int contexts_setup (struct export *exp, const struct server_config *cfg);
+void contexts_free (struct export *exp);
 
 /* ---- probe.c: image formats as QEMU probes them ----------------------- */
 

@@ -494,6 +494,20 @@ qnbd_image_config (const struct qnbd_image_args *a,
 }
 
 void
+qnbd_bitmap_failed (const struct server_config *cfg, const char *name,
+                    const char *msg)
+{
+  if (strstr (msg, "is not found"))
+    qnbd_error ("Bitmap '%s' is not found", name);
+  else if (strstr (msg, "inconsistent"))
+    qnbd_error ("Bitmap '%s' is inconsistent and cannot be used\n"
+                "Try block-dirty-bitmap-remove to delete this bitmap from "
+                "disk", name);
+  else
+    qnbd_error ("%s", msg);
+}
+
+void
 qnbd_open_failed (const struct server_config *cfg, int r,
                   const struct qcow2_open_error *e, const char *msg)
 {
@@ -516,7 +530,11 @@ qnbd_open_failed (const struct server_config *cfg, int r,
                 prefix, e->shared ? "shared " : "", e->perm, e->file);
     return;
   default:
-    if (r == -EROFS)
+    /* -l naming no snapshot of the image. */
+    if (r == -ENOENT && (cfg->snapshot || cfg->snapshot_id
+                         || cfg->snapshot_name))
+      qnbd_error ("Failed to load snapshot: Can't find snapshot");
+    else if (r == -EROFS)
       qnbd_error ("Failed to blk_new_open '%s': qcow2: Image is corrupt; "
                   "cannot be opened read/write", qnbd_image_arg);
     else

@@ -10,8 +10,8 @@
  *
  * Differences from qemu-nbd are the ones the manual lists (qemu-nbd
  * compatibility in qcow2-nbd(8)); in short: only qcow2 and raw images,
- * the image is opened before anything listens, -c, -d, -B and -l are
- * refused until they arrive, and -T is accepted but traces nothing. */
+ * the image is opened before anything listens, -c and -d are refused
+ * until they arrive, and -T is accepted but traces nothing. */
 
 #include <config.h>
 
@@ -329,7 +329,11 @@ struct cmdline {
   const char *bindto, *port, *sockpath, *device;
   bool disconnect, list, fork_process, alloc_depth, seen_cache, seen_aio;
   bool seen_discard, persistent;
-  const char *sn_param, *sn_id_or_name, *bitmap;
+  const char *sn_id_or_name;
+  struct server_config sn;      /* -l, as options_parse_snapshot keeps it */
+  bool load_snapshot;
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
   const char *export_name, *description;
   const char *tlscredsid, *tlshostname, *tlsauthz;
   const char *pid_file, *selinux_label;
@@ -429,9 +433,24 @@ parse (int argc, char **argv, struct cmdline *c)
       c->dev_offset = v;
       break;
     case 'l':
-      if (strncmp (optarg, "snapshot.", 9) == 0)
-        c->sn_param = optarg;
-      else
+      if (options_parse_snapshot (optarg, &c->sn) == -1) {
+        const char *bad = optarg;
+
+        /* Name the first key that is not snapshot.id or snapshot.name. */
+        while (strncmp (bad, "snapshot.id=", 12) == 0
+               || strncmp (bad, "snapshot.name=", 14) == 0) {
+          bad = strchr (bad, ',');
+          while (bad && bad[1] == ',')
+            bad = strchr (bad + 2, ',');
+          bad = bad ? bad + 1 : "";
+        }
+        qnbd_error ("Invalid parameter '%.*s'", (int) strcspn (bad, "=,"),
+                    bad);
+        qnbd_error ("Failed in parsing snapshot param `%s'", optarg);
+        exit (EXIT_FAILURE);
+      }
+      c->load_snapshot = true;
+      if (c->sn.snapshot)
         c->sn_id_or_name = optarg;
       /* fallthrough */
     case 'r':
@@ -441,7 +460,11 @@ parse (int argc, char **argv, struct cmdline *c)
       c->alloc_depth = true;
       break;
     case 'B':
-      c->bitmap = optarg;
+      if (c->nr_bitmaps == MAX_EXPORT_BITMAPS) {
+        qnbd_error ("at most %d --bitmap options", MAX_EXPORT_BITMAPS);
+        exit (EXIT_FAILURE);
+      }
+      c->bitmaps[c->nr_bitmaps++] = optarg;
       break;
     case 'k':
       c->sockpath = optarg;
@@ -541,7 +564,7 @@ check (int argc, char **argv, struct cmdline *c, unsigned activation)
       exit (EXIT_FAILURE);
     }
     if (c->export_name || c->description || c->dev_offset || c->device
-        || c->disconnect || c->img.format || c->sn_id_or_name || c->bitmap
+        || c->disconnect || c->img.format || c->sn_id_or_name || c->nr_bitmaps
         || c->alloc_depth || c->seen_aio || c->seen_discard
         || c->seen_cache) {
       qnbd_error ("List mode is incompatible with per-device settings");
@@ -655,22 +678,14 @@ qemu_nbd_main (int argc, char **argv)
                       c.tlshostname ? c.tlshostname : c.bindto,
                       c.tlscredsid ? qnbd_tls_username (c.tlscredsid) : NULL);
 
-  /* Not here yet: kernel attach, bitmaps and internal snapshots come
-   * with their own work.  Refused by name, before anything starts. */
+  /* Not here yet: kernel attach comes with its own work.  Refused by
+   * name, before anything starts. */
   if (c.disconnect) {
     qnbd_error ("--disconnect is not supported yet by qcow2-nbd");
     exit (EXIT_FAILURE);
   }
   if (c.device) {
     qnbd_error ("--connect is not supported yet by qcow2-nbd");
-    exit (EXIT_FAILURE);
-  }
-  if (c.bitmap) {
-    qnbd_error ("--bitmap is not supported yet by qcow2-nbd");
-    exit (EXIT_FAILURE);
-  }
-  if (c.sn_param || c.sn_id_or_name) {
-    qnbd_error ("--load-snapshot is not supported yet by qcow2-nbd");
     exit (EXIT_FAILURE);
   }
   if (c.img.image_opts && c.img.format) {
@@ -691,6 +706,13 @@ qemu_nbd_main (int argc, char **argv)
   if (qnbd_image_config (&c.img, &cfg) == -1)
     exit (EXIT_FAILURE);
 
+  memcpy (cfg.bitmaps, c.bitmaps, sizeof cfg.bitmaps);
+  cfg.nr_bitmaps = c.nr_bitmaps;
+  if (c.load_snapshot) {
+    cfg.snapshot = c.sn.snapshot;
+    cfg.snapshot_id = c.sn.snapshot_id;
+    cfg.snapshot_name = c.sn.snapshot_name;
+  }
   cfg.export_name = c.export_name;
   cfg.description = c.description;
   cfg.alloc_depth = c.alloc_depth;
@@ -715,6 +737,7 @@ qemu_nbd_main (int argc, char **argv)
     cfg.tls = tls;
   cfg.ready = ready;
   cfg.open_failed = qnbd_open_failed;
+  cfg.bitmap_failed = qnbd_bitmap_failed;
 
   if (c.fork_process)
     do_fork (cfg.probed_raw && !cfg.read_only && !cfg.overlay);

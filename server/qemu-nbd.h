@@ -96,9 +96,12 @@ struct qnbd_image_args {
 int qnbd_image_config (const struct qnbd_image_args *args,
                        struct server_config *cfg);
 
-/* Word a failed qcow2_open as qemu-nbd would (server_config.open_failed). */
+/* Word a failed qcow2_open as qemu-nbd would (server_config.open_failed),
+ * and a --bitmap that cannot be exported (server_config.bitmap_failed). */
 void qnbd_open_failed (const struct server_config *cfg, int r,
                        const struct qcow2_open_error *e, const char *msg);
+void qnbd_bitmap_failed (const struct server_config *cfg, const char *name,
+                         const char *msg);
 
 /* ---- qemu-objects.c: --object ----------------------------------------- */
 

@@ -78,7 +78,7 @@ qcow2_log (void *opaque, enum qcow2_log_level level, const char *msg)
   switch (level) {
   case QCOW2_LOG_ERROR:
     atomic_store (&qcow2_logged_error, true);
-    if (opening && opening->open_failed) {
+    if (opening && (opening->open_failed || opening->bitmap_failed)) {
       if (open_msg[0] == '\0')
         snprintf (open_msg, sizeof open_msg, "%s", msg);
       break;
@@ -386,8 +386,19 @@ serve_run (const struct server_config *cfg)
   if (qcow2_is_corrupt (img))
     log_error ("warning: %s is marked corrupt; serving it read-only",
                cfg->image);
-  if (build_export (cfg, img, &exp) == -1)
+  /* The library's errors about the bitmaps are the front end's to word,
+   * as for the image. */
+  opening = cfg;
+  open_msg[0] = '\0';
+  r = build_export (cfg, img, &exp);
+  opening = NULL;
+  if (r == -1) {
+    if (cfg->bitmap_failed && exp.failed_bitmap)
+      cfg->bitmap_failed (cfg, exp.failed_bitmap, open_msg);
+    else if (open_msg[0])
+      log_error ("%s", open_msg);
     goto out_image;
+  }
 
   /* Sockets before workers: a busy port is the likeliest failure, and
    * finding it first costs no thread or ring set-up. */

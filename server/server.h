@@ -118,6 +118,10 @@ struct server_config {
    * first error message (may be ""). */
   void (*open_failed) (const struct server_config *cfg, int r,
                        const struct qcow2_open_error *e, const char *msg);
+  /* Likewise for a --bitmap that cannot be exported: NAME, and the
+   * library's message MSG. */
+  void (*bitmap_failed) (const struct server_config *cfg, const char *name,
+                         const char *msg);
 };
 
 /* Handshake time limit of serve (seconds). */
@@ -160,6 +164,7 @@ struct export {
   const char *meta_names[META_MAX];
   unsigned nr_meta;
   struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
+  const char *failed_bitmap;    /* set up only: the --bitmap refused */
 };
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
@@ -310,7 +315,8 @@ void options_getopt_error (options_bad_usage_fn bad_usage, int c,
 /* Fill EXP's meta context table: the fixed contexts, then one
  * qemu:dirty-bitmap:NAME per cfg->bitmaps entry (duplicates once), its
  * bitmap looked up in exp->img.  Returns 0, or -1 (logged: the bitmap is
- * missing, inconsistent or cannot be loaded). */
+ * missing, inconsistent or cannot be loaded; exp->failed_bitmap names
+ * it). */
 int contexts_setup (struct export *exp, const struct server_config *cfg);
 void contexts_free (struct export *exp);
 

@@ -50,6 +50,9 @@ for who in oracle ours; do
   truncate -s 1M "$d/r.raw"
   head -c 2048 /dev/zero | tr '\0' 'x' > "$d/junk"
   qemu-img create -q -f qcow2 -u -b gone.qcow2 -F qcow2 "$d/top.qcow2" 1M
+  qemu-img create -q -f qcow2 "$d/bm.qcow2" 1M
+  qemu-img bitmap --add "$d/bm.qcow2" b1
+  qemu-img snapshot -c s1 "$d/bm.qcow2"
   mkdir -p "$d/dir"
 done
 mkdir -p "$tmpdir/pki"
@@ -139,6 +142,12 @@ check_same "json, read-only node exported writable" -k "$sock" \
   'json:{"driver":"qcow2","read-only":true,"file":{"driver":"file","filename":"q.qcow2"}}'
 check_same "json, raw offset past the end" -k "$sock" \
   'json:{"driver":"raw","offset":2000000,"file":{"driver":"file","filename":"r.raw"}}'
+check_same "unknown bitmap" -k "$sock" -B nosuch bm.qcow2
+check_same "unknown snapshot" -k "$sock" -l nosuch bm.qcow2
+check_same "unknown snapshot id" -k "$sock" -l snapshot.id=9 bm.qcow2
+check_same "bad snapshot parameter" -k "$sock" -l snapshot.id=1,snapshot.x=2 \
+  bm.qcow2
+check_same "list with a bitmap" -L -B b1
 ok "$n usage mistakes and start-up errors worded and ended as qemu-nbd's"
 
 # ---- a lock held by another qemu-nbd ------------------------------------
@@ -153,7 +162,7 @@ ok "lock conflicts reported in qemu-nbd's words"
 
 # ---- options that are not here yet fail by name -------------------------
 
-for args in "-B bm" "--load-snapshot=s" "-c /dev/nbd0" "-d"; do
+for args in "-c /dev/nbd0" "-d"; do
   rc=0
   # shellcheck disable=SC2086
   (cd "$tmpdir/run-ours" && qnbd ours $args q.qcow2) >"$tmpdir/ny.err" 2>&1 ||
@@ -162,4 +171,4 @@ for args in "-B bm" "--load-snapshot=s" "-c /dev/nbd0" "-d"; do
   grep -q "^qemu-nbd: --[a-z-]* is not supported yet by qcow2-nbd$" \
     "$tmpdir/ny.err" || { cat "$tmpdir/ny.err" >&2; fail "$args: message"; }
 done
-ok "-B, -l, -c and -d fail with a named error"
+ok "-c and -d fail with a named error"

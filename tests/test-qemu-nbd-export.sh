@@ -29,6 +29,11 @@ make_images ()
     truncate -s 4M "$d/r.raw"
     qemu-io -f raw -c 'write -P 0x33 64k 64k' "$d/r.raw" >/dev/null
     truncate -s 1000000 "$d/odd.raw"
+    qemu-img create -q -f qcow2 "$d/bm.qcow2" 4M
+    qemu-img bitmap --add "$d/bm.qcow2" b1
+    qemu-io -f qcow2 -c 'write -P 0x44 0 64k' "$d/bm.qcow2" >/dev/null
+    qemu-img snapshot -c s1 "$d/bm.qcow2"
+    qemu-io -f qcow2 -c 'write -P 0x45 1M 64k' "$d/bm.qcow2" >/dev/null
   done
 }
 
@@ -83,6 +88,10 @@ export_case "json, a window of a raw file" \
   'json:{"driver":"raw","offset":65536,"size":1048576,"file":{"driver":"file","filename":"r.raw"}}'
 export_case "json, locking off, cache.direct" \
   'json:{"driver":"raw","cache":{"direct":true},"file":{"driver":"file","filename":"r.raw","locking":"off"}}'
+export_case "a bitmap" -B b1 -f qcow2 bm.qcow2
+export_case "a bitmap, read-only, allocation depth" -B b1 -r -A bm.qcow2
+export_case "an internal snapshot by name" -l s1 bm.qcow2
+export_case "an internal snapshot by id" -l snapshot.id=1 -f qcow2 bm.qcow2
 ok "$n option sets: the same export as qemu-nbd's"
 
 # ---- what the options do to the data -------------------------------------

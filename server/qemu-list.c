@@ -251,20 +251,32 @@ list (struct lister *l, struct export_info **out, int *count)
   }
 }
 
-/* NBD_OPT_INFO with a block size request: 1 done, 0 unsupported, -1. */
+/* Send option OPT whose payload is an export NAME (u32 length, bytes)
+ * followed by the 4 bytes of TAIL. */
 static int
-info (struct lister *l, struct export_info *e)
+send_name_opt (struct lister *l, uint32_t opt, const char *name,
+               const char tail[4])
 {
-  size_t nlen = strlen (e->name);
+  size_t nlen = strlen (name);
   CLEANUP_FREE char *buf = malloc (4 + nlen + 4);
 
   if (buf == NULL)
     return fail (l, "out of memory");
   store_be32 (buf, nlen);
-  memcpy (buf + 4, e->name, nlen);
-  store_be16 (buf + 4 + nlen, 1);
-  store_be16 (buf + 4 + nlen + 2, NBD_INFO_BLOCK_SIZE);
-  if (send_opt (l, NBD_OPT_INFO, buf, 4 + nlen + 4) < 0)
+  memcpy (buf + 4, name, nlen);
+  memcpy (buf + 4 + nlen, tail, 4);
+  return send_opt (l, opt, buf, 4 + nlen + 4);
+}
+
+/* NBD_OPT_INFO with a block size request: 1 done, 0 unsupported, -1. */
+static int
+info (struct lister *l, struct export_info *e)
+{
+  char tail[4];
+
+  store_be16 (tail, 1);                       /* one request: */
+  store_be16 (tail + 2, NBD_INFO_BLOCK_SIZE);
+  if (send_name_opt (l, NBD_OPT_INFO, e->name, tail) < 0)
     return -1;
   for (;;) {
     uint32_t type, len;
@@ -319,15 +331,9 @@ info (struct lister *l, struct export_info *e)
 static int
 meta_contexts (struct lister *l, struct export_info *e)
 {
-  size_t nlen = strlen (e->name);
-  CLEANUP_FREE char *buf = malloc (4 + nlen + 4);
+  static const char no_queries[4];
 
-  if (buf == NULL)
-    return fail (l, "out of memory");
-  store_be32 (buf, nlen);
-  memcpy (buf + 4, e->name, nlen);
-  store_be32 (buf + 4 + nlen, 0);
-  if (send_opt (l, NBD_OPT_LIST_META_CONTEXT, buf, 4 + nlen + 4) < 0)
+  if (send_name_opt (l, NBD_OPT_LIST_META_CONTEXT, e->name, no_queries) < 0)
     return -1;
   for (;;) {
     uint32_t type, len;

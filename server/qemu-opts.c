@@ -333,6 +333,7 @@ json_string (struct json *j)
 }
 
 static int json_value (struct json *j, const char *key);
+static int json_member (struct json *j, const char *key, char close);
 
 /* Join PREFIX and NAME with a dot (just NAME at the top). */
 static char *
@@ -345,6 +346,20 @@ join_key (const char *prefix, const char *name)
   if (asprintf (&k, "%s.%s", prefix, name) == -1)
     return NULL;
   return k;
+}
+
+/* The value of the member or element KEY, then ',' (returns 1: another
+ * follows) or CLOSE (0: the end of the object or array); -1 on error. */
+static int
+json_member (struct json *j, const char *key, char close)
+{
+  if (json_value (j, key) == -1)
+    return -1;
+  skip_ws (j);
+  if (*j->p == ',' || *j->p == close)
+    return *j->p++ == ',';
+  return json_fail (j, close == '}' ? "expected ',' or '}'"
+                    : "expected ',' or ']'");
 }
 
 static int
@@ -377,20 +392,10 @@ json_object (struct json *j, const char *prefix)
     free (name);
     if (key == NULL)
       return json_fail (j, "out of memory");
-    r = json_value (j, key);
+    r = json_member (j, key, '}');
     free (key);
-    if (r == -1)
-      return -1;
-    skip_ws (j);
-    if (*j->p == ',') {
-      j->p++;
-      continue;
-    }
-    if (*j->p == '}') {
-      j->p++;
-      return 0;
-    }
-    return json_fail (j, "expected ',' or '}'");
+    if (r <= 0)
+      return r;
   }
 }
 
@@ -413,20 +418,10 @@ json_array (struct json *j, const char *prefix)
     key = join_key (prefix, idx);
     if (key == NULL)
       return json_fail (j, "out of memory");
-    r = json_value (j, key);
+    r = json_member (j, key, ']');
     free (key);
-    if (r == -1)
-      return -1;
-    skip_ws (j);
-    if (*j->p == ',') {
-      j->p++;
-      continue;
-    }
-    if (*j->p == ']') {
-      j->p++;
-      return 0;
-    }
-    return json_fail (j, "expected ',' or ']'");
+    if (r <= 0)
+      return r;
   }
 }
 

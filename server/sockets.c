@@ -182,22 +182,24 @@ unix_socket (const struct server_config *cfg, int **fds)
   return 1;
 }
 
+/* Addresses to listen on, of both families.  No AI_ADDRCONFIG: on a
+ * host with only loopback configured it would hide ::, and clients of
+ * ::1 could not connect. */
+static const struct addrinfo listen_hints = {
+  .ai_flags = AI_PASSIVE,
+  .ai_family = AF_UNSPEC,
+  .ai_socktype = SOCK_STREAM,
+};
+
 static int
 tcp_sockets (const struct server_config *cfg, int **fds)
 {
-  struct addrinfo hints = {
-    /* No AI_ADDRCONFIG: on a host with only loopback configured it
-     * would hide ::, and clients of ::1 could not connect. */
-    .ai_flags = AI_PASSIVE,
-    .ai_family = AF_UNSPEC,
-    .ai_socktype = SOCK_STREAM,
-  };
   struct addrinfo *res, *ai;
   const char *port = cfg->port ? cfg->port : NBD_DEFAULT_PORT;
   bool have_v4 = false;
   int n = 0, max = 0, r;
 
-  r = getaddrinfo (cfg->bind_addr, port, &hints, &res);
+  r = getaddrinfo (cfg->bind_addr, port, &listen_hints, &res);
   if (r != 0) {
     log_error ("%s:%s: %s", cfg->bind_addr ? cfg->bind_addr : "*", port,
                r == EAI_SYSTEM ? strerror (errno) : gai_strerror (r));
@@ -299,18 +301,13 @@ tcp_sockets (const struct server_config *cfg, int **fds)
 static int
 tcp_first_socket (const struct server_config *cfg, int **fds)
 {
-  struct addrinfo hints = {
-    .ai_flags = AI_PASSIVE,
-    .ai_family = AF_UNSPEC,
-    .ai_socktype = SOCK_STREAM,
-  };
   struct addrinfo *res, *ai;
   const char *port = cfg->port ? cfg->port : NBD_DEFAULT_PORT;
   const char *host = cfg->bind_addr ? cfg->bind_addr : "0.0.0.0";
   bool created = false;
   int r, err = 0;
 
-  r = getaddrinfo (host, port, &hints, &res);
+  r = getaddrinfo (host, port, &listen_hints, &res);
   if (r != 0) {
     log_error ("address resolution failed for %s:%s: %s", host, port,
                r == EAI_SYSTEM ? strerror (errno) : gai_strerror (r));

@@ -414,7 +414,8 @@ qnbd_image_config (const struct qnbd_image_args *a,
     .direct = a->direct, .no_flush = a->no_flush,
     .discard_unmap = a->discard_unmap, .aio_native = a->aio_native,
   };
-  struct qdict d = { 0 };
+  /* Static: the configuration points into it for the program's life. */
+  static struct qdict d;
   bool probed = false;
   char err[256];
   int r = 0;
@@ -450,7 +451,7 @@ qnbd_image_config (const struct qnbd_image_args *a,
   }
 
   /* The strings now belong to the configuration for the program's
-   * life (the dictionary is never freed on success). */
+   * life: the dictionary is never freed on success. */
   cfg->image = sp.filename;
   cfg->format = strcmp (sp.driver, "raw") == 0 ? QCOW2_FORMAT_RAW
     : QCOW2_FORMAT_QCOW2;

@@ -37,6 +37,7 @@ struct object {
   /* tls-creds-* */
   bool server;                  /* endpoint=server */
   char *dir;
+  char *psk_file;               /* tls-creds-psk: DIR/keys.psk */
   bool verify_peer;
   char *username;
   /* authz-* */
@@ -250,10 +251,16 @@ tls_creds (struct qdict *d, struct object *o, bool x509)
 /* QEMU's "complete" step of credentials, once every property is known:
  * the files must be there. */
 static int
-tls_creds_complete (const struct object *o)
+tls_creds_complete (struct object *o)
 {
-  if (o->type == OBJ_PSK)
+  if (o->type == OBJ_PSK) {
+    if (asprintf (&o->psk_file, "%s/keys.psk", o->dir) == -1) {
+      o->psk_file = NULL;
+      qnbd_error ("out of memory");
+      return -1;
+    }
     return creds_file (o->dir, "keys.psk");
+  }
   if (creds_file (o->dir, "ca-cert.pem") < 0)
     return -1;
   if (o->server && (creds_file (o->dir, "server-cert.pem") < 0
@@ -434,6 +441,7 @@ qnbd_object_add (const char *arg)
  out:
   free (o.id);
   free (o.dir);
+  free (o.psk_file);
   free (o.username);
   for (size_t i = 0; i < o.nr_rules; i++)
     free ((char *) o.rules[i].match);
@@ -468,10 +476,8 @@ qnbd_tls_config (const char *id, const char *authz_id, bool list,
     tls->certs_dir = o->dir;
     tls->verify_peer = o->verify_peer;
   }
-  else if (asprintf ((char **) &tls->psk_file, "%s/keys.psk", o->dir) == -1) {
-    snprintf (err, errlen, "out of memory");
-    return -1;
-  }
+  else
+    tls->psk_file = o->psk_file;
   /* QEMU checks the authorization only of a verified x509 client (and
    * denies everyone when the authz object does not exist). */
   if (authz_id && o->type == OBJ_X509 && o->verify_peer) {

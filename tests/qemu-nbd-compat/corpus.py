@@ -220,7 +220,7 @@ PATTERNS = [
          image="raw",
          args=["--export-name=export", "--persistent", "--shared=8",
                "--bind=127.0.0.1", "--port=@PORT@", "--cache=none",
-               "--aio=native", "--discard=unmap",
+               "--aio=native", "--discard=unmap", "--detect-zeroes=unmap",
                'json:{"driver": "raw", "file": {"driver": "file", '
                '"filename": "@IMG@"}}'],
          export="export",
@@ -231,7 +231,8 @@ PATTERNS = [
          image="chain",
          args=["--export-name=", "--persistent", "--shared=8",
                "--socket=@SOCK@", "--read-only", "--cache=none",
-               "--aio=native", "--allocation-depth",
+               "--aio=native", "--discard=unmap", "--detect-zeroes=unmap",
+               "--allocation-depth",
                'json:{"driver": "qcow2", "file": {"driver": "file", '
                '"filename": "@IMG@"}, "backing": null}'],
          checks=["info", "read", "map"]),
@@ -241,6 +242,7 @@ PATTERNS = [
          image="raw",
          args=["--export-name=", "--persistent", "--shared=8",
                "--socket=@SOCK@", "--cache=none", "--aio=native",
+               "--discard=unmap", "--detect-zeroes=unmap",
                'json:{"driver": "raw", "file": {"driver": "file", '
                '"filename": "@IMG@"}, "offset": 1048576, "size": 2097152}'],
          checks=["info", "read", "map", "write"]),
@@ -258,7 +260,10 @@ PATTERNS = [
                 "SIGINT ends qemu-nbd)",
          image="raw",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--format", "raw", "@IMG@"],
+               "--socket=@SOCK@", "--cache=none", "--aio=native",
+               "--discard=unmap", "--detect-zeroes=unmap",
+               'json:{"driver": "raw", "file": {"driver": "file", '
+               '"filename": "@IMG@"}}'],
          stop="INT",
          checks=["info", "second"]),
     dict(name="imageio-signal-hup",
@@ -266,7 +271,10 @@ PATTERNS = [
                 "SIGHUP ends qemu-nbd)",
          image="raw",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--format", "raw", "@IMG@"],
+               "--socket=@SOCK@", "--cache=none", "--aio=native",
+               "--discard=unmap", "--detect-zeroes=unmap",
+               'json:{"driver": "raw", "file": {"driver": "file", '
+               '"filename": "@IMG@"}}'],
          stop="HUP",
          checks=["info"]),
 

@@ -171,38 +171,48 @@ PY
   )
 fi
 
-# run_side NAME PROG: run every test with QEMU_NBD_PROG=PROG; results go
-# to $work/NAME.res as "TEST:FMT:PROTO RESULT" lines.
+# run_one NAME PROG ENTRY: run one test with QEMU_NBD_PROG=PROG and
+# print its result (pass, fail, notrun, error).  The TAP output of a
+# failure is kept in IOTESTS_LOG_DIR/NAME when that is set.
+run_one ()
+{
+  local name=$1 prog=$2 t fmt proto line res
+  IFS=: read -r t fmt proto <<<"$3"
+  : "${fmt:=qcow2}" "${proto:=file}"
+  rm -rf "$work/$name/scratch" "$work/$name/sock"
+  mkdir -p "$work/$name/scratch" "$work/$name/sock"
+  local out="$work/$name/$t-$fmt-$proto.tap"
+  (cd "$iotests" &&
+   env QEMU_PROG="$work/qemu-system" QEMU_IMG_PROG=/usr/bin/qemu-img \
+       QEMU_IO_PROG=/usr/bin/qemu-io QEMU_NBD_PROG="$prog" \
+       QSD_PROG=/usr/bin/qemu-storage-daemon \
+       TEST_DIR="$work/$name/scratch" SOCK_DIR="$work/$name/sock" \
+       timeout -k 10 900 nice /usr/bin/python3 ./check -tap "-$fmt" \
+         "-$proto" "$t") >"$out" 2>&1
+  line=$(grep -E '^(not )?ok ' "$out" | head -n1)
+  case "$line" in
+    "not ok "*) res=fail ;;
+    *"# SKIP"*) res=notrun ;;
+    "ok "*) res=pass ;;
+    *) res=error ;;
+  esac
+  if [ -n "${IOTESTS_LOG_DIR:-}" ] && { [ "$res" = fail ] || [ "$res" = error ]; }; then
+    mkdir -p "$IOTESTS_LOG_DIR/$name"
+    cp "$out" "$IOTESTS_LOG_DIR/$name/"
+  fi
+  echo "$res"
+}
+
+# run_side NAME PROG: every test; results in $work/NAME.res as
+# "TEST:FMT:PROTO RESULT" lines.
 run_side ()
 {
-  local name=$1 prog=$2 t fmt line res
+  local name=$1 prog=$2 t f p
   : >"$work/$name.res"
   for t in "${tests[@]}"; do
-    IFS=: read -r t fmt proto <<<"$t"
-    : "${fmt:=qcow2}" "${proto:=file}"
-    mkdir -p "$work/$name/scratch" "$work/$name/sock"
-    local out="$work/$name/$t-$fmt-$proto.tap"
-    (cd "$iotests" &&
-     env QEMU_PROG="$work/qemu-system" QEMU_IMG_PROG=/usr/bin/qemu-img \
-         QEMU_IO_PROG=/usr/bin/qemu-io QEMU_NBD_PROG="$prog" \
-         QSD_PROG=/usr/bin/qemu-storage-daemon \
-         TEST_DIR="$work/$name/scratch" SOCK_DIR="$work/$name/sock" \
-         timeout -k 10 900 nice /usr/bin/python3 ./check -tap "-$fmt" "-$proto" "$t") \
-      >"$out" 2>&1
-    line=$(grep -E '^(not )?ok ' "$out" | head -n1)
-    case "$line" in
-      "not ok "*) res=fail ;;
-      *"# SKIP"*) res=notrun ;;
-      "ok "*) res=pass ;;
-      *) res=error ;;
-    esac
-    echo "$t:$fmt:$proto $res" >>"$work/$name.res"
-    # Keep the failures' diffs for the report.
-    if [ "$res" = fail ] || [ "$res" = error ]; then
-      mkdir -p "${IOTESTS_LOG_DIR:-$work}/$name"
-      cp "$out" "${IOTESTS_LOG_DIR:-$work}/$name/" 2>/dev/null
-    fi
-    rm -rf "$work/$name/scratch" "$work/$name/sock"
+    IFS=: read -r t f p <<<"$t"
+    echo "$t:${f:-qcow2}:${p:-file} $(run_one "$name" "$prog" "$t:$f:$p")" \
+      >>"$work/$name.res"
   done
 }
 
@@ -210,6 +220,30 @@ start=$SECONDS
 [ "$only" = candidate ] || { run_side oracle "$oracle"; t_oracle=$((SECONDS - start)); }
 start=$SECONDS
 [ "$only" = oracle ] || { run_side candidate "$candidate"; t_cand=$((SECONDS - start)); }
+
+# Some tests race qemu-system's own timing on a loaded machine (223, 264
+# and 307 have been seen to fail with the oracle now and then): a test
+# whose result differs between the sides runs once more on both, and
+# the better result of the two runs counts, marked "(2 runs)".
+retried=" "
+if [ -z "$only" ]; then
+  for t in "${tests[@]}"; do
+    IFS=: read -r n f p <<<"$t"
+    t=$n:${f:-qcow2}:${p:-file}
+    o=$(awk -v t="$t" '$1 == t { print $2 }' "$work/oracle.res")
+    c=$(awk -v t="$t" '$1 == t { print $2 }' "$work/candidate.res")
+    [ "$o" = "$c" ] && continue
+    retried+="$t "
+    for side in oracle candidate; do
+      [ "$(awk -v t="$t" '$1 == t { print $2 }' "$work/$side.res")" = pass ] &&
+        continue
+      prog=$oracle; [ "$side" = candidate ] && prog=$candidate
+      r=$(run_one "$side" "$prog" "$t")
+      [ "$r" = pass ] &&
+        sed -i "s|^$t .*|$t pass|" "$work/$side.res"
+    done
+  done
+fi
 
 # ---- the report --------------------------------------------------------
 
@@ -229,6 +263,7 @@ for t in "${tests[@]}"; do
   [ "$o" = pass ] && n_o=$((n_o + 1))
   [ "$c" = pass ] && n_c=$((n_c + 1))
   [ "$o" = pass ] && [ "$c" = pass ] && n_both=$((n_both + 1))
+  case "$retried" in *" $t "*) mark+="  (2 runs)" ;; esac
   printf '%-34s %-8s %-8s%s\n' "$t" "${o:--}" "${c:--}" "$mark"
 done
 echo "oracle ($oracle): $n_o passed${t_oracle:+ in ${t_oracle}s}"

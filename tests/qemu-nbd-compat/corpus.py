@@ -54,6 +54,23 @@ V2V = "libguestfs/virt-v2v@71376bdb"
 AVOCADO = "avocado-framework/avocado-vt@05bc5f7b"
 QEMU = "qemu/qemu v7.2.0 (Debian qemu 1:7.2+dfsg-7+deb12u18)"
 
+# What each source always puts on the command line, spliced below.
+# virt-v2v lib/qemuNBD.ml:80: -t --shared=0 --discard=unmap, pid file, socket.
+V2V_HEAD = ["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
+            "--socket", "@SOCK@"]
+# oVirt imageio ovirt_imageio/_internal/qemu_nbd.py:101-128 with its
+# defaults (cache=none where O_DIRECT works, aio=native with it,
+# discard=unmap, detect_zeroes=unmap).
+IMAGEIO_IO = ["--cache=none", "--aio=native", "--discard=unmap",
+              "--detect-zeroes=unmap"]
+
+
+def imageio_json(driver, extra=""):
+    """The json: file name imageio builds (qemu_nbd.py:148-165)."""
+    return ('json:{"driver": "%s", "file": {"driver": "file", '
+            '"filename": "@IMG@"}%s}' % (driver, extra))
+
+
 PATTERNS = [
     # ---- libnbd's test suite and examples ---------------------------
     dict(name="libnbd-info-list",
@@ -208,21 +225,16 @@ PATTERNS = [
                 "(fmt=qcow2, defaults)",
          image="qcow2",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--cache=none", "--aio=native",
-               "--discard=unmap", "--detect-zeroes=unmap",
-               "--allocation-depth",
-               'json:{"driver": "qcow2", "file": {"driver": "file", '
-               '"filename": "@IMG@"}}'],
+               "--socket=@SOCK@"] + IMAGEIO_IO + [
+               "--allocation-depth", imageio_json("qcow2")],
          checks=["info", "read", "map", "write", "second", "shared:8"]),
     dict(name="imageio-raw-tcp",
          source=f"{IMAGEIO}:ovirt_imageio/_internal/qemu_nbd.py:101-165 "
                 "(fmt=raw, tcp)",
          image="raw",
          args=["--export-name=export", "--persistent", "--shared=8",
-               "--bind=127.0.0.1", "--port=@PORT@", "--cache=none",
-               "--aio=native", "--discard=unmap", "--detect-zeroes=unmap",
-               'json:{"driver": "raw", "file": {"driver": "file", '
-               '"filename": "@IMG@"}}'],
+               "--bind=127.0.0.1", "--port=@PORT@"] + IMAGEIO_IO + [
+               imageio_json("raw")],
          export="export",
          checks=["info", "read", "map", "write", "second"]),
     dict(name="imageio-no-backing-chain",
@@ -230,21 +242,17 @@ PATTERNS = [
                 "(backing_chain=False)",
          image="chain",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--read-only", "--cache=none",
-               "--aio=native", "--discard=unmap", "--detect-zeroes=unmap",
+               "--socket=@SOCK@", "--read-only"] + IMAGEIO_IO + [
                "--allocation-depth",
-               'json:{"driver": "qcow2", "file": {"driver": "file", '
-               '"filename": "@IMG@"}, "backing": null}'],
+               imageio_json("qcow2", ', "backing": null')],
          checks=["info", "read", "map"]),
     dict(name="imageio-offset-size",
          source=f"{IMAGEIO}:ovirt_imageio/_internal/qemu_nbd.py:145 "
                 "(offset/size in a raw file)",
          image="raw",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--cache=none", "--aio=native",
-               "--discard=unmap", "--detect-zeroes=unmap",
-               'json:{"driver": "raw", "file": {"driver": "file", '
-               '"filename": "@IMG@"}, "offset": 1048576, "size": 2097152}'],
+               "--socket=@SOCK@"] + IMAGEIO_IO + [
+               imageio_json("raw", ', "offset": 1048576, "size": 2097152')],
          checks=["info", "read", "map", "write"]),
     dict(name="imageio-nbd-client-doc",
          source=f"{IMAGEIO}:test/nbd-client:17",
@@ -260,10 +268,7 @@ PATTERNS = [
                 "SIGINT ends qemu-nbd)",
          image="raw",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--cache=none", "--aio=native",
-               "--discard=unmap", "--detect-zeroes=unmap",
-               'json:{"driver": "raw", "file": {"driver": "file", '
-               '"filename": "@IMG@"}}'],
+               "--socket=@SOCK@"] + IMAGEIO_IO + [imageio_json("raw")],
          stop="INT",
          checks=["info", "second"]),
     dict(name="imageio-signal-hup",
@@ -271,10 +276,7 @@ PATTERNS = [
                 "SIGHUP ends qemu-nbd)",
          image="raw",
          args=["--export-name=", "--persistent", "--shared=8",
-               "--socket=@SOCK@", "--cache=none", "--aio=native",
-               "--discard=unmap", "--detect-zeroes=unmap",
-               'json:{"driver": "raw", "file": {"driver": "file", '
-               '"filename": "@IMG@"}}'],
+               "--socket=@SOCK@"] + IMAGEIO_IO + [imageio_json("raw")],
          stop="HUP",
          checks=["info"]),
 
@@ -282,28 +284,24 @@ PATTERNS = [
     dict(name="v2v-input-disk-snapshot",
          source=f"{V2V}:lib/qemuNBD.ml:80 + input/input_disk.ml:180",
          image="qcow2",
-         args=["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
-               "--socket", "@SOCK@", "-s", "--format", "qcow2", "@IMG@"],
+         args=V2V_HEAD + ["-s", "--format", "qcow2", "@IMG@"],
          checks=["info", "read", "map", "write", "second", "shared:3"]),
     dict(name="v2v-input-ova-probe",
          source=f"{V2V}:lib/qemuNBD.ml:80 + input/input_ova.ml:197 "
                 "(format probed)",
          image="qcow2",
-         args=["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
-               "--socket", "@SOCK@", "-s", "@IMG@"],
+         args=V2V_HEAD + ["-s", "@IMG@"],
          checks=["info", "read", "write"]),
     dict(name="v2v-output-qcow2",
          source=f"{V2V}:lib/qemuNBD.ml:80 + output/output.ml:124",
          image="empty-qcow2",
-         args=["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
-               "--socket", "@SOCK@", "--format", "qcow2", "@IMG@"],
+         args=V2V_HEAD + ["--format", "qcow2", "@IMG@"],
          client=["nbdcopy", "@DATA@", "@URI@"],
          checks=["info", "read", "map", "write"]),
     dict(name="v2v-output-compressed",
          source=f"{V2V}:lib/qemuNBD.ml:80 + output/output.ml:119",
          image="empty-qcow2",
-         args=["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
-               "--socket", "@SOCK@", "--image-opts",
+         args=V2V_HEAD + ["--image-opts",
                "driver=compress,file.driver=qcow2,file.file.driver=file,"
                "file.file.filename=@IMG@"],
          client=["nbdcopy", "@DATA@", "@URI@"],
@@ -511,8 +509,7 @@ PATTERNS = [
          source=f"{V2V}:lib/qemuNBD.ml:80 invocation while Debian's "
                 "qemu-nbd serves the image",
          mode="error", image="qcow2", hold="qemu-nbd",
-         args=["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
-               "--socket", "@SOCK@", "--format", "qcow2", "@IMG@"]),
+         args=V2V_HEAD + ["--format", "qcow2", "@IMG@"]),
     dict(name="lock-held-by-qemu-io",
          source=f"{LIBNBD}:copy/copy-file-to-qcow2.sh:57 invocation while "
                 "qemu-io has the image open",
@@ -532,8 +529,7 @@ PATTERNS = [
     dict(name="error-missing-file",
          source=f"{V2V}:lib/qemuNBD.ml:80 invocation, image missing",
          mode="error", image="qcow2",
-         args=["-t", "--shared=0", "--discard=unmap", "--pid-file", "@PID@",
-               "--socket", "@SOCK@", "--format", "qcow2", "@DIR@/missing.qcow2"]),
+         args=V2V_HEAD + ["--format", "qcow2", "@DIR@/missing.qcow2"]),
     dict(name="error-missing-file-fork",
          source=f"{QEMU}:docs/tools/qemu-nbd.rst:247 invocation, image missing",
          mode="error", image="qcow2",

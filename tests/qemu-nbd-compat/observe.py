@@ -505,6 +505,17 @@ def image_state(side, obs):
     obs["image.map"] = m
 
 
+def finish(side, obs):
+    """The server is gone (or is made to go): what it said, what it left
+    behind and the state of the image."""
+    obs["stderr"] = read_lines(side, "server", "err")
+    obs["stdout"] = read_lines(side, "server", "out")
+    kill_leftovers(side)
+    leftovers(side, obs)
+    image_state(side, obs)
+    return obs
+
+
 def wait_gone(pid, proc, limit=WAIT):
     if proc is not None:
         try:
@@ -617,12 +628,7 @@ def mode_serve(side):
         rc = wait_gone(server_pid, server_proc)
         obs["exit_after_last_client"] = f"still running after {WAIT} s" \
             if rc is None else rc
-    obs["stderr"] = read_lines(side, "server", "err")
-    obs["stdout"] = read_lines(side, "server", "out")
-    kill_leftovers(side)
-    leftovers(side, obs)
-    image_state(side, obs)
-    return obs
+    return finish(side, obs)
 
 
 def mode_activation(side):
@@ -661,12 +667,7 @@ def mode_error(side):
         obs["exit"] = proc.wait(WAIT)
     except subprocess.TimeoutExpired:
         obs["exit"] = f"still running after {WAIT} s"
-    obs["stderr"] = read_lines(side, "server", "err")
-    obs["stdout"] = read_lines(side, "server", "out")
-    kill_leftovers(side)
-    leftovers(side, obs)
-    image_state(side, obs)
-    return obs
+    return finish(side, obs)
 
 
 def mode_list(side):

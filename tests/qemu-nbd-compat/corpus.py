@@ -492,6 +492,23 @@ PATTERNS = [
                "file.filename=@IMG@"],
          export="subset",
          checks=["info", "read", "map", "write"]),
+    dict(name="qemu-doc-tls-authz-accepted",
+         source=f"{QEMU}:docs/tools/qemu-nbd.rst:233 with the identity as "
+                "qemu 7.2 spells the client's DN (C= first; the manual's "
+                "CN= first spelling is refused, see the pattern above)",
+         image="raw", tls="x509",
+         args=["--object",
+               "tls-creds-x509,id=tls0,endpoint=server,dir=@PKI@",
+               "--object",
+               "authz-simple,id=auth0,identity=C=GB,,ST=London,,L=London,,"
+               "O=Example Org,,CN=laptop.example.com",
+               "--tls-creds", "tls0", "--tls-authz", "auth0",
+               "-t", "-x", "subset", "-p", "@PORT@", "--pid-file=@PID@",
+               "--image-opts",
+               "driver=raw,offset=1M,size=1M,file.driver=file,"
+               "file.filename=@IMG@"],
+         export="subset",
+         checks=["info", "read", "map", "write"]),
     dict(name="qemu-doc-psk-list",
          source=f"{QEMU}:docs/tools/qemu-nbd.rst:270 (-L with PSK)",
          mode="list",

@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -378,6 +379,24 @@ def second_client(side, obs):
     close(h)
 
 
+def abort_handshake(s):
+    """End a raw client's handshake as a polite client does (the rest of
+    the greeting, client flags, NBD_OPT_ABORT; NBD proto.md "Newstyle
+    negotiation"), so the server has no failed negotiation to report."""
+    s.settimeout(WAIT)
+    try:
+        got = b""
+        while len(got) < 10:  # IHAVEOPT magic and handshake flags
+            chunk = s.recv(10 - len(got))
+            if not chunk:
+                return
+            got += chunk
+        s.sendall(struct.pack(">IQII", 3, 0x49484156454F5054, 2, 0))
+        s.recv(20)  # the server's reply to NBD_OPT_ABORT, if any
+    except OSError:
+        pass
+
+
 def shared_clients(side, obs, n):
     """n clients connected; one more gets no greeting until one leaves."""
     hs = []
@@ -407,14 +426,18 @@ def shared_clients(side, obs, n):
         hs[0].shutdown()
         close(hs[0])
         hs = hs[1:]
+    greeting = early
     if early is None:
         s.settimeout(WAIT)
         try:
-            obs["shared.extra_greeted_after_one_left"] = s.recv(8)[:8] \
-                .decode(errors="replace")
+            greeting = s.recv(8)
+            obs["shared.extra_greeted_after_one_left"] = \
+                greeting.decode(errors="replace")
         except socket.timeout:
             obs["shared.extra_greeted_after_one_left"] = \
                 f"no greeting after {WAIT} s"
+    if greeting:
+        abort_handshake(s)
     s.close()
     for h in hs:
         h.shutdown()
@@ -703,9 +726,10 @@ def mode_output(side):
         # package version; ours says "qcow2-nbd V") must differ; scripts
         # parse "qemu-nbd MAJOR.MINOR.MICRO".
         import re
-        m = re.match(r"qemu-nbd (\d+)\.(\d+)\.(\d+)( \(.*\))?$", first)
+        # qemu-nbd names itself as it was called (argv[0]).
+        m = re.match(r"(\S+) (\d+)\.(\d+)\.(\d+)( \(.*\))?$", first)
         obs["version.first_line"] = \
-            f"qemu-nbd {m.group(1)}.{m.group(2)}.N (...)" if m else first
+            f"{m.group(1)} {m.group(2)}.{m.group(3)}.N (...)" if m else first
     for g in p.get("greps", []):
         obs[f"help.mentions {g}"] = g in out
     if "--help" in p["args"]:

@@ -255,6 +255,13 @@ def compare(o, c):
            isinstance(cv, list):
             if not stderr_matches(ov, cv):
                 diffs.append((k, ov, cv))
+        elif k in ("left.socket", "left.pidfile") and ov is True and \
+                cv is False:
+            # qemu-nbd 7.2 creates its socket before it opens the image,
+            # and leaves the file behind when the open fails; issue 15
+            # asks for nothing listening before the image is checked, so
+            # leaving less behind is allowed (never more).
+            continue
         elif ov != cv:
             diffs.append((k, ov, cv))
     return diffs

@@ -282,6 +282,22 @@ def cross_image_checks(o_side, c_side, o, c):
     o["image.same_as_oracle"] = True
 
 
+def run_pattern(p, work, a, images, shared):
+    """Both sides of one pattern, each on its own copy of the images."""
+    os.makedirs(work)
+    sides, obs = [], []
+    for label, prog in (("oracle", a.oracle), ("candidate", a.candidate)):
+        s = Side(label, prog, work, p, images, shared)
+        try:
+            ob = run_side(s)
+        finally:
+            observe.kill_leftovers(s)
+        sides.append(s)
+        obs.append(normalise(s, ob))
+    cross_image_checks(sides[0], sides[1], obs[0], obs[1])
+    return sides, obs
+
+
 def show(v):
     s = json.dumps(v, sort_keys=True)
     return s if len(s) <= 400 else s[:400] + "..."
@@ -339,20 +355,22 @@ def main():
                 print(f"SKIP: {p['name']}: {why} [{p['source']}]")
                 nskip += 1
                 continue
-            work = f"{root}/{i:02d}-{p['name']}"
-            os.makedirs(work)
-            sides, obs = [], []
-            for label, prog in (("oracle", a.oracle),
-                                ("candidate", a.candidate)):
-                s = Side(label, prog, work, p, images, shared)
-                try:
-                    ob = run_side(s)
-                finally:
-                    observe.kill_leftovers(s)
-                sides.append(s)
-                obs.append(normalise(s, ob))
-            cross_image_checks(sides[0], sides[1], obs[0], obs[1])
-            diffs = compare(obs[0], obs[1])
+            # A pattern whose sides differ runs once more on both: the
+            # oracle itself has been seen, on a loaded machine, to refuse
+            # one connection on its Unix socket in imageio-qcow2-unix.
+            # A difference must show twice to count; a pattern that
+            # needed the second run says so.
+            for attempt in (1, 2):
+                work = f"{root}/{i:02d}-{p['name']}.{attempt}"
+                sides, obs = run_pattern(p, work, a, images, shared)
+                diffs = compare(obs[0], obs[1])
+                if not diffs:
+                    break
+                if attempt == 1:
+                    first = diffs
+            note = " (passed on a second run; the first differed in " \
+                f"{', '.join(k for k, _, _ in first)})" \
+                if attempt == 2 and not diffs else ""
             if a.show:
                 for s, ob in zip(sides, obs):
                     print(f"  [{s.label}]\n" + json.dumps(ob, indent=1,
@@ -365,7 +383,7 @@ def main():
                           f"      candidate: {show(cv)}")
             else:
                 npass += 1
-                print(f"PASS: {p['name']} [{p['source']}]")
+                print(f"PASS: {p['name']} [{p['source']}]{note}")
                 if not a.keep:
                     shutil.rmtree(work, ignore_errors=True)
             sys.stdout.flush()

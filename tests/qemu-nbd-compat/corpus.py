@@ -71,6 +71,17 @@ def imageio_json(driver, extra=""):
             '"filename": "@IMG@"}%s}' % (driver, extra))
 
 
+def doc_authz(identity):
+    """qemu-nbd's manual (docs/tools/qemu-nbd.rst:233): X.509, an
+    authz-simple identity, a 1M subset of a raw file over TCP."""
+    return ["--object", "tls-creds-x509,id=tls0,endpoint=server,dir=@PKI@",
+            "--object", "authz-simple,id=auth0,identity=" + identity,
+            "--tls-creds", "tls0", "--tls-authz", "auth0",
+            "-t", "-x", "subset", "-p", "@PORT@", "--pid-file=@PID@",
+            "--image-opts", "driver=raw,offset=1M,size=1M,file.driver=file,"
+            "file.filename=@IMG@"]
+
+
 PATTERNS = [
     # ---- libnbd's test suite and examples ---------------------------
     dict(name="libnbd-info-list",
@@ -480,16 +491,8 @@ PATTERNS = [
          source=f"{QEMU}:docs/tools/qemu-nbd.rst:233 (X.509 + authz-simple, "
                 "1M subset via --image-opts)",
          image="raw", tls="x509",
-         args=["--object",
-               "tls-creds-x509,id=tls0,endpoint=server,dir=@PKI@",
-               "--object",
-               "authz-simple,id=auth0,identity=CN=laptop.example.com,,"
-               "O=Example Org,,L=London,,ST=London,,C=GB",
-               "--tls-creds", "tls0", "--tls-authz", "auth0",
-               "-t", "-x", "subset", "-p", "@PORT@", "--pid-file=@PID@",
-               "--image-opts",
-               "driver=raw,offset=1M,size=1M,file.driver=file,"
-               "file.filename=@IMG@"],
+         args=doc_authz("CN=laptop.example.com,,O=Example Org,,L=London,,"
+                        "ST=London,,C=GB"),
          export="subset",
          checks=["info", "read", "map", "write"]),
     dict(name="qemu-doc-tls-authz-accepted",
@@ -497,16 +500,8 @@ PATTERNS = [
                 "qemu 7.2 spells the client's DN (C= first; the manual's "
                 "CN= first spelling is refused, see the pattern above)",
          image="raw", tls="x509",
-         args=["--object",
-               "tls-creds-x509,id=tls0,endpoint=server,dir=@PKI@",
-               "--object",
-               "authz-simple,id=auth0,identity=C=GB,,ST=London,,L=London,,"
-               "O=Example Org,,CN=laptop.example.com",
-               "--tls-creds", "tls0", "--tls-authz", "auth0",
-               "-t", "-x", "subset", "-p", "@PORT@", "--pid-file=@PID@",
-               "--image-opts",
-               "driver=raw,offset=1M,size=1M,file.driver=file,"
-               "file.filename=@IMG@"],
+         args=doc_authz("C=GB,,ST=London,,L=London,,O=Example Org,,"
+                        "CN=laptop.example.com"),
          export="subset",
          checks=["info", "read", "map", "write"]),
     dict(name="qemu-doc-psk-list",

@@ -123,6 +123,15 @@ struct qcow2_layer {
   uint64_t avoid_lo, avoid_hi; /* lock: clusters an allocation in progress
                                 * is taking: new refcount metadata goes
                                 * elsewhere */
+  /* compress-write.c: where the next compressed stream goes, inside the
+   * host cluster the last one ended in (0: start a new cluster);
+   * refcount.c resets it when that cluster's refcount drops to 0. */
+  uint64_t free_byte_offset;   /* lock */
+  /* Bumped (with the lock held exclusively) whenever host bytes are
+   * given to a compressed stream, before any L2 entry names them: a
+   * cache of decompressed clusters keyed by host offset keys by this
+   * too (qcow2_extent.stream_gen). */
+  _Atomic uint64_t stream_gen;
   uint32_t *repair_counts;     /* header.c's repair, inside qcow2_open */
   uint64_t repair_nr;          /* (one thread); NULL/0 afterwards */
   bool image_locked;           /* const: header.c took OFD lock bytes */
@@ -220,6 +229,9 @@ int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
 int refcount_ensure_block_locked (struct qcow2_layer *layer,
                                   uint64_t cluster);
 
+/* The largest refcount LAYER's refcount width holds. */
+uint64_t refcount_max (const struct qcow2_layer *layer);
+
 /* Add DELTA (may be negative, applied at once: only for references not
  * yet visible on disk, e.g. undoing a failed allocation) to the refcount
  * of each of the N clusters at HOST. */
@@ -314,9 +326,38 @@ struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
 int map_image (struct qcow2_image *img, uint64_t offset, uint64_t length,
                struct qcow2_extent *ext, size_t max, size_t *n);
 
-/* ---- compress.c: qcow2_decompress (qcow2.h) -------------------------- */
+/* ---- compress.c: qcow2_decompress (qcow2.h), and compression --------- */
+
+/* Compress the cluster IN (cluster_size bytes) of LAYER as QEMU does
+ * into OUT (room for cluster_size - 1 bytes).  Returns the stream's
+ * length (> 0); -ENOSPC when it would not be shorter than the cluster
+ * (QEMU then writes the cluster uncompressed); -ENOMEM; -EIO when the
+ * compressor failed otherwise (QEMU fails the write). */
+int compress_cluster (const struct qcow2_layer *layer, const void *in,
+                      void *out);
+
+/* ---- compress-write.c: compressed writes (qcow2.h) ------------------- */
+
+/* qcow2_write_compressed_begin for a caller already holding the
+ * in-flight record over the clusters of the range (qcow2_zero): DATA
+ * NULL writes zeros.  Flags: QCOW2_DETECT_ZEROES, QCOW2_MAY_UNMAP. */
+int write_compressed_held (struct qcow2_image *img, uint64_t offset,
+                           uint64_t length, const void *data, unsigned flags,
+                           struct qcow2_write **wp,
+                           const struct qcow2_seg **segs, size_t *nsegs);
+
+/* Drop the references a compressed stream of LEN bytes at HOST holds
+ * (one on each host cluster it touches), at once: only for a stream no
+ * L2 entry on disk names (a failed write, ORDERING.md rule 5). */
+void compress_release_locked (struct qcow2_layer *layer, uint64_t host,
+                              uint32_t len);
 
 /* ---- sync.c: qcow2_pread and qcow2_pwrite (qcow2.h) ------------------ */
+
+/* qcow2_pread on disk offsets (no window), for the library's own use:
+ * the guest view through the whole chain. */
+int sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
+                    uint64_t offset);
 
 /* ---- alloc.c: the cluster allocator ---------------------------------- */
 
@@ -414,12 +455,54 @@ int write_begin_held (struct qcow2_image *img, uint64_t offset,
                       uint64_t length, bool zeros, struct qcow2_write **wp,
                       const struct qcow2_seg **segs, size_t *nsegs);
 
+/* The write handle's parts, for compress-write.c, which plans its own
+ * writes: a new handle for the guest range [offset, offset+length)
+ * (what write_end dirties in the bitmaps); the in-flight record
+ * write_end releases; a buffer freed with the handle; a buffer of SIZE
+ * bytes, indexed from the handle's OFFSET, that the guest data of
+ * ordinary pieces then comes from (instead of the caller's data); a
+ * segment; a compressed stream's link (its L2 entry becomes DESC at
+ * write_end; CHOST/CLEN are undone on failure). */
+struct qcow2_write *write_new (struct qcow2_image *img, uint64_t offset,
+                               uint64_t length);
+void write_attach_record (struct qcow2_write *w, struct inflight *rec);
+void write_free (struct qcow2_write *w);
+void *write_add_buf (struct qcow2_write *w, size_t size);
+void *write_data_buffer (struct qcow2_write *w, size_t size);
+int write_add_seg (struct qcow2_write *w, uint64_t host, uint64_t length,
+                   enum qcow2_seg_source source, uint64_t src_offset,
+                   const void *buf);
+int write_add_compressed (struct qcow2_write *w, uint64_t cluster,
+                          uint64_t old_l2e, uint64_t old_bitmap,
+                          uint64_t desc, uint64_t chost, uint32_t clen);
+
+/* Plan an ordinary write of [offset, offset+length) (inside the disk)
+ * into W: find or allocate its clusters and record links and pieces
+ * (begin's metadata part).  On failure this call's allocations are
+ * undone; earlier ones are the caller's. */
+int write_plan_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+                       uint64_t offset, uint64_t length);
+
+/* Undo every allocation of W (never linked). */
+void write_undo_locked (struct qcow2_layer *layer, struct qcow2_write *w);
+
+/* After planning, with no lock held: read what COW needs and return the
+ * segments, in host order.  On failure the allocations are undone (W is
+ * still the caller's to free). */
+int write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
+                       size_t *nsegs);
+
 /* Perform SEGS synchronously through the io ops; GUEST segments come from
  * DATA (for sync.c and zero.c). */
 int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
                      size_t nsegs, const void *data);
 
 /* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
+
+/* qcow2_zero on disk offsets for a caller holding the in-flight record
+ * over the range; QCOW2_COMPRESSED is not taken here. */
+int zero_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
+               unsigned flags);
 
 /* ---- raw.c: a writable raw top layer --------------------------------- */
 

@@ -319,6 +319,7 @@ map_qcow2 (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
               .file = layer->file, .host_offset = p.host,
               .compressed_length = p.compressed_length,
               .cluster_offset = in_cluster, .layer = layer,
+              .stream_gen = atomic_load (&layer->stream_gen),
             };
             ok = emit (o, &e);
             break;

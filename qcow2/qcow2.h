@@ -208,6 +208,11 @@ struct qcow2_extent {
   uint32_t compressed_length;
   uint32_t cluster_offset;
   const struct qcow2_layer *layer;   /* COMPRESSED: for qcow2_decompress */
+  /* COMPRESSED: host bytes that held one stream may hold another later
+   * (compressed writes pack streams into space freed before), but never
+   * with the same stream_gen: a cache of decompressed clusters keyed by
+   * (layer, host_offset) must key by this too. */
+  uint64_t stream_gen;
 };
 
 /* Describe where the bytes of the guest range [offset, offset+length)
@@ -274,6 +279,10 @@ int qcow2_decompress_part (const struct qcow2_layer *layer, const void *in,
 #define QCOW2_MAY_UNMAP  (1u << 1)   /* zero: may deallocate (no NO_HOLE) */
 #define QCOW2_FAST_ZERO  (1u << 2)   /* zero: -ENOTSUP rather than writing
                                       * zeros to the data clusters */
+#define QCOW2_COMPRESSED (1u << 3)   /* zero: as through QEMU's compress
+                                      * filter (qcow2_write_compressed_begin) */
+#define QCOW2_DETECT_ZEROES (1u << 4) /* compressed write: zeros become a
+                                       * zeroing (QEMU's detect-zeroes) */
 
 enum qcow2_seg_source {
   QCOW2_SEG_GUEST,      /* the caller's data, from src_offset */
@@ -316,7 +325,11 @@ int qcow2_write_end (struct qcow2_write *w, int result);
  * backing file shows through); without it the allocation is kept.  With
  * QCOW2_FAST_ZERO, returns -ENOTSUP at once (nothing changed) if it would
  * have to write zeros into data clusters.  Partial clusters are zeroed in
- * place.  Returns 0, QCOW2_BLOCKED, or -errno. */
+ * place; with QCOW2_COMPRESSED (QEMU's compress filter) they are written
+ * as compressed clusters instead, exactly as qcow2_write_compressed_begin
+ * writes them (-EIO if one is allocated), and QCOW2_FAST_ZERO fails with
+ * -ENOTSUP when the range is not cluster aligned.  Returns 0,
+ * QCOW2_BLOCKED, or -errno. */
 int qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
                 unsigned flags);
 
@@ -329,6 +342,40 @@ int qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
  * Returns 0, QCOW2_BLOCKED, or -errno. */
 int qcow2_discard (struct qcow2_image *img, uint64_t offset,
                    uint64_t length, unsigned flags);
+
+/* ---- Compressed writes (compress-write.c) ------------------------------
+ *
+ * What QEMU's compress filter over a qcow2 node does with a write
+ * (qemu-nbd --image-opts driver=compress,file.driver=qcow2,...): the
+ * range is widened to whole clusters, the added head and tail read from
+ * the current guest view (zeros past the end of the disk); each cluster
+ * is compressed (compression_type of the image, QEMU's parameters) and
+ * stored as a compressed cluster, its stream packed after the previous
+ * one in shared host clusters.  A cluster whose stream would not be
+ * shorter than a cluster is written uncompressed, like any write.
+ * QEMU's refusals are kept: a cluster to store compressed whose L2 entry
+ * has a host offset (data, compressed, or a preallocated zero cluster)
+ * fails the whole write with -EIO, before anything changed. */
+
+/* Begin a compressed write of DATA (LENGTH bytes, read during the call
+ * only) at OFFSET; the rules otherwise as qcow2_write_begin (finish with
+ * qcow2_write_end).  The segments are buffers the handle owns.  Flags:
+ * QCOW2_WAIT; QCOW2_DETECT_ZEROES: if the widened range is all zeros, it
+ * is zeroed instead (as qcow2_zero, with QCOW2_MAY_UNMAP if given) and
+ * there is nothing to write.  Compression takes CPU time (a 64 KiB
+ * cluster, about a millisecond): an event loop may call this from a
+ * helper thread.  Returns 0, QCOW2_BLOCKED, -EIO (an allocated cluster,
+ * or corruption), -ENOTSUP (a raw image, an external data file), -EROFS,
+ * -EINVAL, -ENOSPC, -errno. */
+int qcow2_write_compressed_begin (struct qcow2_image *img, uint64_t offset,
+                                  uint64_t length, const void *data,
+                                  unsigned flags, struct qcow2_write **wp,
+                                  const struct qcow2_seg **segs,
+                                  size_t *nsegs);
+
+/* Size in bytes of the top image's clusters, the unit compressed writes
+ * work in; 0 for a raw image. */
+uint32_t qcow2_cluster_size (const struct qcow2_image *img);
 
 /* Make every write that has ended (qcow2_write_end, zero, discard) and
  * the metadata that reaches it durable, in the order qcow2/ORDERING.md
@@ -409,5 +456,9 @@ int qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
  * and the io ops; with FUA, flush afterwards. */
 int qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
                   uint64_t offset, bool fua);
+
+/* The same through qcow2_write_compressed_begin (no FUA). */
+int qcow2_pwrite_compressed (struct qcow2_image *img, const void *buf,
+                             size_t len, uint64_t offset);
 
 #endif /* QCOW2_QCOW2_H */

@@ -68,18 +68,24 @@ int
 qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
              uint64_t offset)
 {
+  if (!range_fits (offset, len, qcow2_virtual_size (img)))
+    return -EINVAL;
+  return sync_read_disk (img, buf, len, offset + img->window);
+}
+
+int
+sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
+                uint64_t offset)
+{
   struct qcow2_extent ext[SYNC_EXTENTS];
   struct scratch s = { 0 };
   uint8_t *p = buf;
   int r = 0;
 
-  if (!range_fits (offset, len, qcow2_virtual_size (img)))
-    return -EINVAL;
-
   while (len > 0 && r == 0) {
     size_t n;
 
-    r = qcow2_map (img, offset, len, ext, SYNC_EXTENTS, &n);
+    r = map_image (img, offset, len, ext, SYNC_EXTENTS, &n);
     if (r < 0)
       break;
     for (size_t i = 0; i < n && r == 0; i++) {
@@ -143,4 +149,47 @@ qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
     len -= n;
   }
   return fua ? qcow2_flush (img) : 0;
+}
+
+int
+qcow2_pwrite_compressed (struct qcow2_image *img, const void *buf,
+                         size_t len, uint64_t offset)
+{
+  const uint8_t *p = buf;
+  uint64_t cs = qcow2_cluster_size (img);
+  int r;
+
+  if (!range_fits (offset, len, qcow2_virtual_size (img)))
+    return -EINVAL;
+  if (cs == 0)
+    return -ENOTSUP;
+  while (len > 0) {
+    /* Pieces end on cluster boundaries (of the disk, so of the window
+     * plus its offset): a piece ending inside a cluster would make the
+     * next one read that cluster back and find it compressed. */
+    uint64_t lim = ((img->window + offset + SYNC_WRITE_MAX) & ~(cs - 1))
+      - img->window - offset;
+    size_t n = len < lim ? len : lim;
+    struct qcow2_write *w;
+    const struct qcow2_seg *segs;
+    size_t nsegs;
+    int e;
+
+    r = qcow2_write_compressed_begin (img, offset, n, p, QCOW2_WAIT, &w,
+                                      &segs, &nsegs);
+    if (r < 0)
+      return r;
+    if (r == QCOW2_BLOCKED)
+      return -EIO;      /* QCOW2_WAIT never blocks; never trust that */
+    r = write_segs_sync (img, segs, nsegs, p);
+    e = qcow2_write_end (w, r);
+    if (r == 0)
+      r = e;
+    if (r < 0)
+      return r;
+    p += n;
+    offset += n;
+    len -= n;
+  }
+  return 0;
 }

@@ -12,7 +12,10 @@
  * write path with zeros as the data: in place, or allocated with COW.
  * Such a piece is skipped when it already reads as zeros, and
  * QCOW2_FAST_ZERO fails with -ENOTSUP before anything changed if any
- * piece would need that.
+ * piece would need that.  Through QEMU's compress filter
+ * (QCOW2_COMPRESSED) the partial clusters are instead written as whole
+ * compressed clusters (compress-write.c), as QEMU's block layer widens
+ * them to the filter's alignment.
  *
  * Discard works on whole clusters only and leaves partial clusters
  * alone.  As in QEMU, a discarded cluster that was allocated (or under
@@ -324,24 +327,12 @@ zero_pieces (struct qcow2_image *img, const struct zplan *zp)
 }
 
 int
-qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
-            unsigned flags)
+zero_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
+           unsigned flags)
 {
   struct zplan zp = { 0 };
-  struct inflight *rec;
-  int r;
+  int r = 0;
 
-  if (!range_fits (offset, length, img->view_size))
-    return -EINVAL;
-  offset += img->window;
-  r = write_check_args (img, offset, length);
-  if (r < 0 || length == 0)
-    return r;
-  if (img->layers[0]->format == LAYER_RAW)
-    return raw_zero (img, offset, length, flags);
-  r = inflight_enter (img, offset, length, flags, &rec);
-  if (r != 0)
-    return r;
   /* Dirty whatever the outcome, FAST_ZERO refusals included: QEMU does. */
   bitmap_set_dirty (img, offset, length);
 
@@ -361,6 +352,93 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   if (r == 0)
     r = zero_pieces (img, &zp);
   free (zp.p);
+  return r;
+}
+
+/* One partial cluster, [offset, offset+length), zeroed as QEMU's
+ * compress filter zeroes it: the widened cluster written compressed. */
+static int
+zero_compressed_piece (struct qcow2_image *img, uint64_t offset,
+                       uint64_t length)
+{
+  struct qcow2_write *w;
+  const struct qcow2_seg *segs;
+  size_t nsegs;
+  int r, e;
+
+  r = write_compressed_held (img, offset, length, NULL, 0, &w, &segs,
+                             &nsegs);
+  if (r < 0)
+    return r;
+  r = write_segs_sync (img, segs, nsegs, NULL);
+  e = qcow2_write_end (w, r);
+  return r < 0 ? r : e;
+}
+
+/* QCOW2_COMPRESSED: QEMU's block layer zeroes whole clusters through the
+ * compress filter, and writes the partial clusters at either end as
+ * whole clusters with their head or tail read back, which the filter
+ * compresses; FAST_ZERO refuses a range that needs that. */
+static int
+zero_compressed_held (struct qcow2_image *img, uint64_t offset,
+                      uint64_t length, unsigned flags)
+{
+  const uint64_t cs = img->layers[0]->cluster_size;
+  uint64_t end = offset + length;
+  uint64_t ms = ROUND_UP (offset, cs), me = end & ~(cs - 1);
+  int r = 0;
+
+  flags &= ~QCOW2_COMPRESSED;
+  if (ms > me)
+    /* Inside one cluster: one widened write. */
+    return zero_compressed_piece (img, offset, length);
+  if (offset < ms)
+    r = zero_compressed_piece (img, offset, ms - offset);
+  if (r == 0 && ms < me)
+    r = zero_held (img, ms, me - ms, flags);
+  if (r == 0 && me < end)
+    r = zero_compressed_piece (img, me, end - me);
+  return r;
+}
+
+int
+qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+            unsigned flags)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  uint64_t rec_offset, rec_length;
+  struct inflight *rec;
+  int r;
+
+  if (!range_fits (offset, length, img->view_size))
+    return -EINVAL;
+  offset += img->window;
+  r = write_check_args (img, offset, length);
+  if (r < 0 || length == 0)
+    return r;
+  if (layer->format == LAYER_RAW)
+    return raw_zero (img, offset, length, flags);
+
+  rec_offset = offset;
+  rec_length = length;
+  if (flags & QCOW2_COMPRESSED) {
+    const uint64_t cs = layer->cluster_size;
+
+    /* QEMU refuses before it starts (block/io.c: an unaligned request
+     * cannot be fast). */
+    if ((flags & QCOW2_FAST_ZERO) && ((offset | length) & (cs - 1)))
+      return -ENOTSUP;
+    /* The partial clusters are read back: hold all of them. */
+    rec_offset = offset & ~(cs - 1);
+    rec_length = offset + length - rec_offset;
+  }
+  r = inflight_enter (img, rec_offset, rec_length, flags, &rec);
+  if (r != 0)
+    return r;
+  if (flags & QCOW2_COMPRESSED)
+    r = zero_compressed_held (img, offset, length, flags);
+  else
+    r = zero_held (img, offset, length, flags);
   inflight_leave (img, rec);
   flush_backlog (img);
   return r;

@@ -70,6 +70,7 @@ struct djob;
 struct dcache_entry {
   const struct qcow2_layer *layer;
   uint64_t host_offset;         /* of the compressed stream */
+  uint64_t stream_gen;          /* qcow2_extent.stream_gen */
   uint64_t stamp;               /* last use, for LRU */
   void *buf;                    /* the whole cluster, or NULL */
   unsigned cls;                 /* buf's pool class */
@@ -105,8 +106,8 @@ struct worker {
 
   pthread_mutex_t lock;
   struct conn **handoff;        /* lock: connections not yet picked up */
-  /* Our decompressions done by other workers: a lock-free stack they
-   * push on, which we take whole (decompress.c). */
+  /* Our jobs done by other workers: a lock-free stack they push on,
+   * which we take whole (jobs.c). */
   struct djob *_Atomic done_jobs;
   size_t nr_handoff, cap_handoff; /* lock */
   atomic_uint nr_conns;         /* handed over and not yet freed */
@@ -135,7 +136,7 @@ struct worker {
   unsigned zc_pipes;            /* pipes held by requests */
   uint64_t zc_paused_until;     /* now_ns() before which reads are copied
                                  * (pipes could not be had) */
-  bool jobs_queued;             /* queued decompressions this iteration */
+  bool jobs_queued;             /* queued jobs this iteration */
 };
 
 /* Bumped by workers_wakeup() before it kicks the workers.  A request
@@ -159,17 +160,21 @@ struct zpipe {
   int rfd, wfd;                 /* capacity: ZC_PIPE_SIZE */
 };
 
-/* Decompressing (part of) one cluster, possibly on another worker. */
+/* CPU-heavy work of a request that any worker may do (jobs.c):
+ * decompressing (part of) one cluster. */
 struct djob {
   struct djob *next;            /* shared queue, owner's done list */
   struct worker *owner;         /* whose request it is */
+  void (*run) (struct djob *j);     /* on any worker */
+  void (*finish) (struct djob *j);  /* then on the owner */
+  /* Decompression: */
   const struct qcow2_layer *layer;
   const void *in;
   size_t in_len;
   void *out;                    /* the piece's bytes, or a pool buffer */
   unsigned out_cls;
   uint32_t out_len;             /* decode this much of the cluster */
-  int result;                   /* of qcow2_decompress_part */
+  int result;                   /* of the library call run() made */
 };
 
 /* One data read of a READ request: a DATA extent read into place, or a
@@ -483,10 +488,16 @@ bool decompress_cached (struct worker *w, const struct qcow2_extent *e,
  * (piece_done follows, from decompress_run), -1 on error (the
  * request's error set). */
 int decompress_submit (struct piece *pc);
-/* Finish the jobs others did for W, then do queued jobs, anyone's. */
-void decompress_run (struct worker *w);
 /* Free W's cache at thread exit. */
 void decompress_cache_free (struct worker *w);
+
+/* ---- jobs.c: CPU-heavy work over the workers -------------------------- */
+
+/* Queue J (run and finish set) for any worker; W is its owner.  The
+ * caller counts it in its connection's ops until finish(). */
+void jobs_submit (struct worker *w, struct djob *j);
+/* Finish the jobs others did for W, then do queued jobs, anyone's. */
+void jobs_run (struct worker *w);
 
 /* ---- zerocopy.c: READ data from the page cache to the socket ---------- */
 

@@ -8,7 +8,8 @@
  * read armed on, so the listener never touches a worker's ring.  The same
  * eventfd carries the library's wake-ups (workers_wakeup): an ended
  * allocation makes every worker retry the requests it parked; and
- * decompression jobs, which any worker may do (decompress.c). */
+ * CPU-heavy jobs (decompression), which any worker may do
+ * (jobs.c). */
 
 #include <config.h>
 
@@ -241,7 +242,7 @@ worker_thread (void *arg)
 
     if (woke)
       wake (w);
-    decompress_run (w);
+    jobs_run (w);
     request_service (w);
   }
 

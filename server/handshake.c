@@ -268,6 +268,11 @@ opt_info_go (struct hs *hs, const char *p, uint32_t len)
   store_be32 (body + 8, exp->max_block);
   if (send_info (hs, NBD_INFO_BLOCK_SIZE, body, 12) == -1)
     return -1;
+  /* As qemu-nbd: INFO from a client that would not hear of a minimum
+   * block size it must keep to is refused (GO is served anyway). */
+  if (hs->opt == NBD_OPT_INFO && !want_sizes && exp->min_block > 1)
+    return send_error (hs, NBD_REP_ERR_BLOCK_SIZE_REQD,
+                       "request NBD_INFO_BLOCK_SIZE to use this export");
   if (send_reply (hs, NBD_REP_ACK, NULL, 0) == -1)
     return -1;
 

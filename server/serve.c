@@ -265,7 +265,8 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
       exp->eflags &= ~NBD_FLAG_CAN_MULTI_CONN;
     exp->size &= ~(uint64_t) 511;
     exp->min_block = cfg->probed_raw ? 512 : 1;
-    exp->pref_block = exp->min_block > 4096 ? exp->min_block : 4096;
+    /* The preferred size stays 4096: the handshake raises it to the
+     * minimum it sends (1 to a client that did not ask), as qemu-nbd. */
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* CPU-heavy work spread over the workers: decompressing the compressed
- * clusters of READs (decompress.c).
+ * clusters of READs (decompress.c) and compressing the clusters of
+ * WRITEs through QEMU's compress filter (writes.c).
  *
  * One connection lives on one worker, so a worker that would spend
  * milliseconds of CPU on a request queues it as a job on one queue
@@ -10,6 +11,14 @@
  * its owner goes back on the owner's done list with a wake-up, and the
  * owner finishes it.  The owner always helps, so a job never waits for a
  * worker that is asleep or gone.
+ *
+ * A long job (a compressed WRITE: milliseconds of CPU) is deferred: its
+ * owner kicks another worker at once and leaves the job to the others
+ * for JOB_DEFER_NS, going on with its connections meanwhile (it waits no
+ * longer than that), and takes the job itself only after that.
+ * Otherwise an owner that receives one request per loop iteration would
+ * always take its own job before a woken helper got to it, and one
+ * connection's writes would be compressed one after the other.
  *
  * A job's run() touches no worker state (any worker may run it); its
  * finish() runs on the owner, with the owner's ring and buffers. */
@@ -31,6 +40,11 @@ jobs_submit (struct worker *w, struct djob *j)
 {
   j->owner = w;
   j->next = NULL;
+  j->defer = j->defer && workers_can_help ();
+  if (j->defer) {
+    j->queued_at = now_ns ();
+    atomic_fetch_add (&w->deferred_jobs, 1);
+  }
   {
     LOCK_FOR_SCOPE (&queue_lock);
     if (queue_tail)
@@ -41,10 +55,14 @@ jobs_submit (struct worker *w, struct djob *j)
     atomic_fetch_add (&queue_len, 1);
   }
   w->jobs_queued = true;
+  if (j->defer)
+    workers_kick_other (w);
 }
 
+/* The next job W may take: not one of its own deferred ones, while
+ * others may still take it. */
 static struct djob *
-queue_pop (void)
+queue_pop (struct worker *w)
 {
   struct djob *j;
 
@@ -52,11 +70,16 @@ queue_pop (void)
     return NULL;
   LOCK_FOR_SCOPE (&queue_lock);
   j = queue_head;
+  if (j && j->defer && j->owner == w
+      && now_ns () - j->queued_at < JOB_DEFER_NS)
+    return NULL;
   if (j) {
     queue_head = j->next;
     if (queue_head == NULL)
       queue_tail = NULL;
     atomic_fetch_sub (&queue_len, 1);
+    if (j->defer)
+      atomic_fetch_sub (&j->owner->deferred_jobs, 1);
   }
   return j;
 }
@@ -103,6 +126,6 @@ jobs_run (struct worker *w)
     if (atomic_load (&queue_len) > 0)
       workers_kick_other (w);
   }
-  while ((j = queue_pop ()) != NULL)
+  while ((j = queue_pop (w)) != NULL)
     job_run (w, j);
 }

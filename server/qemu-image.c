@@ -8,9 +8,11 @@
  * The block graphs we can serve are the ones CI scripts build: a qcow2
  * or raw format node over a "file" node (driver, filename, locking,
  * aio), with backing=null, read-only, discard, detect-zeroes and cache.*
- * on top, raw's offset and size, or a bare "file" node (served as raw).
- * Anything else QEMU would open (other formats, protocols, nested format
- * nodes, the compress filter) is refused by name. */
+ * on top, raw's offset and size, or a bare "file" node (served as raw);
+ * and the compress filter over such a qcow2 node (virt-v2v's and
+ * nbdcopy's compressed output), with QEMU's refusals of anything else
+ * under it.  Anything else QEMU would open (other formats, protocols,
+ * nested format nodes) is refused by name. */
 
 #include <config.h>
 
@@ -85,6 +87,7 @@ unsupported_driver (const struct qnbd_image_args *a, const char *d)
 /* What the options say, before it goes into the server_config. */
 struct spec {
   const char *driver;           /* format: "qcow2", "raw" or NULL (probe) */
+  bool compress;                /* the compress filter on top */
   const char *filename;
   bool no_backing;
   bool no_locks;
@@ -203,22 +206,25 @@ file_node (const struct qnbd_image_args *a, struct qdict *d,
 }
 
 /* The options common to every node (bdrv's "common" options) of the
- * top node. */
+ * node at PREFIX: the top node, or the qcow2 node under the compress
+ * filter. */
 static int
 common_opts (const struct qnbd_image_args *a, struct qdict *d,
-             struct spec *sp)
+             const char *prefix, struct spec *sp)
 {
   const char *v;
   bool found, force_share = false;
+  char key[64];
 
-  qdict_take (d, "node-name", NULL);
-  qdict_take (d, "auto-read-only", NULL);
-  if (take_bool (a, d, "read-only", &sp->read_only_opt) < 0
-      || take_bool (a, d, "cache.direct", &sp->direct) < 0
-      || take_bool (a, d, "cache.no-flush", &sp->no_flush) < 0
-      || take_bool (a, d, "force-share", &force_share) < 0)
+#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
+  qdict_take (d, KEY ("node-name"), NULL);
+  qdict_take (d, KEY ("auto-read-only"), NULL);
+  if (take_bool (a, d, KEY ("read-only"), &sp->read_only_opt) < 0
+      || take_bool (a, d, KEY ("cache.direct"), &sp->direct) < 0
+      || take_bool (a, d, KEY ("cache.no-flush"), &sp->no_flush) < 0
+      || take_bool (a, d, KEY ("force-share"), &force_share) < 0)
     return -1;
-  v = qdict_take (d, "discard", &found);
+  v = qdict_take (d, KEY ("discard"), &found);
   if (found) {
     if (v && (strcmp (v, "unmap") == 0 || strcmp (v, "on") == 0))
       sp->discard_unmap = true;
@@ -229,7 +235,8 @@ common_opts (const struct qnbd_image_args *a, struct qdict *d,
   }
   /* Checked, but qemu-nbd then sets the node's detect-zeroes from its
    * own --detect-zeroes (default off), so the option has no effect. */
-  v = qdict_take (d, "detect-zeroes", &found);
+  v = qdict_take (d, KEY ("detect-zeroes"), &found);
+#undef KEY
   if (found) {
     if (!v || (strcmp (v, "off") && strcmp (v, "on") && strcmp (v, "unmap")))
       return fail (a, "Parameter 'detect-zeroes' does not accept value '%s'",
@@ -244,9 +251,10 @@ common_opts (const struct qnbd_image_args *a, struct qdict *d,
 }
 
 /* qcow2 options QEMU takes that change nothing here (cache sizes are
- * ours to choose; discard passing is what our discard does). */
+ * ours to choose; discard passing is what our discard does), of the
+ * node at PREFIX. */
 static void
-qcow2_opts (struct qdict *d)
+qcow2_opts (struct qdict *d, const char *prefix)
 {
   static const char *const known[] = {
     "l2-cache-size", "l2-cache-entry-size", "cache-size",
@@ -254,12 +262,131 @@ qcow2_opts (struct qdict *d)
     "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
     "overlap-check", NULL,
   };
+  char key[64];
+  size_t plen = strlen (prefix);
 
-  for (size_t i = 0; known[i]; i++)
-    qdict_take (d, known[i], NULL);
+  for (size_t i = 0; known[i]; i++) {
+    snprintf (key, sizeof key, "%s%s", prefix, known[i]);
+    qdict_take (d, key, NULL);
+  }
   for (size_t i = 0; i < d->n; i++)
-    if (strncmp (d->e[i].key, "overlap-check.", 14) == 0)
+    if (strncmp (d->e[i].key, prefix, plen) == 0
+        && strncmp (d->e[i].key + plen, "overlap-check.", 14) == 0)
       d->e[i].used = true;
+}
+
+/* The format node at PREFIX ("", or "file." under the compress filter)
+ * whose driver is DRV (NULL: probe): its file node and its own
+ * options. */
+static int
+format_node (const struct qnbd_image_args *a, struct qdict *d,
+             const char *prefix, const char *drv, struct spec *sp)
+{
+  const char *v;
+  bool found;
+  char key[64];
+
+#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
+  if (drv && is_file_driver (drv)) {
+    /* A bare protocol node: the file's bytes, as raw. */
+    sp->driver = "raw";
+    return file_node (a, d, prefix, sp);
+  }
+  if (drv && strcmp (drv, "qcow2") != 0 && strcmp (drv, "raw") != 0)
+    return unsupported_driver (a, drv);
+  sp->driver = drv;
+  v = qdict_take (d, KEY ("file"), &found);
+  if (found)
+    return fail (a, "Cannot find device='%s' nor node-name='%s'",
+                 v ? v : "", v ? v : "");
+  if (!qdict_has_prefix (d, KEY ("file.")) && *prefix)
+    /* Only the top node's "filename" names a file node for it. */
+    return fail (a, "A block device must be specified for \"file\"");
+  if (!qdict_has_prefix (d, KEY ("file."))) {
+    /* QEMU takes "filename" for the file node too. */
+    if (qdict_take (d, KEY ("filename"), NULL) == NULL)
+      return fail (a, "The 'file' block driver requires a file name");
+    for (size_t i = 0; i < d->n; i++)
+      if (strcmp (d->e[i].key, key) == 0)
+        sp->filename = d->e[i].value;
+  }
+  else {
+    char fprefix[64];
+
+    snprintf (fprefix, sizeof fprefix, "%sfile.", prefix);
+    if (file_node (a, d, fprefix, sp) < 0)
+      return -1;
+  }
+
+  if (sp->driver && strcmp (sp->driver, "raw") == 0) {
+    v = qdict_take (d, KEY ("offset"), &found);
+    if (found && parse_size_opt (v, &sp->offset) < 0)
+      return fail (a, "Parameter 'offset' expects a non-negative number "
+                   "below 2^64");
+    v = qdict_take (d, KEY ("size"), &sp->has_size);
+    if (sp->has_size && parse_size_opt (v, &sp->size) < 0)
+      return fail (a, "Parameter 'size' expects a non-negative number "
+                   "below 2^64");
+  }
+  if (!sp->driver || strcmp (sp->driver, "qcow2") == 0) {
+    v = qdict_take (d, KEY ("backing"), &found);
+    /* In key=value lists "null" is a node name like any other. */
+    if (found && v != NULL)
+      return fail (a, "Could not open backing file: Cannot find "
+                   "device='%s' nor node-name='%s'", v, v);
+    if (found)
+      sp->no_backing = true;
+    if (qdict_has_prefix (d, KEY ("backing.")))
+      return fail (a, "qcow2-nbd opens backing files only as the image "
+                   "names them (backing=null or nothing)");
+    if (sp->driver)
+      qcow2_opts (d, prefix);
+  }
+#undef KEY
+  return 0;
+}
+
+/* The compress filter: its "file" child must be a qcow2 node, which
+ * QEMU opens before it looks at the driver (so its errors come first),
+ * then refuses every other format with the same message. */
+static int
+compress_node (const struct qnbd_image_args *a, struct qdict *d,
+               struct spec *sp)
+{
+  const char *v, *drv;
+  bool found;
+
+  sp->compress = true;
+  v = qdict_take (d, "file", &found);
+  if (found)
+    return fail (a, "Cannot find device='%s' nor node-name='%s'",
+                 v ? v : "", v ? v : "");
+  if (!qdict_has_prefix (d, "file."))
+    return fail (a, "A block device must be specified for \"file\"");
+  drv = qdict_take (d, "file.driver", &found);
+  if (common_opts (a, d, "file.", sp) < 0)
+    return -1;
+  if (drv && strcmp (drv, "qcow2") == 0)
+    return format_node (a, d, "file.", drv, sp);
+  if (drv && strcmp (drv, "compress") == 0)
+    /* QEMU opens the inner filter first: its own complaints win. */
+    return fail (a, "Compression is not supported for underlying format: "
+                 "compress");
+  if (drv && strcmp (drv, "raw") != 0 && !is_file_driver (drv))
+    return unsupported_driver (a, drv);
+  /* Without a driver the child is a protocol node ("file"); raw and
+   * protocol nodes open, then cannot compress. */
+  if (format_node (a, d, "file.", drv ? drv : "file", sp) < 0)
+    return -1;
+  {
+    int fd = open (sp->filename, O_RDONLY | O_CLOEXEC);
+
+    if (fd == -1)
+      return fail (a, "Could not open '%s': %m", sp->filename);
+    close (fd);
+  }
+  return fail (a, "Compression is not supported for underlying format: %s",
+               drv ? drv : "file");
 }
 
 static int
@@ -271,68 +398,30 @@ from_dict (const struct qnbd_image_args *a, struct qdict *d, struct spec *sp)
   drv = qdict_take (d, "driver", &found);
   if (!found || drv == NULL)
     drv = a->format;
-  if (common_opts (a, d, sp) < 0)
+  if (common_opts (a, d, "", sp) < 0)
     return -1;
-
-  if (drv && is_file_driver (drv)) {
-    /* A bare protocol node: the file's bytes, as raw. */
-    sp->driver = "raw";
-    if (file_node (a, d, "", sp) < 0)
+  if (drv && strcmp (drv, "compress") == 0) {
+    if (compress_node (a, d, sp) < 0)
       return -1;
   }
-  else if (drv && strcmp (drv, "compress") == 0)
-    return fail (a, "the 'compress' filter is not supported by qcow2-nbd "
-                 "yet");
-  else if (drv && strcmp (drv, "qcow2") != 0 && strcmp (drv, "raw") != 0)
-    return unsupported_driver (a, drv);
-  else {
-    sp->driver = drv;
-    v = qdict_take (d, "file", &found);
-    if (found)
-      return fail (a, "Cannot find device='%s' nor node-name='%s'",
-                   v ? v : "", v ? v : "");
-    if (!qdict_has_prefix (d, "file.")) {
-      /* QEMU takes "filename" for the file node too. */
-      if (qdict_take (d, "filename", NULL) == NULL)
-        return fail (a, "The 'file' block driver requires a file name");
-      for (size_t i = 0; i < d->n; i++)
-        if (strcmp (d->e[i].key, "filename") == 0)
-          sp->filename = d->e[i].value;
-    }
-    else if (file_node (a, d, "file.", sp) < 0)
-      return -1;
-  }
-
-  if (sp->driver && strcmp (sp->driver, "raw") == 0) {
-    v = qdict_take (d, "offset", &found);
-    if (found && parse_size_opt (v, &sp->offset) < 0)
-      return fail (a, "Parameter 'offset' expects a non-negative number "
-                   "below 2^64");
-    v = qdict_take (d, "size", &sp->has_size);
-    if (sp->has_size && parse_size_opt (v, &sp->size) < 0)
-      return fail (a, "Parameter 'size' expects a non-negative number "
-                   "below 2^64");
-  }
-  if (!sp->driver || strcmp (sp->driver, "qcow2") == 0) {
-    v = qdict_take (d, "backing", &found);
-    if (found && v != NULL)
-      return fail (a, "Cannot find device='%s' nor node-name='%s'", v, v);
-    if (found)
-      sp->no_backing = true;
-    if (qdict_has_prefix (d, "backing."))
-      return fail (a, "qcow2-nbd opens backing files only as the image "
-                   "names them (backing=null or nothing)");
-    if (sp->driver)
-      qcow2_opts (d);
-  }
+  else if (format_node (a, d, "", drv, sp) < 0)
+    return -1;
 
   v = qdict_unused (d);
   if (v) {
-    if (strncmp (v, "file.", 5) == 0)
+    const char *opt = v;
+
+    if (sp->compress) {
+      if (strncmp (v, "file.", 5) != 0)
+        return fail (a, "Block format 'compress' does not support the "
+                     "option '%s'", v);
+      opt = v + 5;
+    }
+    if (strncmp (opt, "file.", 5) == 0)
       return fail (a, "Block protocol 'file' doesn't support the option "
-                   "'%s'", v + 5);
+                   "'%s'", opt + 5);
     return fail (a, "Block format '%s' does not support the option '%s'",
-                 sp->driver ? sp->driver : "raw", v);
+                 sp->driver ? sp->driver : "raw", opt);
   }
   return 0;
 }
@@ -362,9 +451,19 @@ plain_name (const struct qnbd_image_args *a, struct spec *sp)
   }
   if (sp->driver && is_file_driver (sp->driver))
     sp->driver = "raw";
-  else if (sp->driver && strcmp (sp->driver, "compress") == 0)
-    return fail (a, "the 'compress' filter is not supported by qcow2-nbd "
-                 "yet");
+  else if (sp->driver && strcmp (sp->driver, "compress") == 0) {
+    /* -f compress FILE: the filter over a protocol node. */
+    int fd;
+
+    if (*sp->filename == '\0')
+      return fail (a, "The 'file' block driver requires a file name");
+    fd = open (sp->filename, O_RDONLY | O_CLOEXEC);
+    if (fd == -1)
+      return fail (a, "Could not open '%s': %m", sp->filename);
+    close (fd);
+    return fail (a, "Compression is not supported for underlying format: "
+                 "file");
+  }
   else if (sp->driver && strcmp (sp->driver, "qcow2")
            && strcmp (sp->driver, "raw"))
     return unsupported_driver (a, sp->driver);
@@ -467,6 +566,7 @@ qnbd_image_config (const struct qnbd_image_args *a,
   cfg->no_flush = sp.no_flush;
   cfg->discard_unmap = sp.discard_unmap;
   cfg->detect_zeroes = a->detect_zeroes;
+  cfg->compress = sp.compress;
   cfg->read_only = a->read_only;
 
   /* --offset: a raw node over whatever the image is (qemu-nbd.c), so a

@@ -233,6 +233,8 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
   exp->no_flush = cfg->no_flush;
   exp->direct_io = cfg->direct_io;
   exp->detect_zeroes = cfg->detect_zeroes;
+  /* With an overlay (-s) the filter is only read through. */
+  exp->compress = cfg->compress && !cfg->overlay;
   if (contexts_setup (exp, cfg) == -1)
     return -1;
   exp->metas = exp->nr_meta == META_MAX ? UINT64_MAX
@@ -265,10 +267,37 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
       exp->eflags &= ~NBD_FLAG_CAN_MULTI_CONN;
     exp->size &= ~(uint64_t) 511;
     exp->min_block = cfg->probed_raw ? 512 : 1;
+    /* The compress filter's request alignment is the cluster; under
+     * qemu-nbd's --offset (a raw node on top) it is the raw node's, 1. */
+    if (exp->compress && cfg->offset == 0)
+      exp->min_block = qcow2_cluster_size (img);
     /* The preferred size stays 4096: the handshake raises it to the
      * minimum it sends (1 to a client that did not ask), as qemu-nbd. */
   }
   return 0;
+}
+
+/* QEMU's compress filter cannot be written unless the disk is a whole
+ * number of its blocks (clusters): block.c refuses the write permission.
+ * Returns 0, or -EPERM after reporting it as the open failure. */
+static int
+check_compress (const struct server_config *cfg, struct qcow2_image *img)
+{
+  static const char msg[] = "Cannot get 'write' permission without "
+    "'resize': Image size is not a multiple of request alignment";
+  uint64_t cs = qcow2_cluster_size (img);
+  /* The filter sits on the disk, under any --offset window. */
+  uint64_t disk = qcow2_virtual_size (img) + cfg->offset;
+  struct qcow2_open_error err = { .kind = QCOW2_OPEN_ERROR_OTHER };
+
+  if (!cfg->compress || cfg->overlay || cfg->read_only || cs == 0
+      || disk % cs == 0)
+    return 0;
+  if (cfg->open_failed)
+    cfg->open_failed (cfg, -EPERM, &err, msg);
+  else
+    log_error ("%s: %s", cfg->image, msg);
+  return -EPERM;
 }
 
 /* ---- signals and the pid file ----------------------------------------- */
@@ -384,6 +413,8 @@ serve_run (const struct server_config *cfg)
    * client that connects is always served. */
   if (open_image (cfg, &img) < 0)
     goto out_tls;
+  if (check_compress (cfg, img) < 0)
+    goto out_image;
   if (qcow2_is_corrupt (img))
     log_error ("warning: %s is marked corrupt; serving it read-only",
                cfg->image);

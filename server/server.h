@@ -69,6 +69,11 @@ struct server_config {
   bool writethrough;            /* every write durable before its reply */
   bool no_flush;                /* FLUSH and FUA skip the sync (unsafe) */
   enum detect_zeroes detect_zeroes;
+  /* QEMU's compress filter over the (qcow2) image, qemu-nbd --image-opts
+   * driver=compress: writes store whole clusters compressed, the
+   * cluster is the minimum block size, and a writable image must be a
+   * whole number of clusters.  Ignored with an overlay. */
+  bool compress;
 
   /* The export. */
   const char *export_name;      /* default "" */
@@ -153,6 +158,7 @@ struct export {
   bool no_flush;                /* FLUSH and FUA do not sync */
   bool direct_io;               /* workers open O_DIRECT fds too */
   enum detect_zeroes detect_zeroes;
+  bool compress;                /* writes through QEMU's compress filter */
   uint64_t metas;               /* bitmask of enum meta_context offered */
   uint16_t eflags;              /* NBD_FLAG_* transmission flags */
   uint32_t min_block, pref_block, max_block;

@@ -137,6 +137,9 @@ struct worker {
   uint64_t zc_paused_until;     /* now_ns() before which reads are copied
                                  * (pipes could not be had) */
   bool jobs_queued;             /* queued jobs this iteration */
+  /* Our deferred jobs still in the queue: the loop's wait is then
+   * bounded, so that we take them ourselves if nobody else does. */
+  atomic_uint deferred_jobs;
 };
 
 /* Bumped by workers_wakeup() before it kicks the workers.  A request
@@ -161,12 +164,16 @@ struct zpipe {
 };
 
 /* CPU-heavy work of a request that any worker may do (jobs.c):
- * decompressing (part of) one cluster. */
+ * decompressing (part of) one cluster, or compressing a WRITE. */
 struct djob {
   struct djob *next;            /* shared queue, owner's done list */
   struct worker *owner;         /* whose request it is */
   void (*run) (struct djob *j);     /* on any worker */
   void (*finish) (struct djob *j);  /* then on the owner */
+  /* A long job (milliseconds): its owner leaves it to the others for
+   * JOB_DEFER_NS after queueing it (jobs.c). */
+  bool defer;
+  uint64_t queued_at;           /* now_ns() at jobs_submit */
   /* Decompression: */
   const struct qcow2_layer *layer;
   const void *in;
@@ -243,6 +250,12 @@ struct request {
   struct qcow2_write *qw;
   struct wop *wops;
   struct iovec *wiov;
+  /* A WRITE through the compress filter: its begin, a job (writes.c),
+   * and what the job got back. */
+  struct djob wjob;
+  const struct qcow2_seg *wsegs;
+  size_t nwsegs;
+  unsigned wseq;                /* workers_wake_seq before the call */
 
   /* Inline room for the extents and pieces of a small READ. */
   struct qcow2_extent small_ext[SMALL_EXT];
@@ -377,6 +390,8 @@ void bufpool_put (struct worker *w, void *buf, unsigned cls);
 void worker_kick (struct worker *w);
 /* Kick one worker other than W (round robin), if there is one. */
 void workers_kick_other (struct worker *w);
+/* Are there workers to share jobs with (more than one running)? */
+bool workers_can_help (void);
 
 /* ---- request.c: parsing, dispatch, connection lifetime ---------------- */
 
@@ -493,8 +508,11 @@ void decompress_cache_free (struct worker *w);
 
 /* ---- jobs.c: CPU-heavy work over the workers -------------------------- */
 
-/* Queue J (run and finish set) for any worker; W is its owner.  The
- * caller counts it in its connection's ops until finish(). */
+/* How long the owner of a deferred job leaves it to other workers. */
+#define JOB_DEFER_NS (200 * 1000)
+
+/* Queue J (run, finish and defer set) for any worker; W is its owner.
+ * The caller counts it in its connection's ops until finish(). */
 void jobs_submit (struct worker *w, struct djob *j);
 /* Finish the jobs others did for W, then do queued jobs, anyone's. */
 void jobs_run (struct worker *w);

@@ -8,7 +8,7 @@
  * read armed on, so the listener never touches a worker's ring.  The same
  * eventfd carries the library's wake-ups (workers_wakeup): an ended
  * allocation makes every worker retry the requests it parked; and
- * CPU-heavy jobs (decompression), which any worker may do
+ * CPU-heavy jobs (decompression, compression), which any worker may do
  * (jobs.c). */
 
 #include <config.h>
@@ -203,7 +203,15 @@ worker_thread (void *arg)
     }
 
     int r;
-    if (!w->stopping)
+    if (atomic_load (&w->deferred_jobs) > 0) {
+      /* Jobs of ours wait for other workers: come back for them if
+       * nobody has taken them by then (jobs.c). */
+      struct __kernel_timespec ts = { .tv_nsec = JOB_DEFER_NS };
+      struct io_uring_cqe *unused;
+
+      r = io_uring_submit_and_wait_timeout (&w->ring, &unused, 1, &ts, NULL);
+    }
+    else if (!w->stopping)
       r = io_uring_submit_and_wait (&w->ring, 1);
     else {
       struct __kernel_timespec ts = { .tv_sec = 1 };
@@ -379,6 +387,12 @@ worker_kick (struct worker *w)
    * means the worker has a wake-up pending anyway. */
   if (write (w->efd, &one, sizeof one) != sizeof one && errno != EAGAIN)
     log_error ("worker %u: eventfd write: %m", w->idx);
+}
+
+bool
+workers_can_help (void)
+{
+  return atomic_load (&nr_wakeable) >= 2;
 }
 
 void

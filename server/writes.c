@@ -328,6 +328,43 @@ check_probed_sector (struct request *req)
   return 0;
 }
 
+static void write_submit (struct request *req, int r,
+                          const struct qcow2_seg *segs, size_t nsegs,
+                          unsigned seq);
+
+/* A WRITE through QEMU's compress filter: compressing its clusters
+ * takes about a millisecond per 64 KiB, so qcow2_write_compressed_begin
+ * runs as a job that any worker may do (jobs.c), and the owner submits
+ * the host writes when it comes back. */
+static void
+cwrite_run (struct djob *j)
+{
+  struct request *req = container_of (j, struct request, wjob);
+  const struct export *exp = req->cs->conn->exp;
+  unsigned flags = 0;
+
+  /* detect-zeroes looks at the request widened to whole clusters,
+   * which only the library reads. */
+  if (exp->detect_zeroes != DETECT_ZEROES_OFF)
+    flags |= QCOW2_DETECT_ZEROES;
+  if (exp->detect_zeroes == DETECT_ZEROES_UNMAP && exp->discard_unmap)
+    flags |= QCOW2_MAY_UNMAP;
+  req->wseq = atomic_load (&workers_wake_seq);
+  j->result = qcow2_write_compressed_begin (exp->img, req->offset,
+                                            req->length, req->buf, flags,
+                                            &req->qw, &req->wsegs,
+                                            &req->nwsegs);
+}
+
+static void
+cwrite_finish (struct djob *j)
+{
+  struct request *req = container_of (j, struct request, wjob);
+
+  req->cs->ops--;               /* taken by write_start */
+  write_submit (req, j->result, req->wsegs, req->nwsegs, req->wseq);
+}
+
 /* Start (or, after QCOW2_BLOCKED, retry) a WRITE whose payload is in
  * req->buf: ask the library for the host writes, then submit them all
  * at once, one per host-contiguous run.  With detect-zeroes, a payload
@@ -337,9 +374,8 @@ static void
 write_start (struct request *req)
 {
   struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
   const struct qcow2_seg *segs;
-  size_t nsegs = 0, nops = 0;
+  size_t nsegs = 0;
   unsigned seq = atomic_load (&workers_wake_seq);
   const struct export *exp = cs->conn->exp;
   int r;
@@ -347,6 +383,13 @@ write_start (struct request *req)
   r = check_probed_sector (req);
   if (r < 0) {
     modify_done (req, r);
+    return;
+  }
+  if (exp->compress) {
+    req->wjob = (struct djob) { .run = cwrite_run, .finish = cwrite_finish,
+                                .defer = true };
+    cs->ops++;
+    jobs_submit (cs->w, &req->wjob);
     return;
   }
   if (exp->detect_zeroes != DETECT_ZEROES_OFF
@@ -359,9 +402,21 @@ write_start (struct request *req)
     modify_done_or_park (req, r, seq);
     return;
   }
-
   r = qcow2_write_begin (exp->img, req->offset, req->length, 0,
                          &req->qw, &segs, &nsegs);
+  write_submit (req, r, segs, nsegs, seq);
+}
+
+/* The library answered a WRITE's begin (made when workers_wake_seq was
+ * SEQ) with R and SEGS: park it, fail it, or submit its host writes. */
+static void
+write_submit (struct request *req, int r, const struct qcow2_seg *segs,
+              size_t nsegs, unsigned seq)
+{
+  struct conn_state *cs = req->cs;
+  struct worker *w = cs->w;
+  size_t nops = 0;
+
   if (r != 0)
     req->qw = NULL;             /* no write handle to end */
   if (r == QCOW2_BLOCKED) {
@@ -478,6 +533,9 @@ cmd_write_zeroes (struct request *req)
     flags |= QCOW2_MAY_UNMAP;
   if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
     flags |= QCOW2_FAST_ZERO;
+  /* Partial clusters are written compressed, as QEMU's filter does. */
+  if (exp->compress)
+    flags |= QCOW2_COMPRESSED;
 
   seq = atomic_load (&workers_wake_seq);
   r = qcow2_zero (exp->img, req->offset, req->length, flags);

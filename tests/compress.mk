@@ -5,4 +5,4 @@
 
 TESTS += test-compress-write.sh
 check_SCRIPTS += test-compress-write.sh
-EXTRA_DIST += test-compress-write.sh compress-ops.py
+EXTRA_DIST += test-compress-write.sh compress-ops.py compress-crash.py

@@ -235,11 +235,11 @@ plan_clusters_locked (struct qcow2_layer *layer, struct qcow2_write *w,
   return r;
 }
 
-int
-write_compressed_held (struct qcow2_image *img, uint64_t offset,
-                       uint64_t length, const void *data, unsigned flags,
-                       struct qcow2_write **wp,
-                       const struct qcow2_seg **segs, size_t *nsegs)
+static int
+compressed_held (struct qcow2_image *img, uint64_t offset,
+                 uint64_t length, const void *data, unsigned flags,
+                 struct qcow2_write **wp,
+                 const struct qcow2_seg **segs, size_t *nsegs)
 {
   struct qcow2_layer *layer = img->layers[0];
   const uint64_t cs = layer->cluster_size;
@@ -332,6 +332,28 @@ write_compressed_held (struct qcow2_image *img, uint64_t offset,
   }
   *wp = w;
   return 0;
+}
+
+int
+write_compressed_held (struct qcow2_image *img, uint64_t offset,
+                       uint64_t length, const void *data, unsigned flags,
+                       struct qcow2_write **wp,
+                       const struct qcow2_seg **segs, size_t *nsegs)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  int r;
+
+  r = compressed_held (img, offset, length, data, flags, wp, segs, nsegs);
+  if (r < 0 && length > 0 && layer->format == LAYER_QCOW2) {
+    /* QEMU dirties a write's (widened) range whatever became of it,
+     * refusals included; write_end does it for the others. */
+    uint64_t cs = layer->cluster_size, astart = offset & ~(cs - 1);
+
+    bitmap_set_dirty (img, astart,
+                      MIN (ROUND_UP (offset + length, cs), layer->size)
+                      - astart);
+  }
+  return r;
 }
 
 int

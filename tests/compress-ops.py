@@ -30,7 +30,8 @@ K = 1024
 
 # name, qemu-img create -o options, size, prep, server options, requests.
 # prep: qemu-io commands on the new image, "snapshot" for qemu-img
-# snapshot -c, "backing" for a backing file full of 0x77.
+# snapshot -c, "backing" for a backing file full of 0x77, "bitmap" for a
+# persistent dirty bitmap (4 KiB granularity) whose bits are reported.
 # Requests: (op, offset, length[, data]) with op w (write), wf (write
 # with FUA), z (write zeroes), zf (fast zero), zn (zero, no hole),
 # t (trim), r (read: a digest), and data one of text, rand, zero, or
@@ -89,6 +90,11 @@ SCENARIOS = [
     ("refcount-1-bit", "refcount_bits=1", 1024 * K, [], [], [
         ("w", 0, 64 * K, "text"), ("w", 64 * K, 64 * K, "text"),
         ("w", 128 * K, 128 * K, "text"), ("r", 0, 1024 * K)]),
+    ("bitmap", "cluster_size=65536", 1024 * K,
+     ["write -P 1 64k 64k", "write -z 64k 64k", "bitmap"], [], [
+        ("w", 70000, 100, "text"), ("z", 200000, 100),
+        ("zf", 270000, 100), ("w", 400 * K, 64 * K, "rand"),
+        ("w", 600 * K, 4 * K, "text")]),
     ("read-only-odd-size", "cluster_size=65536", 100 * K, [], ["-r"], [
         ("r", 64 * K, 36 * K)]),
     ("overlay-odd-size", "cluster_size=65536", 100 * K, [], ["-s"], [
@@ -155,7 +161,7 @@ def scenario(prog, work, name, opts, size, prep, server_opts, ops):
                        check=True, stdout=subprocess.DEVNULL)
         create += ["-b", base, "-F", "qcow2"]
     subprocess.run(create + ["-o", opts, img, str(size)], check=True)
-    io = [c for c in prep if c not in ("backing", "snapshot")]
+    io = [c for c in prep if c not in ("backing", "snapshot", "bitmap")]
     if io:
         args = ["qemu-io", "-f", "qcow2"]
         for c in io:
@@ -163,6 +169,9 @@ def scenario(prog, work, name, opts, size, prep, server_opts, ops):
         subprocess.run(args + [img], check=True, stdout=subprocess.DEVNULL)
     if "snapshot" in prep:
         subprocess.run(["qemu-img", "snapshot", "-c", "s1", img], check=True)
+    if "bitmap" in prep:
+        subprocess.run(["qemu-img", "bitmap", "--add", "--granularity",
+                        "4096", img, "b1"], check=True)
 
     print(f"== {name}")
     h = nbd.NBD()
@@ -219,6 +228,32 @@ def scenario(prog, work, name, opts, size, prep, server_opts, ops):
     if all(op[1] // cs == (op[1] + op[2] - 1) // cs
            for op in ops if op[0] in ("w", "wf")):
         print("file size", os.path.getsize(img))
+    if "bitmap" in prep:
+        print("dirty", dirty_runs(img, size))
+
+
+def dirty_runs(img, size):
+    """The bitmap's dirty runs, as Debian's qemu-nbd -B exports them
+    (the same reader for both sides)."""
+    h = nbd.NBD()
+    h.add_meta_context("qemu:dirty-bitmap:b1")
+    h.connect_systemd_socket_activation(
+        ["/usr/bin/qemu-nbd", "-r", "-B", "b1", "-f", "qcow2", img])
+    runs, off = [], 0
+    while off < size:
+        seen = []
+
+        def extent(metacontext, offset, entries, err):
+            seen.extend(zip(entries[0::2], entries[1::2]))
+            return 0
+        h.block_status(size - off, off, extent)
+        for length, flags in seen:
+            if flags & 1:
+                runs.append((off, length))
+            off += length
+    h.shutdown()
+    del h
+    return runs
 
 
 def hash_bytes(data):

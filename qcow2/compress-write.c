@@ -369,10 +369,7 @@ qcow2_write_compressed_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  if (!range_fits (offset, length, img->view_size))
-    return -EINVAL;
-  offset += img->window;
-  r = write_check_args (img, offset, length);
+  r = write_public_args (img, &offset, length);
   if (r < 0)
     return r;
   if (length > MAX_WRITE)

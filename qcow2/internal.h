@@ -445,7 +445,11 @@ int write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
 
 /* The checks every guest write, zeroing and discard makes first (disk
  * offsets): -EROFS, -EIO (image marked corrupt), -EINVAL (range past the
- * disk), -ENOTSUP (external data file); else 0. */
+ * disk), -ENOTSUP (external data file); else 0.  write_public_args
+ * first checks a public call's range against the window (-EINVAL) and
+ * turns *OFFSET into a disk offset. */
+int write_public_args (struct qcow2_image *img, uint64_t *offset,
+                       uint64_t length);
 int write_check_args (struct qcow2_image *img, uint64_t offset,
                       uint64_t length);
 

@@ -1050,6 +1050,16 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
 }
 
 int
+write_public_args (struct qcow2_image *img, uint64_t *offset,
+                   uint64_t length)
+{
+  if (!range_fits (*offset, length, img->view_size))
+    return -EINVAL;
+  *offset += img->window;
+  return write_check_args (img, *offset, length);
+}
+
+int
 write_check_args (struct qcow2_image *img, uint64_t offset,
                   uint64_t length)
 {
@@ -1077,10 +1087,7 @@ qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  if (!range_fits (offset, length, img->view_size))
-    return -EINVAL;
-  offset += img->window;
-  r = write_check_args (img, offset, length);
+  r = write_public_args (img, &offset, length);
   if (r < 0)
     return r;
   if (length > MAX_WRITE)

@@ -6,3 +6,7 @@
 TESTS += test-compress-write.sh
 check_SCRIPTS += test-compress-write.sh
 EXTRA_DIST += test-compress-write.sh compress-ops.py compress-crash.py
+
+check_PROGRAMS += test-compress-lib
+test_compress_lib_SOURCES = test-compress-lib.c
+test_compress_lib_LDADD = ../qcow2/libqcow2.la -lpthread

@@ -903,6 +903,12 @@ qcow2_virtual_size (const struct qcow2_image *img)
   return img->layers[0]->size;
 }
 
+int
+qcow2_sync_error (const struct qcow2_image *img)
+{
+  return atomic_load (&((struct qcow2_image *) img)->sync_error);
+}
+
 bool
 qcow2_is_corrupt (const struct qcow2_image *img)
 {

@@ -403,7 +403,7 @@ serve (struct server_config *cfg)
   struct export exp = { 0 };
   static sigset_t set;          /* read by the signal thread */
   pthread_t sig_thread;
-  int *fds = NULL, nfds, r;
+  int *fds = NULL, nfds, r, flush_r = 0;
 
   log_verbose = cfg->verbose;
 
@@ -494,6 +494,15 @@ serve (struct server_config *cfg)
   free (fds);
 
   workers_shutdown ();
+  /* The last flush, made here for its result (qcow2_close flushes
+   * again, cheaply, and marks the image clean only when it worked).
+   * When it fails - after a failed sync it always does - writes
+   * answered since the last successful FLUSH may be lost, and the exit
+   * status says so. */
+  if (!exp.read_only && (flush_r = qcow2_flush (exp.img)) < 0)
+    log_error ("%s: the final flush failed (%s): writes not flushed "
+               "before may be lost; exiting with status 1", cfg->image,
+               strerror (-flush_r));
   qcow2_close (exp.img);
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);
@@ -502,7 +511,7 @@ serve (struct server_config *cfg)
   if (cfg->socket_path)
     unlink (cfg->socket_path);
   log_info ("exiting");
-  return EXIT_SUCCESS;
+  return flush_r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 
  fail_sockets:
   while (nfds > 0)

@@ -12,14 +12,17 @@ FAULTFS="$abs_top_builddir/tests/faultfs"
 requires_faultfs ()
 {
   [ -x "$FAULTFS" ] ||
-    skip "faultfs not built (configure found no libfuse3: apt-get install libfuse3-dev)"
+    skip "faultfs not built (configure found no libfuse3:" \
+         "apt-get install libfuse3-dev)"
   [ -c /dev/fuse ] || skip "/dev/fuse is absent"
-  [ -r /dev/fuse ] && [ -w /dev/fuse ] || skip "/dev/fuse is not usable by $(id -un)"
+  [ -r /dev/fuse ] && [ -w /dev/fuse ] ||
+    skip "/dev/fuse is not usable by $(id -un)"
   requires fusermount3 mountpoint
   local b="$tmpdir/.fuse-probe-b" m="$tmpdir/.fuse-probe-m"
   mkdir -p "$b" "$m"
   if ! faultfs_mount "$b" "$m" "" 2>"$tmpdir/.fuse-probe.err"; then
-    skip "cannot mount a FUSE file system here: $(tail -n1 "$tmpdir/.fuse-probe.err")"
+    skip "cannot mount a FUSE file system here:" \
+         "$(tail -n1 "$tmpdir/.fuse-probe.err")"
   fi
   faultfs_umount "$m"
 }
@@ -73,7 +76,8 @@ faultfs_umount ()
     kill -0 "$faultfs_pid" 2>/dev/null || break
     sleep 0.1
   done
-  kill -0 "$faultfs_pid" 2>/dev/null && fail "faultfs still running 30 s after unmounting $1"
+  kill -0 "$faultfs_pid" 2>/dev/null &&
+    fail "faultfs still running 30 s after unmounting $1"
   wait "$faultfs_pid" || fail "faultfs exited with an error"
 }
 

@@ -8,6 +8,7 @@
 
 FAULT_TESTS = \
 	test-faults.sh \
+	test-powercut.sh \
 	$(NULL)
 
 TESTS += $(FAULT_TESTS)
@@ -15,6 +16,8 @@ check_SCRIPTS += $(FAULT_TESTS)
 EXTRA_DIST += \
 	$(FAULT_TESTS) \
 	faultfs-functions.sh \
+	faults.py \
+	powercut.py \
 	$(NULL)
 
 if HAVE_FUSE3
@@ -25,3 +28,23 @@ faultfs_LDADD = $(FUSE3_LIBS)
 else
 EXTRA_DIST += faultfs.c
 endif
+
+# The long runs, never part of make check (`make check-stress` at the
+# top): thousands of crash states per workload, and a long storm of
+# failing host writes.  The variables can be overridden from the
+# environment (see test-powercut.sh and test-faults.sh).
+STRESS_ENVIRONMENT = \
+	abs_top_srcdir=$(abs_top_srcdir) \
+	abs_top_builddir=$(abs_top_builddir) \
+	PYTHON=/usr/bin/python3 \
+	$(NULL)
+check-stress: $(check_PROGRAMS)
+	@start=$$(date +%s); \
+	$(STRESS_ENVIRONMENT) POWERCUT_SCALE=$${POWERCUT_SCALE:-4} \
+	  POWERCUT_STATES=$${POWERCUT_STATES:-4000} \
+	  POWERCUT_BUDGET=$${POWERCUT_BUDGET:-512} \
+	  $(srcdir)/test-powercut.sh && \
+	$(STRESS_ENVIRONMENT) FAULTS_STORM=$${FAULTS_STORM:-5000} \
+	  $(srcdir)/test-faults.sh && \
+	echo "check-stress: passed in $$(( $$(date +%s) - start )) s"
+.PHONY: check-stress

@@ -26,6 +26,9 @@ import sys
 import nbd
 
 BLOCK = 4096
+# The storm's unit: a write that fails part-way (a short write, then an
+# error) leaves some sectors new and the rest old.
+UNIT = 512
 
 
 def size(s):
@@ -103,30 +106,32 @@ def step(uri, text):
 def storm(uri, seed, count, control):
     """Random requests while host writes fail now and then.  A request
     that failed leaves its range unknown (old bytes, new bytes, or a mix
-    of the two, block by block, never a third value); everything else
+    of the two, sector by sector, never a third value); everything else
     must read back exactly, before and after a final flush."""
     rng = random.Random(seed)
     hs = [conn(uri, 1), conn(uri, 2)]
     disk = min(hs[0].get_size(), 16 << 20)
     nblocks = disk // BLOCK
+    nunits = disk // UNIT
 
     def read_all(h):
         return b"".join(h.pread(1 << 20, o) for o in range(0, disk, 1 << 20))
     data = read_all(hs[0])
-    # Per 4 KiB block: the set of contents it may have now.
-    state = [{bytes(data[b * BLOCK:(b + 1) * BLOCK])} for b in range(nblocks)]
+    # Per sector: the set of contents it may have now.
+    state = [{bytes(data[u * UNIT:(u + 1) * UNIT])} for u in range(nunits)]
     failed = ok = 0
     errors = {}
 
     def check(first, n, data):
-        for b in range(n):
-            blk = bytes(data[b * BLOCK:(b + 1) * BLOCK])
-            if blk not in state[first + b]:
-                raise SystemExit("storm: block %d reads %r, may be one of %r"
-                                 % (first + b, sorted(set(blk))[:4],
+        """FIRST, N: in sectors."""
+        for u in range(n):
+            sect = bytes(data[u * UNIT:(u + 1) * UNIT])
+            if sect not in state[first + u]:
+                raise SystemExit("storm: sector %d reads %r, may be one of %r"
+                                 % (first + u, sorted(set(sect))[:4],
                                     [sorted(set(v))[:4]
-                                     for v in state[first + b]]))
-            state[first + b] = {blk}
+                                     for v in state[first + u]]))
+            state[first + u] = {sect}
 
     for i in range(count):
         if i % 16 == 0:
@@ -147,10 +152,10 @@ def storm(uri, seed, count, control):
         if r < 0.6:
             byte = rng.randint(1, 255)
             got = outcome(lambda: h.pwrite(bytes([byte]) * ln, off))
-            new = bytes([byte]) * BLOCK
+            new = bytes([byte]) * UNIT
         elif r < 0.75:
             got = outcome(lambda: h.zero(ln, off))
-            new = bytes(BLOCK)
+            new = bytes(UNIT)
         elif r < 0.85:
             got = outcome(lambda: h.flush())
             new = None
@@ -164,29 +169,31 @@ def storm(uri, seed, count, control):
             if got != "OK":
                 raise SystemExit("storm: read failed (%s); no read fault "
                                  "was injected" % got)
-            check(first, n, rdata)
+            check(first * BLOCK // UNIT, n * BLOCK // UNIT, rdata)
             continue
         if got == "OK":
             ok += 1
             if new is not None:
-                for b in range(first, first + n):
-                    state[b] = {new}
+                for u in range(first * BLOCK // UNIT,
+                               (first + n) * BLOCK // UNIT):
+                    state[u] = {new}
         else:
             failed += 1
             errors[got] = errors.get(got, 0) + 1
             if got not in ("EIO", "ENOSPC"):
                 raise SystemExit("storm: unexpected error %s" % got)
             if new is not None:
-                for b in range(first, first + n):
-                    state[b] = state[b] | {new}
+                for u in range(first * BLOCK // UNIT,
+                               (first + n) * BLOCK // UNIT):
+                    state[u] = state[u] | {new}
     with open(control, "w") as f:
         f.write("clear\n")
     if outcome(hs[0].flush) != "OK":
         raise SystemExit("storm: the final flush failed")
     data = read_all(hs[1])
-    check(0, nblocks, data)
-    print("storm: %d requests answered OK, %d failed %s" %
-          (ok, failed, " ".join("%s=%d" % kv for kv in sorted(errors.items()))))
+    check(0, nunits, data)
+    print("storm: %d requests answered OK, %d failed %s" % (
+        ok, failed, " ".join("%s=%d" % kv for kv in sorted(errors.items()))))
     return data
 
 

@@ -19,7 +19,8 @@
 #     check` exits 0;
 #  5. a storm of random requests while host writes fail now and then:
 #     answered requests read back, failed ones leave old or new data.
-# FAULTS_SEED=N replays the storm.
+# FAULTS_SEED=N replays the storm; FAULTS_STORM=N makes it N requests
+# long (default 400; `make check-stress` runs 5000).
 
 source "$abs_top_srcdir/tests/functions.sh"
 source "$abs_top_srcdir/tests/faultfs-functions.sh"
@@ -116,7 +117,8 @@ steps 'write:4M:64k:0x25=OK' 'flush=OK'
 [ "$(host_offset 4194304)" = "$end" ] ||
   fail "the cluster of the failed writes was not reused (4M is at" \
        "$(host_offset 4194304), not $end): leaked"
-ok "failed data writes: EIO/ENOSPC on the wire, ranges unchanged, cluster reused"
+ok "failed data writes: EIO/ENOSPC on the wire, ranges unchanged," \
+   "cluster reused"
 
 # ---- 2. short writes and reads ----------------------------------------------
 
@@ -145,14 +147,16 @@ steps 'read:5M:4k:0x33=OK' 'read:5246976:8k:0=OK' 'read:5255168:52k:0x33=OK' \
       'read:6M:1M:0x32=OK' 'read:7M:12k:0x34=OK' 'read:7M:64k:0x34/0xaa=OK' \
       'read:1M:4k:0xaa=OK' 'read:3M:64k:0xaa=OK' 'read:0:4k:0x12=OK' \
       'c2/read:4k:60k:0x11=OK'
-short_reads=$(sed -n 's/^rule read short .* hits=\([0-9]*\).*/\1/p' "$m/.faultfs" |
-  awk '{ s += $1 } END { print s + 0 }')
+short_reads=$(sed -n 's/^rule read short .* hits=\([0-9]*\).*/\1/p' \
+  "$m/.faultfs" | awk '{ s += $1 } END { print s + 0 }')
 [ "$(sed -n 's/^rule read short path=.base.raw .* hits=\([0-9]*\).*/\1/p' \
-     "$m/.faultfs")" = 2 ] || fail "the backing file's reads were not made short"
+     "$m/.faultfs")" = 2 ] ||
+  fail "the backing file's reads were not made short"
 [ "${short_reads:-0}" -gt 2 ] || fail "no read of the image was made short"
 n=$(faultfs_injected "$m")
 ctl clear
-ok "short host writes and reads completed ($short_reads short reads, $n faults injected so far)"
+ok "short host writes and reads completed ($short_reads short reads," \
+   "$n faults injected so far)"
 
 # ---- 3. read errors ---------------------------------------------------------
 
@@ -192,7 +196,8 @@ grep -q 'every write and flush of this image fails with EIO' "$server_log" ||
 stop_expect 1
 grep -q 'final flush failed' "$server_log" ||
   fail "the log does not say why the server exits with status 1"
-ok "after a failed fsync: FLUSH, FUA, writes, zeroes and trims fail; reads go on; exit 1"
+ok "after a failed fsync: FLUSH, FUA, writes, zeroes and trims fail;" \
+   "reads go on; exit 1"
 
 start_server "$img" --discard=unmap
 grep -q 'image is dirty' "$server_log" ||
@@ -226,7 +231,8 @@ ok "a failed second sync (FUA write): ENOSPC, then the same failed state"
 
 start_server "$img" --discard=unmap
 run_timeout 600 "$PYTHON" "$abs_top_srcdir/tests/faults.py" "$uri" storm \
-  "$seed" 400 "$m/.faultfs" "$tmpdir/storm.raw" || fail "storm"
+  "$seed" "${FAULTS_STORM:-400}" "$m/.faultfs" "$tmpdir/storm.raw" ||
+  fail "storm"
 server_alive "after the storm"
 stop_server
 start_server "$img"
@@ -235,4 +241,5 @@ out=$(qemu-img compare -f raw "$tmpdir/storm.raw" -F raw "$uri" 2>&1) ||
 stop_server
 check_clean "$b/img.qcow2" "after the storm"
 n=$(faultfs_injected "$m")
-ok "storm: everything answered reads back after a restart ($n faults injected in all)"
+ok "storm: everything answered reads back after a restart" \
+   "($n faults injected in all)"

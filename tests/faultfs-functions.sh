@@ -53,17 +53,12 @@ faultfs_mount ()
   return 1
 }
 
+# At exit: a lazy unmount (faultfs then exits by itself), then the
+# server helper's TERM, wait, KILL.
 _faultfs_stop ()
 {
-  local m=$1 pid=$2 i
-  mountpoint -q "$m" 2>/dev/null && fusermount3 -u -z "$m" 2>/dev/null
-  for (( i = 0; i < 100; i++ )); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null
-  wait "$pid" 2>/dev/null
-  return 0
+  mountpoint -q "$1" 2>/dev/null && fusermount3 -u -z "$1" 2>/dev/null
+  _kill_server "$2"
 }
 
 # faultfs_umount MOUNTPOINT: unmount and wait until faultfs has exited

@@ -163,9 +163,10 @@ static const char *op_names[] = { "read", "write", "fsync", "any" };
 static const char *err_names[] = { "eio", "enospc", "short" };
 
 /* Should this request fail?  Returns 0 (no), -EIO/-ENOSPC, or 1 (make it
- * short). */
+ * short; only when CAN_SHORT: a read or write of 2 bytes or more). */
 static int
-check_rules (enum rule_op op, const char *path, uint64_t off, uint64_t len)
+check_rules (enum rule_op op, const char *path, uint64_t off, uint64_t len,
+             bool can_short)
 {
   for (unsigned i = 0; i < fs.nr_rules; i++) {
     struct rule *r = &fs.rules[i];
@@ -179,7 +180,7 @@ check_rules (enum rule_op op, const char *path, uint64_t off, uint64_t len)
     if (r->len && op != OP_FSYNC
         && (off >= r->off + r->len || off + len <= r->off))
       continue;
-    if (r->err == ERR_SHORT && (op == OP_FSYNC || len < 2))
+    if (r->err == ERR_SHORT && (!can_short || len < 2))
       continue;
     if (r->after > 0) {
       r->after--;
@@ -444,6 +445,23 @@ ffs_release (const char *path, struct fuse_file_info *fi)
   return 0;
 }
 
+/* Count a read or write and apply the rules to it: 0 (go on, with
+ * *SIZE halved when the rule says short) or the -errno to fail with. */
+static int
+fault_transfer (enum rule_op op, const char *path, off_t off, size_t *size)
+{
+  int f;
+
+  if (op == OP_READ)
+    fs.reads++;
+  else
+    fs.writes++;
+  f = check_rules (op, path, off, *size, true);
+  if (f == 1)
+    *size /= 2;
+  return f < 0 ? f : 0;
+}
+
 static int
 ffs_read (const char *path, char *buf, size_t size, off_t off,
           struct fuse_file_info *fi)
@@ -453,12 +471,9 @@ ffs_read (const char *path, char *buf, size_t size, off_t off,
 
   if (fi->fh == CONTROL_FH)
     return control_read (buf, size, off);
-  fs.reads++;
-  f = check_rules (OP_READ, path, off, size);
+  f = fault_transfer (OP_READ, path, off, &size);
   if (f < 0)
     return f;
-  if (f == 1)
-    size /= 2;
   n = pread (fi->fh, buf, size, off);
   return n == -1 ? -errno : (int) n;
 }
@@ -472,12 +487,9 @@ ffs_write (const char *path, const char *buf, size_t size, off_t off,
 
   if (fi->fh == CONTROL_FH)
     return control_write (buf, size);
-  fs.writes++;
-  f = check_rules (OP_WRITE, path, off, size);
+  f = fault_transfer (OP_WRITE, path, off, &size);
   if (f < 0)
     return f;
-  if (f == 1)
-    size /= 2;
   n = pwrite (fi->fh, buf, size, off);
   if (n == -1)
     return -errno;
@@ -493,7 +505,7 @@ ffs_fsync (const char *path, int datasync, struct fuse_file_info *fi)
   if (fi->fh == CONTROL_FH)
     return 0;
   fs.fsyncs++;
-  f = check_rules (OP_FSYNC, path, 0, 0);
+  f = check_rules (OP_FSYNC, path, 0, 0, false);
   if (f < 0)
     return f;
   log_record (LOG_FSYNC, path, 0, datasync != 0, NULL, 0);
@@ -528,7 +540,7 @@ ffs_fallocate (const char *path, int mode, off_t off, off_t len,
     return -EOPNOTSUPP;
   /* Making zeros is writing, as far as faults go. */
   fs.writes++;
-  f = check_rules (OP_WRITE, path, off, len);
+  f = check_rules (OP_WRITE, path, off, len, false);
   if (f < 0)
     return f;
   if (fallocate (fi->fh, mode, off, len) == -1)

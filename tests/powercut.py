@@ -157,43 +157,83 @@ def gen_requests(name, rng, disk, cluster, scale):
                 add("flush")
     else:
         raise SystemExit("unknown workload %s" % name)
-    add("flush")
+    # The end is not flushed: the clean close makes it durable (and, for
+    # trims, writes out the decrements only a flush would commit).
+    if name in ("discard", "lazy"):
+        for _ in range(3):
+            first = rng.randrange(disk // cluster - 2)
+            add("trim", first * cluster, 2 * cluster)
     return reqs
 
 
 def run(uri, name, seed, control, ops_path, disk, cluster, scale, backing):
     import nbd
     rng = random.Random("%s/%d" % (name, seed))
-    reqs = gen_requests(name, rng, disk, cluster, scale)
+    # "cow-eio": the copy-on-write workload while host writes fail now
+    # and then (data, L2 or refcount writes alike).
+    faults = name.endswith("-eio")
+    plan = gen_requests(name[:-4] if faults else name, rng, disk, cluster,
+                        scale)
     h = nbd.NBD()
     h.connect_uri(uri)
     ctl = os.open(control, os.O_WRONLY)
+    sent = []               # every request sent, failed ones too
+    failed = 0
 
-    def mark(text):
-        os.write(ctl, ("mark " + text + "\n").encode())
+    def command(text):
+        os.write(ctl, (text + "\n").encode())
 
-    for k, r in enumerate(reqs, start=1):
-        mark("op %d" % k)
+    def send(r):
+        k = len(sent) + 1
+        sent.append(r)
+        command("mark op %d" % k)
         flags = nbd.CMD_FLAG_FUA if r.get("fua") else 0
-        if r["type"] == "write":
-            s0 = r["off"] // SECTOR
-            data = b"".join(pattern(k, s)
-                            for s in range(s0, s0 + r["len"] // SECTOR))
-            h.pwrite(data, r["off"], flags)
-        elif r["type"] == "zero":
-            if r.get("no_hole"):
-                flags |= nbd.CMD_FLAG_NO_HOLE
-            h.zero(r["len"], r["off"], flags)
-        elif r["type"] == "trim":
-            h.trim(r["len"], r["off"], flags)
-        elif r["type"] == "flush":
-            h.flush()
+        try:
+            if r["type"] == "write":
+                s0 = r["off"] // SECTOR
+                data = b"".join(pattern(k, s)
+                                for s in range(s0, s0 + r["len"] // SECTOR))
+                h.pwrite(data, r["off"], flags)
+            elif r["type"] == "zero":
+                if r.get("no_hole"):
+                    flags |= nbd.CMD_FLAG_NO_HOLE
+                h.zero(r["len"], r["off"], flags)
+            elif r["type"] == "trim":
+                h.trim(r["len"], r["off"], flags)
+            elif r["type"] == "flush":
+                h.flush()
+        except nbd.Error as e:
+            if not faults or e.errno not in ("EIO", "ENOSPC"):
+                raise
+            r["failed"] = e.errno
+            return False
         if r["type"] == "flush" or r.get("fua"):
-            mark("ack %d" % k)
+            command("mark ack %d" % k)
+        return True
+
+    for r in plan:
+        if faults and rng.random() < 0.2:
+            command("fail write %s path=%s after=%d count=1" % (
+                rng.choice(["eio", "enospc"]), IMAGE, rng.randrange(4)))
+        if send(dict(r)) or r["type"] != "write":
+            continue
+        # A failed write leaves its range old or new, sector by sector:
+        # write it again (a new request) until it works, so the model
+        # knows what the disk holds.
+        failed += 1
+        for attempt in range(8):
+            if attempt == 4:
+                command("clear")
+            if send(dict(r)):
+                break
+            failed += 1
+        else:
+            raise SystemExit("%s: a write keeps failing" % name)
+    command("clear")
     # The server's view must be what the requests made: the model the
     # checker builds on.
-    model = Model(reqs, disk, cluster, backing // SECTOR)
-    model.advance(len(reqs) + 1)
+    model = Model(sent, disk, cluster, backing // SECTOR)
+    model.advance(len(sent) + 1)
     for off in range(0, disk, 4 * MiB):
         got = h.pread(min(4 * MiB, disk - off), off)
         want = bytes(model.image[off:off + len(got)])
@@ -207,10 +247,11 @@ def run(uri, name, seed, control, ops_path, disk, cluster, scale, backing):
     os.close(ctl)
     with open(ops_path, "w") as f:
         json.dump(dict(workload=name, seed=seed, disk=disk, cluster=cluster,
-                       requests=reqs), f)
-    print("%s: %d requests (%d flushes, %d FUA)" % (
-        name, len(reqs), sum(r["type"] == "flush" for r in reqs),
-        sum(bool(r.get("fua")) for r in reqs)))
+                       requests=sent), f)
+    print("%s: %d requests (%d flushes, %d FUA, %d failed)" % (
+        name, len(sent), sum(r["type"] == "flush" for r in sent),
+        sum(bool(r.get("fua")) for r in sent),
+        sum(bool(r.get("failed")) for r in sent)))
 
 
 # ---- The model of the guest disk --------------------------------------------
@@ -427,10 +468,9 @@ class Checker:
         ai = 0
         t0 = time.monotonic()
         # The states to check per epoch: all of them up to the budget, but
-        # no more than an even share of the whole run's target.
+        # no more than an even share of what is left of the run's target
+        # (small epochs leave some for the others).
         budget = a.budget
-        if a.states:
-            budget = min(budget, max(4, a.states // (len(fsyncs) + 1)))
         for e in range(-1, len(fsyncs)):
             start = fsyncs[e] if e >= 0 else -1
             end = fsyncs[e + 1] if e + 1 < len(fsyncs) else len(recs)
@@ -455,6 +495,9 @@ class Checker:
             if not epoch and e >= 0 and e + 1 < len(fsyncs):
                 continue        # same state as the epoch before
             self.epochs += 1
+            if a.states:
+                budget = min(a.budget, max(2, (a.states - self.states)
+                                           // (len(fsyncs) - e)))
             amb = self.ambiguous(model, kf, last_sent, fua)
             jobs = [(sub, None, ex) for sub, ex in
                     subsets(len(epoch), budget, self.rng)]

@@ -359,12 +359,6 @@ repair_dirty (struct qcow2_layer *layer)
   CLEANUP_FREE unsigned char *l2 = NULL;
   int r;
 
-  if (layer->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: image is dirty and has "
-               "persistent bitmaps, whose clusters we cannot account for; "
-               "run 'qemu-img check -r all' first", name);
-    return -ENOTSUP;
-  }
   qcow2_log (img, QCOW2_LOG_WARNING, "%s: image is dirty (not closed "
              "cleanly); rebuilding its refcounts", name);
 
@@ -384,6 +378,8 @@ repair_dirty (struct qcow2_layer *layer)
     r = count_l1 (layer, layer->l1, layer->l1_size, l2);
   if (r == 0 && layer->nb_snapshots)
     r = count_snapshots (layer, l2);
+  if (r == 0)
+    r = bitmap_count_refs (layer, count_range);
   if (r == 0)
     r = count_range (layer, layer->refcount_table_offset,
                      (uint64_t) layer->refcount_table_clusters
@@ -513,11 +509,14 @@ open_writable (struct qcow2_layer *layer)
     }
   }
 
-  /* Autoclear bits: keep only those we maintain (data_file_raw). */
+  /* Autoclear bits: keep only those we maintain (data_file_raw, and
+   * bitmaps: bitmap.c keeps them). */
   if (layer->version >= 3 &&
-      (layer->autoclear & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+      (layer->autoclear & ~(QCOW2_AUTOCLEAR_DATA_FILE_RAW |
+                            QCOW2_AUTOCLEAR_BITMAPS))) {
     unsigned char b[8];
-    uint64_t v = layer->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint64_t v = layer->autoclear & (QCOW2_AUTOCLEAR_DATA_FILE_RAW |
+                                     QCOW2_AUTOCLEAR_BITMAPS);
 
     store_be64 (b, v);
     r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd, b,
@@ -537,10 +536,13 @@ open_writable (struct qcow2_layer *layer)
     WRLOCK_FOR_SCOPE (&layer->lock);
     r = header_mark_dirty_locked (layer);
   }
-  if (r < 0)
+  if (r < 0) {
     qcow2_log (img, QCOW2_LOG_ERROR, "%s: setting the dirty bit: %s",
                name, strerror (-r));
-  return r;
+    return r;
+  }
+  /* Persistent bitmaps: in use on disk while open (ORDERING.md). */
+  return bitmap_open_writable (layer);
 }
 
 int

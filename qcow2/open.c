@@ -67,18 +67,8 @@ fail (struct qcow2_image *img, int err, const char *fmt, ...)
   return err;
 }
 
-/* Copy S into BUF (of size N) replacing bytes that could upset a terminal
- * or a log parser: names come from the file. */
-static const char *
-printable (const char *s, char *buf, size_t n)
-{
-  size_t i;
-
-  for (i = 0; s[i] && i + 1 < n; i++)
-    buf[i] = (unsigned char) s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-  buf[i] = '\0';
-  return buf;
-}
+/* Names from the file go into messages through corrupt.c's helper. */
+#define printable qcow2_printable
 
 /* Copy LEN bytes of a name stored on disk into a NUL-terminated string.
  * Returns NULL (with errno) on allocation failure or, with errno EINVAL,
@@ -260,40 +250,10 @@ parse_extensions (struct qcow2_image *img, struct qcow2_layer *l,
     }
 
     case QCOW2_EXT_BITMAPS: {
-      uint32_t nb, reserved;
-      uint64_t dir_size, dir_off;
+      int r = bitmap_parse_ext (l, name, data, len, file_size);
 
-      /* As in QEMU: with the autoclear bit clear, some writer that does
-       * not know bitmaps has touched the image, so the extension is
-       * stale and not even looked at. */
-      if (!(l->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
-        qcow2_log (img, QCOW2_LOG_DEBUG, "%s: ignoring stale bitmaps "
-                   "extension (autoclear bit 0 clear)", name);
-        break;
-      }
-      if (len != QCOW2_BITMAPS_EXT_SIZE)
-        return fail (img, -EINVAL, "%s: bitmaps extension has length %u, "
-                     "expected %u", name, len, QCOW2_BITMAPS_EXT_SIZE);
-      nb = load_be32 (data);
-      reserved = load_be32 (data + 4);
-      dir_size = load_be64 (data + 8);
-      dir_off = load_be64 (data + 16);
-      if (reserved != 0)
-        return fail (img, -EINVAL, "%s: bitmaps extension: reserved field "
-                     "is not zero", name);
-      if (nb == 0 || nb > QCOW2_MAX_BITMAPS)
-        return fail (img, -EINVAL, "%s: bitmaps extension: invalid number "
-                     "of bitmaps %u", name, nb);
-      if (dir_size == 0 || dir_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE)
-        return fail (img, -EINVAL, "%s: bitmaps extension: invalid "
-                     "directory size %" PRIu64, name, dir_size);
-      if (!IS_ALIGNED (dir_off, l->cluster_size) || dir_off == 0 ||
-          !range_fits (dir_off, dir_size, file_size))
-        return fail (img, -EINVAL, "%s: bitmaps extension: directory at "
-                     "0x%" PRIx64 " (%" PRIu64 " bytes) is unaligned or "
-                     "outside the file", name, dir_off, dir_size);
-      /* Bitmaps only matter to writers and backup tools: a read-only
-       * server ignores them. */
+      if (r < 0)
+        return r;
       break;
     }
 
@@ -684,6 +644,7 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
       { "refcount table", l->refcount_table_offset,
         (uint64_t) l->refcount_table_clusters << l->cluster_bits },
       { "snapshot table", l->snapshots_offset, sn_len },
+      { "bitmap directory", l->bitmap_dir_offset, l->bitmap_dir_size },
     };
     r = check_overlaps (img, name, regions,
                         sizeof regions / sizeof regions[0]);
@@ -794,6 +755,8 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
       break;
     }
     r = open_qcow2_layer (img, l, writable, cache_size);
+    if (r == 0 && depth == 1)
+      r = snapshot_select (l, opts);
     if (r < 0)
       goto err;
     /* Image locks as QEMU takes them; the writable top layer also gets
@@ -867,12 +830,14 @@ qcow2_close (struct qcow2_image *img)
 
   if (!img)
     return;
-  /* A clean close leaves a clean image: everything durable, then the
-   * dirty bit cleared (ORDERING.md).  After a failed flush the image
-   * stays dirty, to be repaired at the next writable open. */
+  /* A clean close leaves a clean image: bitmaps written back, then
+   * everything durable, then the dirty bit cleared (ORDERING.md).  After
+   * a failed flush the image stays dirty, to be repaired at the next
+   * writable open. */
   if (img->writable && img->nr_layers > 0 &&
       img->layers[0]->refcount_cache != NULL &&
       !atomic_load (&img->corrupt)) {
+    bitmap_close (img);
     if (flush_final (img) == 0)
       header_close_writable (img->layers[0]);
   }
@@ -880,6 +845,7 @@ qcow2_close (struct qcow2_image *img)
     struct qcow2_layer *l = img->layers[i];
 
     refcount_destroy (l);
+    bitmap_free (l);
     if (l->format == LAYER_QCOW2 && l->l2_cache)
       l2_cache_destroy (l);
     pthread_rwlock_destroy (&l->lock);

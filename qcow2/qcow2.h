@@ -89,6 +89,14 @@ struct qcow2_open_opts {
    * QCOW2_WAIT). */
   void (*wakeup) (void *opaque);
   void *wakeup_opaque;
+  /* Serve an internal snapshot instead of the active layer (read-only
+   * opens only; snapshot.c), as qemu-nbd -l does: SNAPSHOT is an ID or a
+   * name, looked up by ID first, then by name; or SNAPSHOT_ID and/or
+   * SNAPSHOT_NAME, all of those given must match (qemu-nbd's
+   * snapshot.id= and snapshot.name=).  All NULL: the active layer. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
 };
 
 #define QCOW2_DEFAULT_L2_CACHE_SIZE (4u << 20)
@@ -290,6 +298,49 @@ int qcow2_discard (struct qcow2_image *img, uint64_t offset,
  * rules: refcounts, then data and L2/L1, then deferred frees.  Covers
  * writes made through every thread.  Returns 0 or -errno. */
 int qcow2_flush (struct qcow2_image *img);
+
+/* ---- Persistent dirty bitmaps (bitmap.c, bitmap-store.c) ---------------
+ *
+ * Bitmaps stored in the image ("Bitmaps extension" in QEMU's qcow2.txt)
+ * are kept as QEMU keeps them: an image opened read-write marks every
+ * consistent bitmap in use on disk before qcow2_open returns; every write,
+ * zero and discard sets the bits of the enabled ones (in memory) before
+ * it returns; qcow2_close writes them back and clears the in-use flags.
+ * After a crash they stay in use, and are then reported inconsistent by
+ * QEMU and refused here, never silently clean.
+ *
+ * Memory: a bitmap held in memory takes DIV_ROUND_UP (virtual size,
+ * granularity) bits (a 1 TiB disk at 64 KiB granularity: 2 MiB); the
+ * bitmaps of one layer held at once (every enabled one of a writable
+ * image, plus those asked for) may take at most QCOW2_MAX_BITMAP_MEMORY,
+ * tables included, else the open or qcow2_bitmap_get fails with
+ * -ENOMEM. */
+
+#define QCOW2_MAX_BITMAP_MEMORY (UINT64_C (1) << 30)
+
+struct qcow2_bitmap;
+
+/* Find the bitmap NAME for reading, in the top image or else down the
+ * backing chain (as qemu-nbd -B does), and load its bits if they are not
+ * in memory yet.  Returns 0 and sets *BMP (valid until qcow2_close);
+ * -ENOENT when there is none, -EINVAL when it is inconsistent (it was in
+ * use when its image was last closed: a crash) or its table is invalid,
+ * -ENOMEM, -errno; each logged. */
+int qcow2_bitmap_get (struct qcow2_image *img, const char *name,
+                      struct qcow2_bitmap **bmp);
+
+/* Bytes per bit. */
+uint64_t qcow2_bitmap_granularity (const struct qcow2_bitmap *bm);
+
+/* The run of like bits starting at guest OFFSET: sets *DIRTY to the
+ * state of the granule holding OFFSET and returns the length of the run
+ * of granules in that state from OFFSET, at most LENGTH (and at least 1
+ * when LENGTH > 0).  Runs begin and end at granule boundaries except
+ * where OFFSET and OFFSET + LENGTH cut them, which is how qemu-nbd's
+ * qemu:dirty-bitmap extents are cut.  Past the bitmap's own disk size
+ * (a backing file smaller than the top image) everything is clean. */
+uint64_t qcow2_bitmap_extent (const struct qcow2_bitmap *bm, uint64_t offset,
+                              uint64_t length, bool *dirty);
 
 /* ---- Creating images (create.c) ---------------------------------------- */
 

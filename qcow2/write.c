@@ -413,6 +413,7 @@ struct piece {
 
 struct qcow2_write {
   struct qcow2_image *img;
+  uint64_t offset, length;      /* the guest range, for the bitmaps */
   struct inflight *rec;         /* NULL: the caller holds the record */
   bool zeros;                   /* the guest part is zeros */
   struct link *links;
@@ -885,6 +886,8 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
   if (w == NULL)
     return -errno;
   w->img = img;
+  w->offset = offset;
+  w->length = length;
   w->zeros = zeros;
   if (length == 0) {
     *wp = w;
@@ -1037,6 +1040,8 @@ qcow2_write_end (struct qcow2_write *w, int result)
     backlog = release_backlog_locked (layer);
     pthread_rwlock_unlock (&layer->lock);
   }
+  /* Even a failed write may have changed data in place. */
+  bitmap_set_dirty (img, w->offset, w->length);
   inflight_leave (img, w->rec);
   free_write (w);
   if (backlog)

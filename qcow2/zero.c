@@ -335,6 +335,8 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   r = inflight_enter (img, offset, length, flags, &rec);
   if (r != 0)
     return r;
+  /* Dirty whatever the outcome, FAST_ZERO refusals included: QEMU does. */
+  bitmap_set_dirty (img, offset, length);
 
   if (flags & QCOW2_FAST_ZERO) {
     r = zero_pass (img, offset, length, flags, true, &zp);
@@ -371,6 +373,9 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   r = write_check_args (img, offset, length);
   if (r < 0 || length == 0)
     return r;
+  /* The whole range is dirty, even where nothing is deallocated: QEMU
+   * dirties a discard's range whatever its driver did. */
+  bitmap_set_dirty (img, offset, length);
   /* Whole clusters only; the last one counts as whole when the range
    * reaches the end of the disk. */
   first = DIV_ROUND_UP (offset, cs);

@@ -37,12 +37,6 @@ struct hs {
   uint32_t opt;                 /* option being answered */
 };
 
-/* Meta contexts we offer, by enum meta_context. */
-static const char *const meta_names[META_NR] = {
-  [META_BASE_ALLOCATION] = "base:allocation",
-  [META_ALLOCATION_DEPTH] = "qemu:allocation-depth",
-};
-
 static const char *
 opt_name (uint32_t opt)
 {
@@ -291,23 +285,31 @@ opt_structured_reply (struct hs *hs, uint32_t len)
   return send_reply (hs, NBD_REP_ACK, NULL, 0);
 }
 
-/* Which of our contexts does the query Q (QLEN bytes) select?  For LIST,
- * a bare namespace ("base:", "qemu:") selects all of that namespace. */
-static uint32_t
-match_query (const char *q, uint32_t qlen, bool list)
-{
-  uint32_t mask = 0;
-  int m;
+#define BITMAP_PREFIX "qemu:dirty-bitmap:"
 
-  for (m = 0; m < META_NR; m++) {
-    const char *name = meta_names[m];
+/* Which of the export's contexts does the query Q (QLEN bytes) select?
+ * As qemu-nbd answers: for LIST, a bare namespace ("base:", "qemu:")
+ * selects all of that namespace and "qemu:dirty-bitmap:" every bitmap;
+ * for SET only whole names select anything. */
+static uint64_t
+match_query (const struct export *exp, const char *q, uint32_t qlen,
+             bool list)
+{
+  const size_t plen = strlen (BITMAP_PREFIX);
+  uint64_t mask = 0;
+
+  for (unsigned m = 0; m < exp->nr_meta; m++) {
+    const char *name = exp->meta_names[m];
     size_t nlen = strlen (name);
     size_t ns = strchr (name, ':') - name + 1;
 
     if (qlen == nlen && memcmp (q, name, nlen) == 0)
-      mask |= 1u << m;
+      mask |= UINT64_C (1) << m;
     else if (list && qlen == ns && memcmp (q, name, ns) == 0)
-      mask |= 1u << m;
+      mask |= UINT64_C (1) << m;
+    else if (list && m >= META_DIRTY_BITMAP && qlen == plen &&
+             memcmp (q, BITMAP_PREFIX, plen) == 0)
+      mask |= UINT64_C (1) << m;
   }
   return mask;
 }
@@ -319,9 +321,9 @@ static int
 opt_meta_context (struct hs *hs, const char *p, uint32_t len)
 {
   bool list = hs->opt == NBD_OPT_LIST_META_CONTEXT;
-  uint32_t nlen, nq, i, pos, sel = 0;
+  uint32_t nlen, nq, i, pos;
+  uint64_t sel = 0;
   const char *name;
-  int m;
 
   if (!list && !hs->conn->structured_replies)
     return send_error (hs, NBD_REP_ERR_INVALID,
@@ -354,7 +356,7 @@ opt_meta_context (struct hs *hs, const char *p, uint32_t len)
       return send_error (hs, NBD_REP_ERR_TOO_BIG, "query %u too long", i);
     log_debug ("%s: %s: query '%.*s'", hs->conn->peer, opt_name (hs->opt),
                (int) MIN (qlen, 256u), p + pos);
-    sel |= match_query (p + pos, qlen, list);
+    sel |= match_query (hs->exp, p + pos, qlen, list);
     pos += qlen;
   }
   if (pos != len)
@@ -365,18 +367,26 @@ opt_meta_context (struct hs *hs, const char *p, uint32_t len)
                        (int) MIN (nlen, 128u), name);
 
   if (list && nq == 0)
-    sel = (1u << META_NR) - 1;
+    sel = hs->exp->nr_meta == META_MAX ? UINT64_MAX
+      : (UINT64_C (1) << hs->exp->nr_meta) - 1;
   if (!list)
     hs->conn->meta = sel;
 
-  for (m = 0; m < META_NR; m++) {
-    char buf[4 + 64];
-    size_t mlen = strlen (meta_names[m]);
+  for (unsigned m = 0; m < hs->exp->nr_meta; m++) {
+    const char *mname = hs->exp->meta_names[m];
+    size_t mlen = strlen (mname);
+    CLEANUP_FREE char *buf = NULL;
 
-    if (!(sel & (1u << m)))
+    if (!(sel & (UINT64_C (1) << m)))
       continue;
+    /* Bitmap names are at most 1023 bytes (qcow2.txt). */
+    buf = malloc (4 + mlen);
+    if (buf == NULL) {
+      log_error ("%s: out of memory", hs->conn->peer);
+      return -1;
+    }
     store_be32 (buf, META_CONTEXT_ID (m));
-    memcpy (buf + 4, meta_names[m], mlen);
+    memcpy (buf + 4, mname, mlen);
     if (send_reply (hs, NBD_REP_META_CONTEXT, buf, 4 + mlen) == -1)
       return -1;
   }

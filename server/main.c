@@ -81,6 +81,10 @@ serve_usage (FILE *fp)
 "  -D, --description=TEXT      export description\n"
 "  -r, --read-only             export read-only (default: read-write)\n"
 "      --discard=ignore|unmap  TRIM: ignore it (default) or deallocate\n"
+"      --bitmap=NAME           offer the persistent dirty bitmap NAME as\n"
+"                              qemu:dirty-bitmap:NAME (repeatable)\n"
+"      --load-snapshot=ID|NAME serve that internal snapshot, read-only\n"
+"                              (also snapshot.id=ID,snapshot.name=NAME)\n"
 "\n"
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
@@ -227,6 +231,8 @@ enum {
   OPT_TLS_VERIFY_PEER,
   OPT_TLS_AUTHZ_FILE,
   OPT_TLS_PSK,
+  OPT_BITMAP,
+  OPT_LOAD_SNAPSHOT,
 };
 
 /* Leading ':' so a missing argument is told apart from an unknown
@@ -240,6 +246,8 @@ static const struct option long_opts[] = {
   { "description", required_argument, NULL, 'D' },
   { "read-only", no_argument, NULL, 'r' },
   { "discard", required_argument, NULL, OPT_DISCARD },
+  { "bitmap", required_argument, NULL, OPT_BITMAP },
+  { "load-snapshot", required_argument, NULL, OPT_LOAD_SNAPSHOT },
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
@@ -308,6 +316,19 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
         cfg->discard_unmap = true;
       else
         bad_usage ("--discard must be ignore or unmap, not", optarg);
+      break;
+    case OPT_BITMAP:
+      if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
+        bad_usage ("invalid bitmap name", optarg);
+      if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
+        bad_usage ("too many --bitmap options (at most 62)", NULL);
+      cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
+      break;
+    case OPT_LOAD_SNAPSHOT:
+      if (options_parse_snapshot (optarg, cfg) == -1)
+        bad_usage ("invalid --load-snapshot", optarg);
+      /* A snapshot is a past state of the disk: it is never written. */
+      cfg->read_only = true;
       break;
     case 'e':
       cfg->max_connections = parse_unsigned ("--max-connections", optarg,
@@ -400,6 +421,9 @@ serve (struct server_config *cfg)
     .log = qcow2_log,
     /* Requests parked on QCOW2_BLOCKED are retried by their worker. */
     .wakeup = workers_wakeup,
+    .snapshot = cfg->snapshot,
+    .snapshot_id = cfg->snapshot_id,
+    .snapshot_name = cfg->snapshot_name,
   };
   struct export exp = { 0 };
   static sigset_t set;          /* read by the signal thread */
@@ -461,11 +485,19 @@ serve (struct server_config *cfg)
   exp.min_block = 1;
   exp.pref_block = 4096;
   exp.max_block = NBD_MAX_PAYLOAD;
+  if (contexts_setup (&exp, cfg) == -1) {
+    contexts_free (&exp);
+    qcow2_close (exp.img);
+    if (server_tls_ctx)
+      tls_ctx_free (server_tls_ctx);
+    return EXIT_FAILURE;
+  }
 
   /* Sockets before workers: a busy port is the likeliest failure, and
    * finding it first costs no thread or ring set-up. */
   nfds = sockets_listen (cfg, &fds);
   if (nfds < 0) {
+    contexts_free (&exp);
     qcow2_close (exp.img);
     if (server_tls_ctx)
       tls_ctx_free (server_tls_ctx);
@@ -505,6 +537,7 @@ serve (struct server_config *cfg)
                "before may be lost; exiting with status 1", cfg->image,
                strerror (-flush_r));
   qcow2_close (exp.img);
+  contexts_free (&exp);
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);
   if (cfg->pid_file)
@@ -521,6 +554,7 @@ serve (struct server_config *cfg)
   if (cfg->socket_path)
     unlink (cfg->socket_path);
   qcow2_close (exp.img);
+  contexts_free (&exp);
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);
   return EXIT_FAILURE;

@@ -364,7 +364,7 @@ dispatch (struct request *req)
     return;
 
   case NBD_CMD_BLOCK_STATUS:
-    if ((conn->meta & ((1u << META_NR) - 1)) == 0) {
+    if (conn->meta == 0) {
       reply_error (req, EINVAL, "no metadata context selected");
       return;
     }

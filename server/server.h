@@ -27,8 +27,21 @@
 #include "tls/tls.h"
 
 struct qcow2_image;
+struct qcow2_bitmap;
 struct worker;
 struct conn;
+
+/* Meta contexts a client may select (bit numbers of conn->meta): two
+ * fixed ones, then one per exported bitmap. */
+enum meta_context {
+  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
+  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
+  META_DIRTY_BITMAP = 2,        /* "qemu:dirty-bitmap:NAME", + index */
+  META_MAX = 64                 /* bits of conn->meta */
+};
+#define MAX_EXPORT_BITMAPS (META_MAX - META_DIRTY_BITMAP)
+/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
+#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
 
 /* ---- main.c: configuration -------------------------------------------- */
 
@@ -48,6 +61,16 @@ struct server_config {
   const char *pid_file;
   int verbose;                  /* -v count */
   struct tls_config tls;        /* --tls and its credentials */
+  /* --bitmap (qemu-nbd -B), in command line order: each exported as
+   * qemu:dirty-bitmap:NAME. */
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
+  /* --load-snapshot=ID_OR_NAME (qemu-nbd -l NAME|ID), or the ID and/or
+   * name that must both match (qemu-nbd -l snapshot.id=,snapshot.name=):
+   * serve that internal snapshot; it implies read_only. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
 };
 
 /* TLS for the handshake, set by main before the listener starts and
@@ -65,6 +88,11 @@ struct export {
   bool discard_unmap;           /* TRIM deallocates; else it is ignored */
   uint16_t eflags;              /* NBD_FLAG_* transmission flags */
   uint32_t min_block, pref_block, max_block;
+  /* Meta contexts offered: names by enum meta_context, NR_META of them;
+   * the bitmap of context META_DIRTY_BITMAP + i is bitmaps[i]. */
+  const char *meta_names[META_MAX];
+  unsigned nr_meta;
+  struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
 };
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
@@ -91,15 +119,6 @@ struct conn_transport {
   void (*shutdown) (struct conn *conn);
 };
 
-/* Meta contexts a client may select (bit numbers of conn->meta). */
-enum meta_context {
-  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
-  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
-  META_NR
-};
-/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
-#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
-
 struct conn {
   int fd;
   char peer[80];                /* printable peer address, for logs */
@@ -111,7 +130,7 @@ struct conn {
   const struct export *exp;
   bool no_zeroes;
   bool structured_replies;
-  uint32_t meta;                /* bitmask of enum meta_context */
+  uint64_t meta;                /* bitmask of enum meta_context */
 
   /* Worker-owned state (request.c). */
   struct worker *worker;
@@ -192,6 +211,12 @@ uint32_t nbd_errno (int err);
  * or does not fit in 64 bits. */
 int options_parse_size (const char *s, uint64_t *size);
 
+/* Parse a snapshot selector as qemu-nbd -l takes it into CFG: an ID or
+ * a name (cfg->snapshot), or "snapshot.id=ID,snapshot.name=NAME" (either
+ * part may be left out; ",," is a comma).  Returns 0, or -1 for an
+ * unknown key or an empty list. */
+int options_parse_snapshot (const char *arg, struct server_config *cfg);
+
 /* Report a command line error and exit with status 1: "qcow2-nbd:
  * PREFIXMSG 'ARG'" (the quoted ARG only when given, the whole line only
  * when MSG is), then a pointer to "qcow2-nbd SUBCMD --help". */
@@ -210,6 +235,15 @@ typedef void (*options_bad_usage_fn) (const char *msg, const char *arg)
 void options_getopt_error (options_bad_usage_fn bad_usage, int c,
                            char **argv)
   __attribute__ ((noreturn));
+
+/* ---- contexts.c: the meta contexts of the export ---------------------- */
+
+/* Fill EXP's meta context table: the fixed contexts, then one
+ * qemu:dirty-bitmap:NAME per cfg->bitmaps entry (duplicates once), its
+ * bitmap looked up in exp->img.  Returns 0, or -1 (logged: the bitmap is
+ * missing, inconsistent or cannot be loaded). */
+int contexts_setup (struct export *exp, const struct server_config *cfg);
+void contexts_free (struct export *exp);
 
 /* ---- create.c: the create subcommand ---------------------------------- */
 

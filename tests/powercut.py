@@ -531,11 +531,17 @@ class Checker:
         os.close(bfd)
         pool.shutdown()
         dt = time.monotonic() - t0
+        kinds = {}
+        for r in recs:
+            if changes(r):
+                kinds[r.type] = kinds.get(r.type, 0) + 1
         print("%s: %d crash states checked (%d by exhaustive enumeration, "
-              "%d torn) over %d epochs (%d fsyncs, %d log records), "
-              "%d failures, %.1f s" % (
+              "%d torn) over %d epochs (%d fsyncs; %d writes, %d holes "
+              "punched, %d ranges zeroed), %d failures, %.1f s" % (
                   self.workload, self.states, self.exhaustive, self.torn,
-                  self.epochs, len(fsyncs), len(recs), self.failures, dt))
+                  self.epochs, len(fsyncs), kinds.get(LOG_WRITE, 0),
+                  kinds.get(LOG_PUNCH, 0), kinds.get(LOG_ZERO, 0),
+                  self.failures, dt))
         for line in self.report[:20]:
             print("  " + line)
         return self.failures == 0

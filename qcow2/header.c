@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,6 +78,16 @@ check_byte_free (struct qcow2_image *img, int fd, const char *name,
   if (r < 0)
     return r;
   if (fl.l_type != F_UNLCK) {
+    if (img->open_error) {
+      struct qcow2_open_error *e = img->open_error;
+
+      e->kind = QCOW2_OPEN_ERROR_LOCK;
+      e->err = EBUSY;
+      e->depth = img->nr_layers;
+      e->perm = perm_name (bit);
+      e->shared = what[0] != '\0';
+      snprintf (e->file, sizeof e->file, "%s", name);
+    }
     qcow2_log (img, QCOW2_LOG_ERROR, "%s: failed to get %s\"%s\" lock: "
                "is another process using the image?", name, what,
                perm_name (bit));
@@ -145,8 +156,17 @@ header_lock_layer (struct qcow2_layer *layer, bool writable)
   unsigned shared = PERM_ALL & ~(PERM_WRITE | PERM_RESIZE);
   int r;
 
+  /* A raw file, as qemu-nbd locks it: the served image holds consistent
+   * read (and write when writable) and denies only resize, since the
+   * export's size is fixed; a raw backing file holds consistent read
+   * and denies nothing. */
+  if (layer->format == LAYER_RAW) {
+    perm = PERM_CONSISTENT_READ | (writable ? PERM_WRITE : 0);
+    shared = layer->depth == 1 ? PERM_ALL & ~PERM_RESIZE : PERM_ALL;
+  }
+
   /* Only real file descriptors can carry OFD locks. */
-  if (img->io != &qcow2_posix_io || layer->format != LAYER_QCOW2)
+  if (img->io != &qcow2_posix_io || img->no_locks)
     return 0;
   r = lock_file (img, img->files[layer->file].fd,
                  img->files[layer->file].name, perm, shared);

@@ -147,6 +147,17 @@ struct qcow2_image {
    * failed: no write, zeroing, discard or flush succeeds. */
   atomic_int sync_error;
 
+  /* const: the window qcow2_open_opts asked for.  The public calls add
+   * 'window' to the offsets they take and subtract it from those they
+   * return; everything inside the library works on disk offsets. */
+  uint64_t window;
+  uint64_t view_size;
+
+  bool no_locks;                  /* const: qcow2_open_opts.no_locks */
+
+  /* qcow2_open_opts.error, or NULL; only used inside qcow2_open. */
+  struct qcow2_open_error *open_error;
+
   /* const: qcow2_open_opts.wakeup, called by write.c when an in-flight
    * record someone got QCOW2_BLOCKED on ends. */
   void (*wakeup) (void *opaque);
@@ -310,6 +321,10 @@ struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
 
 /* ---- map.c: qcow2_map (qcow2.h) -------------------------------------- */
 
+/* qcow2_map on disk offsets (no window), for the library's own use. */
+int map_image (struct qcow2_image *img, uint64_t offset, uint64_t length,
+               struct qcow2_extent *ext, size_t max, size_t *n);
+
 /* ---- compress.c: qcow2_decompress (qcow2.h) -------------------------- */
 
 /* ---- sync.c: qcow2_pread and qcow2_pwrite (qcow2.h) ------------------ */
@@ -338,8 +353,10 @@ int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
 /* ---- header.c: image locks, feature bits, dirty bit and repair ------- */
 
 /* Take QEMU-compatible OFD image locks on LAYER's files (writer or
- * reader permissions); -EBUSY, logged with QEMU's wording, when another
- * process conflicts.  header_open_writable() does it for the top layer. */
+ * reader permissions, as QEMU takes them for the layer's format and
+ * place in the chain); -EBUSY, logged with QEMU's wording, when another
+ * process conflicts.  header_open_writable() does it for a qcow2 top
+ * layer. */
 int header_lock_layer (struct qcow2_layer *layer, bool writable);
 
 /* Set and clear bits of the on-disk incompatible-features field (v3;
@@ -396,9 +413,9 @@ int read_l2_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
 int write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
                               uint64_t l2e, uint64_t bitmap);
 
-/* The checks every guest write, zeroing and discard makes first:
- * -EROFS, -EIO (image marked corrupt), -EINVAL (range past the disk),
- * -ENOTSUP (raw top layer, external data file); else 0. */
+/* The checks every guest write, zeroing and discard makes first (disk
+ * offsets): -EROFS, -EIO (image marked corrupt), -EINVAL (range past the
+ * disk), -ENOTSUP (external data file); else 0. */
 int write_check_args (struct qcow2_image *img, uint64_t offset,
                       uint64_t length);
 
@@ -414,6 +431,15 @@ int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
                      size_t nsegs, const void *data);
 
 /* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
+
+/* ---- raw.c: a writable raw top layer --------------------------------- */
+
+/* qcow2_zero and qcow2_discard of a raw top layer: the file itself is
+ * zeroed (punching holes with QCOW2_MAY_UNMAP) or has holes punched
+ * (discard); disk offsets, arguments already checked. */
+int raw_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+              unsigned flags);
+int raw_discard (struct qcow2_image *img, uint64_t offset, uint64_t length);
 
 /* ---- flush.c: qcow2_flush (qcow2.h) and the sync it is made of ------- */
 

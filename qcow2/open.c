@@ -17,7 +17,14 @@
  * the format comes only from the backing format extension.  We never
  * probe: an image without the extension is refused with a message saying
  * how to add it (qemu-img rebase -u -F), because probing lets a guest who
- * writes a qcow2 header into a raw backing file read any host file. */
+ * writes a qcow2 header into a raw backing file read any host file.  The
+ * top image's format is the caller's (qcow2_open_opts.format); a caller
+ * that probes does so itself, and guards what it probed.
+ *
+ * The top image may be raw (written in place, raw.c), may be opened
+ * without its backing file, and may be served through a window; the
+ * window is applied by the public calls (qcow2_map, qcow2_write_begin,
+ * qcow2_zero, qcow2_discard), never inside the library. */
 #include <config.h>
 
 #include <errno.h>
@@ -128,6 +135,14 @@ add_file (struct qcow2_image *img, const char *path, bool writable,
   img->files = files;
 
   fd = img->io->open (img->io_opaque, path, writable);
+  if (fd < 0 && img->open_error) {
+    struct qcow2_open_error *e = img->open_error;
+
+    e->kind = QCOW2_OPEN_ERROR_OPEN;
+    e->err = -fd;
+    e->depth = img->nr_layers;
+    snprintf (e->file, sizeof e->file, "%s", path);
+  }
   if (fd < 0)
     return fail (img, fd, "%s%scannot open %s '%s': %s",
                  referrer ? printable (referrer, rbuf, sizeof rbuf) : "",
@@ -415,8 +430,15 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
   r = img->io->pread (img->io_opaque, fd, h, sizeof h, 0);
   if (r < 0)
     return fail (img, r, "%s: reading the header: %s", name, strerror (-r));
-  if (load_be32 (h + QCOW2_HDR_MAGIC) != QCOW2_MAGIC)
+  if (load_be32 (h + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
+    if (img->open_error) {
+      img->open_error->kind = QCOW2_OPEN_ERROR_NOT_QCOW2;
+      img->open_error->depth = l->depth;
+      snprintf (img->open_error->file, sizeof img->open_error->file, "%s",
+                name);
+    }
     return fail (img, -EINVAL, "%s: not a qcow2 image (bad magic)", name);
+  }
 
   l->format = LAYER_QCOW2;
   l->version = load_be32 (h + QCOW2_HDR_VERSION);
@@ -689,6 +711,29 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
   return 0;
 }
 
+/* The window of the disk the caller serves, checked as QEMU's raw
+ * driver checks its offset and size options (and worded alike). */
+static int
+set_window (struct qcow2_image *img, const struct qcow2_open_opts *opts)
+{
+  uint64_t disk = img->layers[0]->size;
+
+  if (opts->offset > disk)
+    return fail (img, -EINVAL, "Offset (%" PRIu64 ") cannot be greater "
+                 "than size of the containing file (%" PRIu64 ")",
+                 opts->offset, disk);
+  if (opts->has_size && disk - opts->offset < opts->size)
+    return fail (img, -EINVAL, "The sum of offset (%" PRIu64 ") and size "
+                 "(%" PRIu64 ") has to be smaller or equal to the  actual "
+                 "size of the containing file (%" PRIu64 ")",
+                 opts->offset, opts->size, disk);
+  if (opts->has_size && !IS_ALIGNED (opts->size, 512))
+    return fail (img, -EINVAL, "Specified size is not multiple of 512");
+  img->window = opts->offset;
+  img->view_size = opts->has_size ? opts->size : disk - opts->offset;
+  return 0;
+}
+
 int
 qcow2_open (const char *path, const struct qcow2_open_opts *opts,
             struct qcow2_image **imgp)
@@ -697,7 +742,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   struct qcow2_image *img;
   struct qcow2_layer *prev = NULL;
   CLEANUP_FREE char *owned_path = NULL;
-  enum layer_format format = LAYER_QCOW2;
+  enum layer_format format;
   const char *cur = path;
   uint64_t cache_size;
   unsigned max_depth, depth;
@@ -717,7 +762,12 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   img->punch_discarded = opts->punch_discarded;
   img->wakeup = opts->wakeup;
   img->wakeup_opaque = opts->wakeup_opaque;
+  img->open_error = opts->error;
+  img->no_locks = opts->no_locks;
+  if (opts->error)
+    memset (opts->error, 0, sizeof *opts->error);
   atomic_init (&img->corrupt, false);
+  format = opts->format == QCOW2_FORMAT_RAW ? LAYER_RAW : LAYER_QCOW2;
 
   cache_size = opts->l2_cache_size ? opts->l2_cache_size
     : QCOW2_DEFAULT_L2_CACHE_SIZE;
@@ -751,7 +801,12 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
 
     if (format == LAYER_RAW) {
       l->format = LAYER_RAW;
-      l->size = img->files[l->file].size;
+      /* As QEMU sees a file: whole sectors, the tail of the last one
+       * past the end of the file reading as zeros (io ops' pread). */
+      l->size = ROUND_UP (img->files[l->file].size, 512);
+      r = header_lock_layer (l, writable);
+      if (r < 0)
+        goto err;
       break;
     }
     r = open_qcow2_layer (img, l, writable, cache_size);
@@ -764,7 +819,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
     r = writable ? header_open_writable (l) : header_lock_layer (l, false);
     if (r < 0)
       goto err;
-    if (!l->backing_name)
+    if (!l->backing_name || (depth == 1 && opts->no_backing))
       break;
 
     /* Where the chain goes next. */
@@ -815,10 +870,15 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
     }
   }
 
+  r = set_window (img, opts);
+  if (r < 0)
+    goto err;
+  img->open_error = NULL;
   *imgp = img;
   return 0;
 
  err:
+  img->open_error = NULL;
   qcow2_close (img);
   return r;
 }
@@ -842,6 +902,11 @@ qcow2_close (struct qcow2_image *img)
     if (flush_final (img) == 0)
       header_close_writable (img->layers[0]);
   }
+  /* A raw file has no dirty state, but its writes should be durable
+   * once the image is closed, as with QEMU. */
+  if (img->writable && img->nr_layers > 0
+      && img->layers[0]->format == LAYER_RAW)
+    qcow2_flush (img);
   for (i = 0; i < img->nr_layers; i++) {
     struct qcow2_layer *l = img->layers[i];
 
@@ -868,7 +933,7 @@ qcow2_close (struct qcow2_image *img)
 uint64_t
 qcow2_virtual_size (const struct qcow2_image *img)
 {
-  return img->layers[0]->size;
+  return img->view_size;
 }
 
 int

@@ -56,7 +56,7 @@ struct qcow2_io_ops {
   int (*get_allocated) (void *opaque, int fd, uint64_t *bytes);
 };
 
-/* Plain POSIX open/pread/pwrite/fdatasync/fstat. */
+/* Plain POSIX open/pread/pwrite/fdatasync/fstat/fallocate. */
 extern const struct qcow2_io_ops qcow2_posix_io;
 
 /* ---- Opening (open.c) -------------------------------------------------- */
@@ -69,6 +69,31 @@ enum qcow2_log_level {
 
 typedef void (*qcow2_log_fn) (void *opaque, enum qcow2_log_level level,
                               const char *msg);
+
+/* The format of the top image (backing files name their own format). */
+enum qcow2_format {
+  QCOW2_FORMAT_QCOW2 = 0,
+  QCOW2_FORMAT_RAW,                /* the file is the disk, byte for byte */
+};
+
+/* Why qcow2_open failed, for a caller that words its own message (the
+ * qemu-nbd front end words them as QEMU does); the log has the library's
+ * own message in every case. */
+enum qcow2_open_error_kind {
+  QCOW2_OPEN_ERROR_OTHER,
+  QCOW2_OPEN_ERROR_OPEN,           /* a file could not be opened (err) */
+  QCOW2_OPEN_ERROR_NOT_QCOW2,      /* the top image has no qcow2 magic */
+  QCOW2_OPEN_ERROR_LOCK,           /* another process holds a lock */
+};
+
+struct qcow2_open_error {
+  enum qcow2_open_error_kind kind;
+  int err;                         /* positive errno */
+  unsigned depth;                  /* layer of the file: 1 = top image */
+  char file[4096];                 /* the file concerned, as opened */
+  const char *perm;                /* LOCK: "write", "consistent read"... */
+  bool shared;                     /* LOCK: a permission we deny others */
+};
 
 struct qcow2_open_opts {
   bool writable;                   /* open read-write */
@@ -89,6 +114,21 @@ struct qcow2_open_opts {
    * QCOW2_WAIT). */
   void (*wakeup) (void *opaque);
   void *wakeup_opaque;
+  enum qcow2_format format;        /* of the top image */
+  /* Do not open the top image's backing file (QEMU's backing=null):
+   * what it would show through reads as unallocated zeros. */
+  bool no_backing;
+  /* Take no image locks (QEMU's file.locking=off). */
+  bool no_locks;
+  /* Serve only a window of the disk (QEMU's raw offset and size, and
+   * qemu-nbd --offset): guest offset 0 is OFFSET in the disk; the window
+   * is SIZE bytes when HAS_SIZE, else it runs to the end of the disk.
+   * Every offset the library takes or returns is then one of the window
+   * and qcow2_virtual_size() its size. */
+  uint64_t offset, size;
+  bool has_size;
+  /* Filled in when qcow2_open fails, if not NULL. */
+  struct qcow2_open_error *error;
   /* Serve an internal snapshot instead of the active layer (read-only
    * opens only; snapshot.c), as qemu-nbd -l does: SNAPSHOT is an ID or a
    * name, looked up by ID first, then by name; or SNAPSHOT_ID and/or
@@ -103,18 +143,21 @@ struct qcow2_open_opts {
 #define QCOW2_MIN_L2_CACHE_SIZE (64u << 10)
 #define QCOW2_DEFAULT_MAX_BACKING_DEPTH 16
 
-/* Open the qcow2 image at PATH and its whole backing chain.  On failure
- * returns -errno and has logged a message saying why (unsupported
- * feature, encrypted image, corrupt header, missing backing file, ...):
- * -ENOTSUP for valid images using features we don't implement, -EINVAL
- * for images that are not valid qcow2, -errno from the host otherwise.
- * An image with the corrupt bit set opens read-only (opts->writable is
- * then refused with -EROFS). */
+/* Open the image at PATH (qcow2 unless opts->format says raw) and its
+ * whole backing chain.  On failure returns -errno and has logged a
+ * message saying why (unsupported feature, encrypted image, corrupt
+ * header, missing backing file, ...): -ENOTSUP for valid images using
+ * features we don't implement, -EINVAL for images that are not valid
+ * qcow2 (and for a window outside the disk), -EBUSY when another process
+ * holds a conflicting image lock, -errno from the host otherwise.  An
+ * image with the corrupt bit set opens read-only (opts->writable is then
+ * refused with -EROFS).  A raw top image is written in place: no
+ * metadata, so every write is as durable as the file's. */
 int qcow2_open (const char *path, const struct qcow2_open_opts *opts,
                 struct qcow2_image **imgp);
 void qcow2_close (struct qcow2_image *img);
 
-/* Guest size in bytes. */
+/* Guest size in bytes (of the window, when the open options set one). */
 uint64_t qcow2_virtual_size (const struct qcow2_image *img);
 
 /* Has corruption been found, at open (corrupt bit) or since? */

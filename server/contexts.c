@@ -39,8 +39,10 @@ contexts_setup (struct export *exp, const struct server_config *cfg)
     if (dup)
       continue;
     r = qcow2_bitmap_get (exp->img, name, &bm);
-    if (r < 0)
+    if (r < 0) {
+      exp->failed_bitmap = name;
       return -1;                /* the library said why */
+    }
     ctx = malloc (strlen (BITMAP_CONTEXT) + strlen (name) + 1);
     if (ctx == NULL) {
       log_error ("out of memory");

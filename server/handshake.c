@@ -210,7 +210,8 @@ opt_info_go (struct hs *hs, const char *p, uint32_t len)
   uint32_t nlen;
   uint16_t nreq, i;
   const char *name;
-  bool want_name = false, want_desc = false;
+  bool want_name = false, want_desc = false, want_sizes = false;
+  uint32_t min_block;
   char body[12];
 
   if (len < 4 + 2)
@@ -236,6 +237,8 @@ opt_info_go (struct hs *hs, const char *p, uint32_t len)
       want_name = true;
     else if (type == NBD_INFO_DESCRIPTION)
       want_desc = true;
+    else if (type == NBD_INFO_BLOCK_SIZE)
+      want_sizes = true;
     /* EXPORT and BLOCK_SIZE are always sent; others are ignored, as
      * the spec asks. */
   }
@@ -256,9 +259,12 @@ opt_info_go (struct hs *hs, const char *p, uint32_t len)
                     strlen (exp->description)) == -1)
     return -1;
   /* Sent unasked, as qemu-nbd does: clients that did not ask may
-   * still use the hint, and the spec allows it. */
-  store_be32 (body, exp->min_block);
-  store_be32 (body + 4, exp->pref_block);
+   * still use the hint, and the spec allows it.  A client that did not
+   * ask may send any alignment, so it is told so (min_block_unasked). */
+  min_block = hs->opt == NBD_OPT_INFO || want_sizes ? exp->min_block
+    : exp->min_block_unasked;
+  store_be32 (body, min_block);
+  store_be32 (body + 4, MAX (exp->pref_block, min_block));
   store_be32 (body + 8, exp->max_block);
   if (send_info (hs, NBD_INFO_BLOCK_SIZE, body, 12) == -1)
     return -1;
@@ -369,6 +375,7 @@ opt_meta_context (struct hs *hs, const char *p, uint32_t len)
   if (list && nq == 0)
     sel = hs->exp->nr_meta == META_MAX ? UINT64_MAX
       : (UINT64_C (1) << hs->exp->nr_meta) - 1;
+  sel &= hs->exp->metas;        /* what this export offers */
   if (!list)
     hs->conn->meta = sel;
 

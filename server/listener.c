@@ -11,6 +11,11 @@
  * accepted and closed; a worker calling listener_conn_closed() wakes the
  * listener up.
  *
+ * Without persistent (qemu-nbd without -t), the server stops once a
+ * client that completed its handshake closes and no other connection is
+ * left, as qemu-nbd does: clients that only listed the exports, or
+ * failed, do not count.
+ *
  * Stopping: server_stop() (from the signal thread) sets a flag and writes
  * to a self-pipe.  The listener then closes the listening sockets, shuts
  * down the sockets of handshakes in progress so they end at once instead
@@ -87,11 +92,16 @@ server_stop (void)
 }
 
 void
-listener_conn_closed (void)
+listener_conn_closed (bool negotiated)
 {
   LOCK_FOR_SCOPE (&lock);
   if (nr_conns > 0)
     nr_conns--;
+  if (negotiated && nr_conns == 0 && config && !config->persistent) {
+    log_info ("the last client left: exiting");
+    server_stop ();
+    return;
+  }
   /* Only a listener paused at the limit needs waking. */
   if (config && config->max_connections
       && nr_conns + 1 == config->max_connections)
@@ -175,7 +185,7 @@ handshake_thread (void *arg)
     log_info ("%s: connection closed%s", conn->peer,
               r == 1 ? " (server stopping)" : r == 0 ? "" : " (error)");
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (r == 1);
   }
 
   {
@@ -267,7 +277,7 @@ accept_one (int lfd)
     }
     free (p);
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (false);
   }
 }
 

@@ -463,8 +463,10 @@ one_option (struct hs *hs)
                 hs->conn->peer);
       return -1;
     }
+    /* qemu-nbd's words: its client prints them ("server reported"). */
     return DISCARD_AND_ERROR (hs, len, NBD_REP_ERR_TLS_REQD,
-                              "TLS is required on this server");
+                              "Option 0x%x not permitted before TLS",
+                              hs->opt);
   }
 
   if (hs->opt == NBD_OPT_EXPORT_NAME && len > NBD_MAX_STRING) {

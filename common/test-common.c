@@ -10,6 +10,7 @@
 #include "common/byteorder.h"
 #include "common/checked-overflow.h"
 #include "common/cleanup.h"
+#include "common/iszero.h"
 #include "common/rounding.h"
 
 static int freed;
@@ -94,6 +95,21 @@ test_cleanup (void)
   pthread_rwlock_unlock (&l);
 }
 
+static void
+test_iszero (void)
+{
+  unsigned char b[100] = { 0 };
+
+  assert (is_zero (b, 0) && is_zero (b, 1) && is_zero (b, 16));
+  assert (is_zero (b, sizeof b));
+  for (size_t i = 0; i < sizeof b; i++) {
+    b[i] = 1;
+    assert (!is_zero (b, sizeof b));
+    assert (is_zero (b, i));
+    b[i] = 0;
+  }
+}
+
 int
 main (void)
 {
@@ -101,6 +117,7 @@ main (void)
   test_rounding ();
   test_overflow ();
   test_cleanup ();
+  test_iszero ();
   printf ("test-common: ok\n");
   return 0;
 }

@@ -45,11 +45,9 @@
 
 #include "common/checked-overflow.h"
 #include "common/cleanup.h"
+#include "common/iszero.h"
 #include "common/rounding.h"
 #include "qcow2/internal.h"
-
-/* The largest write accepted, as qcow2_write_begin (qcow2.h). */
-#define MAX_WRITE (UINT64_C (32) << 20)
 
 uint32_t
 qcow2_cluster_size (const struct qcow2_image *img)
@@ -149,16 +147,6 @@ descriptor (const struct qcow2_layer *layer, uint64_t host, uint32_t len)
     - host / QCOW2_COMPRESSED_SECTOR_SIZE;
 
   return QCOW_OFLAG_COMPRESSED | host | nsect << layer->csize_shift;
-}
-
-/* Is every byte of BUF zero? */
-static bool
-all_zero (const uint8_t *buf, size_t len)
-{
-  for (size_t i = 0; i < len && i < 16; i++)
-    if (buf[i] != 0)
-      return false;
-  return len <= 16 || memcmp (buf, buf + 16, len - 16) == 0;
 }
 
 /* Per cluster of the widened range: its stream (NULL: write it
@@ -292,7 +280,7 @@ compressed_held (struct qcow2_image *img, uint64_t offset,
     memset (buf + (offset - astart), 0, length);
   memset (buf + (dend - astart), 0, aend - dend);
 
-  if ((flags & QCOW2_DETECT_ZEROES) && all_zero (buf, aend - astart)) {
+  if ((flags & QCOW2_DETECT_ZEROES) && is_zero (buf, aend - astart)) {
     /* QEMU's detect-zeroes looks at the widened request. */
     r = zero_held (img, astart, dend - astart, flags & QCOW2_MAY_UNMAP);
     if (r < 0) {
@@ -369,11 +357,9 @@ qcow2_write_compressed_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  r = write_public_args (img, &offset, length);
+  r = write_public_args (img, &offset, length, QCOW2_MAX_WRITE);
   if (r < 0)
     return r;
-  if (length > MAX_WRITE)
-    return -EINVAL;
   if (top->format != LAYER_QCOW2)
     return -ENOTSUP;
   if (length > 0) {

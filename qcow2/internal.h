@@ -457,10 +457,12 @@ int write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
 /* The checks every guest write, zeroing and discard makes first (disk
  * offsets): -EROFS, -EIO (image marked corrupt), -EINVAL (range past the
  * disk), -ENOTSUP (external data file); else 0.  write_public_args
- * first checks a public call's range against the window (-EINVAL) and
- * turns *OFFSET into a disk offset. */
+ * first checks a public call's range against the window and its length
+ * against MAX (0: none) (-EINVAL), and turns *OFFSET into a disk
+ * offset. */
+#define QCOW2_MAX_WRITE (UINT64_C (32) << 20)   /* qcow2_write_begin's */
 int write_public_args (struct qcow2_image *img, uint64_t *offset,
-                       uint64_t length);
+                       uint64_t length, uint64_t max);
 int write_check_args (struct qcow2_image *img, uint64_t offset,
                       uint64_t length);
 

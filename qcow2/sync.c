@@ -115,7 +115,7 @@ sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
 }
 
 /* Writes are split in pieces no larger than qcow2_write_begin takes. */
-#define SYNC_WRITE_MAX (UINT64_C (32) << 20)
+#define SYNC_WRITE_MAX QCOW2_MAX_WRITE
 
 /* qcow2_pwrite and qcow2_pwrite_compressed: in pieces that begin takes,
  * each ending on a cluster boundary of the disk when COMPRESSED (a

@@ -47,9 +47,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-/* The largest write qcow2_write_begin accepts (qcow2.h). */
-#define MAX_WRITE (UINT64_C (32) << 20)
-
 /* ---- In-flight records ------------------------------------------------ */
 
 struct inflight {
@@ -1051,9 +1048,10 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
 
 int
 write_public_args (struct qcow2_image *img, uint64_t *offset,
-                   uint64_t length)
+                   uint64_t length, uint64_t max)
 {
-  if (!range_fits (*offset, length, img->view_size))
+  if (!range_fits (*offset, length, img->view_size)
+      || (max && length > max))
     return -EINVAL;
   *offset += img->window;
   return write_check_args (img, *offset, length);
@@ -1087,11 +1085,9 @@ qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  r = write_public_args (img, &offset, length);
+  r = write_public_args (img, &offset, length, QCOW2_MAX_WRITE);
   if (r < 0)
     return r;
-  if (length > MAX_WRITE)
-    return -EINVAL;
   /* A raw file has no metadata to keep consistent: nothing to order
    * overlapping writes against. */
   if (length > 0 && img->layers[0]->format == LAYER_QCOW2) {

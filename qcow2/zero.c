@@ -410,7 +410,7 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   struct inflight *rec;
   int r;
 
-  r = write_public_args (img, &offset, length);
+  r = write_public_args (img, &offset, length, 0);
   if (r < 0 || length == 0)
     return r;
   if (layer->format == LAYER_RAW)
@@ -452,7 +452,7 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   bool backlog;
   int r;
 
-  r = write_public_args (img, &offset, length);
+  r = write_public_args (img, &offset, length, 0);
   if (r < 0 || length == 0)
     return r;
   /* The whole range is dirty, even where nothing is deallocated: QEMU

@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 
 #include "common/checked-overflow.h"
+#include "common/iszero.h"
 #include "common/rounding.h"
 #include "qcow2/qcow2.h"
 #include "server/nbd-protocol.h"
@@ -289,18 +290,6 @@ seg_adjacent (const struct qcow2_seg *a, const struct qcow2_seg *b)
     && (a->source == QCOW2_SEG_ZERO) == (b->source == QCOW2_SEG_ZERO);
 }
 
-/* Is every byte of BUF zero? */
-static bool
-all_zero (const char *buf, size_t len)
-{
-  /* The first 16 bytes by hand, then the buffer against itself shifted
-   * by 16: memcmp is vectorised, a byte loop is not. */
-  for (size_t i = 0; i < len && i < 16; i++)
-    if (buf[i] != 0)
-      return false;
-  return len <= 16 || memcmp (buf, buf + 16, len - 16) == 0;
-}
-
 /* A raw image whose format was probed: QEMU refuses a write that would
  * make its first sector probe as another format (probe.c), judging the
  * sector as it would be after the write.  Returns 0 or -EPERM (-errno
@@ -393,7 +382,7 @@ write_start (struct request *req)
     return;
   }
   if (exp->detect_zeroes != DETECT_ZEROES_OFF
-      && all_zero (req->buf, req->length)) {
+      && is_zero (req->buf, req->length)) {
     unsigned flags = 0;
 
     if (exp->detect_zeroes == DETECT_ZEROES_UNMAP && exp->discard_unmap)

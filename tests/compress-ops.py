@@ -2,6 +2,7 @@
 """Requests through QEMU's compress filter, one scenario at a time.
 
 Usage: compress-ops.py QEMU_NBD WORKDIR
+       compress-ops.py --map IMAGE    (the map as below, one run a line)
 
 For each scenario below: a fresh image made with qemu-img (and qemu-io
 or a snapshot first, where the scenario says), QEMU_NBD started by
@@ -291,6 +292,10 @@ def handshake(prog, work):
 
 
 def main():
+    if sys.argv[1] == "--map":
+        for run in image_map(sys.argv[2]):
+            print(*run)
+        return
     prog, work = sys.argv[1], sys.argv[2]
     handshake(prog, work)
     for s in SCENARIOS:

@@ -92,19 +92,7 @@ compress_opts ()
 # host offset), data and zero clusters, with their depth.
 map_runs ()
 {
-  qemu-img map --output=json -f qcow2 "$1" | "$PYTHON" -c '
-import json, sys
-runs = []
-for e in json.load(sys.stdin):
-    kind = ("compressed" if e["data"] and "offset" not in e
-            else "data" if e["data"] else "zero")
-    v = [e["length"], e["depth"], kind]
-    if runs and runs[-1][1:] == v[1:]:
-        runs[-1][0] += v[0]
-    else:
-        runs.append(v)
-for r in runs:
-    print(*r)'
+  "$PYTHON" "$abs_top_srcdir/tests/compress-ops.py" --map "$1"
 }
 
 # ---- copies ---------------------------------------------------------------

@@ -36,6 +36,11 @@ enum tls_mode server_tls_mode = TLS_OFF;
 struct tls_ctx *server_tls_ctx;
 
 #define DEFAULT_HANDSHAKE_TIMEOUT 30
+/* Connections negotiating (or held at --max-connections) at once, in all
+ * and from one source: a client needs milliseconds to negotiate, so
+ * these are reached only by clients that connect and stall. */
+#define DEFAULT_MAX_HANDSHAKES 1024
+#define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
 #define MAX_THREADS 1024
 
 static void
@@ -71,9 +76,15 @@ serve_usage (FILE *fp)
 "  -b, --bind=ADDR             address or host name to listen on\n"
 "                              (default: all, IPv4 and IPv6)\n"
 "  -k, --socket=PATH           listen on a Unix socket instead of TCP\n"
-"  -e, --max-connections=N     serve at most N clients at once (0: no limit)\n"
+"  -e, --max-connections=N     serve at most N clients at once (0: no limit);\n"
+"                              more are held ungreeted until one leaves\n"
 "      --handshake-timeout=S   drop clients still negotiating after S\n"
 "                              seconds (default %d; 0: never)\n"
+"      --max-handshakes=N      clients negotiating or held at once (default\n"
+"                              %d); a new one replaces the one idle longest\n"
+"      --max-handshakes-per-source=N\n"
+"                              ... from one IPv4 address, IPv6 /64 or Unix\n"
+"                              user (default %d)\n"
 "      --pid-file=PATH         write the pid to PATH once listening\n"
 "\n"
 "Export:\n"
@@ -97,7 +108,8 @@ serve_usage (FILE *fp)
 "  -v, --verbose               more messages (repeat for debugging)\n"
 "  -h, --help                  print this help\n"
 "  -V, --version               print the version\n",
-           DEFAULT_HANDSHAKE_TIMEOUT);
+           DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+           DEFAULT_MAX_HANDSHAKES_PER_SOURCE);
 }
 
 static void __attribute__ ((noreturn))
@@ -219,6 +231,8 @@ write_pid_file (const char *path)
 enum {
   OPT_THREADS = 256,
   OPT_HANDSHAKE_TIMEOUT,
+  OPT_MAX_HANDSHAKES,
+  OPT_MAX_HANDSHAKES_PER_SOURCE,
   OPT_L2_CACHE_SIZE,
   OPT_PID_FILE,
   OPT_DISCARD,
@@ -243,6 +257,9 @@ static const struct option long_opts[] = {
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+  { "max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES },
+  { "max-handshakes-per-source", required_argument, NULL,
+    OPT_MAX_HANDSHAKES_PER_SOURCE },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "verbose", no_argument, NULL, 'v' },
@@ -266,6 +283,8 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   cfg->port = NBD_DEFAULT_PORT;
   cfg->threads = cpu_count ();
   cfg->handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
+  cfg->max_handshakes = DEFAULT_MAX_HANDSHAKES;
+  cfg->max_handshakes_per_source = DEFAULT_MAX_HANDSHAKES_PER_SOURCE;
   cfg->tls.mode = TLS_OFF;
 
   opterr = 0;
@@ -319,6 +338,14 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     case OPT_HANDSHAKE_TIMEOUT:
       cfg->handshake_timeout = parse_unsigned ("--handshake-timeout",
                                                optarg, 0, 86400);
+      break;
+    case OPT_MAX_HANDSHAKES:
+      cfg->max_handshakes = parse_unsigned ("--max-handshakes", optarg,
+                                            1, 1000000);
+      break;
+    case OPT_MAX_HANDSHAKES_PER_SOURCE:
+      cfg->max_handshakes_per_source =
+        parse_unsigned ("--max-handshakes-per-source", optarg, 1, 1000000);
       break;
     case OPT_L2_CACHE_SIZE:
       cfg->l2_cache_size = parse_size ("--l2-cache-size", optarg);

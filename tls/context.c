@@ -333,7 +333,7 @@ static unsigned int
 psk_server_cb (SSL *ssl, const char *identity, unsigned char *psk,
                unsigned int max_psk_len)
 {
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   const struct psk_entry *e;
   char id[4 * 64];
 
@@ -357,7 +357,7 @@ psk_find_session_cb (SSL *ssl, const unsigned char *identity,
                      size_t identity_len, SSL_SESSION **sessp)
 {
   static const unsigned char aes128gcmsha256[] = { 0x13, 0x01 };
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   const struct psk_entry *e;
   const SSL_CIPHER *cipher;
   SSL_SESSION *sess;
@@ -396,7 +396,7 @@ verify_cb (int ok, X509_STORE_CTX *store)
 {
   SSL *ssl = X509_STORE_CTX_get_ex_data (store,
                                          SSL_get_ex_data_X509_STORE_CTX_idx ());
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   X509 *cert = X509_STORE_CTX_get_current_cert (store);
   int depth = X509_STORE_CTX_get_error_depth (store);
   CLEANUP_FREE char *dn = NULL;

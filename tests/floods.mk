@@ -1,0 +1,21 @@
+# SPDX-License-Identifier: MIT
+# Floods, memory bounds, disconnect storms: the small tests that 'make
+# check' runs, and the long ones of 'make check-stress' (side by side
+# with qemu-nbd).  Included from tests/Makefile.am.
+
+FLOOD_TESTS = \
+	test-flood.sh \
+	$(NULL)
+
+FLOOD_STRESS_TESTS = \
+	$(NULL)
+
+TESTS += $(FLOOD_TESTS)
+STRESS_TESTS += $(FLOOD_STRESS_TESTS)
+check_SCRIPTS += $(FLOOD_TESTS) $(FLOOD_STRESS_TESTS)
+EXTRA_DIST += \
+	$(FLOOD_TESTS) \
+	$(FLOOD_STRESS_TESTS) \
+	flood.py \
+	flood-functions.sh \
+	$(NULL)

@@ -49,7 +49,7 @@ struct tls_session {
    * many of the same bytes (0: nothing pending). */
   size_t pending_len;
   char reason[256];             /* first failure reason */
-  unsigned char stage[RECORD_MAX];
+  unsigned char *stage;         /* RECORD_MAX bytes, made on first use */
 };
 
 /* ---- context.c: credentials, client verification, the SSL_CTX ---------- */

@@ -384,8 +384,14 @@ tls_session_send (struct tls_session *t, const struct iovec *iov,
       };
       size_t got;
 
-      got = gather (t->stage, MIN (len, sizeof t->stage), &first, 1);
-      got += gather (t->stage + got, MIN (len, sizeof t->stage) - got,
+      /* Only pieces smaller than a record are gathered: a session that
+       * sends nothing but handshake replies never needs the stage. */
+      if (t->stage == NULL && (t->stage = malloc (RECORD_MAX)) == NULL) {
+        errno = ENOMEM;
+        return total > 0 ? (ssize_t) total : -1;
+      }
+      got = gather (t->stage, MIN (len, (size_t) RECORD_MAX), &first, 1);
+      got += gather (t->stage + got, MIN (len, (size_t) RECORD_MAX) - got,
                      &iov[i + 1], iovcnt - i - 1);
       if (got != len) {
         /* Only possible if a pending direct write is retried with the
@@ -445,5 +451,6 @@ tls_session_close (struct tls_session *t)
   }
   ERR_clear_error ();
   SSL_free (t->ssl);            /* frees the BIO too */
+  free (t->stage);
   free (t);
 }

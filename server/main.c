@@ -96,6 +96,10 @@ serve_usage (FILE *fp)
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
 "      --l2-cache-size=SIZE    L2 cache per image layer, e.g. 16M\n"
+"      --max-inflight-bytes=SIZE\n"
+"                              request data one client may have in the\n"
+"                              server before it is read no more (default\n"
+"                              32M; one request of up to 32M always fits)\n"
 "\n"
 "TLS:\n"
 "      --tls=off|on|require    allow or require STARTTLS (default off;\n"
@@ -234,6 +238,7 @@ enum {
   OPT_MAX_HANDSHAKES,
   OPT_MAX_HANDSHAKES_PER_SOURCE,
   OPT_L2_CACHE_SIZE,
+  OPT_MAX_INFLIGHT_BYTES,
   OPT_PID_FILE,
   OPT_DISCARD,
   OPT_TLS,
@@ -261,6 +266,7 @@ static const struct option long_opts[] = {
   { "max-handshakes-per-source", required_argument, NULL,
     OPT_MAX_HANDSHAKES_PER_SOURCE },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
+  { "max-inflight-bytes", required_argument, NULL, OPT_MAX_INFLIGHT_BYTES },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "verbose", no_argument, NULL, 'v' },
   { "tls", required_argument, NULL, OPT_TLS },
@@ -285,6 +291,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   cfg->handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
   cfg->max_handshakes = DEFAULT_MAX_HANDSHAKES;
   cfg->max_handshakes_per_source = DEFAULT_MAX_HANDSHAKES_PER_SOURCE;
+  cfg->max_inflight_bytes = SERVER_DEFAULT_MAX_INFLIGHT;
   cfg->tls.mode = TLS_OFF;
 
   opterr = 0;
@@ -352,6 +359,11 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       if (cfg->l2_cache_size != 0
           && cfg->l2_cache_size < QCOW2_MIN_L2_CACHE_SIZE)
         bad_usage ("--l2-cache-size is below the minimum of 64K", NULL);
+      break;
+    case OPT_MAX_INFLIGHT_BYTES:
+      cfg->max_inflight_bytes = parse_size ("--max-inflight-bytes", optarg);
+      if (cfg->max_inflight_bytes < 4096)
+        bad_usage ("--max-inflight-bytes is below the minimum of 4K", NULL);
       break;
     case OPT_PID_FILE:
       cfg->pid_file = optarg;
@@ -445,6 +457,7 @@ serve (struct server_config *cfg)
   pthread_sigmask (SIG_BLOCK, &set, NULL);
   sigdelset (&set, SIGPIPE);
 
+  server_max_inflight = cfg->max_inflight_bytes;
   server_tls_mode = cfg->tls.mode;
   if (cfg->tls.mode != TLS_OFF) {
     server_tls_ctx = tls_ctx_new (&cfg->tls);

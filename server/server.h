@@ -51,6 +51,7 @@ struct server_config {
   unsigned max_handshakes;      /* negotiating or held, in all */
   unsigned max_handshakes_per_source; /* ... from one address */
   uint64_t l2_cache_size;       /* bytes; 0: library default */
+  uint64_t max_inflight_bytes;  /* request data a connection may hold */
   const char *pid_file;
   int verbose;                  /* -v count */
   struct tls_config tls;        /* --tls and its credentials */
@@ -244,6 +245,47 @@ struct source *source_get (const uint8_t *key);
 void source_put (struct source *src);
 /* The source as a log shows it ("192.0.2.1", "2001:db8::/64"). */
 void source_name (const struct source *src, char *buf, size_t len);
+
+/* ---- parse.c: transmission requests, parsed and checked -------------- */
+
+/* A request header off the wire.  The length is 64 bits for extended
+ * headers (issue 16); compact headers fill 32 of them. */
+struct nbd_request {
+  uint16_t flags, type;
+  uint64_t cookie, offset;
+  uint64_t length;
+};
+
+enum parse_result {
+  PARSE_NEED_MORE,              /* less than a header */
+  PARSE_BAD_MAGIC,              /* not a request: drop the connection */
+  PARSE_OK,
+};
+
+/* Bytes of a request header on CONN. */
+size_t parse_header_size (const struct conn *conn);
+/* Parse the header at P (AVAIL bytes there) into *R. */
+enum parse_result parse_request (const struct conn *conn, const uint8_t *p,
+                                 size_t avail, struct nbd_request *r);
+/* Bytes of payload that follow R's header on the wire. */
+uint64_t parse_payload_len (const struct conn *conn,
+                            const struct nbd_request *r);
+/* Bytes of data R holds in the server while in flight (its READ data,
+ * WRITE payload, BLOCK_STATUS extents): what backpressure counts. */
+uint64_t parse_cost (const struct nbd_request *r);
+/* May R run?  0, or the errno to answer it with and (in MSG, LEN bytes)
+ * why: bad flags, out of range, too long, no context for BLOCK_STATUS,
+ * a change to a read-only export, an unknown command.  A request that
+ * passes is safe for its command handler. */
+int parse_check (const struct conn *conn, const struct nbd_request *r,
+                 char *msg, size_t len);
+/* The command's name for messages ("WRITE_ZEROES"). */
+const char *cmd_name (uint16_t type);
+
+/* Bytes of request data one connection may hold (--max-inflight-bytes;
+ * request.c).  Set before the workers start. */
+#define SERVER_DEFAULT_MAX_INFLIGHT (32u * 1024 * 1024)
+extern uint64_t server_max_inflight;
 
 /* ---- sockets.c: listening sockets ------------------------------------- */
 

@@ -5,6 +5,7 @@
 
 FLOOD_TESTS = \
 	test-flood.sh \
+	test-memory.sh \
 	$(NULL)
 
 FLOOD_STRESS_TESTS = \
@@ -18,4 +19,5 @@ EXTRA_DIST += \
 	$(FLOOD_STRESS_TESTS) \
 	flood.py \
 	flood-functions.sh \
+	memload.py \
 	$(NULL)

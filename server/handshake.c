@@ -791,7 +791,7 @@ const void *
 handshake_output (const struct handshake *hs, size_t *len)
 {
   *len = hs->out_len - hs->out_off;
-  return hs->out + hs->out_off;
+  return *len ? hs->out + hs->out_off : NULL;
 }
 
 void

@@ -177,7 +177,7 @@ void handshake_input (struct handshake *hs, size_t n);
  * END or FAIL. */
 void handshake_input_error (struct handshake *hs, int err);
 
-/* The bytes waiting to be sent (*LEN may be 0). */
+/* The bytes waiting to be sent (*LEN may be 0, and then NULL). */
 const void *handshake_output (const struct handshake *hs, size_t *len);
 /* N of them were sent. */
 void handshake_output_sent (struct handshake *hs, size_t n);

@@ -598,6 +598,8 @@ conn_close (struct conn_state *cs)
   free (cs->in_buf);
   free (cs);
   conn_release (w, conn);
+  if (w->conns == NULL)
+    worker_idle (w);
 }
 
 /* Deferred work of one connection; returns true when it was freed. */

@@ -348,6 +348,8 @@ void worker_reserve_sqes (struct worker *w, unsigned n);
 void *bufpool_get (struct worker *w, size_t size, unsigned *cls);
 void bufpool_put (struct worker *w, void *buf, unsigned cls);
 
+/* W's last connection has closed: give back cached memory. */
+void worker_idle (struct worker *w);
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);
 /* Kick one worker other than W (round robin), if there is one. */

@@ -13,6 +13,7 @@
 #include <config.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,6 +134,17 @@ pool_destroy (struct worker *w)
     w->pool.nfree[c] = 0;
   }
   w->pool.bytes = 0;
+}
+
+void
+worker_idle (struct worker *w)
+{
+  /* A worker with no connection keeps no buffers: what a burst of
+   * clients left in its pool, and in malloc's arenas, goes back to the
+   * kernel, so a quiet server is as small as a fresh one. */
+  if (w->pool.bytes > 0)
+    pool_destroy (w);
+  malloc_trim (0);
 }
 
 /* ---- ring helpers ----------------------------------------------------- */

@@ -18,6 +18,20 @@ proc_threads ()
   awk '/^Threads:/ { print $2 }' "/proc/$1/status"
 }
 
+# proc_io_workers PID: how many of its threads are io_uring's kernel
+# workers (iou-wrk-*), which the kernel starts for blocking I/O and keeps
+# one of per ring when idle.
+proc_io_workers ()
+{
+  cat /proc/"$1"/task/*/comm 2>/dev/null | grep -c '^iou-wrk' || :
+}
+
+# proc_own_threads PID: its threads but io_uring's workers.
+proc_own_threads ()
+{
+  echo $(( $(proc_threads "$1") - $(proc_io_workers "$1") ))
+}
+
 proc_rss ()
 {
   awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
@@ -32,6 +46,7 @@ proc_hwm ()
 proc_figures ()
 {
   echo "fds $(proc_fds "$1") threads $(proc_threads "$1")" \
+       "(io_uring workers $(proc_io_workers "$1"))" \
        "rss $(proc_rss "$1") KiB peak $(proc_hwm "$1") KiB"
 }
 

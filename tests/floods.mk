@@ -6,6 +6,7 @@
 FLOOD_TESTS = \
 	test-flood.sh \
 	test-memory.sh \
+	test-storm.sh \
 	$(NULL)
 
 FLOOD_STRESS_TESTS = \
@@ -20,4 +21,5 @@ EXTRA_DIST += \
 	flood.py \
 	flood-functions.sh \
 	memload.py \
+	storm.py \
 	$(NULL)

@@ -100,3 +100,32 @@ flood_field ()
   "$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
     "$tmpdir/flood-$1/report" "$2"
 }
+
+# ---- qemu-nbd, for the figures side by side ----------------------------
+
+# start_qemu_nbd IMAGE ARGS...: qemu-nbd -t (persistent) on a fresh
+# 127.0.0.1 port with ARGS (e.g. -e 0, --object ... --tls-creds), waiting
+# (30 s at most) until it accepts.  Sets qemu_pid and qemu_port; killed
+# at exit.
+start_qemu_nbd ()
+{
+  local image=$1 i
+  shift
+  qemu_port=$(pick_unused_port)
+  qemu-nbd -t -f qcow2 -b 127.0.0.1 -p "$qemu_port" "$@" "$image" \
+    >"$tmpdir/qemu-nbd-$qemu_port.log" 2>&1 &
+  qemu_pid=$!
+  cleanup_fn _kill_server "$qemu_pid"
+  for (( i = 0; i < 300; i++ )); do
+    port_accepts "$qemu_port" && return 0
+    _alive "$qemu_pid" || fail "qemu-nbd exited: $(cat "$tmpdir/qemu-nbd-$qemu_port.log")"
+    sleep 0.1
+  done
+  fail "qemu-nbd not accepting after 30 s"
+}
+
+# stop_qemu_nbd: SIGTERM and wait (qemu-nbd exits with 143 then).
+stop_qemu_nbd ()
+{
+  _kill_server "$qemu_pid" || :
+}

@@ -10,6 +10,9 @@ FLOOD_TESTS = \
 	$(NULL)
 
 FLOOD_STRESS_TESTS = \
+	stress-flood.sh \
+	stress-memory.sh \
+	stress-storm.sh \
 	$(NULL)
 
 TESTS += $(FLOOD_TESTS)

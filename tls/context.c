@@ -5,7 +5,7 @@
  * settings that make the GnuTLS clients everyone uses (qemu, libnbd,
  * nbd-client) accept us: TLS 1.2 and 1.3 only, suites in an order those
  * clients can live with.  Everything here is read-only after
- * tls_ctx_new(), so handshake threads and workers share it without
+ * tls_ctx_new(), so the listener and the workers share it without
  * locks. */
 
 #include <config.h>

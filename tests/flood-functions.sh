@@ -108,6 +108,21 @@ flood_field ()
     "$tmpdir/flood-$1/report" "$2"
 }
 
+# ---- TLS ---------------------------------------------------------------
+
+# flood_tls_creds: X.509 credentials (tls-functions.sh must be sourced):
+# $tmpdir/server-creds for the servers (--tls-certs, qemu's dir=), and
+# $tmpdir/client-creds with the CA for libnbd (tls-certificates=).
+flood_tls_creds ()
+{
+  certs="$tmpdir/certs"
+  mkdir -p "$certs" "$tmpdir/client-creds"
+  make_ca "$tmpdir/ca" "Flood CA"
+  sign "$tmpdir/ca" server "/CN=localhost" v3_server
+  server_dir "$tmpdir/server-creds" "$tmpdir/ca"
+  cp "$tmpdir/ca/ca-cert.pem" "$tmpdir/client-creds/"
+}
+
 # ---- qemu-nbd, for the figures side by side ----------------------------
 
 # start_qemu_nbd IMAGE ARGS...: qemu-nbd -t (persistent) on a fresh

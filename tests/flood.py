@@ -40,11 +40,10 @@ import struct
 import sys
 import time
 
-NBD_MAGIC = 0x4e42444d41474943
-IHAVEOPT = 0x49484156454F5054
-OPT_STARTTLS = 5
-OPT_GO = 7
-REP_ACK = 1
+import rawnbd
+from rawnbd import (CLIENT_FLAGS, CMD_READ, GO, IHAVEOPT, NBD_MAGIC, OPT_GO,
+                    OPT_LIST, OPT_STARTTLS, REP_ACK, SIMPLE_MAGIC, opt,
+                    option_replies, recv_exact, req)
 
 
 def raise_nofile():
@@ -115,25 +114,24 @@ class Conn:
 
     def step(self):
         if self.state == "greeting" and len(self.inbuf) >= 18:
-            magic, opt = struct.unpack(">QQ", self.inbuf[:16])
-            assert magic == NBD_MAGIC and opt == IHAVEOPT, "bad greeting"
+            magic, ihaveopt = struct.unpack(">QQ", self.inbuf[:16])
+            assert magic == NBD_MAGIC and ihaveopt == IHAVEOPT, \
+                "bad greeting"
             self.greeted = True
             self.inbuf = self.inbuf[18:]
             if self.kind == "handshake":
                 v = self.variant % 3
                 if v == 0:
-                    self.send(struct.pack(">I", 3))
+                    self.send(CLIENT_FLAGS)
                 elif v == 1:
-                    self.send(struct.pack(">I", 3) +
-                              struct.pack(">Q", IHAVEOPT))
+                    self.send(CLIENT_FLAGS + struct.pack(">Q", IHAVEOPT))
                 else:
-                    self.send(struct.pack(">I", 3) +
+                    self.send(CLIENT_FLAGS +
                               struct.pack(">QII", IHAVEOPT, OPT_GO, 100) +
                               b"\0" * 10)
                 self.stall()
             else:
-                self.send(struct.pack(">I", 3) +
-                          struct.pack(">QII", IHAVEOPT, OPT_STARTTLS, 0))
+                self.send(CLIENT_FLAGS + opt(OPT_STARTTLS))
                 self.state = "starttls"
         if self.state == "starttls" and len(self.inbuf) >= 20:
             _, _, typ, length = struct.unpack(">QIII", self.inbuf[:20])
@@ -250,25 +248,6 @@ def wait_file(path):
         time.sleep(0.05)
 
 
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            sys.exit("active: the server closed the connection")
-        buf += d
-    return buf
-
-
-def read_option_replies(s):
-    """Option replies up to the final one; returns the last type."""
-    while True:
-        _, _, typ, length = struct.unpack(">QIII", recv_exact(s, 20))
-        recv_exact(s, length)
-        if typ != 2 and typ != 3:       # REP_SERVER, REP_INFO
-            return typ
-
-
 def active(argv):
     import argparse
     ap = argparse.ArgumentParser(prog="flood.py active")
@@ -283,21 +262,20 @@ def active(argv):
     s.bind((a.source, 0))
     s.connect((a.host, a.port))
     recv_exact(s, 18)
-    s.sendall(struct.pack(">I", 3))
+    s.sendall(CLIENT_FLAGS)
     open(os.path.join(a.dir, "1"), "w").close()
     wait_file(os.path.join(a.dir, "go1"))
-    s.sendall(struct.pack(">QII", IHAVEOPT, 3, 0))         # LIST
-    if read_option_replies(s) != REP_ACK:
+    s.sendall(opt(OPT_LIST))
+    if option_replies(s) != REP_ACK:
         sys.exit("active: LIST failed")
     open(os.path.join(a.dir, "2"), "w").close()
     wait_file(os.path.join(a.dir, "go2"))
-    s.sendall(struct.pack(">QII", IHAVEOPT, OPT_GO, 6) +
-              struct.pack(">IH", 0, 0))
-    if read_option_replies(s) != REP_ACK:
+    s.sendall(GO)
+    if option_replies(s) != REP_ACK:
         sys.exit("active: GO failed")
-    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 1, 0, 512))
+    s.sendall(req(CMD_READ, 1, 0, 512))
     magic, err, cookie = struct.unpack(">IIQ", recv_exact(s, 16))
-    if magic != 0x67446698 or err != 0 or cookie != 1:
+    if magic != SIMPLE_MAGIC or err != 0 or cookie != 1:
         sys.exit("active: bad READ reply")
     recv_exact(s, 512)
     s.close()
@@ -346,7 +324,4 @@ def probe(argv):
 
 
 if __name__ == "__main__":
-    cmds = {"hold": hold, "probe": probe, "active": active}
-    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
-        sys.exit("usage: flood.py hold|probe|active ...")
-    cmds[sys.argv[1]](sys.argv[2:])
+    rawnbd.main("flood.py", {"hold": hold, "probe": probe, "active": active})

@@ -25,4 +25,5 @@ EXTRA_DIST += \
 	flood-functions.sh \
 	memload.py \
 	storm.py \
+	rawnbd.py \
 	$(NULL)

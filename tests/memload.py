@@ -25,17 +25,13 @@ import os
 import selectors
 import socket
 import struct
-import sys
 import time
 
-IHAVEOPT = 0x49484156454F5054
-OPT_GO = 7
-REP_ACK = 1
-REQ_MAGIC = 0x25609513
-SIMPLE_MAGIC = 0x67446698
-CMD_READ = 0
-CMD_WRITE = 1
-CMD_DISC = 2
+import rawnbd
+from rawnbd import (CMD_DISC, CMD_READ, CMD_WRITE, SIMPLE_MAGIC,
+                    negotiate, recv_exact)
+from rawnbd import req as header
+
 SCRATCH = bytearray(1 << 20)    # where reply data goes, shared
 PAYLOADS = {}                   # pattern byte -> payload
 
@@ -44,32 +40,10 @@ def pattern(idx):
     return idx % 8 + 1
 
 
-def recv_exact(s, n):
-    buf = bytearray()
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            raise SystemExit("server closed the connection")
-        buf += d
-    return bytes(buf)
-
-
 def connect(host, port):
     s = socket.create_connection((host, port), timeout=300)
-    recv_exact(s, 18)
-    s.sendall(struct.pack(">I", 3) +
-              struct.pack(">QII", IHAVEOPT, OPT_GO, 6) + struct.pack(">IH", 0, 0))
-    while True:
-        _, _, typ, length = struct.unpack(">QIII", recv_exact(s, 20))
-        recv_exact(s, length)
-        if typ == REP_ACK:
-            return s
-        if typ & 0x80000000:
-            raise SystemExit("GO refused: %#x" % typ)
-
-
-def header(cmd, cookie, offset, length):
-    return struct.pack(">IHHQQI", REQ_MAGIC, 0, cmd, cookie, offset, length)
+    negotiate(s)
+    return s
 
 
 class LoadClient:
@@ -234,7 +208,4 @@ def deaf(argv):
 
 
 if __name__ == "__main__":
-    cmds = {"load": load, "deaf": deaf}
-    if len(sys.argv) < 2 or sys.argv[1] not in cmds:
-        sys.exit("usage: memload.py load|deaf ...")
-    cmds[sys.argv[1]](sys.argv[2:])
+    rawnbd.main("memload.py", {"load": load, "deaf": deaf})

@@ -18,52 +18,16 @@
 # Prints how many cycles of each kind ran.  Exit 1 if the server stops
 # accepting or answers a stage wrongly.
 
-import os
 import random
 import socket
 import ssl
 import struct
-import sys
 
-IHAVEOPT = 0x49484156454F5054
-OPT_STARTTLS = 5
-OPT_GO = 7
-REQ_MAGIC = 0x25609513
-CMD_READ = 0
-CMD_WRITE = 1
+from rawnbd import (CLIENT_FLAGS, CMD_READ, CMD_WRITE, GO, OPT_STARTTLS,
+                    Closed, negotiate, opt, recv_exact, req)
+
 MIB = 1 << 20
 CHUNK = b"\x3c" * (256 * 1024)
-
-
-def recv_exact(s, n):
-    buf = b""
-    while len(buf) < n:
-        d = s.recv(n - len(buf))
-        if not d:
-            raise EOFError("server closed the connection")
-        buf += d
-    return buf
-
-
-def opt(code, payload=b""):
-    return struct.pack(">QII", IHAVEOPT, code, len(payload)) + payload
-
-
-GO = opt(OPT_GO, struct.pack(">IH", 0, 0))
-
-
-def go_reply(s):
-    while True:
-        _, _, typ, length = struct.unpack(">QIII", recv_exact(s, 20))
-        recv_exact(s, length)
-        if typ == 1:
-            return
-        if typ & 0x80000000:
-            raise SystemExit("storm: GO refused: %#x" % typ)
-
-
-def req(cmd, offset, length):
-    return struct.pack(">IHHQQI", REQ_MAGIC, 0, cmd, 7, offset, length)
 
 
 class Storm:
@@ -88,26 +52,21 @@ class Storm:
         self.n += 1
         return s
 
-    def negotiate_plain(self, s):
-        recv_exact(s, 18)
-        s.sendall(struct.pack(">I", 3) + GO)
-        go_reply(s)
-
     def handshake(self, stage):
         s = self.connect()
         try:
             if stage >= 1:
                 recv_exact(s, 18)
             if stage == 2:
-                s.sendall(struct.pack(">I", 3))
+                s.sendall(CLIENT_FLAGS)
             elif stage == 3:
-                s.sendall(struct.pack(">I", 3) + GO[:9])
+                s.sendall(CLIENT_FLAGS + GO[:9])
             elif stage == 4:
-                s.sendall(struct.pack(">I", 3) + GO[:19])
+                s.sendall(CLIENT_FLAGS + GO[:19])
             elif stage >= 5:
-                s.sendall(struct.pack(">I", 3) + GO)
+                s.sendall(CLIENT_FLAGS + GO)
             if stage == 6:
-                go_reply(s)
+                recv_exact(s, 20)       # the start of the GO replies
         finally:
             s.close()
 
@@ -115,7 +74,7 @@ class Storm:
         s = self.connect()
         try:
             recv_exact(s, 18)
-            s.sendall(struct.pack(">I", 3) + opt(OPT_STARTTLS))
+            s.sendall(CLIENT_FLAGS + opt(OPT_STARTTLS))
             if stage == 0:
                 return
             _, _, typ, length = struct.unpack(">QIII", recv_exact(s, 20))
@@ -147,7 +106,7 @@ class Storm:
                         s.sendall(pending)
                     d = s.recv(65536)
                     if not d:
-                        raise EOFError("server closed during TLS")
+                        raise Closed("server closed during TLS")
                     inc.write(d)
             pending = out.read()
             if pending:
@@ -158,9 +117,9 @@ class Storm:
     def write(self, i):
         s = self.connect()
         try:
-            self.negotiate_plain(s)
+            negotiate(s)
             off = self.rng.randrange(16) * 32 * MIB
-            s.sendall(req(CMD_WRITE, off, 32 * MIB))
+            s.sendall(req(CMD_WRITE, 7, off, 32 * MIB))
             left = 32 * MIB if i % 16 == 0 else self.rng.randrange(256 * 1024)
             while left > 0:
                 n = min(left, len(CHUNK))
@@ -172,12 +131,12 @@ class Storm:
     def replies(self, i):
         s = self.connect()
         try:
-            self.negotiate_plain(s)
+            negotiate(s)
             off = self.rng.randrange(16) * 32 * MIB
-            s.sendall(req(CMD_READ, off, 32 * MIB) +
-                      b"".join(req(CMD_READ, off + k * 4096, 4096)
+            s.sendall(req(CMD_READ, 1, off, 32 * MIB) +
+                      b"".join(req(CMD_READ, 2 + k, off + k * 4096, 4096)
                                for k in range(8)) +
-                      req(CMD_READ, 0, 32 * MIB))
+                      req(CMD_READ, 10, 0, 32 * MIB))
         finally:
             s.close()
 
@@ -211,7 +170,7 @@ def main():
     for i in range(a.cycles):
         try:
             st.cycle(i)
-        except (OSError, EOFError) as e:
+        except (OSError, Closed) as e:
             # The server never closes first in any of these stages.
             raise SystemExit("storm: cycle %d: %s" % (i, e))
     print("storm: %d cycles: %s" % (a.cycles, ", ".join(

@@ -27,13 +27,7 @@ img="$tmpdir/img.qcow2"
 make_image "$img" 64M
 image_io "$img" "write -P 0x5a 0 1M"
 
-certs="$tmpdir/certs"
-mkdir -p "$certs"
-make_ca "$tmpdir/ca" "Flood CA"
-sign "$tmpdir/ca" server "/CN=localhost" v3_server
-server_dir "$tmpdir/server-creds" "$tmpdir/ca"
-mkdir -p "$tmpdir/client-creds"
-cp "$tmpdir/ca/ca-cert.pem" "$tmpdir/client-creds/"
+flood_tls_creds
 
 table="$tmpdir/table"
 sources20=$(seq -s, -f '127.0.0.%g' 2 21)

@@ -58,13 +58,7 @@ stop_server
 
 # ---- TLS: stalled after the ClientHello --------------------------------
 
-certs="$tmpdir/certs"
-mkdir -p "$certs"
-make_ca "$tmpdir/ca" "Flood CA"
-sign "$tmpdir/ca" server "/CN=localhost" v3_server
-server_dir "$tmpdir/server-creds" "$tmpdir/ca"
-mkdir -p "$tmpdir/client-creds"
-cp "$tmpdir/ca/ca-cert.pem" "$tmpdir/client-creds/"
+flood_tls_creds
 start_server "$img" --read-only --tls-certs "$tmpdir/server-creds"
 threads0=$(proc_threads "$server_pid")
 flood_start tls "$port" --tls 50 --idle 20 --handshake 20

@@ -28,11 +28,7 @@ cycles=${STORM_CYCLES:-200}
 storm="$abs_top_srcdir/tests/storm.py"
 threads=2
 
-certs="$tmpdir/certs"
-mkdir -p "$certs"
-make_ca "$tmpdir/ca" "Storm CA"
-sign "$tmpdir/ca" server "/CN=localhost" v3_server
-server_dir "$tmpdir/server-creds" "$tmpdir/ca"
+flood_tls_creds
 
 img="$tmpdir/img.qcow2"
 make_image "$img" 1G

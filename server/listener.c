@@ -550,13 +550,7 @@ run_ready (void)
 
   /* Those that yield again wait for the next round. */
   link_init (&batch);
-  if (list_empty (&ready))
-    return;
-  batch.next = ready.next;
-  batch.prev = ready.prev;
-  batch.next->prev = &batch;
-  batch.prev->next = &batch;
-  link_init (&ready);
+  list_splice (&batch, &ready);
   while (!list_empty (&batch)) {
     struct pending *p = list_entry (batch.next, struct pending, queue);
 

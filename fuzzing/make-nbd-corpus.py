@@ -69,10 +69,11 @@ def requests(structured=False):
 
 FLAGS = struct.pack(">I", 3)            # fixed newstyle, no zeroes
 # Byte 0 of a handshake seed: --tls (0 off, 1 on, 2 require), 4: TLS
-# succeeds, 8: replies read bytewise, high nibble: the export (bit 4
-# read-only of the export nibble is bit 6 here, name "fuzz" bit 7).
+# succeeds, 8: replies read bytewise, high nibble: the export (its bit 2,
+# read-only, is bit 6 here; its bit 3, the name "fuzz" and a
+# description, bit 7).
 OFF, ON, REQUIRE, TLS_OK, BYTEWISE = 0, 1, 2, 4, 8
-RO, NAMED, DESC = 0x40, 0x80, 0x100
+RO, NAMED = 0x40, 0x80
 
 
 def hs(cfg, piece, body):
@@ -90,6 +91,8 @@ handshake = {
     "export-name-zeroes": hs(RO, 0, struct.pack(">I", 1) +
                              opt("EXPORT_NAME") + requests()),
     "list-abort": hs(OFF | BYTEWISE, 0, FLAGS + opt("LIST") + opt("ABORT")),
+    "list-described": hs(NAMED, 0, FLAGS + opt("LIST") +
+                         go("fuzz", [1, 2], "INFO") + go("fuzz", [2])),
     "info-then-go": hs(NAMED, 0, FLAGS + go("fuzz", [1, 2, 3], "INFO") +
                        go("fuzz", [0]) + requests()),
     "info-unknown-name": hs(OFF, 0, FLAGS + go("nope", [], "INFO") +

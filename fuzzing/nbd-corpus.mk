@@ -14,6 +14,7 @@ NBD_CORPUS = \
 	corpus-handshake/info-then-go \
 	corpus-handshake/info-unknown-name \
 	corpus-handshake/list-abort \
+	corpus-handshake/list-described \
 	corpus-handshake/list-meta-queries \
 	corpus-handshake/not-fixed \
 	corpus-handshake/pieces-of-7 \

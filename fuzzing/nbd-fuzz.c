@@ -31,7 +31,7 @@ fuzz_export (struct export *exp, uint8_t cfg)
 
   memset (exp, 0, sizeof *exp);
   exp->name = cfg & 8 ? "fuzz" : "";
-  exp->description = cfg & 16 ? "a fuzzed export" : NULL;
+  exp->description = cfg & 8 ? "a fuzzed export" : NULL;
   exp->size = sizes[cfg & 3];
   exp->read_only = cfg & 4;
   exp->eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF

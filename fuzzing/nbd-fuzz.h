@@ -13,8 +13,7 @@
 /* An export whose size, flags and name bits of CFG choose:
  *   bits 0-1  size: 1 MiB, 0, 2^63 - 512, 32 MiB + 1
  *   bit 2     read-only
- *   bit 3     name "fuzz" (else "")
- *   bit 4     a description */
+ *   bit 3     name "fuzz" and a description (else "" and none) */
 void fuzz_export (struct export *exp, uint8_t cfg);
 
 /* Feed DATA to the transmission phase's parser as a client of CONN would

@@ -57,6 +57,7 @@ test_byteorder (void)
   assert (load_be64 (b + 1) == 0x0102030405060708ULL);
   store_be32 (b, 0xdeadbeef);
   assert (b[0] == 0xde && load_be32 (b) == 0xdeadbeef);
+  assert (load_le32 (b) == 0xefbeadde);
   store_be16 (b, 0xabcd);
   assert (b[0] == 0xab && load_be16 (b) == 0xabcd);
 }

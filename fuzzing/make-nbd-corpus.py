@@ -113,11 +113,13 @@ handshake = {
     "list-meta-queries": hs(OFF | BYTEWISE, 0, FLAGS +
                             meta("LIST_META", "", []) +
                             meta("LIST_META", "", ["base:", "qemu:", "x:y"]) +
+                            meta("LIST_META", "", ["qemu:dirty-bitmap:"]) +
                             meta("SET_META", "", ["base:allocation"]) +
                             opt("STRUCTURED_REPLY") +
                             opt("STRUCTURED_REPLY") +
                             meta("SET_META", "nope", ["base:allocation"]) +
-                            meta("SET_META", "", ["qemu:allocation-depth"]) +
+                            meta("SET_META", "", ["qemu:allocation-depth",
+                                                  "qemu:dirty-bitmap:fuzz"]) +
                             go() + requests(True)),
     "bad-lengths": hs(OFF, 0, FLAGS + opt("INFO", b"\0\0\0\x10\0") +
                       opt("INFO", name("") + b"\0\2\0") +

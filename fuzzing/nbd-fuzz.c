@@ -44,6 +44,14 @@ fuzz_export (struct export *exp, uint8_t cfg)
   exp->min_block = 1;
   exp->pref_block = 4096;
   exp->max_block = NBD_MAX_PAYLOAD;
+  /* The contexts of contexts.c, and two dirty bitmaps by name (the
+   * handshake never looks at the bitmaps themselves). */
+  exp->meta_names[META_BASE_ALLOCATION] = "base:allocation";
+  exp->meta_names[META_ALLOCATION_DEPTH] = "qemu:allocation-depth";
+  exp->meta_names[META_DIRTY_BITMAP] = "qemu:dirty-bitmap:b0";
+  exp->meta_names[META_DIRTY_BITMAP + 1] = "qemu:dirty-bitmap:fuzz";
+  exp->nr_meta = META_DIRTY_BITMAP + 2;
+  exp->metas = (UINT64_C (1) << exp->nr_meta) - 1;
 }
 
 /* What the command handlers rely on for a request parse_check let

@@ -2,8 +2,10 @@
 /* The one path for problems found after open: qcow2_corrupt() reports
  * corruption found in metadata (a bad L1/L2 entry, a compressed stream
  * that does not decompress, ...) and marks the image corrupt, as QEMU
- * does; qcow2_log() formats any message for the caller's log callback.
- * Neither prints: a server keeps serving its other clients. */
+ * does; qcow2_log() formats any message for the caller's log callback,
+ * qcow2_error() an error about one file, and qcow2_printable() makes
+ * names from the file safe to put in a message.
+ * None prints: a server keeps serving its other clients. */
 #include <config.h>
 
 #include <errno.h>
@@ -41,6 +43,31 @@ qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
   va_start (ap, fmt);
   vlog (img, level, "", fmt, ap);
   va_end (ap);
+}
+
+int
+qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+{
+  char prefix[512];
+  va_list ap;
+
+  snprintf (prefix, sizeof prefix, "%s: ",
+            layer->img->files[layer->file].name);
+  va_start (ap, fmt);
+  vlog (layer->img, QCOW2_LOG_ERROR, prefix, fmt, ap);
+  va_end (ap);
+  return err;
+}
+
+const char *
+qcow2_printable (const char *s, char *buf, size_t n)
+{
+  size_t i;
+
+  for (i = 0; s[i] && i + 1 < n; i++)
+    buf[i] = (unsigned char) s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  buf[i] = '\0';
+  return buf;
 }
 
 int

@@ -68,6 +68,8 @@ qcow2_flush (struct qcow2_image *img)
 {
   struct qcow2_layer *layer = img->layers[0];
 
+  if (img->writable && layer->format == LAYER_RAW)
+    return sync_layer (layer);       /* no metadata: only the data */
   if (!flushable (img))
     return 0;
   WRLOCK_FOR_SCOPE (&layer->lock);

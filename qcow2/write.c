@@ -413,6 +413,7 @@ struct piece {
 
 struct qcow2_write {
   struct qcow2_image *img;
+  uint64_t offset, length;      /* the guest range, for the bitmaps */
   struct inflight *rec;         /* NULL: the caller holds the record */
   bool zeros;                   /* the guest part is zeros */
   struct link *links;
@@ -677,7 +678,7 @@ resolve_cow (struct qcow2_write *w, uint64_t host, uint64_t guest,
 
   while (len > 0) {
     size_t n;
-    int r = qcow2_map (img, guest, len, ext, 16, &n);
+    int r = map_image (img, guest, len, ext, 16, &n);
 
     if (r < 0)
       return r;
@@ -885,9 +886,24 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
   if (w == NULL)
     return -errno;
   w->img = img;
+  w->offset = offset;
+  w->length = length;
   w->zeros = zeros;
   if (length == 0) {
     *wp = w;
+    return 0;
+  }
+  if (layer->format == LAYER_RAW) {
+    /* The guest byte is the file byte. */
+    r = add_seg (w, offset, length, zeros ? QCOW2_SEG_ZERO : QCOW2_SEG_GUEST,
+                 0, NULL);
+    if (r < 0) {
+      free_write (w);
+      return r;
+    }
+    *wp = w;
+    *segs = w->segs;
+    *nsegs = w->nsegs;
     return 0;
   }
 
@@ -964,7 +980,7 @@ write_check_args (struct qcow2_image *img, uint64_t offset,
     return -EIO;
   if (!range_fits (offset, length, top->size))
     return -EINVAL;
-  if (top->format != LAYER_QCOW2 || top->data_file != top->file)
+  if (top->data_file != top->file)
     return -ENOTSUP;    /* external data files: not written (yet) */
   return 0;
 }
@@ -980,12 +996,17 @@ qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
+  if (!range_fits (offset, length, img->view_size))
+    return -EINVAL;
+  offset += img->window;
   r = write_check_args (img, offset, length);
   if (r < 0)
     return r;
   if (length > MAX_WRITE)
     return -EINVAL;
-  if (length > 0) {
+  /* A raw file has no metadata to keep consistent: nothing to order
+   * overlapping writes against. */
+  if (length > 0 && img->layers[0]->format == LAYER_QCOW2) {
     r = inflight_enter (img, offset, length, flags, &rec);
     if (r != 0)
       return r;
@@ -1037,6 +1058,8 @@ qcow2_write_end (struct qcow2_write *w, int result)
     backlog = release_backlog_locked (layer);
     pthread_rwlock_unlock (&layer->lock);
   }
+  /* Even a failed write may have changed data in place. */
+  bitmap_set_dirty (img, w->offset, w->length);
   inflight_leave (img, w->rec);
   free_write (w);
   if (backlog)

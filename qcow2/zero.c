@@ -214,7 +214,7 @@ reads_as_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   *zero = true;
   while (length > 0) {
     size_t n;
-    int r = qcow2_map (img, offset, length, ext, 16, &n);
+    int r = map_image (img, offset, length, ext, 16, &n);
 
     if (r < 0)
       return r;
@@ -329,12 +329,19 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   struct inflight *rec;
   int r;
 
+  if (!range_fits (offset, length, img->view_size))
+    return -EINVAL;
+  offset += img->window;
   r = write_check_args (img, offset, length);
   if (r < 0 || length == 0)
     return r;
+  if (img->layers[0]->format == LAYER_RAW)
+    return raw_zero (img, offset, length, flags);
   r = inflight_enter (img, offset, length, flags, &rec);
   if (r != 0)
     return r;
+  /* Dirty whatever the outcome, FAST_ZERO refusals included: QEMU does. */
+  bitmap_set_dirty (img, offset, length);
 
   if (flags & QCOW2_FAST_ZERO) {
     r = zero_pass (img, offset, length, flags, true, &zp);
@@ -368,9 +375,17 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   bool backlog;
   int r;
 
+  if (!range_fits (offset, length, img->view_size))
+    return -EINVAL;
+  offset += img->window;
   r = write_check_args (img, offset, length);
   if (r < 0 || length == 0)
     return r;
+  /* The whole range is dirty, even where nothing is deallocated: QEMU
+   * dirties a discard's range whatever its driver did. */
+  bitmap_set_dirty (img, offset, length);
+  if (layer->format == LAYER_RAW)
+    return raw_discard (img, offset, length);
   /* Whole clusters only; the last one counts as whole when the range
    * reaches the end of the disk. */
   first = DIV_ROUND_UP (offset, cs);

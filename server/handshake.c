@@ -93,12 +93,6 @@ struct handshake {
  * handshake of that thread, since nothing is kept. */
 static _Thread_local char discard_buf[16384];
 
-/* Meta contexts we offer, by enum meta_context. */
-static const char *const meta_names[META_NR] = {
-  [META_BASE_ALLOCATION] = "base:allocation",
-  [META_ALLOCATION_DEPTH] = "qemu:allocation-depth",
-};
-
 static const char *
 opt_name (uint32_t opt)
 {
@@ -276,7 +270,8 @@ opt_info_go (struct handshake *hs, const char *p, uint32_t len)
   uint32_t nlen;
   uint16_t nreq, i;
   const char *name;
-  bool want_name = false, want_desc = false;
+  bool want_name = false, want_desc = false, want_sizes = false;
+  uint32_t min_block;
   char body[12];
 
   if (len < 4 + 2)
@@ -302,6 +297,8 @@ opt_info_go (struct handshake *hs, const char *p, uint32_t len)
       want_name = true;
     else if (type == NBD_INFO_DESCRIPTION)
       want_desc = true;
+    else if (type == NBD_INFO_BLOCK_SIZE)
+      want_sizes = true;
     /* EXPORT and BLOCK_SIZE are always sent; others are ignored, as
      * the spec asks. */
   }
@@ -322,9 +319,12 @@ opt_info_go (struct handshake *hs, const char *p, uint32_t len)
                     strlen (exp->description)) == -1)
     return -1;
   /* Sent unasked, as qemu-nbd does: clients that did not ask may
-   * still use the hint, and the spec allows it. */
-  store_be32 (body, exp->min_block);
-  store_be32 (body + 4, exp->pref_block);
+   * still use the hint, and the spec allows it.  A client that did not
+   * ask may send any alignment, so it is told so (min_block_unasked). */
+  min_block = hs->opt == NBD_OPT_INFO || want_sizes ? exp->min_block
+    : exp->min_block_unasked;
+  store_be32 (body, min_block);
+  store_be32 (body + 4, MAX (exp->pref_block, min_block));
   store_be32 (body + 8, exp->max_block);
   if (send_info (hs, NBD_INFO_BLOCK_SIZE, body, 12) == -1)
     return -1;
@@ -351,23 +351,31 @@ opt_structured_reply (struct handshake *hs, uint32_t len)
   return send_reply (hs, NBD_REP_ACK, NULL, 0);
 }
 
-/* Which of our contexts does the query Q (QLEN bytes) select?  For LIST,
- * a bare namespace ("base:", "qemu:") selects all of that namespace. */
-static uint32_t
-match_query (const char *q, uint32_t qlen, bool list)
-{
-  uint32_t mask = 0;
-  int m;
+#define BITMAP_PREFIX "qemu:dirty-bitmap:"
 
-  for (m = 0; m < META_NR; m++) {
-    const char *name = meta_names[m];
+/* Which of the export's contexts does the query Q (QLEN bytes) select?
+ * As qemu-nbd answers: for LIST, a bare namespace ("base:", "qemu:")
+ * selects all of that namespace and "qemu:dirty-bitmap:" every bitmap;
+ * for SET only whole names select anything. */
+static uint64_t
+match_query (const struct export *exp, const char *q, uint32_t qlen,
+             bool list)
+{
+  const size_t plen = strlen (BITMAP_PREFIX);
+  uint64_t mask = 0;
+
+  for (unsigned m = 0; m < exp->nr_meta; m++) {
+    const char *name = exp->meta_names[m];
     size_t nlen = strlen (name);
     size_t ns = strchr (name, ':') - name + 1;
 
     if (qlen == nlen && memcmp (q, name, nlen) == 0)
-      mask |= 1u << m;
+      mask |= UINT64_C (1) << m;
     else if (list && qlen == ns && memcmp (q, name, ns) == 0)
-      mask |= 1u << m;
+      mask |= UINT64_C (1) << m;
+    else if (list && m >= META_DIRTY_BITMAP && qlen == plen &&
+             memcmp (q, BITMAP_PREFIX, plen) == 0)
+      mask |= UINT64_C (1) << m;
   }
   return mask;
 }
@@ -379,9 +387,9 @@ static int
 opt_meta_context (struct handshake *hs, const char *p, uint32_t len)
 {
   bool list = hs->opt == NBD_OPT_LIST_META_CONTEXT;
-  uint32_t nlen, nq, i, pos, sel = 0;
+  uint32_t nlen, nq, i, pos;
+  uint64_t sel = 0;
   const char *name;
-  int m;
 
   if (!list && !hs->conn->structured_replies)
     return send_error (hs, NBD_REP_ERR_INVALID,
@@ -414,7 +422,7 @@ opt_meta_context (struct handshake *hs, const char *p, uint32_t len)
       return send_error (hs, NBD_REP_ERR_TOO_BIG, "query %u too long", i);
     log_debug ("%s: %s: query '%.*s'", hs->conn->peer, opt_name (hs->opt),
                (int) MIN (qlen, 256u), p + pos);
-    sel |= match_query (p + pos, qlen, list);
+    sel |= match_query (hs->exp, p + pos, qlen, list);
     pos += qlen;
   }
   if (pos != len)
@@ -425,18 +433,27 @@ opt_meta_context (struct handshake *hs, const char *p, uint32_t len)
                        (int) MIN (nlen, 128u), name);
 
   if (list && nq == 0)
-    sel = (1u << META_NR) - 1;
+    sel = hs->exp->nr_meta == META_MAX ? UINT64_MAX
+      : (UINT64_C (1) << hs->exp->nr_meta) - 1;
+  sel &= hs->exp->metas;        /* what this export offers */
   if (!list)
     hs->conn->meta = sel;
 
-  for (m = 0; m < META_NR; m++) {
-    char buf[4 + 64];
-    size_t mlen = strlen (meta_names[m]);
+  for (unsigned m = 0; m < hs->exp->nr_meta; m++) {
+    const char *mname = hs->exp->meta_names[m];
+    size_t mlen = strlen (mname);
+    CLEANUP_FREE char *buf = NULL;
 
-    if (!(sel & (1u << m)))
+    if (!(sel & (UINT64_C (1) << m)))
       continue;
+    /* Bitmap names are at most 1023 bytes (qcow2.txt). */
+    buf = malloc (4 + mlen);
+    if (buf == NULL) {
+      log_error ("%s: out of memory", hs->conn->peer);
+      return -1;
+    }
     store_be32 (buf, META_CONTEXT_ID (m));
-    memcpy (buf + 4, meta_names[m], mlen);
+    memcpy (buf + 4, mname, mlen);
     if (send_reply (hs, NBD_REP_META_CONTEXT, buf, 4 + mlen) == -1)
       return -1;
   }

@@ -25,6 +25,11 @@
  *   connection ends (listener_conn_closed, from the workers), oldest
  *   first.  A held client that hangs up is closed.
  *
+ * Without persistent (qemu-nbd without -t), the server stops once a
+ * client that completed its handshake closes and no other connection is
+ * left, as qemu-nbd does: clients that only listed the exports, or
+ * failed, do not count, and held clients are closed.
+ *
  * Stopping: server_stop() (from the signal thread) sets a flag and writes
  * to a self-pipe.  The listener then closes the listening sockets and
  * every connection it still holds, and returns; main() then shuts the
@@ -143,23 +148,31 @@ server_stop (void)
   wake ();
 }
 
-/* A connection counted in nr_conns ended.  Returns true if one can be
- * greeted in its place. */
+/* A connection counted in nr_conns ended; NEGOTIATED: it had reached
+ * the transmission phase.  Returns true if a held client can be greeted
+ * in its place. */
 static bool
-conn_ended (void)
+conn_ended (bool negotiated)
 {
   LOCK_FOR_SCOPE (&lock);
   if (nr_conns > 0)
     nr_conns--;
+  if (negotiated && nr_conns == 0 && config && !config->persistent) {
+    /* Held clients are not greeted: they are closed, as qemu-nbd's
+     * would find it gone from the backlog. */
+    log_info ("the last client left: exiting");
+    server_stop ();
+    return false;
+  }
   return config && config->max_connections
     && nr_conns + 1 == config->max_connections;
 }
 
 void
-listener_conn_closed (void)
+listener_conn_closed (bool negotiated)
 {
   /* Only held clients need the listener woken. */
-  if (conn_ended ())
+  if (conn_ended (negotiated))
     wake ();
 }
 
@@ -168,6 +181,8 @@ static bool
 conn_begin (void)
 {
   LOCK_FOR_SCOPE (&lock);
+  if (atomic_load (&stopping))
+    return false;               /* the last client left (not persistent) */
   if (config->max_connections && nr_conns >= config->max_connections)
     return false;
   nr_conns++;
@@ -228,7 +243,7 @@ close_pending (struct pending *p, const char *why)
   if (p->neg) {
     negotiate_free (p->neg);
     p->neg = NULL;
-    conn_ended ();
+    conn_ended (false);
   }
 }
 
@@ -310,7 +325,7 @@ greet (struct pending *p)
   p->neg = negotiate_new (p->conn, export);
   if (p->neg == NULL) {
     log_error ("%s: out of memory", p->conn->peer);
-    conn_ended ();
+    conn_ended (false);
     close_pending (p, " (error)");
     return;
   }

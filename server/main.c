@@ -1,46 +1,22 @@
 /* SPDX-License-Identifier: MIT */
 /* qcow2-nbd's entry point: the command line (subcommands, then getopt_long
- * options), startup (TLS credentials, the image, the export, listening
- * sockets, workers, pid file), signal handling and the orderly shutdown.
- *
- * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread (the
- * mask is set before any thread exists, so threads inherit it) and
- * received by one dedicated thread with sigwait(); SIGPIPE is ignored
- * (socket sends use MSG_NOSIGNAL anyway, but TLS may write(2)).  The
- * first SIGINT/SIGTERM stops the server gracefully; a second one exits
- * at once. */
+ * options) of serve, which serve.c then runs.  Run as "qemu-nbd"
+ * (argv[0]'s base name), the program takes qemu-nbd's command line
+ * instead (qemu-nbd.c). */
 
 #include <config.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <inttypes.h>
-#include <limits.h>
-#include <pthread.h>
-#include <sched.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "qcow2/qcow2.h"
+#include "server/qemu-nbd.h"
 #include "server/server.h"
 #include "tls/tls.h"
 
-/* Read by the handshake (server.h). */
-enum tls_mode server_tls_mode = TLS_OFF;
-struct tls_ctx *server_tls_ctx;
-
-#define DEFAULT_HANDSHAKE_TIMEOUT 30
-/* Connections negotiating (or held at --max-connections) at once, in all
- * and from one source: a client needs milliseconds to negotiate, so
- * these are reached only by clients that connect and stall. */
-#define DEFAULT_MAX_HANDSHAKES 1024
-#define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
 #define MAX_THREADS 1024
 
 static void
@@ -60,7 +36,11 @@ main_usage (FILE *fp)
 "  -V, --version           print the version\n"
 "\n"
 "Run 'qcow2-nbd serve --help' or 'qcow2-nbd create --help' for the\n"
-"options of each command.\n");
+"options of each command.\n"
+"\n"
+"Run under the name qemu-nbd (a link), the program takes qemu-nbd 7.2's\n"
+"command line instead: 'qemu-nbd --help', and qcow2-nbd(8), section\n"
+"QEMU-NBD COMPATIBILITY.\n");
 }
 
 static void
@@ -92,6 +72,10 @@ serve_usage (FILE *fp)
 "  -D, --description=TEXT      export description\n"
 "  -r, --read-only             export read-only (default: read-write)\n"
 "      --discard=ignore|unmap  TRIM: ignore it (default) or deallocate\n"
+"      --bitmap=NAME           offer the persistent dirty bitmap NAME as\n"
+"                              qemu:dirty-bitmap:NAME (repeatable)\n"
+"      --load-snapshot=ID|NAME serve that internal snapshot, read-only\n"
+"                              (also snapshot.id=ID,snapshot.name=NAME)\n"
 "\n"
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
@@ -152,86 +136,6 @@ parse_size (const char *opt, const char *s)
   return v;
 }
 
-static unsigned
-cpu_count (void)
-{
-  cpu_set_t set;
-  long n;
-
-  if (sched_getaffinity (0, sizeof set, &set) == 0 && CPU_COUNT (&set) > 0)
-    return CPU_COUNT (&set);
-  n = sysconf (_SC_NPROCESSORS_ONLN);
-  return n > 0 ? (unsigned) n : 1;
-}
-
-/* Did the library say why something failed?  Then we need not. */
-static atomic_bool qcow2_logged_error;
-
-static void
-qcow2_log (void *opaque, enum qcow2_log_level level, const char *msg)
-{
-  switch (level) {
-  case QCOW2_LOG_ERROR:
-    atomic_store (&qcow2_logged_error, true);
-    log_error ("%s", msg);
-    break;
-  case QCOW2_LOG_WARNING: log_error ("warning: %s", msg); break;
-  default: log_debug ("%s", msg); break;
-  }
-}
-
-static void *
-signal_thread (void *arg)
-{
-  const sigset_t *set = arg;
-  bool stopped = false;
-
-  for (;;) {
-    int sig;
-
-    if (sigwait (set, &sig) != 0)
-      continue;
-    if (sig == SIGHUP) {
-      log_info ("SIGHUP ignored");
-      continue;
-    }
-    if (stopped) {
-      log_error ("second signal %d: exiting now", sig);
-      _exit (EXIT_FAILURE);
-    }
-    log_info ("signal %d: shutting down", sig);
-    stopped = true;
-    server_stop ();
-  }
-  return NULL;
-}
-
-static int
-write_pid_file (const char *path)
-{
-  char buf[32];
-  int fd, n;
-
-  fd = open (path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd == -1) {
-    log_error ("%s: %m", path);
-    return -1;
-  }
-  n = snprintf (buf, sizeof buf, "%ld\n", (long) getpid ());
-  if (write (fd, buf, n) != n) {
-    log_error ("%s: write: %m", path);
-    close (fd);
-    unlink (path);
-    return -1;
-  }
-  if (close (fd) == -1) {
-    log_error ("%s: close: %m", path);
-    unlink (path);
-    return -1;
-  }
-  return 0;
-}
-
 enum {
   OPT_THREADS = 256,
   OPT_HANDSHAKE_TIMEOUT,
@@ -246,6 +150,8 @@ enum {
   OPT_TLS_VERIFY_PEER,
   OPT_TLS_AUTHZ_FILE,
   OPT_TLS_PSK,
+  OPT_BITMAP,
+  OPT_LOAD_SNAPSHOT,
 };
 
 /* Leading ':' so a missing argument is told apart from an unknown
@@ -259,6 +165,8 @@ static const struct option long_opts[] = {
   { "description", required_argument, NULL, 'D' },
   { "read-only", no_argument, NULL, 'r' },
   { "discard", required_argument, NULL, OPT_DISCARD },
+  { "bitmap", required_argument, NULL, OPT_BITMAP },
+  { "load-snapshot", required_argument, NULL, OPT_LOAD_SNAPSHOT },
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
@@ -285,14 +193,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   bool tls_given = false, port_given = false;
   int c;
 
-  cfg->export_name = "";
-  cfg->port = NBD_DEFAULT_PORT;
-  cfg->threads = cpu_count ();
-  cfg->handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
-  cfg->max_handshakes = DEFAULT_MAX_HANDSHAKES;
-  cfg->max_handshakes_per_source = DEFAULT_MAX_HANDSHAKES_PER_SOURCE;
-  cfg->max_inflight_bytes = SERVER_DEFAULT_MAX_INFLIGHT;
-  cfg->tls.mode = TLS_OFF;
+  serve_config_init (cfg);
 
   opterr = 0;
   optind = 1;
@@ -334,6 +235,19 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
         cfg->discard_unmap = true;
       else
         bad_usage ("--discard must be ignore or unmap, not", optarg);
+      break;
+    case OPT_BITMAP:
+      if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
+        bad_usage ("invalid bitmap name", optarg);
+      if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
+        bad_usage ("too many --bitmap options (at most 62)", NULL);
+      cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
+      break;
+    case OPT_LOAD_SNAPSHOT:
+      if (options_parse_snapshot (optarg, cfg) == -1)
+        bad_usage ("invalid --load-snapshot", optarg);
+      /* A snapshot is a past state of the disk: it is never written. */
+      cfg->read_only = true;
       break;
     case 'e':
       cfg->max_connections = parse_unsigned ("--max-connections", optarg,
@@ -429,138 +343,24 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     bad_usage ("--tls needs --tls-certs or --tls-psk", NULL);
 }
 
-static int
-serve (struct server_config *cfg)
+/* Run as qemu-nbd (a link named qemu-nbd, or qemu-nbd-SOMETHING)? */
+static bool
+called_as_qemu_nbd (const char *argv0)
 {
-  struct qcow2_open_opts opts = {
-    .writable = !cfg->read_only,
-    .punch_discarded = cfg->discard_unmap,
-    .l2_cache_size = cfg->l2_cache_size,
-    .log = qcow2_log,
-    /* Requests parked on QCOW2_BLOCKED are retried by their worker. */
-    .wakeup = workers_wakeup,
-  };
-  struct export exp = { 0 };
-  static sigset_t set;          /* read by the signal thread */
-  pthread_t sig_thread;
-  int *fds = NULL, nfds, r;
+  const char *slash = strrchr (argv0, '/');
+  const char *base = slash ? slash + 1 : argv0;
 
-  log_verbose = cfg->verbose;
-
-  /* Before any thread exists, so every thread inherits the mask. */
-  signal (SIGPIPE, SIG_IGN);
-  sigemptyset (&set);
-  sigaddset (&set, SIGINT);
-  sigaddset (&set, SIGTERM);
-  sigaddset (&set, SIGHUP);
-  sigaddset (&set, SIGPIPE);
-  pthread_sigmask (SIG_BLOCK, &set, NULL);
-  sigdelset (&set, SIGPIPE);
-
-  server_max_inflight = cfg->max_inflight_bytes;
-  server_tls_mode = cfg->tls.mode;
-  if (cfg->tls.mode != TLS_OFF) {
-    server_tls_ctx = tls_ctx_new (&cfg->tls);
-    if (server_tls_ctx == NULL) {
-      log_error ("cannot set up TLS");
-      return EXIT_FAILURE;
-    }
-  }
-
-  r = qcow2_open (cfg->image, &opts, &exp.img);
-  if (r < 0) {
-    if (!atomic_load (&qcow2_logged_error))
-      log_error ("%s: cannot open image: %s", cfg->image, strerror (-r));
-    /* Like qemu-nbd, never fall back to read-only on our own: a client
-     * expecting to write would find out only at its first write. */
-    if (opts.writable && (r == -EROFS || r == -EACCES || r == -EPERM))
-      log_error ("%s cannot be opened for writing; use --read-only to "
-                 "serve it read-only", cfg->image);
-    if (server_tls_ctx)
-      tls_ctx_free (server_tls_ctx);
-    return EXIT_FAILURE;
-  }
-  if (qcow2_is_corrupt (exp.img))
-    log_error ("warning: %s is marked corrupt; serving it read-only",
-               cfg->image);
-  exp.name = cfg->export_name;
-  exp.description = cfg->description;
-  exp.size = qcow2_virtual_size (exp.img);
-  exp.read_only = cfg->read_only;
-  exp.discard_unmap = cfg->discard_unmap;
-  /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
-   * writes answered on all of them (qcow2_flush).  TRIM is advertised
-   * even with --discard=ignore, as qemu-nbd does. */
-  exp.eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF
-    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-  if (exp.read_only)
-    exp.eflags |= NBD_FLAG_READ_ONLY;
-  else
-    exp.eflags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
-      | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
-  exp.min_block = 1;
-  exp.pref_block = 4096;
-  exp.max_block = NBD_MAX_PAYLOAD;
-
-  /* Sockets before workers: a busy port is the likeliest failure, and
-   * finding it first costs no thread or ring set-up. */
-  nfds = sockets_listen (cfg, &fds);
-  if (nfds < 0) {
-    qcow2_close (exp.img);
-    if (server_tls_ctx)
-      tls_ctx_free (server_tls_ctx);
-    return EXIT_FAILURE;
-  }
-
-  r = pthread_create (&sig_thread, NULL, signal_thread, &set);
-  if (r != 0) {
-    errno = r;
-    log_error ("creating the signal thread: %m");
-    goto fail_sockets;
-  }
-  pthread_detach (sig_thread);
-
-  if (workers_start (&exp, cfg->threads) == -1)
-    goto fail_sockets;
-
-  if (cfg->pid_file && write_pid_file (cfg->pid_file) == -1) {
-    workers_shutdown ();
-    goto fail_sockets;
-  }
-  log_info ("serving %s (%" PRIu64 " bytes) as export '%s' with %u "
-            "thread%s", cfg->image, exp.size, exp.name, cfg->threads,
-            cfg->threads == 1 ? "" : "s");
-
-  listener_run (cfg, &exp, fds, nfds);   /* closes fds */
-  free (fds);
-
-  workers_shutdown ();
-  qcow2_close (exp.img);
-  if (server_tls_ctx)
-    tls_ctx_free (server_tls_ctx);
-  if (cfg->pid_file)
-    unlink (cfg->pid_file);
-  if (cfg->socket_path)
-    unlink (cfg->socket_path);
-  log_info ("exiting");
-  return EXIT_SUCCESS;
-
- fail_sockets:
-  while (nfds > 0)
-    close (fds[--nfds]);
-  free (fds);
-  if (cfg->socket_path)
-    unlink (cfg->socket_path);
-  qcow2_close (exp.img);
-  if (server_tls_ctx)
-    tls_ctx_free (server_tls_ctx);
-  return EXIT_FAILURE;
+  return strncmp (base, "qemu-nbd", 8) == 0
+    && (base[8] == '\0' || base[8] == '-' || base[8] == '.');
 }
 
 int
 main (int argc, char **argv)
 {
-  struct server_config cfg = { 0 };
+  struct server_config cfg;
+
+  if (argc > 0 && called_as_qemu_nbd (argv[0]))
+    return qemu_nbd_main (argc, argv);
 
   if (argc < 2) {
     main_usage (stderr);
@@ -578,7 +378,7 @@ main (int argc, char **argv)
     return create_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
     parse_serve (argc - 1, argv + 1, &cfg);
-    return serve (&cfg);
+    return serve_run (&cfg);
   }
   fprintf (stderr, "qcow2-nbd: unknown command '%s'\n"
            "Try 'qcow2-nbd --help' for more information.\n", argv[1]);

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* Command line pieces that more than one subcommand uses: parsers for
  * values they both take (serve's --l2-cache-size, create's SIZE and
- * --cluster-size), so the subcommands agree on what "64K" means, and
- * the usage error reports, so they word mistakes alike.  The parsers
- * report failure and leave the message, which names the option, to the
- * caller. */
+ * --cluster-size), so the subcommands agree on what "64K" means, the
+ * snapshot selector serve's --load-snapshot shares with qemu-nbd's -l,
+ * and the usage error reports, so they word mistakes alike.  The
+ * parsers report failure and leave the message, which names the option,
+ * to the caller. */
 
 #include <config.h>
 
@@ -13,6 +14,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "server/server.h"
 
@@ -41,6 +43,63 @@ options_parse_size (const char *s, uint64_t *size)
     return -1;
   *size = v * mult;
   return 0;
+}
+
+/* One value of a QemuOpts list, ",," standing for a comma; *S moves
+ * past it and its separator.  NULL when out of memory. */
+static char *
+opts_value (const char **s)
+{
+  char *v = malloc (strlen (*s) + 1), *o = v;
+
+  if (v == NULL)
+    return NULL;
+  while (**s && (**s != ',' || (*s)[1] == ',')) {
+    *o++ = **s;
+    *s += **s == ',' ? 2 : 1;
+  }
+  *o = '\0';
+  if (**s == ',')
+    (*s)++;
+  return v;
+}
+
+int
+options_parse_snapshot (const char *arg, struct server_config *cfg)
+{
+  static const char base[] = "snapshot.";
+  /* The values live as long as the process, like the argv strings. */
+  static char *kept_id, *kept_name;
+
+  if (strncmp (arg, base, strlen (base)) != 0) {
+    cfg->snapshot = arg;
+    cfg->snapshot_id = cfg->snapshot_name = NULL;
+    return 0;
+  }
+  cfg->snapshot = cfg->snapshot_id = cfg->snapshot_name = NULL;
+  while (*arg) {
+    const char **field;
+    char **kept;
+
+    if (strncmp (arg, "snapshot.id=", 12) == 0) {
+      field = &cfg->snapshot_id;
+      kept = &kept_id;
+      arg += 12;
+    }
+    else if (strncmp (arg, "snapshot.name=", 14) == 0) {
+      field = &cfg->snapshot_name;
+      kept = &kept_name;
+      arg += 14;
+    }
+    else
+      return -1;
+    free (*kept);
+    *kept = opts_value (&arg);
+    if (*kept == NULL)
+      return -1;
+    *field = *kept;
+  }
+  return cfg->snapshot_id || cfg->snapshot_name ? 0 : -1;
 }
 
 void

@@ -156,7 +156,7 @@ parse_check (const struct conn *conn, const struct nbd_request *r,
     }
     return 0;
   case NBD_CMD_BLOCK_STATUS:
-    if ((conn->meta & ((1u << META_NR) - 1)) == 0) {
+    if (conn->meta == 0) {
       snprintf (msg, len, "no metadata context selected");
       return EINVAL;
     }

@@ -568,7 +568,7 @@ conn_release (struct worker *w, struct conn *conn)
 {
   conn_free (conn);
   atomic_fetch_sub (&w->nr_conns, 1);
-  listener_conn_closed ();
+  listener_conn_closed (true);
 }
 
 static void

@@ -25,37 +25,127 @@
 #include <sys/uio.h>
 
 #include "common/list.h"
+#include "qcow2/qcow2.h"
 #include "server/nbd-protocol.h"
 #include "tls/tls.h"
 
 struct qcow2_image;
+struct qcow2_bitmap;
 struct worker;
 struct conn;
 struct tls_session;
 struct sockaddr_storage;
 
-/* ---- main.c: configuration -------------------------------------------- */
+/* Meta contexts a client may select (bit numbers of conn->meta): two
+ * fixed ones, then one per exported bitmap. */
+enum meta_context {
+  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
+  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
+  META_DIRTY_BITMAP = 2,        /* "qemu:dirty-bitmap:NAME", + index */
+  META_MAX = 64                 /* bits of conn->meta */
+};
+#define MAX_EXPORT_BITMAPS (META_MAX - META_DIRTY_BITMAP)
+/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
+#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
 
+/* ---- serve.c: the server's configuration and life ------------------- */
+
+/* QEMU's detect-zeroes: writes of zeros become zeroings. */
+enum detect_zeroes {
+  DETECT_ZEROES_OFF,
+  DETECT_ZEROES_ON,             /* zeroed, the allocation kept */
+  DETECT_ZEROES_UNMAP,          /* zeroed, deallocated (--discard=unmap) */
+};
+
+/* Everything both command lines (main.c's serve, qemu-nbd.c) can ask
+ * for; serve_run() turns it into the export and runs the server. */
 struct server_config {
-  const char *image;            /* path of the qcow2 image */
+  /* The image. */
+  const char *image;            /* path of the image */
+  enum qcow2_format format;
+  bool probed_raw;              /* raw by probing: guard sector 0 as QEMU */
+  bool no_backing;              /* QEMU's backing=null */
+  bool no_locks;                /* QEMU's file.locking=off */
+  uint64_t offset, size;        /* window of the disk (qcow2_open_opts) */
+  bool has_size;
+  bool overlay;                 /* -s: writes go to a temporary overlay */
+  bool direct_io;               /* data I/O with O_DIRECT where aligned */
+  bool writethrough;            /* every write durable before its reply */
+  bool no_flush;                /* FLUSH and FUA skip the sync (unsafe) */
+  enum detect_zeroes detect_zeroes;
+
+  /* The export. */
   const char *export_name;      /* default "" */
   const char *description;      /* NULL: none */
   bool read_only;
   bool discard_unmap;           /* --discard=unmap (default ignore) */
+  bool alloc_depth;             /* offer qemu:allocation-depth */
+  /* qemu-nbd's export: FUA advertised read-only too, CAN_MULTI_CONN
+   * only when max_connections != 1, the size rounded down to 512, the
+   * minimum block size 1 unless the client asks for block sizes. */
+  bool qemu_export;
+
+  /* Listening and lifetime. */
+  /* qemu-nbd's listening rules and messages (sockets.c): one socket on
+   * the first address that binds (default 0.0.0.0). */
+  bool qemu_compat;
   const char *bind_addr;        /* NULL: all addresses, dual stack */
   const char *port;             /* default "10809" */
   const char *socket_path;      /* Unix socket instead of TCP */
+  int backlog;                  /* listen(2) backlog; 0: SOMAXCONN */
   unsigned threads;             /* worker threads; default: CPU count */
   unsigned max_connections;     /* 0: unlimited */
   unsigned handshake_timeout;   /* seconds; 0: none */
   unsigned max_handshakes;      /* negotiating or held, in all */
   unsigned max_handshakes_per_source; /* ... from one address */
+  bool persistent;              /* false: exit after the last client */
+  bool sighup_stops;            /* SIGHUP stops like SIGTERM (else ignored) */
   uint64_t l2_cache_size;       /* bytes; 0: library default */
   uint64_t max_inflight_bytes;  /* request data a connection may hold */
   const char *pid_file;
+  bool keep_pid_file;           /* leave it at exit, as qemu-nbd does */
   int verbose;                  /* -v count */
   struct tls_config tls;        /* --tls and its credentials */
+  /* --bitmap (qemu-nbd -B), in command line order: each exported as
+   * qemu:dirty-bitmap:NAME. */
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
+  /* --load-snapshot=ID_OR_NAME (qemu-nbd -l NAME|ID), or the ID and/or
+   * name that must both match (qemu-nbd -l snapshot.id=,snapshot.name=):
+   * serve that internal snapshot; it implies read_only. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
+
+  /* Called once a connect would be served (sockets listening, pid file
+   * written), in the main thread; NULL: nothing to do. */
+  void (*ready) (const struct server_config *cfg);
+  /* Called instead of the default message when the image cannot be
+   * opened: R is the -errno, E what the library says failed and MSG its
+   * first error message (may be ""). */
+  void (*open_failed) (const struct server_config *cfg, int r,
+                       const struct qcow2_open_error *e, const char *msg);
+  /* Likewise for a --bitmap that cannot be exported: NAME, and the
+   * library's message MSG. */
+  void (*bitmap_failed) (const struct server_config *cfg, const char *name,
+                         const char *msg);
 };
+
+/* Handshake time limit of serve (seconds). */
+#define DEFAULT_HANDSHAKE_TIMEOUT 30
+/* Connections negotiating (or held at --max-connections) at once, in all
+ * and from one source: a client needs milliseconds to negotiate, so
+ * these are reached only by clients that connect and stall. */
+#define DEFAULT_MAX_HANDSHAKES 1024
+#define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
+
+/* Open the image, build the export, listen, serve until stopped (a
+ * signal, or the last client without persistent), then close everything
+ * cleanly.  Returns the exit status.  Call before any thread exists. */
+int serve_run (const struct server_config *cfg);
+
+/* The server's default configuration (serve's defaults). */
+void serve_config_init (struct server_config *cfg);
 
 /* TLS for the handshake, set by main before the listener starts and
  * constant afterwards: the mode, and the context (NULL when off). */
@@ -70,13 +160,29 @@ struct export {
   uint64_t size;
   bool read_only;
   bool discard_unmap;           /* TRIM deallocates; else it is ignored */
+  bool probed_raw;              /* writes to sector 0 are checked */
+  bool writethrough;            /* every write is made durable (FUA) */
+  bool no_flush;                /* FLUSH and FUA do not sync */
+  bool direct_io;               /* workers open O_DIRECT fds too */
+  enum detect_zeroes detect_zeroes;
+  uint64_t metas;               /* bitmask of enum meta_context offered */
   uint16_t eflags;              /* NBD_FLAG_* transmission flags */
   uint32_t min_block, pref_block, max_block;
+  /* The minimum block size told to a client that did not ask for block
+   * sizes with NBD_OPT_GO (min_block to those that did, and for INFO). */
+  uint32_t min_block_unasked;
+  /* Meta contexts offered: names by enum meta_context, NR_META of them;
+   * the bitmap of context META_DIRTY_BITMAP + i is bitmaps[i]. */
+  const char *meta_names[META_MAX];
+  unsigned nr_meta;
+  struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
+  const char *failed_bitmap;    /* set up only: the --bitmap refused */
 };
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
 
 extern int log_verbose;          /* set from -v */
+extern const char *log_program;  /* the prefix: "qcow2-nbd" or "qemu-nbd" */
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
@@ -98,15 +204,6 @@ struct conn_transport {
   void (*shutdown) (struct conn *conn);
 };
 
-/* Meta contexts a client may select (bit numbers of conn->meta). */
-enum meta_context {
-  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
-  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
-  META_NR
-};
-/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
-#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
-
 struct conn {
   int fd;
   char peer[80];                /* printable peer address, for logs */
@@ -118,7 +215,7 @@ struct conn {
   const struct export *exp;
   bool no_zeroes;
   bool structured_replies;
-  uint32_t meta;                /* bitmask of enum meta_context */
+  uint64_t meta;                /* bitmask of enum meta_context */
 
   /* Worker-owned state (request.c). */
   struct worker *worker;
@@ -303,8 +400,9 @@ void listener_run (const struct server_config *cfg, const struct export *exp,
                    const int *fds, int nfds);
 /* Async-signal-safe: ask the listener to stop accepting. */
 void server_stop (void);
-/* Called by a worker when a connection it served has been freed. */
-void listener_conn_closed (void);
+/* Called when a connection has been freed; NEGOTIATED: it had reached
+ * the transmission phase (a worker served it). */
+void listener_conn_closed (bool negotiated);
 
 /* ---- worker.c: worker threads, each with an io_uring ring ------------- */
 
@@ -333,6 +431,12 @@ uint32_t nbd_errno (int err);
  * or does not fit in 64 bits. */
 int options_parse_size (const char *s, uint64_t *size);
 
+/* Parse a snapshot selector as qemu-nbd -l takes it into CFG: an ID or
+ * a name (cfg->snapshot), or "snapshot.id=ID,snapshot.name=NAME" (either
+ * part may be left out; ",," is a comma).  Returns 0, or -1 for an
+ * unknown key or an empty list. */
+int options_parse_snapshot (const char *arg, struct server_config *cfg);
+
 /* Report a command line error and exit with status 1: "qcow2-nbd:
  * PREFIXMSG 'ARG'" (the quoted ARG only when given, the whole line only
  * when MSG is), then a pointer to "qcow2-nbd SUBCMD --help". */
@@ -351,6 +455,23 @@ typedef void (*options_bad_usage_fn) (const char *msg, const char *arg)
 void options_getopt_error (options_bad_usage_fn bad_usage, int c,
                            char **argv)
   __attribute__ ((noreturn));
+
+/* ---- contexts.c: the meta contexts of the export ---------------------- */
+
+/* Fill EXP's meta context table: the fixed contexts, then one
+ * qemu:dirty-bitmap:NAME per cfg->bitmaps entry (duplicates once), its
+ * bitmap looked up in exp->img.  Returns 0, or -1 (logged: the bitmap is
+ * missing, inconsistent or cannot be loaded; exp->failed_bitmap names
+ * it). */
+int contexts_setup (struct export *exp, const struct server_config *cfg);
+void contexts_free (struct export *exp);
+
+/* ---- probe.c: image formats as QEMU probes them ----------------------- */
+
+/* The format QEMU 7.2 would guess for an image starting with B[0..LEN)
+ * named FILENAME (may be NULL): "qcow2", "raw", or the name of a format
+ * we do not serve ("vmdk", "vdi", "qcow", "luks", ...). */
+const char *probe_format (const uint8_t *b, size_t len, const char *filename);
 
 /* ---- create.c: the create subcommand ---------------------------------- */
 

@@ -98,8 +98,10 @@ struct worker {
   struct uring_op wake_op;
 
   /* Data I/O goes through the worker's own fds (dup()s of the image's),
-   * indexed like qcow2_file_fd(). */
+   * indexed like qcow2_file_fd().  With export->direct_io, dfds holds a
+   * second, O_DIRECT, open file description of each (worker_data_fd). */
   int *fds;
+  int *dfds;                    /* NULL unless direct_io */
   size_t nr_fds;
 
   pthread_mutex_t lock;
@@ -338,6 +340,26 @@ struct conn_state {
 /* An SQE from W's ring, submitting queued ones first if the ring is full.
  * Never NULL. */
 struct io_uring_sqe *worker_get_sqe (struct worker *w);
+
+/* O_DIRECT needs the file offset, the length and the memory aligned:
+ * 4096 is enough on every Linux file system and block device. */
+#define DIRECT_ALIGN 4096
+
+/* The fd a data read or write of LEN bytes at host offset OFF of FILE,
+ * to or from BUF, goes through: the O_DIRECT one when the export wants
+ * O_DIRECT (cache=none, directsync) and everything is aligned, else the
+ * buffered one.  Both reach the same file; the kernel keeps the page
+ * cache coherent with direct I/O (writing back and invalidating the
+ * range), so mixing them is safe for requests NBD does not order. */
+static inline int
+worker_data_fd (const struct worker *w, unsigned file, uint64_t off,
+                uint64_t len, const void *buf)
+{
+  if (w->dfds != NULL && w->dfds[file] >= 0
+      && ((off | len | (uintptr_t) buf) & (DIRECT_ALIGN - 1)) == 0)
+    return w->dfds[file];
+  return w->fds[file];
+}
 
 /* Make room for N SQEs that must be submitted together (a linked
  * pair): submits queued ones if fewer are free. */

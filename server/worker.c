@@ -332,6 +332,20 @@ ring_init (struct worker *w)
   return r;
 }
 
+/* A second open file description of file F of the image, with
+ * O_DIRECT (a dup would share the buffered one's flags): through
+ * /proc/self/fd, so it is the very file the library opened even if its
+ * name has changed since. */
+static int
+open_direct (const struct qcow2_image *img, size_t f)
+{
+  char path[64];
+
+  snprintf (path, sizeof path, "/proc/self/fd/%d", qcow2_file_fd (img, f));
+  return open (path, (qcow2_file_writable (img, f) ? O_RDWR : O_RDONLY)
+               | O_DIRECT | O_CLOEXEC);
+}
+
 int
 workers_start (const struct export *exp, unsigned n)
 {
@@ -361,6 +375,13 @@ workers_start (const struct export *exp, unsigned n)
       log_error ("worker %u: %m", i);
       return -1;
     }
+    if (exp->direct_io) {
+      w->dfds = calloc (nfiles ? nfiles : 1, sizeof *w->dfds);
+      if (w->dfds == NULL) {
+        log_error ("worker %u: %m", i);
+        return -1;
+      }
+    }
     for (size_t f = 0; f < nfiles; f++) {
       int fd = qcow2_file_fd (exp->img, f);
       if (fd < 0 || (w->fds[f] = fcntl (fd, F_DUPFD_CLOEXEC, 0)) < 0) {
@@ -369,6 +390,11 @@ workers_start (const struct export *exp, unsigned n)
         return -1;
       }
       w->nr_fds++;
+      if (w->dfds && (w->dfds[f] = open_direct (exp->img, f)) < 0) {
+        log_error ("Could not open '%s' with O_DIRECT: %m",
+                   qcow2_file_name (exp->img, f));
+        return -1;
+      }
     }
 
     w->efd = eventfd (0, EFD_CLOEXEC);
@@ -426,7 +452,7 @@ workers_add_conn (struct conn *conn)
   if (flags == -1 || fcntl (conn->fd, F_SETFL, flags | O_NONBLOCK) == -1) {
     log_error ("%s: O_NONBLOCK: %m", conn->peer);
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (true);
     return;
   }
 
@@ -436,7 +462,7 @@ workers_add_conn (struct conn *conn)
       w = &workers[i];
   if (w == NULL) {
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (true);
     return;
   }
 
@@ -448,7 +474,7 @@ workers_add_conn (struct conn *conn)
       if (p == NULL) {
         log_error ("%s: %m", conn->peer);
         conn_free (conn);
-        listener_conn_closed ();
+        listener_conn_closed (true);
         return;
       }
       w->handoff = p;
@@ -489,9 +515,13 @@ workers_shutdown (void)
 
     io_uring_queue_exit (&w->ring);
     close (w->efd);
-    for (size_t f = 0; f < w->nr_fds; f++)
+    for (size_t f = 0; f < w->nr_fds; f++) {
       close (w->fds[f]);
+      if (w->dfds)
+        close (w->dfds[f]);
+    }
     free (w->fds);
+    free (w->dfds);
     free (w->no_zero_range);
     free (w->handoff);
     pthread_mutex_destroy (&w->lock);

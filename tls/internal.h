@@ -31,8 +31,15 @@ struct tls_ctx {
   bool verify_peer;
   struct psk_entry *psks;       /* NULL when PSK is off */
   size_t nr_psks;
-  char **authz;                 /* allowed client DNs, NULL when off */
+  /* Authorization of client certificates: rules tried in order, the
+   * first match deciding, else authz_default_allow.  authz_on false:
+   * every verified certificate is allowed. */
+  bool authz_on;
+  struct tls_authz_rule *authz;  /* match strings owned */
   size_t nr_authz;
+  bool authz_default_allow;
+  const char *authz_what;        /* "the authz file", for messages */
+  bool authz_cert_order;         /* tls_config.authz_cert_order */
 };
 
 /* One connection's session (tls.h). */
@@ -57,9 +64,12 @@ struct tls_session {
 /* The OpenSSL error queue of this thread as one message; clears it. */
 void tls_openssl_reason (char *buf, size_t len);
 
-/* A certificate name as RFC 4514 prints it (see context.c); NULL if out
- * of memory.  The caller frees it. */
+/* A certificate name as RFC 4514 prints it (see context.c), or with
+ * CERT_ORDER in the certificate's own order as GnuTLS's legacy
+ * gnutls_x509_crt_get_dn prints it; NULL if out of memory.  The caller
+ * frees it. */
 char *tls_format_dn (const X509_NAME *name);
+char *tls_format_dn_order (const X509_NAME *name, bool cert_order);
 
 /* ---- session.c: socket BIO, transport, handshake ----------------------- */
 

@@ -22,6 +22,13 @@ enum tls_mode {
   TLS_REQUIRE,    /* every option but STARTTLS and ABORT: ERR_TLS_REQD */
 };
 
+/* One authorization rule, as QEMU's authz-list objects have them. */
+struct tls_authz_rule {
+  const char *match;       /* a client certificate's DN, or a pattern */
+  bool glob;               /* MATCH is an fnmatch(3) pattern */
+  bool allow;              /* a match allows (else denies) the client */
+};
+
 struct tls_config {
   enum tls_mode mode;
   const char *certs_dir;   /* ca-cert.pem, server-cert.pem, server-key.pem,
@@ -29,6 +36,17 @@ struct tls_config {
   bool verify_peer;        /* demand a client certificate signed by the CA */
   const char *authz_file;  /* allowed client DNs, one per line */
   const char *psk_file;    /* psktool format: identity:hexkey */
+  /* Authorization rules (qemu-nbd's authz objects), used when not NULL:
+   * the first rule matching the client certificate's DN decides, and
+   * AUTHZ_DEFAULT_ALLOW when none does.  Implies verify_peer; not with
+   * authz_file. */
+  const struct tls_authz_rule *authz_rules;
+  size_t nr_authz_rules;
+  bool authz_default_allow;
+  /* The rules name certificates as QEMU's authz objects see them
+   * (GnuTLS's gnutls_x509_crt_get_dn: RDNs in certificate order,
+   * "C=GB,O=Example,CN=client"), not in RFC 4514's reversed order. */
+  bool authz_cert_order;
 };
 
 struct tls_ctx;
@@ -83,5 +101,23 @@ ssize_t tls_session_send (struct tls_session *s, const struct iovec *iov,
 
 /* Send close_notify if that cannot block, and free the session. */
 void tls_session_close (struct tls_session *s);
+
+/* ---- client.c: the client side, for qemu-nbd -L ----------------------- */
+
+struct tls_client;
+
+/* Run the client side of the TLS handshake on the blocking socket FD
+ * with CFG's credentials: X.509 (certs_dir: ca-cert.pem, optional
+ * client-cert.pem and client-key.pem; the server checked when
+ * verify_peer, against HOSTNAME when not NULL) or PSK (psk_file, the
+ * key of USERNAME, "qemu" if NULL).  NULL with ERR set on failure. */
+struct tls_client *tls_client_new (int fd, const struct tls_config *cfg,
+                                   const char *hostname,
+                                   const char *username,
+                                   char *err, size_t errlen);
+/* Like recv(2) and send(2): bytes, 0 at the end (read), -1 (errno). */
+ssize_t tls_client_read (struct tls_client *c, void *buf, size_t len);
+ssize_t tls_client_write (struct tls_client *c, const void *buf, size_t len);
+void tls_client_free (struct tls_client *c);
 
 #endif /* TLS_TLS_H */

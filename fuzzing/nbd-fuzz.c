@@ -34,14 +34,9 @@ fuzz_export (struct export *exp, uint8_t cfg)
   exp->description = cfg & 8 ? "a fuzzed export" : NULL;
   exp->size = sizes[cfg & 3];
   exp->read_only = cfg & 4;
-  exp->eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF
-    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-  if (exp->read_only)
-    exp->eflags |= NBD_FLAG_READ_ONLY;
-  else
-    exp->eflags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
-      | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+  exp->eflags = handshake_eflags (exp->read_only);
   exp->min_block = 1;
+  exp->min_block_unasked = 1;
   exp->pref_block = 4096;
   exp->max_block = NBD_MAX_PAYLOAD;
   /* The contexts of contexts.c, and two dirty bitmaps by name (the

@@ -186,6 +186,21 @@ name_matches (const struct export *exp, const char *name, size_t len)
   return strlen (exp->name) == len && memcmp (exp->name, name, len) == 0;
 }
 
+uint16_t
+handshake_eflags (bool read_only)
+{
+  /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
+   * writes answered on all of them (qcow2_flush).  TRIM is advertised
+   * even with --discard=ignore, as qemu-nbd does. */
+  uint16_t eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH
+    | NBD_FLAG_SEND_DF | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
+
+  if (read_only)
+    return eflags | NBD_FLAG_READ_ONLY;
+  return eflags | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
+    | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+}
+
 /* Transmission flags for this connection: DF only makes sense (and the
  * spec forbids advertising it) without structured replies. */
 static uint16_t

@@ -243,16 +243,7 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
   if (!cfg->alloc_depth)
     exp->metas &= ~(UINT64_C (1) << META_ALLOCATION_DEPTH);
 
-  /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
-   * writes answered on all of them (qcow2_flush).  TRIM is advertised
-   * even with --discard=ignore, as qemu-nbd does. */
-  exp->eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF
-    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-  if (exp->read_only)
-    exp->eflags |= NBD_FLAG_READ_ONLY;
-  else
-    exp->eflags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
-      | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+  exp->eflags = handshake_eflags (exp->read_only);
   exp->min_block = 1;
   exp->pref_block = 4096;
   exp->max_block = NBD_MAX_PAYLOAD;

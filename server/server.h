@@ -254,6 +254,11 @@ enum handshake_status {
   HANDSHAKE_FAIL,       /* close now (already logged) */
 };
 
+/* The transmission flags of an export, read-only or not: what every
+ * connection is told (the handshake drops DF without structured
+ * replies). */
+uint16_t handshake_eflags (bool read_only);
+
 /* Start negotiating on CONN for EXP, with the greeting queued as
  * output.  TLS_MODE is TLS_OFF unless the server can do TLS.  NULL when
  * out of memory. */

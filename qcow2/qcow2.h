@@ -320,11 +320,13 @@ int qcow2_write_end (struct qcow2_write *w, int result);
 int qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
                 unsigned flags);
 
-/* Discard [offset, offset+length): whole clusters are deallocated (or
- * given the zero flag where a backing file would otherwise show through;
- * on v2 images, which have no zero flag, a no-op there, as in QEMU);
- * partial clusters are left alone.  Returns 0, QCOW2_BLOCKED, or
- * -errno. */
+/* Discard [offset, offset+length): the host clusters of whole clusters
+ * are given back, and those clusters read as zeros: as in QEMU, a v3
+ * cluster that was allocated, or under which a backing file would show
+ * through, becomes a zero cluster, one that was not stays unallocated;
+ * v2 images, which have no zero flag, unallocate (a no-op where a
+ * backing file would show through).  Partial clusters are left alone.
+ * Returns 0, QCOW2_BLOCKED, or -errno. */
 int qcow2_discard (struct qcow2_image *img, uint64_t offset,
                    uint64_t length, unsigned flags);
 

@@ -15,9 +15,11 @@
  * piece would need that.
  *
  * Discard works on whole clusters only and leaves partial clusters
- * alone.  A discarded cluster becomes unallocated when nothing shows
- * through from a backing file, else a zero cluster; on version 2 images
- * with a backing file discard does nothing (qcow2.h).
+ * alone.  As in QEMU, a discarded cluster that was allocated (or under
+ * which a backing file would show through) becomes a zero cluster with
+ * no host cluster, and one that was not stays as it is; version 2
+ * images have no zero flag, so there discard unallocates, or does
+ * nothing where a backing file would show through (qcow2.h).
  *
  * Both hold an in-flight record over the whole range for the whole call,
  * so they are ordered against writes that allocate in it.  Host clusters
@@ -163,9 +165,9 @@ zero_cluster_locked (struct qcow2_layer *layer, uint64_t cluster,
         (unmap && (l2e & L2E_OFFSET_MASK) != 0))
       return set_entry_locked (layer, cluster, l2e, 0, QCOW_OFLAG_ZERO, 0,
                                true);
-    if ((l2e & L2E_OFFSET_MASK) == 0 && !(l2e & QCOW_OFLAG_ZERO) &&
-        !backing)
-      return 0;         /* unallocated, nothing below: reads as zeros */
+    /* An unallocated cluster gets the flag too, backing file or not:
+     * QEMU's zeroing always leaves it, and block status then says the
+     * top layer holds the zeros (qemu:allocation-depth 1). */
     n = l2e | QCOW_OFLAG_ZERO;
     return set_entry_locked (layer, cluster, l2e, 0, n, 0, false);
   }
@@ -406,12 +408,21 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
     r = get_entry_locked (layer, c, &l2e, &bitmap);
     if (r < 0)
       break;
-    if (layer->backing != NULL) {
+    /* As QEMU: a cluster that was allocated, or that would let a
+     * backing file show through, becomes a zero cluster (all its
+     * subclusters zero); one that was not stays as it is.  Version 2
+     * has no zero flag (and returned above when a backing file would
+     * show through). */
+    if (layer->version < 3)
+      new_l2e = new_bitmap = 0;
+    else if (layer->backing != NULL || has_host (l2e)) {
       if (layer->extended_l2)
         new_bitmap = ZERO_BITS;
       else
         new_l2e = QCOW_OFLAG_ZERO;
     }
+    else
+      continue;
     r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
                           has_host (l2e));
   }

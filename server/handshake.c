@@ -513,8 +513,9 @@ run_option (struct handshake *hs)
 
   switch (hs->action) {
   case ACT_TLS_REQD:
+    /* qemu-nbd's words: its client prints them ("server reported"). */
     return send_error (hs, NBD_REP_ERR_TLS_REQD,
-                       "TLS is required on this server");
+                       "Option 0x%x not permitted before TLS", hs->opt);
   case ACT_TOO_BIG:
     return send_error (hs, NBD_REP_ERR_TOO_BIG,
                        "option length %u is over the limit of %u",

@@ -36,6 +36,8 @@ struct lister {
   int fd;
   struct tls_client *tls;       /* after STARTTLS */
   char err[512];
+  bool err_reply;               /* the last error was a whole error reply:
+                                 * the stream is still in step */
 };
 
 static int __attribute__ ((format (printf, 2, 3)))
@@ -151,6 +153,7 @@ reply (struct lister *l, uint32_t opt, uint32_t *type, uint32_t *len)
     return fail (l, "out of memory");
   if (*type == NBD_REP_ERR_UNSUP)
     return 0;
+  l->err_reply = true;
   switch (*type) {
   case NBD_REP_ERR_POLICY:
     fail (l, "Denied by server for option %u (%s)", opt, opt_lookup (opt));
@@ -492,9 +495,17 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
     if (l.tls == NULL)
       goto out;
   }
+  /* Asked for politely, as QEMU's client does: an error reply of any
+   * kind (a server that wants TLS first included) only means no
+   * structured replies, and the error that counts comes with the
+   * listing. */
   if (send_opt (&l, NBD_OPT_STRUCTURED_REPLY, NULL, 0) < 0)
     goto out;
   r = reply (&l, NBD_OPT_STRUCTURED_REPLY, &type, &len);
+  if (r < 0 && l.err_reply) {
+    l.err[0] = '\0';
+    r = 0;
+  }
   if (r < 0)
     goto out;
   if (r == 1) {

@@ -469,9 +469,12 @@ cmd_write_zeroes (struct request *req)
     modify_done (req, 0);
     return;
   }
-  /* As in QEMU, deallocating needs both the client's leave (no NO_HOLE)
-   * and the server's (--discard=unmap). */
-  if (exp->discard_unmap && !(req->flags & NBD_CMD_FLAG_NO_HOLE))
+  /* Without NO_HOLE the client lets us deallocate, and qemu-nbd 7.2
+   * does, whatever --discard says: qcow2 clusters become zero clusters
+   * without a host cluster, a raw file gets a hole.  --discard=unmap
+   * decides only whether freed qcow2 clusters are also punched out of
+   * the file (punch_discarded). */
+  if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
     flags |= QCOW2_MAY_UNMAP;
   if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
     flags |= QCOW2_FAST_ZERO;

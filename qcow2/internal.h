@@ -142,6 +142,10 @@ struct qcow2_image {
   unsigned nr_layers;          /* const */
 
   atomic_bool corrupt;         /* atomic: set once, never cleared */
+  /* atomic: 0, or the -errno of the first sync that failed (corrupt.c's
+   * sync_failed); set once, never cleared.  From then on the image is
+   * failed: no write, zeroing, discard or flush succeeds. */
+  atomic_int sync_error;
 
   /* const: the window qcow2_open_opts asked for.  The public calls add
    * 'window' to the offsets they take and subtract it from those they
@@ -166,12 +170,19 @@ struct qcow2_image {
 
 /* ---- io.c: qcow2_posix_io, the default I/O ops (qcow2.h) ------------- */
 
-/* ---- corrupt.c: the one path for corruption found at run time -------- */
+/* ---- corrupt.c: the one path for corruption and failed syncs --------- */
 
 /* Log "<file of LAYER>: corruption: <message>", mark the image corrupt
  * and return -EIO, so callers can 'return qcow2_corrupt (...)'. */
 int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
+
+/* A sync of LAYER's files failed with ERR: put the image into its failed
+ * state (qcow2_sync_error), log why, and mark the image dirty on disk so
+ * the next read-write open rebuilds its refcounts.  Returns ERR.  Called
+ * by sync_layer only; may hold the layer lock (takes only header.c's
+ * mutex). */
+int sync_failed (struct qcow2_layer *layer, int err);
 
 /* Send a formatted message to the image's log callback. */
 void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,

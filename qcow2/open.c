@@ -893,10 +893,11 @@ qcow2_close (struct qcow2_image *img)
   /* A clean close leaves a clean image: bitmaps written back, then
    * everything durable, then the dirty bit cleared (ORDERING.md).  After
    * a failed flush the image stays dirty, to be repaired at the next
-   * writable open. */
+   * writable open; after a failed sync nothing is written at all (the
+   * bitmaps stay in use, so inconsistent). */
   if (img->writable && img->nr_layers > 0 &&
       img->layers[0]->refcount_cache != NULL &&
-      !atomic_load (&img->corrupt)) {
+      !atomic_load (&img->corrupt) && !qcow2_sync_error (img)) {
     bitmap_close (img);
     if (flush_final (img) == 0)
       header_close_writable (img->layers[0]);
@@ -933,6 +934,12 @@ uint64_t
 qcow2_virtual_size (const struct qcow2_image *img)
 {
   return img->view_size;
+}
+
+int
+qcow2_sync_error (const struct qcow2_image *img)
+{
+  return atomic_load (&((struct qcow2_image *) img)->sync_error);
 }
 
 bool

@@ -163,6 +163,14 @@ uint64_t qcow2_virtual_size (const struct qcow2_image *img);
 /* Has corruption been found, at open (corrupt bit) or since? */
 bool qcow2_is_corrupt (const struct qcow2_image *img);
 
+/* 0, or the -errno of the sync (fdatasync) that failed and put the image
+ * into its failed state: a failed sync may have dropped writes that were
+ * not durable yet, so no later sync can prove them durable.  Every
+ * write, zeroing, discard and flush since fails with -EIO; reads go on.
+ * Reopening the image (after the cause is fixed) is the only way out.
+ * See qcow2/ORDERING.md, "A failed sync". */
+int qcow2_sync_error (const struct qcow2_image *img);
+
 /* The files the chain reads from, for callers doing their own data I/O:
  * extents name a file by its index here.  Index 0 is the top image. */
 size_t qcow2_file_count (const struct qcow2_image *img);

@@ -976,7 +976,7 @@ write_check_args (struct qcow2_image *img, uint64_t offset,
 
   if (!img->writable)
     return -EROFS;
-  if (qcow2_is_corrupt (img))
+  if (qcow2_is_corrupt (img) || qcow2_sync_error (img))
     return -EIO;
   if (!range_fits (offset, length, top->size))
     return -EINVAL;

@@ -430,8 +430,19 @@ serve_run (const struct server_config *cfg)
   workers_shutdown ();
   if (cfg->pid_file && !cfg->keep_pid_file)
     unlink (cfg->pid_file);
-  log_info ("exiting");
+  /* The last flush, made here for its result (qcow2_close flushes
+   * again, cheaply, and marks the image clean only when it worked).
+   * When it fails - after a failed sync it always does - writes
+   * answered since the last successful FLUSH may be lost, and the exit
+   * status says so. */
   status = EXIT_SUCCESS;
+  if (!exp.read_only && (r = qcow2_flush (img)) < 0) {
+    log_error ("%s: the final flush failed (%s): writes not flushed "
+               "before may be lost; exiting with status 1", cfg->image,
+               strerror (-r));
+    status = EXIT_FAILURE;
+  }
+  log_info ("exiting");
 
  out_sockets:
   while (nfds > 0)

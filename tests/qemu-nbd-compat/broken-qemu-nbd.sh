@@ -38,8 +38,11 @@ case "${QNC_BREAK:-}" in
     exec "$real" "${args[@]}" 2> >(sed -u 's/^qemu-nbd: //' >&2) ;;
   fork-early)
     if [ "${fork_early:-0}" = 1 ]; then
-      # Serve in the background and return before it is ready.
-      "$real" "${args[@]}" </dev/null &
+      # Return at once and serve only a while later: the runner looks
+      # for readiness as soon as --fork returns, and a server started
+      # with no delay could win that race on a quiet machine and hide
+      # the breakage.
+      (sleep 5; exec "$real" "${args[@]}") </dev/null &
       exit 0
     fi
     exec "$real" "${args[@]}" ;;

@@ -9,13 +9,17 @@
  *           bit 2     a STARTTLS handshake succeeds (else it fails)
  *           bit 3     read our replies in pieces of one byte at a time
  *           bits 4-7  the export (fuzz_export's configuration bits 0-3)
- *   byte 1            input arrives in pieces of at most this many bytes
+ *   byte 1, bits 0-6  input arrives in pieces of at most this many bytes
  *                     (0: as much as the machine asks for)
+ *           bit 7     the input ends with the time running out (a reply
+ *                     that cannot be sent, or no option) instead of the
+ *                     client hanging up
  * The replies are parsed as a client would: the greeting, then option
  * replies framed by their headers, always whole (and the export
  * information after NBD_OPT_EXPORT_NAME); any other byte aborts. */
 #include <config.h>
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +121,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   struct replies rp;
   struct handshake *hs;
   enum tls_mode modes[4] = { TLS_OFF, TLS_ON, TLS_REQUIRE, TLS_ON };
-  bool tls_ok, bytewise;
+  bool tls_ok, bytewise, timeout;
   size_t piece;
   unsigned steps = 0;
 
@@ -126,7 +130,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   tls_ok = data[0] & 4;
   bytewise = data[0] & 8;
   fuzz_export (&exp, data[0] >> 4);
-  piece = data[1] ? data[1] : SIZE_MAX;
+  piece = data[1] & 0x7f ? data[1] & 0x7f : SIZE_MAX;
+  timeout = data[1] & 0x80;
   memset (&conn, 0, sizeof conn);
   conn.fd = -1;
   strcpy (conn.peer, "fuzz");
@@ -145,6 +150,12 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     CHECK (++steps < 10 * 1000 * 1000);
     if (st == HANDSHAKE_FAIL)
       break;                    /* dropped: what is queued is not sent */
+    if (timeout && size == 0 && handshake_output (hs, &len) && len > 0) {
+      handshake_output_error (hs, ETIMEDOUT);   /* the client stopped reading */
+      CHECK (handshake_status (hs) == HANDSHAKE_FAIL
+             || handshake_status (hs) == HANDSHAKE_END);
+      break;
+    }
     drain (hs, &rp, bytewise, &exp);
     if (st == HANDSHAKE_END)
       break;
@@ -164,7 +175,10 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     buf = handshake_input_buf (hs, &len);
     CHECK (buf != NULL && len > 0);
     if (size == 0) {
-      handshake_input_error (hs, 0);      /* the client hung up */
+      if (!timeout)
+        handshake_input_error (hs, 0);    /* the client hung up */
+      else
+        handshake_input_error (hs, ETIMEDOUT);
       continue;
     }
     len = MIN (len, MIN (size, piece));

@@ -135,6 +135,8 @@ handshake = {
                       requests()),
     "hang-up-in-payload": hs(OFF, 0, FLAGS + opt_raw(7, 100, b"\0" * 10)),
     "abort-with-payload": hs(OFF, 0, FLAGS + opt("ABORT", b"bye")),
+    "timeout-in-option": hs(OFF, 0x80, FLAGS + opt("LIST") + b"IHAVE"),
+    "timeout-unread-reply": hs(NAMED, 0x80, FLAGS + opt("LIST")),
 }
 
 # Byte 0 of a request seed: bit 0 structured, bits 1-2 meta contexts,

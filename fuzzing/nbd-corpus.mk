@@ -21,6 +21,8 @@ NBD_CORPUS = \
 	corpus-handshake/starttls-fails \
 	corpus-handshake/starttls-refused \
 	corpus-handshake/starttls-require \
+	corpus-handshake/timeout-in-option \
+	corpus-handshake/timeout-unread-reply \
 	corpus-handshake/tls-required-export-name \
 	corpus-handshake/trickle \
 	corpus-handshake/unsupported \

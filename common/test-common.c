@@ -3,6 +3,7 @@
 #include <config.h>
 
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -11,9 +12,41 @@
 #include "common/checked-overflow.h"
 #include "common/cleanup.h"
 #include "common/iszero.h"
+#include "common/list.h"
 #include "common/rounding.h"
 
 static int freed;
+
+struct item {
+  int v;
+  struct link link;
+};
+
+static void
+test_list (void)
+{
+  struct item it[3] = { { .v = 0 }, { .v = 1 }, { .v = 2 } };
+  struct link a, b;
+  int i;
+
+  link_init (&a);
+  link_init (&b);
+  assert (list_empty (&a));
+  for (i = 0; i < 3; i++)
+    list_append (&a, &it[i].link);
+  assert (list_entry (a.next, struct item, link)->v == 0);
+  assert (list_entry (a.prev, struct item, link)->v == 2);
+  link_remove (&it[1].link);
+  link_remove (&it[1].link);    /* harmless twice */
+  assert (a.next->next == &it[2].link);
+  list_append (&b, &it[1].link);
+  list_splice (&b, &a);
+  assert (list_empty (&a));
+  assert (list_entry (b.next, struct item, link)->v == 1);
+  assert (list_entry (b.prev, struct item, link)->v == 2);
+  list_splice (&b, &a);         /* an empty list moves nothing */
+  assert (list_entry (b.prev, struct item, link)->v == 2);
+}
 
 static void
 test_byteorder (void)
@@ -114,6 +147,7 @@ int
 main (void)
 {
   test_byteorder ();
+  test_list ();
   test_rounding ();
   test_overflow ();
   test_cleanup ();

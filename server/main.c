@@ -56,9 +56,15 @@ serve_usage (FILE *fp)
 "  -b, --bind=ADDR             address or host name to listen on\n"
 "                              (default: all, IPv4 and IPv6)\n"
 "  -k, --socket=PATH           listen on a Unix socket instead of TCP\n"
-"  -e, --max-connections=N     serve at most N clients at once (0: no limit)\n"
+"  -e, --max-connections=N     serve at most N clients at once (0: no limit);\n"
+"                              more are held ungreeted until one leaves\n"
 "      --handshake-timeout=S   drop clients still negotiating after S\n"
 "                              seconds (default %d; 0: never)\n"
+"      --max-handshakes=N      clients negotiating or held at once (default\n"
+"                              %d); a new one replaces the one idle longest\n"
+"      --max-handshakes-per-source=N\n"
+"                              ... from one IPv4 address, IPv6 /64 or Unix\n"
+"                              user (default %d)\n"
 "      --pid-file=PATH         write the pid to PATH once listening\n"
 "\n"
 "Export:\n"
@@ -74,6 +80,10 @@ serve_usage (FILE *fp)
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
 "      --l2-cache-size=SIZE    L2 cache per image layer, e.g. 16M\n"
+"      --max-inflight-bytes=SIZE\n"
+"                              request data one client may have in the\n"
+"                              server before it is read no more (default\n"
+"                              32M; one request of up to 32M always fits)\n"
 "\n"
 "TLS:\n"
 "      --tls=off|on|require    allow or require STARTTLS (default off;\n"
@@ -86,7 +96,8 @@ serve_usage (FILE *fp)
 "  -v, --verbose               more messages (repeat for debugging)\n"
 "  -h, --help                  print this help\n"
 "  -V, --version               print the version\n",
-           DEFAULT_HANDSHAKE_TIMEOUT);
+           DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+           DEFAULT_MAX_HANDSHAKES_PER_SOURCE);
 }
 
 static void __attribute__ ((noreturn))
@@ -128,7 +139,10 @@ parse_size (const char *opt, const char *s)
 enum {
   OPT_THREADS = 256,
   OPT_HANDSHAKE_TIMEOUT,
+  OPT_MAX_HANDSHAKES,
+  OPT_MAX_HANDSHAKES_PER_SOURCE,
   OPT_L2_CACHE_SIZE,
+  OPT_MAX_INFLIGHT_BYTES,
   OPT_PID_FILE,
   OPT_DISCARD,
   OPT_TLS,
@@ -156,7 +170,11 @@ static const struct option long_opts[] = {
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+  { "max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES },
+  { "max-handshakes-per-source", required_argument, NULL,
+    OPT_MAX_HANDSHAKES_PER_SOURCE },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
+  { "max-inflight-bytes", required_argument, NULL, OPT_MAX_INFLIGHT_BYTES },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "verbose", no_argument, NULL, 'v' },
   { "tls", required_argument, NULL, OPT_TLS },
@@ -242,11 +260,24 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       cfg->handshake_timeout = parse_unsigned ("--handshake-timeout",
                                                optarg, 0, 86400);
       break;
+    case OPT_MAX_HANDSHAKES:
+      cfg->max_handshakes = parse_unsigned ("--max-handshakes", optarg,
+                                            1, 1000000);
+      break;
+    case OPT_MAX_HANDSHAKES_PER_SOURCE:
+      cfg->max_handshakes_per_source =
+        parse_unsigned ("--max-handshakes-per-source", optarg, 1, 1000000);
+      break;
     case OPT_L2_CACHE_SIZE:
       cfg->l2_cache_size = parse_size ("--l2-cache-size", optarg);
       if (cfg->l2_cache_size != 0
           && cfg->l2_cache_size < QCOW2_MIN_L2_CACHE_SIZE)
         bad_usage ("--l2-cache-size is below the minimum of 64K", NULL);
+      break;
+    case OPT_MAX_INFLIGHT_BYTES:
+      cfg->max_inflight_bytes = parse_size ("--max-inflight-bytes", optarg);
+      if (cfg->max_inflight_bytes < 4096)
+        bad_usage ("--max-inflight-bytes is below the minimum of 4K", NULL);
       break;
     case OPT_PID_FILE:
       cfg->pid_file = optarg;

@@ -317,6 +317,10 @@ cmd_read (struct request *req)
       reply_error (req, ENOMEM, "out of memory");
       return;
     }
+    /* A fragmented read keeps a piece per extent: counted with its
+     * data, so many of them make the connection wait too. */
+    req_hold (req, npieces * sizeof *req->pieces
+              + req->nr_ext * sizeof *req->ext);
   }
 
   for (size_t i = 0; i < req->nr_ext; i++) {

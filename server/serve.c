@@ -58,6 +58,9 @@ serve_config_init (struct server_config *cfg)
   cfg->port = NBD_DEFAULT_PORT;
   cfg->threads = cpu_count ();
   cfg->handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
+  cfg->max_handshakes = DEFAULT_MAX_HANDSHAKES;
+  cfg->max_handshakes_per_source = DEFAULT_MAX_HANDSHAKES_PER_SOURCE;
+  cfg->max_inflight_bytes = SERVER_DEFAULT_MAX_INFLIGHT;
   cfg->persistent = true;
   cfg->alloc_depth = true;
   cfg->tls.mode = TLS_OFF;
@@ -242,16 +245,7 @@ build_export (const struct server_config *cfg, struct qcow2_image *img,
   if (!cfg->alloc_depth)
     exp->metas &= ~(UINT64_C (1) << META_ALLOCATION_DEPTH);
 
-  /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
-   * writes answered on all of them (qcow2_flush).  TRIM is advertised
-   * even with --discard=ignore, as qemu-nbd does. */
-  exp->eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF
-    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-  if (exp->read_only)
-    exp->eflags |= NBD_FLAG_READ_ONLY;
-  else
-    exp->eflags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
-      | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
+  exp->eflags = handshake_eflags (exp->read_only);
   exp->min_block = 1;
   exp->pref_block = 4096;
   exp->max_block = NBD_MAX_PAYLOAD;
@@ -400,6 +394,7 @@ serve_run (const struct server_config *cfg)
   sigaddset (&set, SIGPIPE);
   pthread_sigmask (SIG_BLOCK, &set, NULL);
 
+  server_max_inflight = cfg->max_inflight_bytes;
   server_tls_mode = cfg->tls.mode;
   if (cfg->tls.mode != TLS_OFF) {
     server_tls_ctx = tls_ctx_new (&cfg->tls);

@@ -2,12 +2,13 @@
 /* The NBD front end: its configuration, exports, connections and workers,
  * and the table of contents of server/, one group per source file.
  *
- * Flow: the listener (listener.c) accepts a socket, checks the connection
- * limit and runs the option haggling (handshake.c) in a short-lived
- * thread under the handshake timeout, with the socket blocking.  A
+ * Flow: the listener (listener.c) accepts a socket, applies the limits
+ * on connections and handshakes, and runs the option haggling
+ * (handshake.c, a state machine whose bytes negotiate.c moves) from its
+ * one event loop under the handshake timeout; no socket ever blocks.  A
  * connection that reaches the transmission phase is handed to a worker
- * (worker.c), switched to non-blocking, and served from the worker's
- * io_uring loop (request.c) until it ends.
+ * (worker.c) and served from the worker's io_uring loop (request.c)
+ * until it ends.
  *
  * Socket I/O goes through the connection's transport ops, so TLS (tls/)
  * can replace them without the protocol code knowing.  The one exception
@@ -23,6 +24,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "common/list.h"
 #include "qcow2/qcow2.h"
 #include "server/nbd-protocol.h"
 #include "tls/tls.h"
@@ -31,6 +33,8 @@ struct qcow2_image;
 struct qcow2_bitmap;
 struct worker;
 struct conn;
+struct tls_session;
+struct sockaddr_storage;
 
 /* Meta contexts a client may select (bit numbers of conn->meta): two
  * fixed ones, then one per exported bitmap. */
@@ -97,9 +101,12 @@ struct server_config {
   unsigned threads;             /* worker threads; default: CPU count */
   unsigned max_connections;     /* 0: unlimited */
   unsigned handshake_timeout;   /* seconds; 0: none */
+  unsigned max_handshakes;      /* negotiating or held, in all */
+  unsigned max_handshakes_per_source; /* ... from one address */
   bool persistent;              /* false: exit after the last client */
   bool sighup_stops;            /* SIGHUP stops like SIGTERM (else ignored) */
   uint64_t l2_cache_size;       /* bytes; 0: library default */
+  uint64_t max_inflight_bytes;  /* request data a connection may hold */
   const char *pid_file;
   bool keep_pid_file;           /* leave it at exit, as qemu-nbd does */
   int verbose;                  /* -v count */
@@ -131,6 +138,11 @@ struct server_config {
 
 /* Handshake time limit of serve (seconds). */
 #define DEFAULT_HANDSHAKE_TIMEOUT 30
+/* Connections negotiating (or held at --max-connections) at once, in all
+ * and from one source: a client needs milliseconds to negotiate, so
+ * these are reached only by clients that connect and stall. */
+#define DEFAULT_MAX_HANDSHAKES 1024
+#define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
 
 /* Open the image, build the export, listen, serve until stopped (a
  * signal, or the last client without persistent), then close everything
@@ -224,26 +236,164 @@ struct conn *conn_new (int fd, const char *peer);
 /* Close the transport and the socket and free the connection. */
 void conn_free (struct conn *conn);
 
-/* Blocking helpers for the handshake: read or write all bytes before the
- * deadline (CLOCK_MONOTONIC nanoseconds; 0 = none).  Return 0, or -1 with
- * errno set (ETIMEDOUT, ECONNRESET for EOF, ...). */
-int conn_read_full (struct conn *conn, void *buf, size_t len,
-                    uint64_t deadline);
-int conn_write_full (struct conn *conn, const void *buf, size_t len,
-                     uint64_t deadline);
-/* Read and throw away LEN bytes. */
-int conn_discard (struct conn *conn, uint64_t len, uint64_t deadline);
+/* Put the TLS session S (its handshake done) behind CONN's transport;
+ * conn_free closes it. */
+void conn_start_tls (struct conn *conn, struct tls_session *s);
 
+/* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns (void);
 
-/* ---- handshake.c: fixed newstyle negotiation -------------------------- */
+/* ---- handshake.c: fixed newstyle negotiation, as a state machine ----- */
 
-/* Run the handshake on a blocking connection.  Returns 1 when the client
- * entered the transmission phase (conn->exp and the negotiated flags
- * set), 0 when it ended the session cleanly (ABORT, LIST then hang up),
- * -1 on error or timeout (already logged). */
-int handshake_run (struct conn *conn, const struct export *exp,
-                   uint64_t deadline);
+/* The negotiation of one connection.  It never touches the socket: the
+ * caller moves its bytes (listener.c) and applies the time limit. */
+struct handshake;
+
+enum handshake_status {
+  HANDSHAKE_INPUT,      /* send the output, then feed input */
+  HANDSHAKE_STARTTLS,   /* send the output (the ACK), run the TLS
+                         * handshake, then handshake_tls_done() */
+  HANDSHAKE_DONE,       /* send the output, then the transmission phase
+                         * (conn->exp and the negotiated flags set) */
+  HANDSHAKE_END,        /* send the output if possible, then close: the
+                         * client ended the session cleanly */
+  HANDSHAKE_FAIL,       /* close now (already logged) */
+};
+
+/* The transmission flags of an export, read-only or not: what every
+ * connection is told (the handshake drops DF without structured
+ * replies). */
+uint16_t handshake_eflags (bool read_only);
+
+/* Start negotiating on CONN for EXP, with the greeting queued as
+ * output.  TLS_MODE is TLS_OFF unless the server can do TLS.  NULL when
+ * out of memory. */
+struct handshake *handshake_new (struct conn *conn, const struct export *exp,
+                                 enum tls_mode tls_mode);
+void handshake_free (struct handshake *hs);
+enum handshake_status handshake_status (const struct handshake *hs);
+
+/* Where the next input goes, and (*LEN) how many bytes at most: never
+ * more than the unit being read needs, so the bytes after the
+ * handshake stay in the socket.  *LEN is 0 while output is unsent or no
+ * input is wanted. */
+void *handshake_input_buf (struct handshake *hs, size_t *len);
+/* N bytes (N > 0) were put in the buffer handshake_input_buf gave. */
+void handshake_input (struct handshake *hs, size_t n);
+/* Reading failed with ERR (an errno; 0: the client hung up, ETIMEDOUT:
+ * the time ran out): logged as the stage calls for; the status becomes
+ * END or FAIL. */
+void handshake_input_error (struct handshake *hs, int err);
+
+/* The bytes waiting to be sent (*LEN may be 0, and then NULL). */
+const void *handshake_output (const struct handshake *hs, size_t *len);
+/* N of them were sent. */
+void handshake_output_sent (struct handshake *hs, size_t n);
+/* Sending failed with ERR: logged; the status becomes FAIL (or stays
+ * END). */
+void handshake_output_error (struct handshake *hs, int err);
+
+/* The TLS handshake after STARTTLS succeeded (conn_start_tls done):
+ * everything negotiated in clear text is forgotten. */
+void handshake_tls_done (struct handshake *hs);
+
+/* ---- negotiate.c: one handshake's bytes, moved without blocking ------ */
+
+struct negotiation;
+
+/* What a negotiation waits for after negotiate_run. */
+enum negotiate_next {
+  NEGOTIATE_WAIT_READ,          /* the socket to be readable */
+  NEGOTIATE_WAIT_WRITE,         /* ... writable */
+  NEGOTIATE_AGAIN,              /* nothing: it yielded, run it again soon */
+  NEGOTIATE_TRANSMISSION,       /* hand the connection to a worker */
+  NEGOTIATE_CLOSE,              /* close the connection (logged) */
+};
+
+/* Start negotiating on CONN (non-blocking socket) for EXP: the greeting
+ * is queued.  NULL when out of memory. */
+struct negotiation *negotiate_new (struct conn *conn,
+                                   const struct export *exp);
+/* Free the negotiation, not the connection. */
+void negotiate_free (struct negotiation *n);
+/* Move bytes, and step the TLS handshake, until the socket would block.
+ * *ACTIVE is set when any byte moved. */
+enum negotiate_next negotiate_run (struct negotiation *n, bool *active);
+/* After NEGOTIATE_CLOSE: did the client end the session itself (ABORT,
+ * or hung up between options)? */
+bool negotiate_ended_cleanly (const struct negotiation *n);
+/* The time limit ran out: log what it ran out in. */
+void negotiate_timed_out (struct negotiation *n);
+
+/* ---- sources.c: where connections come from (listener thread only) --- */
+
+/* A source's key: the address family, then the IPv4 address, the IPv6
+ * /64 or the Unix peer's uid. */
+#define SOURCE_KEY_SIZE 17
+/* Longest source_name. */
+#define SOURCE_NAME_MAX 64
+
+struct source {
+  struct source *next;          /* hash chain */
+  uint8_t key[SOURCE_KEY_SIZE];
+  unsigned count;               /* its connections, kept by the caller */
+  struct link lru;              /* ... least recently active first */
+};
+
+/* A table sized for about EXPECTED sources.  Returns 0 or -1 (logged). */
+int sources_init (unsigned expected);
+void sources_free (void);
+/* The key of the peer of socket FD, whose address is SS. */
+void source_key (int fd, const struct sockaddr_storage *ss, uint8_t *key);
+/* The source with KEY, or NULL. */
+struct source *source_find (const uint8_t *key);
+/* The source with KEY, made (count 0) if new; NULL when out of memory. */
+struct source *source_get (const uint8_t *key);
+/* Drop one from its count, and the source when none is left. */
+void source_put (struct source *src);
+/* The source as a log shows it ("192.0.2.1", "2001:db8::/64"). */
+void source_name (const struct source *src, char *buf, size_t len);
+
+/* ---- parse.c: transmission requests, parsed and checked -------------- */
+
+/* A request header off the wire.  The length is 64 bits for extended
+ * headers (issue 16); compact headers fill 32 of them. */
+struct nbd_request {
+  uint16_t flags, type;
+  uint64_t cookie, offset;
+  uint64_t length;
+};
+
+enum parse_result {
+  PARSE_NEED_MORE,              /* less than a header */
+  PARSE_BAD_MAGIC,              /* not a request: drop the connection */
+  PARSE_OK,
+};
+
+/* Bytes of a request header on CONN. */
+size_t parse_header_size (const struct conn *conn);
+/* Parse the header at P (AVAIL bytes there) into *R. */
+enum parse_result parse_request (const struct conn *conn, const uint8_t *p,
+                                 size_t avail, struct nbd_request *r);
+/* Bytes of payload that follow R's header on the wire. */
+uint64_t parse_payload_len (const struct conn *conn,
+                            const struct nbd_request *r);
+/* Bytes of data R holds in the server while in flight (its READ data,
+ * WRITE payload, BLOCK_STATUS extents): what backpressure counts. */
+uint64_t parse_cost (const struct nbd_request *r);
+/* May R run?  0, or the errno to answer it with and (in MSG, LEN bytes)
+ * why: bad flags, out of range, too long, no context for BLOCK_STATUS,
+ * a change to a read-only export, an unknown command.  A request that
+ * passes is safe for its command handler. */
+int parse_check (const struct conn *conn, const struct nbd_request *r,
+                 char *msg, size_t len);
+/* The command's name for messages ("WRITE_ZEROES"). */
+const char *cmd_name (uint16_t type);
+
+/* Bytes of request data one connection may hold (--max-inflight-bytes;
+ * request.c).  Set before the workers start. */
+#define SERVER_DEFAULT_MAX_INFLIGHT (32u * 1024 * 1024)
+extern uint64_t server_max_inflight;
 
 /* ---- sockets.c: listening sockets ------------------------------------- */
 
@@ -254,8 +404,9 @@ int sockets_listen (const struct server_config *cfg, int **fds);
 
 /* ---- listener.c: accepting connections -------------------------------- */
 
-/* Accept on FDS until server_stop() is called, running each handshake in
- * its own thread and handing finished ones to the workers. */
+/* Accept on FDS until server_stop() is called, negotiating with every
+ * client from one event loop (within the limits of CFG) and handing
+ * those that reach the transmission phase to the workers. */
 void listener_run (const struct server_config *cfg, const struct export *exp,
                    const int *fds, int nfds);
 /* Async-signal-safe: ask the listener to stop accepting. */

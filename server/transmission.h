@@ -59,6 +59,7 @@ struct uring_op {
 struct bufpool {
   void **free[BUFPOOL_CLASSES];
   unsigned nfree[BUFPOOL_CLASSES];
+  size_t bytes;                 /* in the free lists */
 };
 
 struct request;
@@ -223,7 +224,7 @@ struct request {
   uint16_t flags, type;
   uint64_t cookie, offset;
   uint32_t length;
-  uint64_t bytes;               /* counted against MAX_INFLIGHT_BYTES */
+  uint64_t bytes;               /* counted against server_max_inflight */
   bool queued;                  /* its reply is in the send queue */
 
   int err;                      /* errno to report, 0 = success */
@@ -308,6 +309,7 @@ struct conn_state {
   struct request *payload_req;  /* WRITE whose payload is coming in */
   uint32_t payload_got;         /* bytes of it in req->buf so far */
   bool paused;                  /* over the in-flight bounds */
+  uint64_t paused_cost;         /* ... by the next request, which holds */
   bool stop_read;               /* DISC, EOF, shutdown: read no more */
   bool dead;                    /* socket unusable: drop replies */
   const char *close_reason;
@@ -386,6 +388,8 @@ void worker_reserve_sqes (struct worker *w, unsigned n);
 void *bufpool_get (struct worker *w, size_t size, unsigned *cls);
 void bufpool_put (struct worker *w, void *buf, unsigned cls);
 
+/* W's last connection has closed: give back cached memory. */
+void worker_idle (struct worker *w);
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);
 /* Kick one worker other than W (round robin), if there is one. */
@@ -410,12 +414,13 @@ void request_kill_all (struct worker *w);
 /* Free per-worker caches at thread exit. */
 void request_worker_cleanup (struct worker *w);
 
-/* The command's name for messages ("WRITE_ZEROES"). */
-const char *cmd_name (uint16_t type);
 /* Record the request's error (errno ERR and a message) unless it has one
  * already: the first error is the one reported. */
 void set_error (struct request *req, int err, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
+/* The request holds BYTES more until it is freed (counted by
+ * backpressure: memory it needed beyond its parse_cost). */
+void req_hold (struct request *req, uint64_t bytes);
 /* The request is finished: sent, or dropped with its connection. */
 void req_free (struct request *req);
 /* Queue the connection for request_service. */

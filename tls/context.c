@@ -6,7 +6,7 @@
  * settings that make the GnuTLS clients everyone uses (qemu, libnbd,
  * nbd-client) accept us: TLS 1.2 and 1.3 only, suites in an order those
  * clients can live with.  Everything here is read-only after
- * tls_ctx_new(), so handshake threads and workers share it without
+ * tls_ctx_new(), so the listener and the workers share it without
  * locks. */
 
 #include <config.h>
@@ -358,7 +358,7 @@ static unsigned int
 psk_server_cb (SSL *ssl, const char *identity, unsigned char *psk,
                unsigned int max_psk_len)
 {
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   const struct psk_entry *e;
   char id[4 * 64];
 
@@ -382,7 +382,7 @@ psk_find_session_cb (SSL *ssl, const unsigned char *identity,
                      size_t identity_len, SSL_SESSION **sessp)
 {
   static const unsigned char aes128gcmsha256[] = { 0x13, 0x01 };
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   const struct psk_entry *e;
   const SSL_CIPHER *cipher;
   SSL_SESSION *sess;
@@ -421,7 +421,7 @@ verify_cb (int ok, X509_STORE_CTX *store)
 {
   SSL *ssl = X509_STORE_CTX_get_ex_data (store,
                                          SSL_get_ex_data_X509_STORE_CTX_idx ());
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   X509 *cert = X509_STORE_CTX_get_current_cert (store);
   int depth = X509_STORE_CTX_get_error_depth (store);
   CLEANUP_FREE char *dn = NULL;

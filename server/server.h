@@ -156,6 +156,8 @@ void serve_config_init (struct server_config *cfg);
  * constant afterwards: the mode, and the context (NULL when off). */
 extern enum tls_mode server_tls_mode;
 extern struct tls_ctx *server_tls_ctx;
+/* Failed negotiations logged in qemu-nbd's words (its mode). */
+extern bool negotiate_qemu_words;
 
 /* The one export.  Constant once serving starts. */
 struct export {

@@ -252,7 +252,6 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
   }
   /* An empty allow-list is legal: it admits nobody. */
   ctx->authz_on = true;
-  ctx->authz_what = "the authz file";
   while ((n = getline (&line, &cap, fp)) != -1) {
     char *s = line;
     struct tls_authz_rule rule = { .allow = true };
@@ -438,8 +437,12 @@ verify_cb (int ok, X509_STORE_CTX *store)
   }
   if (depth == 0 && t->ctx->authz_on) {
     if (dn == NULL || !authz_allows (t->ctx, dn)) {
-      tls_set_reason (t, "client certificate \"%s\" is not in %s",
-                      dn ? dn : "?", t->ctx->authz_what);
+      if (t->ctx->authz_qemu_words)
+        tls_set_reason (t, "TLS x509 authz check for %s is denied",
+                        dn ? dn : "?");
+      else
+        tls_set_reason (t, "client certificate \"%s\" is not in the "
+                        "authz file", dn ? dn : "?");
       X509_STORE_CTX_set_error (store, X509_V_ERR_APPLICATION_VERIFICATION);
       return 0;
     }
@@ -582,7 +585,7 @@ tls_ctx_new (const struct tls_config *cfg)
     goto err;
   if (cfg->authz_rules) {
     ctx->authz_on = true;
-    ctx->authz_what = "the authz rules";
+    ctx->authz_qemu_words = true;
     ctx->authz_default_allow = cfg->authz_default_allow;
     ctx->authz_cert_order = cfg->authz_cert_order;
     for (size_t i = 0; i < cfg->nr_authz_rules; i++)

@@ -60,7 +60,6 @@ struct l2_cache {
   _Atomic uint64_t tick;
   int32_t *buckets;             /* -1: empty */
   uint32_t nr_dirty;            /* slots with 'dirty' set */
-  struct write_state *ws;       /* write.c: has its own lock */
   struct l2_slot slots[];
 };
 
@@ -94,13 +93,6 @@ l2_cache_create (struct qcow2_layer *layer, uint64_t cache_size)
     return -err;
   }
   memset (c->buckets, 0xff, nr_buckets * sizeof c->buckets[0]);
-  c->ws = write_state_new ();
-  if (c->ws == NULL) {
-    int err = errno;
-    free (c->buckets);
-    free (c);
-    return -err;
-  }
   c->slice_size = slice_size;
   c->slice_entries = slice_size / layer->l2_entry_size;
   c->nr_slots = nr;
@@ -120,7 +112,6 @@ l2_cache_destroy (struct qcow2_layer *layer)
     return;
   for (uint32_t i = 0; i < c->nr_used; i++)
     free (c->slots[i].data);
-  write_state_free (c->ws);
   free (c->buckets);
   free (c);
   layer->l2_cache = NULL;
@@ -374,10 +365,4 @@ l2_cache_forget_table_locked (struct qcow2_layer *layer, uint64_t host)
       c->nr_dirty--;
     }
   }
-}
-
-struct write_state *
-l2_cache_write_state (struct qcow2_layer *layer)
-{
-  return layer->l2_cache->ws;
 }

@@ -16,7 +16,7 @@
  * exclusive.  A thread never holds the locks of two layers at once:
  * map() drops a layer's lock before descending into its backing file.
  * Lock order: layer->lock, then either header.c's incompat_lock or
- * write.c's write_state.lock (both leaf locks).  Every field below says
+ * inflight.c's inflight_state.lock (both leaf locks).  Every field below says
  * what guards it; "const" means set during qcow2_open (one thread) and
  * never changed afterwards. */
 #ifndef QCOW2_INTERNAL_H
@@ -36,8 +36,8 @@ enum layer_format { LAYER_QCOW2, LAYER_RAW };
 struct l2_cache;              /* cache.c */
 struct refcount_cache;        /* refcount.c */
 struct release_list;          /* release.c */
-struct write_state;           /* write.c */
-struct inflight;              /* write.c */
+struct inflight_state;        /* inflight.c */
+struct inflight;              /* inflight.c */
 struct bitmap_dir;            /* bitmap.c */
 
 /* One open file of the chain. */
@@ -109,6 +109,9 @@ struct qcow2_layer {
 
   pthread_rwlock_t lock;
   struct l2_cache *l2_cache;   /* const pointer; its contents: lock */
+  /* const pointer (qcow2 layers; only the top one's is used); its
+   * contents: its own lock, see inflight.c */
+  struct inflight_state *inflight;
 
   /* alloc.c, refcount.c, l1.c, header.c: the allocator of a writable
    * top layer (all NULL/0 in read-only layers).  Guarded by 'lock',
@@ -167,7 +170,7 @@ struct qcow2_image {
   /* qcow2_open_opts.error, or NULL; only used inside qcow2_open. */
   struct qcow2_open_error *open_error;
 
-  /* const: qcow2_open_opts.wakeup, called by write.c when an in-flight
+  /* const: qcow2_open_opts.wakeup, called by inflight.c when an in-flight
    * record someone got QCOW2_BLOCKED on ends. */
   void (*wakeup) (void *opaque);
   void *wakeup_opaque;
@@ -327,10 +330,6 @@ int l2_cache_get_dirty_locked (struct qcow2_layer *layer, uint64_t l1_index,
  * table is about to be written there. */
 void l2_cache_forget_table_locked (struct qcow2_layer *layer, uint64_t host);
 
-/* The per-layer write state (write.c), kept with the cache so it lives
- * exactly as long as the layer's cache. */
-struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
-
 /* ---- map.c: qcow2_map (qcow2.h) -------------------------------------- */
 
 /* qcow2_map on disk offsets (no window), for the library's own use. */
@@ -415,10 +414,12 @@ int header_mark_dirty_locked (struct qcow2_layer *layer);
 int header_open_writable (struct qcow2_layer *layer);
 int header_close_writable (struct qcow2_layer *layer);
 
-/* ---- write.c: the write path, in-flight records, L2 table preparation */
+/* ---- inflight.c: in-flight records ---------------------------------- */
 
-struct write_state *write_state_new (void);
-void write_state_free (struct write_state *ws);
+/* Set up / tear down LAYER's in-flight records (open.c, next to the L2
+ * cache; destroy is a no-op when there are none). */
+int inflight_init (struct qcow2_layer *layer);
+void inflight_destroy (struct qcow2_layer *layer);
 
 /* Register the guest clusters of [offset, offset+length) of the top
  * layer, or return QCOW2_BLOCKED (sleep instead with QCOW2_WAIT) while
@@ -427,6 +428,8 @@ void write_state_free (struct write_state *ws);
 int inflight_enter (struct qcow2_image *img, uint64_t offset,
                     uint64_t length, unsigned flags, struct inflight **rec);
 void inflight_leave (struct qcow2_image *img, struct inflight *rec);
+
+/* ---- write.c: the write path, L2 table preparation ------------------ */
 
 /* Make the L2 table of L1 entry L1_INDEX exist and be ours alone (COPIED):
  * grow the L1 table, allocate a zeroed table, or copy a table shared

@@ -708,6 +708,10 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
   if (r < 0)
     return fail (img, r, "%s: cannot create the L2 cache: %s", name,
                  strerror (-r));
+  r = inflight_init (l);
+  if (r < 0)
+    return fail (img, r, "%s: cannot create the in-flight records: %s",
+                 name, strerror (-r));
   return 0;
 }
 
@@ -914,6 +918,7 @@ qcow2_close (struct qcow2_image *img)
     bitmap_free (l);
     if (l->format == LAYER_QCOW2 && l->l2_cache)
       l2_cache_destroy (l);
+    inflight_destroy (l);
     pthread_rwlock_destroy (&l->lock);
     free (l->backing_name);
     free (l->backing_format);

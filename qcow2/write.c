@@ -1,8 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* The write path: qcow2_write_begin/qcow2_write_end, the in-flight
- * allocation records that order overlapping writes, zeroings and
- * discards, L2 table preparation (new or copied from a snapshot), and the
- * synchronous segment writer used by qcow2_pwrite and qcow2_zero.
+/* The write path: qcow2_write_begin/qcow2_write_end, L2 table
+ * preparation (new or copied from a snapshot), and the synchronous
+ * segment writer used by qcow2_pwrite and qcow2_zero.
  *
  * A write runs in three steps.  Begin, under the top layer's lock held
  * exclusively: look at the L2 entry of every cluster of the range; a
@@ -18,21 +17,14 @@
  * entries held, or undoes the allocations if the data write failed.
  *
  * Between begin and end the guest clusters of the range are covered by an
- * in-flight record.  Every write, zeroing and discard registers one, and
- * anything overlapping waits (QCOW2_WAIT) or returns QCOW2_BLOCKED: two
- * writes into one unallocated cluster must not both allocate it, and a
- * discard must not free a cluster a write is about to link.  Records are
- * whole clusters of the top layer and kept in a short list: the number in
- * flight is bounded by the callers' queue depths.
+ * in-flight record (inflight.c), so that nothing overlapping allocates,
+ * frees or links the same clusters meanwhile.
  *
  * Extended L2: COW stops at subcluster boundaries, and a new cluster for
  * a range that was unallocated keeps its other subclusters unallocated or
  * zero, so it needs no COW at all when the write is subcluster aligned.
  *
- * Lock order: layer->lock, then write_state.lock (the record list is
- * only ever taken alone in practice: records are entered before the
- * layer lock is taken).  See qcow2/ORDERING.md for what reaches the disk
- * before what. */
+ * See qcow2/ORDERING.md for what reaches the disk before what. */
 
 #include <config.h>
 
@@ -46,117 +38,6 @@
 #include "common/cleanup.h"
 #include "common/rounding.h"
 #include "qcow2/internal.h"
-
-/* ---- In-flight records ------------------------------------------------ */
-
-struct inflight {
-  uint64_t first, last;         /* guest clusters of the top layer */
-  struct inflight *next;        /* write_state.lock */
-};
-
-struct write_state {
-  pthread_mutex_t lock;
-  pthread_cond_t cond;          /* signalled when a record goes */
-  struct inflight *head;        /* lock */
-  bool blocked;                 /* lock: a caller got QCOW2_BLOCKED */
-};
-
-struct write_state *
-write_state_new (void)
-{
-  struct write_state *ws = calloc (1, sizeof *ws);
-
-  if (ws == NULL)
-    return NULL;
-  if (pthread_mutex_init (&ws->lock, NULL) != 0) {
-    free (ws);
-    errno = ENOMEM;
-    return NULL;
-  }
-  if (pthread_cond_init (&ws->cond, NULL) != 0) {
-    pthread_mutex_destroy (&ws->lock);
-    free (ws);
-    errno = ENOMEM;
-    return NULL;
-  }
-  return ws;
-}
-
-void
-write_state_free (struct write_state *ws)
-{
-  if (ws == NULL)
-    return;
-  pthread_cond_destroy (&ws->cond);
-  pthread_mutex_destroy (&ws->lock);
-  free (ws);
-}
-
-int
-inflight_enter (struct qcow2_image *img, uint64_t offset, uint64_t length,
-                unsigned flags, struct inflight **recp)
-{
-  struct qcow2_layer *top = img->layers[0];
-  struct write_state *ws = l2_cache_write_state (top);
-  struct inflight *rec;
-  bool clash;
-
-  *recp = NULL;
-  rec = malloc (sizeof *rec);
-  if (rec == NULL)
-    return -errno;
-  rec->first = offset >> top->cluster_bits;
-  rec->last = (offset + (length ? length - 1 : 0)) >> top->cluster_bits;
-
-  pthread_mutex_lock (&ws->lock);
-  for (;;) {
-    clash = false;
-    for (struct inflight *p = ws->head; p; p = p->next)
-      if (p->first <= rec->last && rec->first <= p->last) {
-        clash = true;
-        break;
-      }
-    if (!clash)
-      break;
-    if (!(flags & QCOW2_WAIT)) {
-      ws->blocked = true;
-      pthread_mutex_unlock (&ws->lock);
-      free (rec);
-      return QCOW2_BLOCKED;
-    }
-    pthread_cond_wait (&ws->cond, &ws->lock);
-  }
-  rec->next = ws->head;
-  ws->head = rec;
-  pthread_mutex_unlock (&ws->lock);
-  *recp = rec;
-  return 0;
-}
-
-void
-inflight_leave (struct qcow2_image *img, struct inflight *rec)
-{
-  struct write_state *ws;
-  bool wake;
-
-  if (rec == NULL)
-    return;
-  ws = l2_cache_write_state (img->layers[0]);
-  pthread_mutex_lock (&ws->lock);
-  for (struct inflight **p = &ws->head; *p; p = &(*p)->next)
-    if (*p == rec) {
-      *p = rec->next;
-      break;
-    }
-  wake = ws->blocked;
-  ws->blocked = false;
-  pthread_cond_broadcast (&ws->cond);
-  pthread_mutex_unlock (&ws->lock);
-  free (rec);
-  /* Outside every lock: the callback may retry at once. */
-  if (wake && img->wakeup)
-    img->wakeup (img->wakeup_opaque);
-}
 
 /* ---- Metadata helpers -------------------------------------------------- */
 

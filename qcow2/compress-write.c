@@ -173,10 +173,10 @@ plan_clusters_locked (struct qcow2_layer *layer, struct qcow2_write *w,
 
     if (cp[i].stream == NULL)
       continue;
-    r = read_l2_entry_locked (layer, first + i, &l2e, &bitmap, &has_table,
+    r = l2_read_entry_locked (layer, first + i, &l2e, &bitmap, &has_table,
                               &exclusive);
     if (r == 0)
-      r = write_check_entry_locked (layer, first + i, l2e, bitmap);
+      r = l2_check_entry_locked (layer, first + i, l2e, bitmap);
     if (r < 0)
       return r;
     /* "Compression can't overwrite anything" (QEMU). */
@@ -195,7 +195,7 @@ plan_clusters_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     }
     r = l2_table_prepare_locked (layer, c / layer->l2_entries);
     if (r == 0)
-      r = read_l2_entry_locked (layer, c, &l2e, &bitmap, &has_table,
+      r = l2_read_entry_locked (layer, c, &l2e, &bitmap, &has_table,
                                 &exclusive);
     if (r == 0)
       r = alloc_bytes_locked (layer, cp[i].len, &host);

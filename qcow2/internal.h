@@ -429,7 +429,7 @@ int inflight_enter (struct qcow2_image *img, uint64_t offset,
                     uint64_t length, unsigned flags, struct inflight **rec);
 void inflight_leave (struct qcow2_image *img, struct inflight *rec);
 
-/* ---- write.c: the write path, L2 table preparation ------------------ */
+/* ---- l2.c: the L2 entries of a writable layer ------------------------ */
 
 /* Make the L2 table of L1 entry L1_INDEX exist and be ours alone (COPIED):
  * grow the L1 table, allocate a zeroed table, or copy a table shared
@@ -439,14 +439,14 @@ int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
 /* Release the host clusters behind L2 entry L2E (normal, preallocated
  * zero or compressed; deferred decrements), giving their space back to
  * the host when GIVE_BACK (release_clusters_locked). */
-int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
+int l2_release_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
                              bool give_back);
 
 /* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER, not
  * checked; *HAS_TABLE false when its L1 entry names no table (the entry
  * reads 0).  The lock is held shared or exclusive as *EXCLUSIVE says,
  * and may be upgraded (see l2_cache_get_locked). */
-int read_l2_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+int l2_read_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
                           uint64_t *l2e, uint64_t *bitmap, bool *has_table,
                           bool *exclusive);
 
@@ -454,8 +454,18 @@ int read_l2_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
  * discarding it: reserved bits, alignment, subcluster bitmap, and a host
  * cluster inside the image (not the header, not past host_end).  0, or
  * -EIO through qcow2_corrupt. */
-int write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
-                              uint64_t l2e, uint64_t bitmap);
+int l2_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                           uint64_t l2e, uint64_t bitmap);
+
+/* Store L2E/BITMAP as the entry of CLUSTER, whose table must be prepared
+ * (COPIED), after checking that the entry still is EXPECT_L2E /
+ * EXPECT_BITMAP (the in-flight record kept everyone else off it: a
+ * change is corruption, -EIO through qcow2_corrupt). */
+int l2_store_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
+                           uint64_t expect_l2e, uint64_t expect_bitmap,
+                           uint64_t l2e, uint64_t bitmap);
+
+/* ---- write.c: the write path (qcow2.h) ----------------------------- */
 
 /* The checks every guest write, zeroing and discard makes first (disk
  * offsets): -EROFS, -EIO (image marked corrupt), -EINVAL (range past the

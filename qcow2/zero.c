@@ -84,14 +84,14 @@ get_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
   bool has_table, exclusive = true;
   int r;
 
-  r = read_l2_entry_locked (layer, cluster, l2e, bitmap, &has_table,
+  r = l2_read_entry_locked (layer, cluster, l2e, bitmap, &has_table,
                             &exclusive);
   if (r < 0)
     return r;
   /* The same checks as a write: zeroing or discarding an entry that
    * points at the header or past the image would release a cluster that
    * is not the guest's. */
-  return write_check_entry_locked (layer, cluster, *l2e, *bitmap);
+  return l2_check_entry_locked (layer, cluster, *l2e, *bitmap);
 }
 
 /* Replace the entry of CLUSTER by L2E/BITMAP (no-op when equal),
@@ -124,7 +124,7 @@ set_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
     store_be64 (ent + 8, bitmap);
   if (release)
     /* The guest gave the data up: its host space may go too. */
-    return release_l2_entry_locked (layer, old_l2e,
+    return l2_release_entry_locked (layer, old_l2e,
                                     layer->img->punch_discarded);
   return 0;
 }

@@ -362,12 +362,17 @@ int write_compressed_held (struct qcow2_image *img, uint64_t offset,
 void compress_release_locked (struct qcow2_layer *layer, uint64_t host,
                               uint32_t len);
 
-/* ---- sync.c: qcow2_pread and qcow2_pwrite (qcow2.h) ------------------ */
+/* ---- sync.c: qcow2_pread, qcow2_pwrite (qcow2.h), segment writing --- */
 
 /* qcow2_pread on disk offsets (no window), for the library's own use:
  * the guest view through the whole chain. */
 int sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
                     uint64_t offset);
+
+/* Perform SEGS synchronously through the io ops; GUEST segments come from
+ * DATA (for qcow2_pwrite and zero.c). */
+int sync_write_segs (struct qcow2_image *img, const struct qcow2_seg *segs,
+                     size_t nsegs, const void *data);
 
 /* ---- alloc.c: the cluster allocator ---------------------------------- */
 
@@ -521,11 +526,6 @@ void write_undo_locked (struct qcow2_layer *layer, struct qcow2_write *w);
  * still the caller's to free). */
 int write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
                        size_t *nsegs);
-
-/* Perform SEGS synchronously through the io ops; GUEST segments come from
- * DATA (for sync.c and zero.c). */
-int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
-                     size_t nsegs, const void *data);
 
 /* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
 

@@ -2,8 +2,9 @@
 /* The synchronous convenience layer: qcow2_pread on top of qcow2_map, the
  * io ops and qcow2_decompress, and qcow2_pwrite on top of
  * qcow2_write_begin/end, for the nbdkit plugin, the tests and the
- * fuzzers.  The server does the same work asynchronously through its own
- * ring; keep the two in step. */
+ * fuzzers; and the synchronous segment writer under qcow2_pwrite, which
+ * qcow2_zero uses too.  The server does the same work asynchronously
+ * through its own ring; keep the two in step. */
 
 #include <config.h>
 
@@ -12,7 +13,51 @@
 #include <string.h>
 
 #include "common/checked-overflow.h"
+#include "common/rounding.h"
 #include "qcow2/internal.h"
+
+static const uint8_t zero_buf[65536];
+
+int
+sync_write_segs (struct qcow2_image *img, const struct qcow2_seg *segs,
+                 size_t nsegs, const void *data)
+{
+  for (size_t i = 0; i < nsegs; i++) {
+    const struct qcow2_seg *s = &segs[i];
+    int fd = img->files[s->file].fd;
+    int r = -ENOTSUP;
+
+    switch (s->source) {
+    case QCOW2_SEG_GUEST:
+      r = img->io->pwrite (img->io_opaque, fd,
+                           (const uint8_t *) data + s->src_offset,
+                           s->length, s->host_offset);
+      break;
+    case QCOW2_SEG_BUFFER:
+      r = img->io->pwrite (img->io_opaque, fd, s->buf, s->length,
+                           s->host_offset);
+      break;
+    case QCOW2_SEG_ZERO:
+      if (img->io->zero_range)
+        r = img->io->zero_range (img->io_opaque, fd, s->host_offset,
+                                 s->length);
+      if (r == -ENOTSUP || r == -EOPNOTSUPP) {
+        r = 0;
+        for (uint64_t done = 0; done < s->length && r == 0;) {
+          size_t n = MIN (s->length - done, sizeof zero_buf);
+
+          r = img->io->pwrite (img->io_opaque, fd, zero_buf, n,
+                               s->host_offset + done);
+          done += n;
+        }
+      }
+      break;
+    }
+    if (r < 0)
+      return r;
+  }
+  return 0;
+}
 
 /* Extents asked of qcow2_map per round. */
 #define SYNC_EXTENTS 64
@@ -153,7 +198,7 @@ pwrite_pieces (struct qcow2_image *img, const uint8_t *p, size_t len,
       return r;
     if (r == QCOW2_BLOCKED)
       return -EIO;      /* QCOW2_WAIT never blocks; never trust that */
-    r = write_segs_sync (img, segs, nsegs, p);
+    r = sync_write_segs (img, segs, nsegs, p);
     e = qcow2_write_end (w, r);
     if (r == 0)
       r = e;

@@ -1,6 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The write path: qcow2_write_begin/qcow2_write_end, and the synchronous
- * segment writer used by qcow2_pwrite and qcow2_zero.
+/* The write path: qcow2_write_begin/qcow2_write_end.
  *
  * A write runs in three steps.  Begin, under the top layer's lock held
  * exclusively: look at the L2 entry of every cluster of the range; a
@@ -799,49 +798,4 @@ qcow2_write_end (struct qcow2_write *w, int result)
   if (backlog)
     flush_backlog (img);
   return result < 0 ? 0 : r;
-}
-
-/* ---- Synchronous segment writing -------------------------------------- */
-
-static const uint8_t zero_buf[65536];
-
-int
-write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
-                 size_t nsegs, const void *data)
-{
-  for (size_t i = 0; i < nsegs; i++) {
-    const struct qcow2_seg *s = &segs[i];
-    int fd = img->files[s->file].fd;
-    int r = -ENOTSUP;
-
-    switch (s->source) {
-    case QCOW2_SEG_GUEST:
-      r = img->io->pwrite (img->io_opaque, fd,
-                           (const uint8_t *) data + s->src_offset,
-                           s->length, s->host_offset);
-      break;
-    case QCOW2_SEG_BUFFER:
-      r = img->io->pwrite (img->io_opaque, fd, s->buf, s->length,
-                           s->host_offset);
-      break;
-    case QCOW2_SEG_ZERO:
-      if (img->io->zero_range)
-        r = img->io->zero_range (img->io_opaque, fd, s->host_offset,
-                                 s->length);
-      if (r == -ENOTSUP || r == -EOPNOTSUPP) {
-        r = 0;
-        for (uint64_t done = 0; done < s->length && r == 0;) {
-          size_t n = MIN (s->length - done, sizeof zero_buf);
-
-          r = img->io->pwrite (img->io_opaque, fd, zero_buf, n,
-                               s->host_offset + done);
-          done += n;
-        }
-      }
-      break;
-    }
-    if (r < 0)
-      return r;
-  }
-  return 0;
 }

@@ -309,7 +309,7 @@ zero_pieces (struct qcow2_image *img, const struct zplan *zp)
         r = write_begin_held (img, off, n, true, &w, &segs, &nsegs);
         if (r < 0)
           return r;
-        r = write_segs_sync (img, segs, nsegs, NULL);
+        r = sync_write_segs (img, segs, nsegs, NULL);
         {
           int e = qcow2_write_end (w, r);
 
@@ -370,7 +370,7 @@ zero_compressed_piece (struct qcow2_image *img, uint64_t offset,
                              &nsegs);
   if (r < 0)
     return r;
-  r = write_segs_sync (img, segs, nsegs, NULL);
+  r = sync_write_segs (img, segs, nsegs, NULL);
   e = qcow2_write_end (w, r);
   return r < 0 ? r : e;
 }

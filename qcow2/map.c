@@ -145,10 +145,12 @@ map_raw (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
  * IN_CLUSTER bytes in and at most *LEN long.  Shortens *LEN to the part
  * of one kind (a run of like subclusters with extended L2).  Called with
  * the layer's lock held. */
-enum piece_kind { PIECE_DATA, PIECE_ZERO, PIECE_COMPRESSED, PIECE_BACKING };
+enum map_piece_kind {
+  PIECE_DATA, PIECE_ZERO, PIECE_COMPRESSED, PIECE_BACKING
+};
 
-struct piece {
-  enum piece_kind kind;
+struct map_piece {
+  enum map_piece_kind kind;
   uint64_t host;                /* DATA: host offset of the piece;
                                  * COMPRESSED: of the stream */
   uint32_t compressed_length;   /* COMPRESSED */
@@ -157,7 +159,7 @@ struct piece {
 static int
 classify_locked (struct qcow2_layer *layer, uint64_t cluster,
                  uint64_t l2e, uint64_t bitmap, uint64_t in_cluster,
-                 uint64_t *len, struct piece *p)
+                 uint64_t *len, struct map_piece *p)
 {
   uint64_t host;
   bool has_host;
@@ -290,7 +292,7 @@ map_qcow2 (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
         uint64_t bitmap = esize == 16 ? load_be64 (ent + 8) : 0;
         uint64_t in_cluster = offset & (csize - 1);
         uint64_t n = MIN (todo, csize - in_cluster);
-        struct piece p = { 0 };
+        struct map_piece p = { 0 };
         bool ok = true;
 
         r = classify_locked (layer, offset >> cbits, l2e, bitmap,

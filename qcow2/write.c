@@ -38,7 +38,7 @@
 /* ---- The write handle -------------------------------------------------- */
 
 /* One cluster whose L2 entry changes at write_end. */
-struct link {
+struct write_link {
   uint64_t cluster;             /* guest cluster index */
   uint64_t old_l2e, old_bitmap;
   uint64_t new_l2e, new_bitmap; /* host filled in once allocated */
@@ -54,7 +54,7 @@ struct link {
 };
 
 /* One host range of the write, before COW is resolved. */
-struct piece {
+struct write_piece {
   uint64_t host;
   uint64_t length;
   bool cow;                     /* fill from the guest's current contents */
@@ -69,9 +69,9 @@ struct qcow2_write {
   /* Not NULL: the guest part comes from this buffer (owned by the
    * handle, indexed from 'offset') instead of the caller's data. */
   const uint8_t *data;
-  struct link *links;
+  struct write_link *links;
   size_t nlinks, links_cap;
-  struct piece *pieces;
+  struct write_piece *pieces;
   size_t npieces, pieces_cap;
   struct qcow2_seg *segs;
   size_t nsegs, segs_cap;
@@ -143,7 +143,7 @@ add_piece (struct qcow2_write *w, uint64_t host, uint64_t length, bool cow,
                   sizeof *w->pieces);
   if (r < 0)
     return r;
-  w->pieces[w->npieces++] = (struct piece) {
+  w->pieces[w->npieces++] = (struct write_piece) {
     .host = host, .length = length, .cow = cow, .guest = guest,
   };
   return 0;
@@ -230,7 +230,7 @@ plan_cluster_locked (struct qcow2_layer *layer, struct qcow2_write *w,
   const uint64_t cs = layer->cluster_size;
   const uint64_t gbase = cluster << layer->cluster_bits;
   uint64_t l2e, bitmap, host;
-  struct link lk = { .cluster = cluster, .piece_first = w->npieces };
+  struct write_link lk = { .cluster = cluster, .piece_first = w->npieces };
   bool has_table, in_place, exclusive = true;
   int r;
 
@@ -425,7 +425,7 @@ undo_allocs_locked (struct qcow2_layer *layer, struct qcow2_write *w,
                     size_t from)
 {
   for (size_t i = from; i < w->nlinks; i++) {
-    const struct link *lk = &w->links[i];
+    const struct write_link *lk = &w->links[i];
 
     if (lk->compressed)
       compress_release_locked (layer, lk->chost, lk->clen);
@@ -451,7 +451,7 @@ write_add_compressed (struct qcow2_write *w, uint64_t cluster,
                   sizeof *w->links);
   if (r < 0)
     return r;
-  w->links[w->nlinks++] = (struct link) {
+  w->links[w->nlinks++] = (struct write_link) {
     .cluster = cluster, .old_l2e = old_l2e, .old_bitmap = old_bitmap,
     .new_l2e = desc, .new_bitmap = 0,
     .compressed = true, .chost = chost, .clen = clen,
@@ -559,7 +559,7 @@ write_plan_locked (struct qcow2_layer *layer, struct qcow2_write *w,
    * finds, handed out in guest order (only this call's links: those
    * of an earlier call already have theirs). */
   for (size_t i = first_link; i < w->nlinks; i++) {
-    struct link *lk = &w->links[i];
+    struct write_link *lk = &w->links[i];
 
     if (!lk->alloc)
       continue;
@@ -595,7 +595,7 @@ write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
   *nsegs = 0;
   /* Data I/O, outside the lock: read what COW needs. */
   for (size_t i = 0; i < w->npieces && r == 0; i++) {
-    const struct piece *p = &w->pieces[i];
+    const struct write_piece *p = &w->pieces[i];
 
     if (p->cow)
       r = resolve_cow (w, p->host, p->guest, p->length);
@@ -768,7 +768,7 @@ qcow2_write_end (struct qcow2_write *w, int result)
       size_t i;
 
       for (i = 0; i < w->nlinks; i++) {
-        struct link *lk = &w->links[i];
+        struct write_link *lk = &w->links[i];
 
         r = l2_store_entry_locked (layer, lk->cluster, lk->old_l2e,
                                    lk->old_bitmap, lk->new_l2e,

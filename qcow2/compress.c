@@ -91,12 +91,6 @@ get_dctx (void)
   return d;
 }
 
-uint32_t
-qcow2_layer_cluster_size (const struct qcow2_layer *layer)
-{
-  return layer->cluster_size;
-}
-
 static int
 inflate_cluster (struct qcow2_layer *layer, struct dctx *d,
                  const void *in, size_t in_len, void *out, uint32_t out_len)

@@ -2,8 +2,10 @@
 /* The one path for problems found after open: qcow2_corrupt() reports
  * corruption found in metadata (a bad L1/L2 entry, a compressed stream
  * that does not decompress, ...) and marks the image corrupt, as QEMU
- * does; sync_failed() puts the image into its failed state after a sync
- * error (qcow2/ORDERING.md, "A failed sync"); qcow2_log() formats any
+ * does; sync_layer() is ORDERING.md's "sync", and after a sync error it
+ * puts the image into its failed state (qcow2/ORDERING.md, "A failed
+ * sync"); qcow2_is_corrupt() and qcow2_sync_error() read those two
+ * latches; qcow2_log() formats any
  * message for the caller's log callback, qcow2_error() an error about
  * one file, and qcow2_printable() makes names from the file safe to put
  * in a message.  None prints: a server keeps serving its other clients. */
@@ -102,7 +104,11 @@ qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   return -EIO;
 }
 
-int
+/* A sync of LAYER's files failed with ERR: put the image into its failed
+ * state (qcow2_sync_error), log why, and mark the image dirty on disk so
+ * the next read-write open rebuilds its refcounts.  Returns ERR.  May be
+ * called holding the layer lock (takes only header.c's mutex). */
+static int
 sync_failed (struct qcow2_layer *layer, int err)
 {
   struct qcow2_image *img = layer->img;
@@ -138,4 +144,35 @@ sync_failed (struct qcow2_layer *layer, int err)
                "(it may leak clusters: 'qemu-img check -r leaks' frees "
                "them)", name, strerror (-r));
   return err;
+}
+
+/* ORDERING.md's "sync": an fsync covers only the file it is given, and
+ * the data of a write may sit in the external data file while the
+ * metadata naming it sits in the metadata file.  After one sync failed,
+ * none is even tried (ORDERING.md, "A failed sync"): whatever it said,
+ * it could not prove durable what the failed one may have dropped. */
+int
+sync_layer (struct qcow2_layer *layer)
+{
+  struct qcow2_image *img = layer->img;
+  int r;
+
+  if (atomic_load (&img->sync_error))
+    return -EIO;
+  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
+  if (r == 0 && layer->data_file != layer->file)
+    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
+  return r < 0 ? sync_failed (layer, r) : 0;
+}
+
+int
+qcow2_sync_error (const struct qcow2_image *img)
+{
+  return atomic_load (&((struct qcow2_image *) img)->sync_error);
+}
+
+bool
+qcow2_is_corrupt (const struct qcow2_image *img)
+{
+  return atomic_load (&((struct qcow2_image *) img)->corrupt);
 }

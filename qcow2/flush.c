@@ -25,25 +25,6 @@
 #include "common/cleanup.h"
 #include "qcow2/internal.h"
 
-/* ORDERING.md's "sync": an fsync covers only the file it is given, and
- * the data of a write may sit in the external data file while the
- * metadata naming it sits in the metadata file.  After one sync failed,
- * none is even tried (ORDERING.md, "A failed sync"): whatever it said,
- * it could not prove durable what the failed one may have dropped. */
-int
-sync_layer (struct qcow2_layer *layer)
-{
-  struct qcow2_image *img = layer->img;
-  int r;
-
-  if (atomic_load (&img->sync_error))
-    return -EIO;
-  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
-  if (r == 0 && layer->data_file != layer->file)
-    r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
-  return r < 0 ? sync_failed (layer, r) : 0;
-}
-
 /* Steps 1-5 of ORDERING.md, "FLUSH / FUA". */
 static int
 flush_locked (struct qcow2_layer *layer)

@@ -182,19 +182,20 @@ struct qcow2_image {
 
 /* ---- io.c: qcow2_posix_io, the default I/O ops (qcow2.h) ------------- */
 
-/* ---- corrupt.c: the one path for corruption and failed syncs --------- */
+/* ---- corrupt.c: the one path for corruption; the sync and its failure */
 
 /* Log "<file of LAYER>: corruption: <message>", mark the image corrupt
  * and return -EIO, so callers can 'return qcow2_corrupt (...)'. */
 int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
-/* A sync of LAYER's files failed with ERR: put the image into its failed
- * state (qcow2_sync_error), log why, and mark the image dirty on disk so
- * the next read-write open rebuilds its refcounts.  Returns ERR.  Called
- * by sync_layer only; may hold the layer lock (takes only header.c's
- * mutex). */
-int sync_failed (struct qcow2_layer *layer, int err);
+/* ORDERING.md's "sync": flush every file of LAYER (metadata file and
+ * external data file).  0 or -errno; the first failure puts the image
+ * into its failed state (qcow2_sync_error), logs why, and marks the
+ * image dirty on disk so the next read-write open rebuilds its
+ * refcounts; after it no sync is even tried (-EIO).  May be called
+ * holding the layer lock (takes only header.c's mutex). */
+int sync_layer (struct qcow2_layer *layer);
 
 /* Send a formatted message to the image's log callback. */
 void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
@@ -543,11 +544,7 @@ int raw_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
               unsigned flags);
 int raw_discard (struct qcow2_image *img, uint64_t offset, uint64_t length);
 
-/* ---- flush.c: qcow2_flush (qcow2.h) and the sync it is made of ------- */
-
-/* ORDERING.md's "sync": flush every file of LAYER (metadata file and
- * external data file).  0 or -errno. */
-int sync_layer (struct qcow2_layer *layer);
+/* ---- flush.c: qcow2_flush (qcow2.h) --------------------------------- */
 
 /* The last flush, for qcow2_close: qcow2_flush, then the refcount
  * decrements it committed written back and synced too, so a clean close

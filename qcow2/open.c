@@ -941,16 +941,10 @@ qcow2_virtual_size (const struct qcow2_image *img)
   return img->view_size;
 }
 
-int
-qcow2_sync_error (const struct qcow2_image *img)
+uint32_t
+qcow2_layer_cluster_size (const struct qcow2_layer *layer)
 {
-  return atomic_load (&((struct qcow2_image *) img)->sync_error);
-}
-
-bool
-qcow2_is_corrupt (const struct qcow2_image *img)
-{
-  return atomic_load (&((struct qcow2_image *) img)->corrupt);
+  return layer->cluster_size;
 }
 
 size_t

@@ -135,7 +135,7 @@ struct qcow2_layer {
    * cache of decompressed clusters keyed by host offset keys by this
    * too (qcow2_extent.stream_gen). */
   _Atomic uint64_t stream_gen;
-  uint32_t *repair_counts;     /* header.c's repair, inside qcow2_open */
+  uint32_t *repair_counts;     /* repair.c, inside qcow2_open */
   uint64_t repair_nr;          /* (one thread); NULL/0 afterwards */
   bool image_locked;           /* const: header.c took OFD lock bytes */
 };
@@ -396,7 +396,7 @@ int l1_write_entry_locked (struct qcow2_layer *layer, uint32_t index);
  * switch the header fields, sync, free the old one). */
 int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
 
-/* ---- header.c: image locks, feature bits, dirty bit and repair ------- */
+/* ---- header.c: image locks, feature bits, dirty bit ----------------- */
 
 /* Take QEMU-compatible OFD image locks on LAYER's files (writer or
  * reader permissions, as QEMU takes them for the layer's format and
@@ -419,6 +419,14 @@ int header_mark_dirty_locked (struct qcow2_layer *layer);
  * repair (open), dirty bit cleared after a final flush (close). */
 int header_open_writable (struct qcow2_layer *layer);
 int header_close_writable (struct qcow2_layer *layer);
+
+/* ---- repair.c: the repair of a dirty image ---------------------------- */
+
+/* Rebuild every refcount of a dirty image from the references, write
+ * them back, sync, then clear the dirty bit (with its own sync).  The
+ * lock is held exclusively (inside qcow2_open).  0, -EINVAL when the
+ * metadata is inconsistent, -errno; logged. */
+int repair_dirty_locked (struct qcow2_layer *layer);
 
 /* ---- inflight.c: in-flight records ---------------------------------- */
 

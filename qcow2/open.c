@@ -404,24 +404,23 @@ check_overlaps (struct qcow2_image *img, const char *name,
   return 0;
 }
 
-/* Parse and validate the qcow2 header of layer L (its file is already
- * open), load its L1 table and create its L2 cache. */
+/* What the fixed header says that the later steps of open_qcow2_layer
+ * check, but the layer does not keep. */
+struct header_rest {
+  uint64_t backing_off;
+  uint32_t backing_size;
+  uint32_t crypt_method;
+};
+
+/* Read and check the fixed part of L's header (versions 2 and 3) into
+ * L, and the rest into RH. */
 static int
-open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
-                  bool writable, uint64_t cache_size)
+read_fixed_header (struct qcow2_image *img, struct qcow2_layer *l,
+                   const char *name, struct header_rest *rh)
 {
-  CLEANUP_PARSE_STATE struct parse_state ps = { 0 };
-  CLEANUP_FREE uint8_t *c0 = NULL;
-  /* Copies, not a pointer into img->files: add_file reallocates it. */
-  const char *name = img->files[l->file].name;
   const int fd = img->files[l->file].fd;
   const uint64_t file_size = img->files[l->file].size;
   uint8_t h[QCOW2_V3_HEADER_LENGTH + 8];
-  uint64_t backing_off, ext_end, l1_bytes, needed, max_l1, sn_len;
-  uint32_t backing_size, crypt_method, l2_bits;
-  bool have_crypto_ext = false;
-  uint64_t unknown;
-  size_t i;
   int r;
 
   if (file_size < QCOW2_V2_HEADER_LENGTH)
@@ -453,7 +452,7 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
   l->cluster_size = UINT32_C (1) << l->cluster_bits;
 
   l->size = load_be64 (h + QCOW2_HDR_SIZE);
-  crypt_method = load_be32 (h + QCOW2_HDR_CRYPT_METHOD);
+  rh->crypt_method = load_be32 (h + QCOW2_HDR_CRYPT_METHOD);
   l->l1_size = load_be32 (h + QCOW2_HDR_L1_SIZE);
   l->l1_table_offset = load_be64 (h + QCOW2_HDR_L1_TABLE_OFFSET);
   l->refcount_table_offset = load_be64 (h + QCOW2_HDR_REFCOUNT_TABLE_OFFSET);
@@ -461,8 +460,8 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     load_be32 (h + QCOW2_HDR_REFCOUNT_TABLE_CLUSTERS);
   l->nb_snapshots = load_be32 (h + QCOW2_HDR_NB_SNAPSHOTS);
   l->snapshots_offset = load_be64 (h + QCOW2_HDR_SNAPSHOTS_OFFSET);
-  backing_off = load_be64 (h + QCOW2_HDR_BACKING_FILE_OFFSET);
-  backing_size = load_be32 (h + QCOW2_HDR_BACKING_FILE_SIZE);
+  rh->backing_off = load_be64 (h + QCOW2_HDR_BACKING_FILE_OFFSET);
+  rh->backing_size = load_be32 (h + QCOW2_HDR_BACKING_FILE_SIZE);
 
   if (l->version == 2) {
     l->incompatible = l->compatible = l->autoclear = 0;
@@ -490,6 +489,22 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
       return fail (img, -EINVAL, "%s: invalid refcount_order %u (at most "
                    "%u)", name, l->refcount_order, QCOW2_MAX_REFCOUNT_ORDER);
   }
+  return 0;
+}
+
+/* Read cluster 0 and parse what follows the fixed header: the
+ * compression type, the backing file name and the header extensions
+ * (feature names into PS; *HAVE_CRYPTO_EXT). */
+static int
+read_header_cluster (struct qcow2_image *img, struct qcow2_layer *l,
+                     const char *name, const struct header_rest *rh,
+                     struct parse_state *ps, bool *have_crypto_ext)
+{
+  const int fd = img->files[l->file].fd;
+  const uint64_t file_size = img->files[l->file].size;
+  CLEANUP_FREE uint8_t *c0 = NULL;
+  uint64_t ext_end;
+  int r;
 
   /* Read the whole header cluster once; everything else in it is parsed
    * from memory, checked against its end. */
@@ -511,29 +526,41 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
 
   /* Backing file name: inside cluster 0, after the header. */
   ext_end = l->cluster_size;
-  if (backing_off != 0) {
-    if (backing_size > QCOW2_MAX_BACKING_NAME)
+  if (rh->backing_off != 0) {
+    if (rh->backing_size > QCOW2_MAX_BACKING_NAME)
       return fail (img, -EINVAL, "%s: backing file name too long (%u "
-                   "bytes; at most %u)", name, backing_size,
+                   "bytes; at most %u)", name, rh->backing_size,
                    QCOW2_MAX_BACKING_NAME);
-    if (backing_off < l->header_length ||
-        !range_fits (backing_off, backing_size, l->cluster_size))
+    if (rh->backing_off < l->header_length ||
+        !range_fits (rh->backing_off, rh->backing_size, l->cluster_size))
       return fail (img, -EINVAL, "%s: backing file name at offset %" PRIu64
                    " (%u bytes) is outside the header cluster", name,
-                   backing_off, backing_size);
-    ext_end = backing_off;
-    if (backing_size > 0) {
-      l->backing_name = dup_name (c0 + backing_off, backing_size);
+                   rh->backing_off, rh->backing_size);
+    ext_end = rh->backing_off;
+    if (rh->backing_size > 0) {
+      l->backing_name = dup_name (c0 + rh->backing_off, rh->backing_size);
       if (!l->backing_name)
         return fail (img, errno == EINVAL ? -EINVAL : -ENOMEM,
                      "%s: invalid backing file name", name);
     }
   }
 
-  r = parse_extensions (img, l, &ps, name, c0, l->header_length, ext_end,
-                        file_size, &have_crypto_ext);
-  if (r < 0)
-    return r;
+  r = parse_extensions (img, l, ps, name, c0, l->header_length, ext_end,
+                        file_size, have_crypto_ext);
+  return r;
+}
+
+/* Refuse what we do not support (unknown incompatible features, named;
+ * encryption; other compression types) and act on the corrupt and dirty
+ * bits. */
+static int
+check_features (struct qcow2_image *img, struct qcow2_layer *l,
+                const char *name, const struct header_rest *rh,
+                const struct parse_state *ps, bool have_crypto_ext,
+                bool writable)
+{
+  uint64_t unknown;
+  int r;
 
   /* Unknown incompatible features: refuse, naming each of them. */
   unknown = l->incompatible & ~QCOW2_INCOMPAT_MASK;
@@ -545,7 +572,7 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     for (bit = 0; bit < 64; bit++) {
       if (!(unknown & (UINT64_C (1) << bit)))
         continue;
-      feature_name (&ps, bit, one, sizeof one);
+      feature_name (ps, bit, one, sizeof one);
       r = snprintf (list + used, sizeof list - used, "%s%s",
                     used ? ", " : "", one);
       if (r < 0 || (size_t) r >= sizeof list - used)
@@ -556,12 +583,12 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
                  name, list);
   }
 
-  if (crypt_method != QCOW2_CRYPT_NONE)
+  if (rh->crypt_method != QCOW2_CRYPT_NONE)
     return fail (img, -ENOTSUP, "%s: image is encrypted (crypt_method %u: "
                  "%s); encrypted images are not supported", name,
-                 crypt_method,
-                 crypt_method == QCOW2_CRYPT_AES ? "AES" :
-                 crypt_method == QCOW2_CRYPT_LUKS ? "LUKS" : "unknown");
+                 rh->crypt_method,
+                 rh->crypt_method == QCOW2_CRYPT_AES ? "AES" :
+                 rh->crypt_method == QCOW2_CRYPT_LUKS ? "LUKS" : "unknown");
   if (have_crypto_ext)
     return fail (img, -EINVAL, "%s: encryption header extension in an "
                  "unencrypted image", name);
@@ -587,7 +614,15 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
       qcow2_log (img, QCOW2_LOG_WARNING, "%s: image is dirty (not closed "
                "cleanly); refcounts may be stale, reading is safe", name);
   }
+  return 0;
+}
 
+/* The L2 entry layout (extended L2 or not) and its derived fields; the
+ * external data file's name kept only when the feature bit is set. */
+static int
+set_entry_layout (struct qcow2_image *img, struct qcow2_layer *l,
+                  const char *name)
+{
   l->extended_l2 = (l->incompatible & QCOW2_INCOMPAT_EXTL2) != 0;
   if (l->extended_l2 && l->cluster_bits < QCOW2_EXTL2_MIN_CLUSTER_BITS)
     return fail (img, -EINVAL, "%s: extended L2 entries need a cluster size "
@@ -612,6 +647,20 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     free (l->data_file_name);
     l->data_file_name = NULL;
   }
+  return 0;
+}
+
+/* Check the tables the header names: the L1 table (large enough, not
+ * absurdly large, aligned, inside the file), the refcount table, the
+ * snapshot table, and that none overlaps another.  Sets *L1_BYTESP. */
+static int
+check_tables (struct qcow2_image *img, struct qcow2_layer *l,
+              const char *name, uint64_t *l1_bytesp)
+{
+  const uint64_t file_size = img->files[l->file].size;
+  uint64_t l1_bytes, needed, max_l1, sn_len;
+  uint32_t l2_bits;
+  int r;
 
   /* L1 table: large enough for the virtual size, not absurdly large,
    * cluster aligned, inside the file.  One L1 entry maps 2^l2_bits
@@ -628,6 +677,7 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
                  "virtual size %" PRIu64 " (needs %" PRIu64 ")", name,
                  l->l1_size, l->size, needed);
   l1_bytes = (uint64_t) l->l1_size * QCOW2_L1E_SIZE;
+  *l1_bytesp = l1_bytes;
   if (l->l1_size > 0) {
     if (!IS_ALIGNED (l->l1_table_offset, l->cluster_size))
       return fail (img, -EINVAL, "%s: L1 table offset 0x%" PRIx64 " is not "
@@ -673,8 +723,17 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     if (r < 0)
       return r;
   }
+  return 0;
+}
 
-  /* Load the L1 table whole, in host byte order. */
+/* Load L's L1 table (L1_BYTES long) whole, in host byte order. */
+static int
+load_l1 (struct qcow2_image *img, struct qcow2_layer *l, const char *name,
+         uint64_t l1_bytes)
+{
+  const int fd = img->files[l->file].fd;
+  int r;
+
   l->l1 = malloc (l1_bytes ? l1_bytes : 1);
   if (!l->l1)
     return fail (img, -ENOMEM, "out of memory");
@@ -684,11 +743,19 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     if (r < 0)
       return fail (img, r, "%s: reading the L1 table: %s", name,
                    strerror (-r));
-    for (i = 0; i < l->l1_size; i++)
+    for (size_t i = 0; i < l->l1_size; i++)
       l->l1[i] = load_be64 (&l->l1[i]);
   }
+  return 0;
+}
 
-  /* The external data file, named like a backing file. */
+/* Open the external data file L names, like a backing file. */
+static int
+open_data_file (struct qcow2_image *img, struct qcow2_layer *l,
+                const char *name, bool writable)
+{
+  int r;
+
   if (l->data_file_name) {
     CLEANUP_FREE char *path = open_resolve_name (name, l->data_file_name);
 
@@ -699,6 +766,38 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
     if (r < 0)
       return r;
   }
+  return 0;
+}
+
+/* Parse and validate the qcow2 header of layer L (its file is already
+ * open), load its L1 table and create its L2 cache. */
+static int
+open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
+                  bool writable, uint64_t cache_size)
+{
+  CLEANUP_PARSE_STATE struct parse_state ps = { 0 };
+  /* Copies, not a pointer into img->files: add_file reallocates it. */
+  const char *name = img->files[l->file].name;
+  struct header_rest rh = { 0 };
+  bool have_crypto_ext = false;
+  uint64_t l1_bytes = 0;
+  int r;
+
+  r = read_fixed_header (img, l, name, &rh);
+  if (r == 0)
+    r = read_header_cluster (img, l, name, &rh, &ps, &have_crypto_ext);
+  if (r == 0)
+    r = check_features (img, l, name, &rh, &ps, have_crypto_ext, writable);
+  if (r == 0)
+    r = set_entry_layout (img, l, name);
+  if (r == 0)
+    r = check_tables (img, l, name, &l1_bytes);
+  if (r == 0)
+    r = load_l1 (img, l, name, l1_bytes);
+  if (r == 0)
+    r = open_data_file (img, l, name, writable);
+  if (r < 0)
+    return r;
 
   r = refcount_detect_metadata_prealloc (l);
   if (r < 0)

@@ -392,24 +392,25 @@ cluster_unused (struct qcow2_layer *layer, uint64_t cl, bool *unused)
   return 0;
 }
 
-/* Grow the refcount table to at least MIN_ENTRIES entries.  The new
- * table and the refcount blocks it needs to describe itself go at the
- * end of the file, [E, E+k); see ORDERING.md. */
+/* The layout of a refcount table growth (ORDERING.md, "Refcount table
+ * growth"): clusters [e, e+k) at the end of the file hold the nb new
+ * refcount blocks, then the new table of nt clusters (new_entries). */
+struct reftable_growth {
+  uint64_t e, k, nb, nt, new_entries;
+};
+
+/* Choose E, the first cluster past everything in use, and lay out
+ * [E, E+k) until k is stable, stepping over clusters a block already
+ * counts in use. */
 static int
-grow_table (struct qcow2_layer *layer, uint64_t min_entries)
+growth_layout (struct qcow2_layer *layer, uint64_t min_entries,
+               struct reftable_growth *g)
 {
-  struct qcow2_image *img = layer->img;
-  const int fd = img->files[layer->file].fd;
   const uint32_t bb = block_bits (layer);
   const uint64_t cs = layer->cluster_size;
   const uint64_t per_cluster = cs / 8;
   const uint64_t max_entries = QCOW2_MAX_REFTABLE_BYTES / 8;
   uint64_t e, k = 1, nb = 0, nt = 0, new_entries = 0;
-  CLEANUP_FREE uint64_t *table = NULL;
-  CLEANUP_FREE unsigned char *block = NULL;
-  uint64_t old_off = layer->refcount_table_offset;
-  uint64_t old_clusters = layer->refcount_table_clusters;
-  unsigned char hdr[12];
   int r;
 
   /* The first cluster past everything in use; clusters that a refcount
@@ -455,83 +456,119 @@ grow_table (struct qcow2_layer *layer, uint64_t min_entries)
       goto again;
     }
   }
+  *g = (struct reftable_growth) {
+    .e = e, .k = k, .nb = nb, .nt = nt, .new_entries = new_entries,
+  };
+  return 0;
+}
 
-  table = calloc (new_entries, 8);
-  block = malloc (cs);
-  if (table == NULL || block == NULL)
+/* Write the new refcount blocks of G at e, e+1, ...; each counts the
+ * new clusters it covers (blocks that already exist count them in the
+ * cache).  TABLE is the new table in memory, whose entries for the new
+ * blocks are set here. */
+static int
+growth_write_blocks (struct qcow2_layer *layer,
+                     const struct reftable_growth *g, uint64_t *table)
+{
+  struct qcow2_image *img = layer->img;
+  const int fd = img->files[layer->file].fd;
+  const uint32_t bb = block_bits (layer);
+  const uint64_t cs = layer->cluster_size;
+  const uint64_t e = g->e, k = g->k;
+  CLEANUP_FREE unsigned char *block = malloc (cs);
+  uint64_t next = e;
+  int r;
+
+  if (block == NULL)
     return -ENOMEM;
-  for (uint64_t t = 0; t < layer->reftable_entries; t++)
-    table[t] = layer->reftable[t];
+  for (uint64_t t = e >> bb; t <= (e + k - 1) >> bb; t++) {
+    if (t < layer->reftable_entries && layer->reftable[t] != 0)
+      continue;
+    table[t] = next++ << layer->cluster_bits;
+  }
+  for (uint64_t t = e >> bb; t <= (e + k - 1) >> bb; t++) {
+    uint64_t lo = MAX (e, t << bb), hi = MIN (e + k, (t + 1) << bb);
 
-  /* New blocks at e, e+1, ...; each counts the new clusters it covers. */
-  {
-    uint64_t next = e;
-
-    for (uint64_t t = e >> bb; t <= (e + k - 1) >> bb; t++) {
-      if (t < layer->reftable_entries && layer->reftable[t] != 0)
-        continue;
-      table[t] = next++ << layer->cluster_bits;
-    }
-    for (uint64_t t = e >> bb; t <= (e + k - 1) >> bb; t++) {
-      uint64_t lo = MAX (e, t << bb), hi = MIN (e + k, (t + 1) << bb);
-
-      if (t < layer->reftable_entries && layer->reftable[t] != 0) {
-        for (uint64_t cl = lo; cl < hi; cl++) {
-          r = set_cluster (layer, cl, 1);
-          if (r < 0)
-            return r;
-        }
-        continue;
+    if (t < layer->reftable_entries && layer->reftable[t] != 0) {
+      for (uint64_t cl = lo; cl < hi; cl++) {
+        r = set_cluster (layer, cl, 1);
+        if (r < 0)
+          return r;
       }
-      memset (block, 0, cs);
-      for (uint64_t cl = lo; cl < hi; cl++)
-        set_refcount_entry (block, layer->refcount_order,
-                            cl - (t << bb), 1);
-      r = img->io->pwrite (img->io_opaque, fd, block, cs, table[t]);
-      if (r < 0)
-        return r;
+      continue;
     }
+    memset (block, 0, cs);
+    for (uint64_t cl = lo; cl < hi; cl++)
+      set_refcount_entry (block, layer->refcount_order,
+                          cl - (t << bb), 1);
+    r = img->io->pwrite (img->io_opaque, fd, block, cs, table[t]);
+    if (r < 0)
+      return r;
   }
+  return 0;
+}
+
+/* Write the new table TABLE of G, make it and everything it names
+ * durable, switch the header to it with one write, sync, and switch in
+ * memory (the layer takes TABLE over: *TABLEP becomes NULL). */
+static int
+growth_switch_table (struct qcow2_layer *layer,
+                     const struct reftable_growth *g, uint64_t **tablep)
+{
+  struct qcow2_image *img = layer->img;
+  const int fd = img->files[layer->file].fd;
+  const uint64_t e = g->e, k = g->k, nb = g->nb, nt = g->nt;
+  const uint64_t new_entries = g->new_entries;
+  const uint64_t *table = *tablep;
+  uint64_t toff = (e + nb) << layer->cluster_bits;
+  CLEANUP_FREE uint64_t *be = malloc (new_entries * 8);
+  unsigned char hdr[12];
+  int r;
+
   /* The table, big-endian, at e + nb. */
-  {
-    uint64_t toff = (e + nb) << layer->cluster_bits;
-    CLEANUP_FREE uint64_t *be = malloc (new_entries * 8);
+  if (be == NULL)
+    return -ENOMEM;
+  for (uint64_t t = 0; t < new_entries; t++)
+    store_be64 (&be[t], table[t]);
+  r = img->io->pwrite (img->io_opaque, fd, be, new_entries * 8, toff);
+  if (r < 0)
+    return r;
+  alloc_note_end_locked (layer, (e + k) << layer->cluster_bits);
+  r = refcount_writeback_locked (layer);
+  if (r == 0)
+    r = sync_layer (layer);
+  if (r < 0)
+    return r;
 
-    if (be == NULL)
-      return -ENOMEM;
-    for (uint64_t t = 0; t < new_entries; t++)
-      store_be64 (&be[t], table[t]);
-    r = img->io->pwrite (img->io_opaque, fd, be, new_entries * 8, toff);
-    if (r < 0)
-      return r;
-    alloc_note_end_locked (layer, (e + k) << layer->cluster_bits);
-    r = refcount_writeback_locked (layer);
-    if (r == 0)
-      r = sync_layer (layer);
-    if (r < 0)
-      return r;
+  /* Switch: offset (u64) and clusters (u32) are adjacent, one write. */
+  store_be64 (hdr, toff);
+  store_be32 (hdr + 8, nt);
+  r = img->io->pwrite (img->io_opaque, fd, hdr, sizeof hdr,
+                       QCOW2_HDR_REFCOUNT_TABLE_OFFSET);
+  if (r == 0)
+    r = sync_layer (layer);
+  if (r < 0)
+    return r;
+  qcow2_log (img, QCOW2_LOG_DEBUG, "refcount table grown to %" PRIu64
+             " entries at %#" PRIx64, new_entries, toff);
 
-    /* Switch: offset (u64) and clusters (u32) are adjacent, one write. */
-    store_be64 (hdr, toff);
-    store_be32 (hdr + 8, nt);
-    r = img->io->pwrite (img->io_opaque, fd, hdr, sizeof hdr,
-                         QCOW2_HDR_REFCOUNT_TABLE_OFFSET);
-    if (r == 0)
-      r = sync_layer (layer);
-    if (r < 0)
-      return r;
-    qcow2_log (img, QCOW2_LOG_DEBUG, "refcount table grown to %" PRIu64
-               " entries at %#" PRIx64, new_entries, toff);
+  free (layer->reftable);
+  layer->reftable = *tablep;
+  *tablep = NULL;
+  layer->reftable_entries = new_entries;
+  layer->refcount_table_offset = toff;
+  layer->refcount_table_clusters = nt;
+  return 0;
+}
 
-    free (layer->reftable);
-    layer->reftable = table;
-    table = NULL;
-    layer->reftable_entries = new_entries;
-    layer->refcount_table_offset = toff;
-    layer->refcount_table_clusters = nt;
-  }
+/* The old table at OLD_OFF (OLD_CLUSTERS clusters) is unreferenced on
+ * disk now: free it at once. */
+static int
+growth_free_old_table (struct qcow2_layer *layer, uint64_t old_off,
+                       uint64_t old_clusters)
+{
+  int r;
 
-  /* The old table is unreferenced on disk now: free it at once. */
   for (uint64_t i = 0; i < old_clusters; i++) {
     uint64_t cl = (old_off >> layer->cluster_bits) + i;
     uint64_t rc;
@@ -553,6 +590,34 @@ grow_table (struct qcow2_layer *layer, uint64_t min_entries)
       return r;
   }
   return 0;
+}
+
+/* Grow the refcount table to at least MIN_ENTRIES entries.  The new
+ * table and the refcount blocks it needs to describe itself go at the
+ * end of the file, [E, E+k); see ORDERING.md. */
+static int
+grow_table (struct qcow2_layer *layer, uint64_t min_entries)
+{
+  uint64_t old_off = layer->refcount_table_offset;
+  uint64_t old_clusters = layer->refcount_table_clusters;
+  struct reftable_growth g;
+  CLEANUP_FREE uint64_t *table = NULL;
+  int r;
+
+  r = growth_layout (layer, min_entries, &g);
+  if (r < 0)
+    return r;
+  table = calloc (g.new_entries, 8);
+  if (table == NULL)
+    return -ENOMEM;
+  for (uint64_t t = 0; t < layer->reftable_entries; t++)
+    table[t] = layer->reftable[t];
+  r = growth_write_blocks (layer, &g, table);
+  if (r == 0)
+    r = growth_switch_table (layer, &g, &table);
+  if (r == 0)
+    r = growth_free_old_table (layer, old_off, old_clusters);
+  return r;
 }
 
 /* Does cluster index CL hold the refcount or L1 table we have in

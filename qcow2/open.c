@@ -837,6 +837,112 @@ set_window (struct qcow2_image *img, const struct qcow2_open_opts *opts)
   return 0;
 }
 
+/* A new image with the options of OPTS (not NULL), no files or layers
+ * yet.  NULL when out of memory. */
+static struct qcow2_image *
+new_image (const struct qcow2_open_opts *opts)
+{
+  struct qcow2_image *img = calloc (1, sizeof *img);
+
+  if (!img)
+    return NULL;
+  img->io = opts->io ? opts->io : &qcow2_posix_io;
+  img->io_opaque = opts->io_opaque;
+  img->log = opts->log;
+  img->log_opaque = opts->log_opaque;
+  img->writable = opts->writable;
+  img->punch_discarded = opts->punch_discarded;
+  img->wakeup = opts->wakeup;
+  img->wakeup_opaque = opts->wakeup_opaque;
+  img->open_error = opts->error;
+  img->no_locks = opts->no_locks;
+  if (opts->error)
+    memset (opts->error, 0, sizeof *opts->error);
+  atomic_init (&img->corrupt, false);
+  return img;
+}
+
+/* Open layer L (at DEPTH) from the file CUR as FORMAT: the file, the
+ * header and tables (qcow2), the snapshot asked for (top layer), and the
+ * image locks as QEMU takes them; the writable top layer also gets its
+ * allocator, autoclear bits and dirty-bit repair. */
+static int
+open_layer (struct qcow2_image *img, struct qcow2_layer *l, const char *cur,
+            enum layer_format format, const char *prev_name,
+            const struct qcow2_open_opts *opts, uint64_t cache_size)
+{
+  const unsigned depth = l->depth;
+  bool writable = opts->writable && depth == 1;
+  int r;
+
+  r = add_file (img, cur, writable, depth == 1 ? "image" : "backing file",
+                prev_name, &l->file);
+  if (r < 0)
+    return r;
+  l->data_file = l->file;
+
+  if (format == LAYER_RAW) {
+    l->format = LAYER_RAW;
+    /* As QEMU sees a file: whole sectors, the tail of the last one
+     * past the end of the file reading as zeros (io ops' pread). */
+    l->size = ROUND_UP (img->files[l->file].size, 512);
+    return header_lock_layer (l, writable);
+  }
+  r = open_qcow2_layer (img, l, writable, cache_size);
+  if (r == 0 && depth == 1)
+    r = snapshot_select (l, opts);
+  if (r < 0)
+    return r;
+  return writable ? header_open_writable (l) : header_lock_layer (l, false);
+}
+
+/* Where the chain goes after layer L, opened from CUR (not the bottom:
+ * it names a backing file): check the depth (MAX_DEPTH backing files at
+ * most) and the backing format, resolve the name into *NEXTP (the
+ * caller's to free) and its format into *FORMAT, and refuse a simple
+ * loop. */
+static int
+chain_next (struct qcow2_image *img, struct qcow2_layer *l, const char *cur,
+            unsigned max_depth, char **nextp, enum layer_format *format)
+{
+  CLEANUP_FREE char *next = NULL;
+  char pbuf[256], nbuf[256];
+
+  if (l->depth > max_depth)
+    return fail (img, -EINVAL, "%s: backing chain deeper than %u backing "
+                 "files (a loop?)", printable (cur, pbuf, sizeof pbuf),
+                 max_depth);
+  if (!l->backing_format)
+    return fail (img, -ENOTSUP, "%s: backing file '%s' has no backing "
+                 "format, and probing it is unsafe; set one with 'qemu-img "
+                 "rebase -u -b NAME -F raw|qcow2 IMAGE'",
+                 printable (cur, pbuf, sizeof pbuf),
+                 printable (l->backing_name, nbuf, sizeof nbuf));
+  if (strcmp (l->backing_format, "qcow2") == 0)
+    *format = LAYER_QCOW2;
+  else if (strcmp (l->backing_format, "raw") == 0)
+    *format = LAYER_RAW;
+  else
+    return fail (img, -ENOTSUP, "%s: unsupported backing format '%s' (only "
+                 "qcow2 and raw)", printable (cur, pbuf, sizeof pbuf),
+                 printable (l->backing_format, nbuf, sizeof nbuf));
+  next = open_resolve_name (cur, l->backing_name);
+  if (!next)
+    return fail (img, -ENOMEM, "out of memory");
+  /* Catch the simple loops (a -> b -> a with consistent names) with a
+   * clear message; the depth cap catches the rest. */
+  for (size_t i = 0; i < img->nr_files; i++) {
+    if (strcmp (img->files[i].name, next) == 0)
+      return fail (img, -EINVAL, "%s: backing file loop: '%s' is already "
+                   "in the chain",
+                   printable (img->files[l->file].name, pbuf, sizeof pbuf),
+                   printable (next, nbuf, sizeof nbuf));
+  }
+  *nextp = next;
+  next = NULL;
+  return 0;
+}
+
 int
 qcow2_open (const char *path, const struct qcow2_open_opts *opts,
             struct qcow2_image **imgp)
@@ -854,22 +960,9 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   *imgp = NULL;
   if (!opts)
     opts = &defaults;
-  img = calloc (1, sizeof *img);
+  img = new_image (opts);
   if (!img)
     return -ENOMEM;
-  img->io = opts->io ? opts->io : &qcow2_posix_io;
-  img->io_opaque = opts->io_opaque;
-  img->log = opts->log;
-  img->log_opaque = opts->log_opaque;
-  img->writable = opts->writable;
-  img->punch_discarded = opts->punch_discarded;
-  img->wakeup = opts->wakeup;
-  img->wakeup_opaque = opts->wakeup_opaque;
-  img->open_error = opts->error;
-  img->no_locks = opts->no_locks;
-  if (opts->error)
-    memset (opts->error, 0, sizeof *opts->error);
-  atomic_init (&img->corrupt, false);
   format = opts->format == QCOW2_FORMAT_RAW ? LAYER_RAW : LAYER_QCOW2;
 
   cache_size = opts->l2_cache_size ? opts->l2_cache_size
@@ -882,12 +975,10 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
 
   for (depth = 1;; depth++) {
     struct qcow2_layer *l = NULL;
-    bool writable = opts->writable && depth == 1;
     /* Names are separate strings: they outlive reallocations of
      * img->files. */
     const char *prev_name = prev ? img->files[prev->file].name : NULL;
-    char pbuf[256], nbuf[256];
-    size_t i;
+    char *next = NULL;
 
     r = new_layer (img, depth, &l);
     if (r < 0)
@@ -896,81 +987,17 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
       prev->backing = l;
     prev = l;
 
-    r = add_file (img, cur, writable, depth == 1 ? "image" : "backing file",
-                  prev_name, &l->file);
+    r = open_layer (img, l, cur, format, prev_name, opts, cache_size);
     if (r < 0)
       goto err;
-    l->data_file = l->file;
-
-    if (format == LAYER_RAW) {
-      l->format = LAYER_RAW;
-      /* As QEMU sees a file: whole sectors, the tail of the last one
-       * past the end of the file reading as zeros (io ops' pread). */
-      l->size = ROUND_UP (img->files[l->file].size, 512);
-      r = header_lock_layer (l, writable);
-      if (r < 0)
-        goto err;
+    if (l->format == LAYER_RAW || !l->backing_name ||
+        (depth == 1 && opts->no_backing))
       break;
-    }
-    r = open_qcow2_layer (img, l, writable, cache_size);
-    if (r == 0 && depth == 1)
-      r = snapshot_select (l, opts);
+    r = chain_next (img, l, cur, max_depth, &next, &format);
     if (r < 0)
       goto err;
-    /* Image locks as QEMU takes them; the writable top layer also gets
-     * its allocator, autoclear bits and dirty-bit repair. */
-    r = writable ? header_open_writable (l) : header_lock_layer (l, false);
-    if (r < 0)
-      goto err;
-    if (!l->backing_name || (depth == 1 && opts->no_backing))
-      break;
-
-    /* Where the chain goes next. */
-    if (depth > max_depth) {
-      r = fail (img, -EINVAL, "%s: backing chain deeper than %u backing "
-                "files (a loop?)", printable (cur, pbuf, sizeof pbuf),
-                max_depth);
-      goto err;
-    }
-    if (!l->backing_format) {
-      r = fail (img, -ENOTSUP, "%s: backing file '%s' has no backing "
-                "format, and probing it is unsafe; set one with 'qemu-img "
-                "rebase -u -b NAME -F raw|qcow2 IMAGE'",
-                printable (cur, pbuf, sizeof pbuf),
-                printable (l->backing_name, nbuf, sizeof nbuf));
-      goto err;
-    }
-    if (strcmp (l->backing_format, "qcow2") == 0)
-      format = LAYER_QCOW2;
-    else if (strcmp (l->backing_format, "raw") == 0)
-      format = LAYER_RAW;
-    else {
-      r = fail (img, -ENOTSUP, "%s: unsupported backing format '%s' (only "
-                "qcow2 and raw)", printable (cur, pbuf, sizeof pbuf),
-                printable (l->backing_format, nbuf, sizeof nbuf));
-      goto err;
-    }
-    {
-      char *next = open_resolve_name (cur, l->backing_name);
-
-      if (!next) {
-        r = fail (img, -ENOMEM, "out of memory");
-        goto err;
-      }
-      free (owned_path);     /* cur may point here: resolve first */
-      cur = owned_path = next;
-    }
-    /* Catch the simple loops (a -> b -> a with consistent names) with a
-     * clear message; the depth cap catches the rest. */
-    for (i = 0; i < img->nr_files; i++) {
-      if (strcmp (img->files[i].name, cur) == 0) {
-        r = fail (img, -EINVAL, "%s: backing file loop: '%s' is already in "
-                  "the chain",
-                  printable (img->files[l->file].name, pbuf, sizeof pbuf),
-                  printable (cur, nbuf, sizeof nbuf));
-        goto err;
-      }
-    }
+    free (owned_path);     /* cur may point here: resolved first */
+    cur = owned_path = next;
   }
 
   r = set_window (img, opts);

@@ -170,17 +170,12 @@ check_backing (const struct logger *lg, const char *path,
   return 0;
 }
 
-/* Validate the options into P.  Everything a user can get wrong is
- * caught here, before any file exists. */
+/* The version, cluster size and refcount width. */
 static int
-plan_options (const struct logger *lg, const char *path,
-              const struct qcow2_create_opts *o, struct plan *p)
+plan_format (const struct logger *lg, const struct qcow2_create_opts *o,
+             struct plan *p)
 {
   uint32_t cs, rb;
-
-  memset (p, 0, sizeof *p);
-  if (path == NULL || *path == '\0')
-    return say (lg, -EINVAL, "no image file name given");
 
   p->version = o->version ? o->version : 3;
   if (p->version != 2 && p->version != 3)
@@ -203,7 +198,15 @@ plan_options (const struct logger *lg, const char *path,
     return say (lg, -EINVAL, "refcount widths other than 16 bits need "
                 "version 3 (compat 1.1)");
   p->refcount_order = log2_exact (rb);
+  return 0;
+}
 
+/* The compression type, the header length that follows from it, and
+ * the feature bits (extended L2, lazy refcounts). */
+static int
+plan_features (const struct logger *lg, const struct qcow2_create_opts *o,
+               struct plan *p)
+{
   p->compression_type = QCOW2_COMPRESSION_ZLIB;
   if (o->compression_type) {
     if (strcmp (o->compression_type, "zstd") == 0)
@@ -230,7 +233,8 @@ plan_options (const struct logger *lg, const char *path,
     if (p->cluster_bits < QCOW2_EXTL2_MIN_CLUSTER_BITS)
       return say (lg, -EINVAL, "extended L2 entries need a cluster size of "
                   "at least %u (not %" PRIu32 ")",
-                  1u << QCOW2_EXTL2_MIN_CLUSTER_BITS, cs);
+                  1u << QCOW2_EXTL2_MIN_CLUSTER_BITS,
+                  p->cluster_size);
     p->incompatible |= QCOW2_INCOMPAT_EXTL2;
   }
   if (o->lazy_refcounts) {
@@ -239,7 +243,14 @@ plan_options (const struct logger *lg, const char *path,
                   "(compat 1.1)");
     p->compatible |= QCOW2_COMPAT_LAZY_REFCOUNTS;
   }
+  return 0;
+}
 
+/* The backing file's name and format, checked as names. */
+static int
+plan_backing (const struct logger *lg, const struct qcow2_create_opts *o,
+              struct plan *p)
+{
   if (o->backing_file) {
     size_t len = strlen (o->backing_file);
 
@@ -260,7 +271,15 @@ plan_options (const struct logger *lg, const char *path,
   }
   else if (o->backing_format)
     return say (lg, -EINVAL, "backing format given without a backing file");
+  return 0;
+}
 
+/* The virtual size: given, or the backing file's (which check_backing
+ * opens), in whole sectors. */
+static int
+plan_size (const struct logger *lg, const char *path,
+           const struct qcow2_create_opts *o, struct plan *p)
+{
   p->size = o->size;
   if (p->backing_file) {
     uint64_t bsize = 0;   /* set by check_backing; gcc -O2 cannot tell */
@@ -279,6 +298,27 @@ plan_options (const struct logger *lg, const char *path,
                 p->size);
   p->size = ROUND_UP (p->size, (uint64_t) SECTOR_SIZE);
   return 0;
+}
+
+/* Validate the options into P.  Everything a user can get wrong is
+ * caught here, before any file exists. */
+static int
+plan_options (const struct logger *lg, const char *path,
+              const struct qcow2_create_opts *o, struct plan *p)
+{
+  int r;
+
+  memset (p, 0, sizeof *p);
+  if (path == NULL || *path == '\0')
+    return say (lg, -EINVAL, "no image file name given");
+  r = plan_format (lg, o, p);
+  if (r == 0)
+    r = plan_features (lg, o, p);
+  if (r == 0)
+    r = plan_backing (lg, o, p);
+  if (r == 0)
+    r = plan_size (lg, path, o, p);
+  return r;
 }
 
 /* Lay the metadata out: header, refcount table, refcount blocks, L1.

@@ -1,9 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The header of a writable layer: QEMU-compatible image locks, the
- * autoclear bits we don't maintain, the dirty bit (set for lazy_refcounts
- * images while open, cleared on a clean close), and the writable open
- * that puts them in place, repairing an image left dirty first
- * (repair.c).  Writes of the incompatible-features field go
+ * autoclear bits we don't maintain, and the dirty bit (set for
+ * lazy_refcounts images while open, cleared on a clean close); open.c's
+ * writable open puts them in place.  Writes of the incompatible-features field go
  * through one function and one mutex, so that the corrupt bit (set by
  * qcow2_corrupt without a layer lock) is never lost to a concurrent
  * update of the dirty bit.  Ordering: qcow2/ORDERING.md. */
@@ -230,54 +229,17 @@ header_mark_dirty_locked (struct qcow2_layer *layer)
   return header_write_incompatible (layer, QCOW2_INCOMPAT_DIRTY, 0);
 }
 
-/* ---- Open and close ----------------------------------------------------*/
+/* ---- Writable open and close ------------------------------------------*/
 
-static int open_writable (struct qcow2_layer *layer);
-
+/* Autoclear bits: keep only those we maintain (data_file_raw, and
+ * bitmaps: bitmap.c keeps them). */
 int
-header_open_writable (struct qcow2_layer *layer)
-{
-  int r = open_writable (layer);
-
-  /* Without its allocator, a layer that failed to open is never flushed
-   * or marked clean by qcow2_close. */
-  if (r < 0)
-    refcount_destroy (layer);
-  return r;
-}
-
-static int
-open_writable (struct qcow2_layer *layer)
+header_clear_autoclear (struct qcow2_layer *layer)
 {
   struct qcow2_image *img = layer->img;
   const char *name = img->files[layer->file].name;
   int r;
 
-  r = header_lock_layer (layer, true);
-  if (r < 0)
-    return r;
-  r = refcount_init (layer, 0);
-  if (r < 0) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: reading the refcount table: %s",
-               name, strerror (-r));
-    return r;
-  }
-
-  if (layer->incompatible & QCOW2_INCOMPAT_DIRTY) {
-    WRLOCK_FOR_SCOPE (&layer->lock);
-    r = repair_dirty_locked (layer);
-    free (layer->repair_counts);
-    layer->repair_counts = NULL;
-    layer->repair_nr = 0;
-    if (r < 0) {
-      qcow2_log (img, QCOW2_LOG_ERROR, "%s: repairing the dirty image "
-                 "failed: %s", name, strerror (-r));
-      return r;
-    }
-  }
-
-  /* Autoclear bits: keep only those we maintain (data_file_raw, and
-   * bitmaps: bitmap.c keeps them). */
   if (layer->version >= 3 &&
       (layer->autoclear & ~(QCOW2_AUTOCLEAR_DATA_FILE_RAW |
                             QCOW2_AUTOCLEAR_BITMAPS))) {
@@ -297,19 +259,7 @@ open_writable (struct qcow2_layer *layer)
     }
     layer->autoclear = v;
   }
-
-  /* lazy_refcounts: dirty while open (ORDERING.md). */
-  {
-    WRLOCK_FOR_SCOPE (&layer->lock);
-    r = header_mark_dirty_locked (layer);
-  }
-  if (r < 0) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: setting the dirty bit: %s",
-               name, strerror (-r));
-    return r;
-  }
-  /* Persistent bitmaps: in use on disk while open (ORDERING.md). */
-  return bitmap_open_writable (layer);
+  return 0;
 }
 
 int

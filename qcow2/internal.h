@@ -70,7 +70,7 @@ struct qcow2_layer {
   uint64_t incompatible;       /* header.c's incompat_lock (qcow2_corrupt
                                 * sets a bit holding no layer lock) */
   uint64_t compatible;
-  uint64_t autoclear;          /* const once header_open_writable, still
+  uint64_t autoclear;          /* const once the writable open, still
                                 * inside qcow2_open, has cleared bits */
   uint32_t refcount_order;
   uint32_t header_length;
@@ -401,7 +401,7 @@ int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
 /* Take QEMU-compatible OFD image locks on LAYER's files (writer or
  * reader permissions, as QEMU takes them for the layer's format and
  * place in the chain); -EBUSY, logged with QEMU's wording, when another
- * process conflicts.  header_open_writable() does it for a qcow2 top
+ * process conflicts.  open.c's writable open does it for a qcow2 top
  * layer. */
 int header_lock_layer (struct qcow2_layer *layer, bool writable);
 
@@ -415,9 +415,11 @@ int header_write_incompatible (struct qcow2_layer *layer, uint64_t set,
  * lazy_refcounts is on (no-op otherwise or when already dirty). */
 int header_mark_dirty_locked (struct qcow2_layer *layer);
 
-/* Writable open and clean close: image lock, autoclear bits, dirty-bit
- * repair (open), dirty bit cleared after a final flush (close). */
-int header_open_writable (struct qcow2_layer *layer);
+/* Clear the autoclear bits we do not maintain, with one header write and
+ * a sync (writable open).  0 or -errno, logged. */
+int header_clear_autoclear (struct qcow2_layer *layer);
+
+/* Clean close: the dirty bit cleared after a final flush. */
 int header_close_writable (struct qcow2_layer *layer);
 
 /* ---- repair.c: the repair of a dirty image ---------------------------- */

@@ -609,7 +609,7 @@ check_features (struct qcow2_image *img, struct qcow2_layer *l,
   }
   if (l->incompatible & QCOW2_INCOMPAT_DIRTY) {
     /* Refcounts may be stale (lazy refcounts); reading needs none, and
-     * a writable open repairs them (header_open_writable). */
+     * a writable open repairs them (open_writable). */
     if (!writable)
       qcow2_log (img, QCOW2_LOG_WARNING, "%s: image is dirty (not closed "
                "cleanly); refcounts may be stale, reading is safe", name);
@@ -862,6 +862,69 @@ new_image (const struct qcow2_open_opts *opts)
   return img;
 }
 
+/* The writable open of a qcow2 top layer: image lock, allocator,
+ * dirty-image repair, autoclear bits, dirty bit, bitmaps in use, in that
+ * order (ORDERING.md). */
+static int
+open_writable_steps (struct qcow2_layer *layer)
+{
+  struct qcow2_image *img = layer->img;
+  const char *name = img->files[layer->file].name;
+  int r;
+
+  r = header_lock_layer (layer, true);
+  if (r < 0)
+    return r;
+  r = refcount_init (layer, 0);
+  if (r < 0) {
+    qcow2_log (img, QCOW2_LOG_ERROR, "%s: reading the refcount table: %s",
+               name, strerror (-r));
+    return r;
+  }
+
+  if (layer->incompatible & QCOW2_INCOMPAT_DIRTY) {
+    WRLOCK_FOR_SCOPE (&layer->lock);
+    r = repair_dirty_locked (layer);
+    free (layer->repair_counts);
+    layer->repair_counts = NULL;
+    layer->repair_nr = 0;
+    if (r < 0) {
+      qcow2_log (img, QCOW2_LOG_ERROR, "%s: repairing the dirty image "
+                 "failed: %s", name, strerror (-r));
+      return r;
+    }
+  }
+
+  r = header_clear_autoclear (layer);
+  if (r < 0)
+    return r;
+
+  /* lazy_refcounts: dirty while open (ORDERING.md). */
+  {
+    WRLOCK_FOR_SCOPE (&layer->lock);
+    r = header_mark_dirty_locked (layer);
+  }
+  if (r < 0) {
+    qcow2_log (img, QCOW2_LOG_ERROR, "%s: setting the dirty bit: %s",
+               name, strerror (-r));
+    return r;
+  }
+  /* Persistent bitmaps: in use on disk while open (ORDERING.md). */
+  return bitmap_open_writable (layer);
+}
+
+static int
+open_writable (struct qcow2_layer *layer)
+{
+  int r = open_writable_steps (layer);
+
+  /* Without its allocator, a layer that failed to open is never flushed
+   * or marked clean by qcow2_close. */
+  if (r < 0)
+    refcount_destroy (layer);
+  return r;
+}
+
 /* Open layer L (at DEPTH) from the file CUR as FORMAT: the file, the
  * header and tables (qcow2), the snapshot asked for (top layer), and the
  * image locks as QEMU takes them; the writable top layer also gets its
@@ -893,7 +956,7 @@ open_layer (struct qcow2_image *img, struct qcow2_layer *l, const char *cur,
     r = snapshot_select (l, opts);
   if (r < 0)
     return r;
-  return writable ? header_open_writable (l) : header_lock_layer (l, false);
+  return writable ? open_writable (l) : header_lock_layer (l, false);
 }
 
 /* Where the chain goes after layer L, opened from CUR (not the bottom:

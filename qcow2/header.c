@@ -2,10 +2,10 @@
 /* The header of a writable layer: QEMU-compatible image locks, the
  * autoclear bits we don't maintain, and the dirty bit (set for
  * lazy_refcounts images while open, cleared on a clean close); open.c's
- * writable open puts them in place.  Writes of the incompatible-features field go
- * through one function and one mutex, so that the corrupt bit (set by
- * qcow2_corrupt without a layer lock) is never lost to a concurrent
- * update of the dirty bit.  Ordering: qcow2/ORDERING.md. */
+ * writable open puts them in place.  Writes of the incompatible-features
+ * field go through one function and one mutex, so that the corrupt bit
+ * (set by qcow2_corrupt without a layer lock) is never lost to a
+ * concurrent update of the dirty bit.  Ordering: qcow2/ORDERING.md. */
 #include <config.h>
 
 #define _GNU_SOURCE 1

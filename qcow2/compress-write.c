@@ -49,14 +49,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-uint32_t
-qcow2_cluster_size (const struct qcow2_image *img)
-{
-  const struct qcow2_layer *top = img->layers[0];
-
-  return top->format == LAYER_QCOW2 ? top->cluster_size : 0;
-}
-
 /* Host clusters [first, last] a stream of LEN bytes at HOST touches. */
 static void
 stream_clusters (const struct qcow2_layer *layer, uint64_t host,

@@ -1131,6 +1131,14 @@ qcow2_virtual_size (const struct qcow2_image *img)
 }
 
 uint32_t
+qcow2_cluster_size (const struct qcow2_image *img)
+{
+  const struct qcow2_layer *top = img->layers[0];
+
+  return top->format == LAYER_QCOW2 ? top->cluster_size : 0;
+}
+
+uint32_t
 qcow2_layer_cluster_size (const struct qcow2_layer *layer)
 {
   return layer->cluster_size;

@@ -25,7 +25,7 @@ alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end)
 
   if (end > layer->host_end)
     layer->host_end = end;
-  /* cache.c checks L2 table offsets against the file size. */
+  /* l2-cache.c checks L2 table offsets against the file size. */
   if (end > f->size)
     f->size = end;
 }

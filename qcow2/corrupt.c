@@ -92,7 +92,7 @@ qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   /* The in-memory flag stops our own writers; on a writable image the
    * corrupt bit (QCOW2_INCOMPAT_CORRUPT) also goes into the on-disk
    * header of the top layer, so no later opener writes to it either.
-   * We may hold a layer lock here (see cache.c): the header write takes
+   * We may hold a layer lock here (see l2-cache.c): the header write takes
    * only its own mutex.  Only the first report writes. */
   if (!atomic_exchange (&img->corrupt, true) && img->writable &&
       layer->depth == 1 && layer->format == LAYER_QCOW2) {

@@ -33,7 +33,7 @@
 
 enum layer_format { LAYER_QCOW2, LAYER_RAW };
 
-struct l2_cache;              /* cache.c */
+struct l2_cache;              /* l2-cache.c */
 struct refcount_cache;        /* refcount.c */
 struct release_list;          /* release.c */
 struct inflight_state;        /* inflight.c */
@@ -49,7 +49,7 @@ struct qcow2_file {
                                * metadata file of a writable top layer:
                                * grown by alloc_note_end_locked under
                                * that layer's lock (exclusive), so the
-                               * L2 offset checks of cache.c accept new
+                               * L2 offset checks of l2-cache.c accept new
                                * tables */
 };
 
@@ -295,7 +295,7 @@ void release_commit_begin_locked (struct qcow2_layer *layer);
  * written back in turn) and punch what they free where asked. */
 int release_commit_locked (struct qcow2_layer *layer);
 
-/* ---- cache.c: the L2 slice cache ------------------------------------- */
+/* ---- l2-cache.c: the L2 slice cache ---------------------------------- */
 
 /* Create/destroy LAYER's cache, holding at most CACHE_SIZE bytes of L2
  * slices (rounded to whole slices, at least a few). */

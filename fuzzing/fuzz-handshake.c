@@ -136,7 +136,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   conn.fd = -1;
   strcpy (conn.peer, "fuzz");
   memset (&rp, 0, sizeof rp);
-  hs = handshake_new (&conn, &exp, modes[data[0] & 3]);
+  fuzz_source_set (&exp);
+  hs = handshake_new (&conn, &fuzz_source, modes[data[0] & 3]);
   if (hs == NULL)
     abort ();
   data += 2;
@@ -188,5 +189,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     size -= len;
   }
   handshake_free (hs);
+  /* The connection's reference, if it got one, and no other. */
+  CHECK (fuzz_source_refs () == (conn.exp != NULL));
   return 0;
 }

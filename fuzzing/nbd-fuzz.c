@@ -49,6 +49,63 @@ fuzz_export (struct export *exp, uint8_t cfg)
   exp->metas = (UINT64_C (1) << exp->nr_meta) - 1;
 }
 
+static const struct export *fsource_exp;
+static unsigned fsource_refs;
+
+void
+fuzz_source_set (const struct export *exp)
+{
+  fsource_exp = exp;
+  fsource_refs = 0;
+}
+
+unsigned
+fuzz_source_refs (void)
+{
+  return fsource_refs;
+}
+
+static uint32_t
+fsource_get (const char *name, size_t len, const struct export **expp,
+            char *msg, size_t msglen)
+{
+  if (strlen (fsource_exp->name) != len
+      || memcmp (fsource_exp->name, name, len) != 0) {
+    snprintf (msg, msglen, "no export named '%.*s'", (int) MIN (len, 64u),
+              name);
+    return NBD_REP_ERR_UNKNOWN;
+  }
+  fsource_refs++;
+  *expp = fsource_exp;
+  return 0;
+}
+
+static void
+fsource_put (const struct export *exp)
+{
+  if (exp == NULL)
+    return;
+  CHECK (exp == fsource_exp && fsource_refs > 0);
+  fsource_refs--;
+}
+
+static int
+fsource_list (const char *after,
+             int (*fn) (void *opaque, const char *name,
+                        const char *description),
+             void *opaque)
+{
+  if (after && strcmp (fsource_exp->name, after) <= 0)
+    return 0;
+  return fn (opaque, fsource_exp->name, fsource_exp->description);
+}
+
+const struct export_source fuzz_source = {
+  .get = fsource_get,
+  .put = fsource_put,
+  .list = fsource_list,
+};
+
 /* What the command handlers rely on for a request parse_check let
  * through. */
 static void

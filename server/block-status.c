@@ -132,6 +132,7 @@ cmd_block_status (struct request *req)
 {
   struct conn_state *cs = req->cs;
   struct worker *w = cs->w;
+  const struct export_fds *xf = conn_fds (cs);
   const struct export *exp = cs->conn->exp;
   struct bs_list lists[META_MAX];
   size_t nlists = 0, nraw = 0;
@@ -188,8 +189,8 @@ cmd_block_status (struct request *req)
         enum qcow2_host_holes hh = e->type == QCOW2_EXTENT_DATA
           ? qcow2_layer_host_holes (e->layer) : QCOW2_HOST_HOLES_DATA;
 
-        if (hh != QCOW2_HOST_HOLES_DATA && e->file < w->nr_fds)
-          bs_add_data (base, w->fds[e->file], e->host_offset, e->length,
+        if (hh != QCOW2_HOST_HOLES_DATA && e->file < xf->nr)
+          bs_add_data (base, xf->fds[e->file], e->host_offset, e->length,
                        hh == QCOW2_HOST_HOLES_ZERO ? NBD_STATE_ZERO
                        : NBD_STATE_HOLE | NBD_STATE_ZERO);
         else if (extent_is_hole (e))

@@ -32,14 +32,14 @@ struct negotiation {
 };
 
 struct negotiation *
-negotiate_new (struct conn *conn, const struct export *exp)
+negotiate_new (struct conn *conn)
 {
   struct negotiation *n = calloc (1, sizeof *n);
 
   if (n == NULL)
     return NULL;
   n->conn = conn;
-  n->hs = handshake_new (conn, exp,
+  n->hs = handshake_new (conn, &exports_source,
                          server_tls_ctx ? server_tls_mode : TLS_OFF);
   if (n->hs == NULL) {
     free (n);

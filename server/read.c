@@ -208,7 +208,7 @@ piece_submit (struct piece *pc)
   /* Chosen at each (re)submission: after a short read the rest may no
    * longer be aligned for O_DIRECT. */
   if (!pc->scratch)
-    fd = worker_data_fd (cs->w, pc->ext->file, pc->host_off + pc->done,
+    fd = worker_data_fd (conn_fds (cs), pc->ext->file, pc->host_off + pc->done,
                          pc->len - pc->done, dst + pc->done);
   io_uring_prep_read (sqe, fd, dst + pc->done, pc->len - pc->done,
                       pc->host_off + pc->done);
@@ -286,6 +286,7 @@ cmd_read (struct request *req)
 {
   struct conn_state *cs = req->cs;
   struct worker *w = cs->w;
+  const struct export_fds *xf = conn_fds (cs);
   bool zero_fill = !cs->conn->structured_replies
     || (req->flags & NBD_CMD_FLAG_DF);
   size_t npieces = 0;
@@ -333,7 +334,7 @@ cmd_read (struct request *req)
         memset (dst, 0, e->length);
       continue;
     }
-    if (e->file >= w->nr_fds) {
+    if (e->file >= xf->nr) {
       set_error (req, EIO, "bad file index in extent at %" PRIu64, e->offset);
       break;
     }
@@ -344,7 +345,7 @@ cmd_read (struct request *req)
     pc->req = req;
     pc->ext = e;
     pc->dst = dst;
-    pc->fd = w->fds[e->file];
+    pc->fd = xf->fds[e->file];
     pc->host_off = e->host_offset;
     if (e->type == QCOW2_EXTENT_DATA)
       pc->len = e->length;
@@ -394,6 +395,7 @@ void
 cmd_cache (struct request *req)
 {
   struct worker *w = req->cs->w;
+  const struct export_fds *xf = conn_fds (req->cs);
 
   /* Readahead is advice: failures are not the client's concern, and the
    * reply need not wait for it. */
@@ -402,11 +404,11 @@ cmd_cache (struct request *req)
       const struct qcow2_extent *e = &req->ext[i];
       uint64_t len;
 
-      if (extent_is_hole (e) || e->file >= w->nr_fds)
+      if (extent_is_hole (e) || e->file >= xf->nr)
         continue;
       len = e->type == QCOW2_EXTENT_DATA ? e->length : e->compressed_length;
       struct io_uring_sqe *sqe = worker_get_sqe (w);
-      io_uring_prep_fadvise (sqe, w->fds[e->file], e->host_offset, len,
+      io_uring_prep_fadvise (sqe, xf->fds[e->file], e->host_offset, len,
                              POSIX_FADV_WILLNEED);
     }
   }

@@ -57,10 +57,28 @@ enum detect_zeroes {
   DETECT_ZEROES_UNMAP,          /* zeroed, deallocated (--discard=unmap) */
 };
 
+/* One --export NAME=PATH[,OPTIONS] (main.c): an export of its own,
+ * opened at startup, with its own options over the global ones. */
+struct export_spec {
+  const char *name;
+  const char *path;
+  const char *description;      /* NULL: none */
+  int read_only;                /* -1: the global --read-only */
+  int discard_unmap;            /* -1: the global --discard */
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
+};
+
+/* Exports a server keeps open at once by default (--max-open-exports),
+ * and how long one no connection uses stays open (--idle-timeout). */
+#define DEFAULT_MAX_OPEN_EXPORTS 64
+#define DEFAULT_EXPORT_IDLE_TIMEOUT 60
+
 /* Everything both command lines (main.c's serve, qemu-nbd.c) can ask
- * for; serve_run() turns it into the export and runs the server. */
+ * for; serve_run() turns it into the exports and runs the server. */
 struct server_config {
-  /* The image. */
+  /* The image: the export named export_name.  NULL when the exports
+   * are only --export and --export-dir ones. */
   const char *image;            /* path of the image */
   enum qcow2_format format;
   bool probed_raw;              /* raw by probing: guard sector 0 as QEMU */
@@ -89,6 +107,18 @@ struct server_config {
    * only when max_connections != 1, the size rounded down to 512, the
    * minimum block size 1 unless the client asks for block sizes. */
   bool qemu_export;
+
+  /* More exports (main.c's serve only; exports.c).  An --export is
+   * opened at startup and stays open; an image of export_dir is opened
+   * at its first INFO or GO and closed once no connection has used it
+   * for idle_timeout seconds, or sooner when max_open exports are open
+   * and another is wanted.  default_export: the name "" stands for. */
+  struct export_spec *exports;
+  unsigned nr_exports;
+  const char *export_dir;
+  unsigned max_open_exports;
+  unsigned idle_timeout;
+  const char *default_export;
 
   /* Listening and lifetime. */
   /* qemu-nbd's listening rules and messages (sockets.c): one socket on
@@ -144,10 +174,19 @@ struct server_config {
 #define DEFAULT_MAX_HANDSHAKES 1024
 #define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
 
-/* Open the image, build the export, listen, serve until stopped (a
+/* Open the images, build the exports, listen, serve until stopped (a
  * signal, or the last client without persistent), then close everything
  * cleanly.  Returns the exit status.  Call before any thread exists. */
 int serve_run (const struct server_config *cfg);
+
+struct export;
+/* Open the image of CFG (cfg->image: one export's configuration) and
+ * build EXP from it.  Returns 0, or -errno after reporting why (the
+ * hooks of CFG, or the log). */
+int serve_export_open (const struct server_config *cfg, struct export *exp);
+/* Flush and close what serve_export_open opened.  Returns 0, or the
+ * -errno of the final flush (logged: unflushed writes may be lost). */
+int serve_export_close (struct export *exp);
 
 /* The server's default configuration (serve's defaults). */
 void serve_config_init (struct server_config *cfg);
@@ -157,7 +196,23 @@ void serve_config_init (struct server_config *cfg);
 extern enum tls_mode server_tls_mode;
 extern struct tls_ctx *server_tls_ctx;
 
-/* The one export.  Constant once serving starts. */
+/* A worker's own fds of an export's files (dup()s of the image's),
+ * indexed like qcow2_file_fd(): data I/O goes through them.  With
+ * export->direct_io, dfds holds a second, O_DIRECT, open file
+ * description of each (worker_data_fd).  Set up when the export opens
+ * (exports.c), closed when it closes; only worker IDX touches
+ * no_zero_range. */
+struct export_fds {
+  int *fds;
+  int *dfds;                    /* NULL unless direct_io */
+  /* Per file: FALLOC_FL_ZERO_RANGE was refused, so zero segments are
+   * written as zeros straight away. */
+  bool *no_zero_range;
+  size_t nr;
+};
+
+/* An open export.  Constant while it is open; a connection that
+ * selected it holds a reference (exports.c) until it is freed. */
 struct export {
   const char *name;
   const char *description;
@@ -183,7 +238,37 @@ struct export {
   unsigned nr_meta;
   struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
   const char *failed_bitmap;    /* set up only: the --bitmap refused */
+  /* The workers' fds of the image files, one set per worker. */
+  struct export_fds *wfds;
+  unsigned nr_wfds;
 };
+
+/* ---- exports.c: the exports by name, opened and closed on demand ------ */
+
+/* Build the exports of CFG: the positional image, each --export (both
+ * opened now: a failure is a startup error) and --export-dir (opened on
+ * demand).  NR_WORKERS: how many sets of fds each export gets.  Returns
+ * 0 or -1 (logged). */
+int exports_init (const struct server_config *cfg, unsigned nr_workers);
+/* Start closing idle exports (a thread).  Returns 0 or -1 (logged). */
+int exports_start (void);
+/* Stop that, flush and close every export.  Returns 0, or -1 when a
+ * final flush failed (logged). */
+int exports_shutdown (void);
+/* How many exports the command line named, and the one of them when
+ * there is exactly one and no directory (else NULL): for the startup
+ * message. */
+const struct export *exports_single (void);
+
+/* The exports as the handshake sees them (struct export_source): get
+ * opens an image of the directory if need be, refusing with
+ * NBD_REP_ERR_UNKNOWN a name that is not an export or an image that
+ * cannot be opened (logged), with NBD_REP_ERR_POLICY when too many
+ * exports are open and in use; list reads the directory afresh when
+ * AFTER is NULL. */
+extern const struct export_source exports_source;
+/* Drop a connection's reference (NULL: nothing). */
+void exports_put (const struct export *exp);
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
 
@@ -265,10 +350,28 @@ enum handshake_status {
  * replies). */
 uint16_t handshake_eflags (bool read_only);
 
-/* Start negotiating on CONN for EXP, with the greeting queued as
- * output.  TLS_MODE is TLS_OFF unless the server can do TLS.  NULL when
- * out of memory. */
-struct handshake *handshake_new (struct conn *conn, const struct export *exp,
+/* Where the handshake finds exports: exports.c's (exports_source), or a
+ * fuzz target's.  get looks NAME (LEN bytes, "" the default export) up
+ * and takes a reference, returning 0, or the NBD_REP_ERR_* to refuse it
+ * with and (in MSG) why; put drops one (NULL: nothing); list calls FN
+ * for the exports in name order, from the first whose name sorts after
+ * AFTER (NULL: from the first), until FN returns nonzero, which it
+ * returns (0: all seen). */
+struct export_source {
+  uint32_t (*get) (const char *name, size_t len, const struct export **expp,
+                   char *msg, size_t msglen);
+  void (*put) (const struct export *exp);
+  int (*list) (const char *after,
+               int (*fn) (void *opaque, const char *name,
+                          const char *description),
+               void *opaque);
+};
+
+/* Start negotiating on CONN, with the greeting queued as output, the
+ * exports looked up in SRC.  TLS_MODE is TLS_OFF unless the server can
+ * do TLS.  NULL when out of memory. */
+struct handshake *handshake_new (struct conn *conn,
+                                 const struct export_source *src,
                                  enum tls_mode tls_mode);
 void handshake_free (struct handshake *hs);
 enum handshake_status handshake_status (const struct handshake *hs);
@@ -310,10 +413,9 @@ enum negotiate_next {
   NEGOTIATE_CLOSE,              /* close the connection (logged) */
 };
 
-/* Start negotiating on CONN (non-blocking socket) for EXP: the greeting
- * is queued.  NULL when out of memory. */
-struct negotiation *negotiate_new (struct conn *conn,
-                                   const struct export *exp);
+/* Start negotiating on CONN (non-blocking socket): the greeting is
+ * queued.  NULL when out of memory. */
+struct negotiation *negotiate_new (struct conn *conn);
 /* Free the negotiation, not the connection. */
 void negotiate_free (struct negotiation *n);
 /* Move bytes, and step the TLS handshake, until the socket would block.
@@ -407,8 +509,8 @@ int sockets_listen (const struct server_config *cfg, int **fds);
 /* Accept on FDS until server_stop() is called, negotiating with every
  * client from one event loop (within the limits of CFG) and handing
  * those that reach the transmission phase to the workers. */
-void listener_run (const struct server_config *cfg, const struct export *exp,
-                   const int *fds, int nfds);
+void listener_run (const struct server_config *cfg, const int *fds,
+                   int nfds);
 /* Async-signal-safe: ask the listener to stop accepting. */
 void server_stop (void);
 /* Called when a connection has been freed; NEGOTIATED: it had reached
@@ -417,9 +519,9 @@ void listener_conn_closed (bool negotiated);
 
 /* ---- worker.c: worker threads, each with an io_uring ring ------------- */
 
-/* Start N workers serving EXP; each dups every image file.  Returns 0 or
- * -1 (logged). */
-int workers_start (const struct export *exp, unsigned n);
+/* Start N workers (their fds of each export's files are exports.c's).
+ * Returns 0 or -1 (logged). */
+int workers_start (unsigned n);
 /* Hand a connection in the transmission phase to the least busy worker. */
 void workers_add_conn (struct conn *conn);
 /* Stop reading new requests on every connection, answer what is in

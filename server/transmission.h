@@ -91,19 +91,15 @@ struct dcache {
 struct worker {
   unsigned idx;
   pthread_t thread;
-  const struct export *exp;
   struct io_uring ring;
   bool ring_disabled;           /* created R_DISABLED: enable in the thread */
   int efd;                      /* eventfd: hand-over and shutdown wake-up */
   uint64_t efd_val;
   struct uring_op wake_op;
 
-  /* Data I/O goes through the worker's own fds (dup()s of the image's),
-   * indexed like qcow2_file_fd().  With export->direct_io, dfds holds a
-   * second, O_DIRECT, open file description of each (worker_data_fd). */
-  int *fds;
-  int *dfds;                    /* NULL unless direct_io */
-  size_t nr_fds;
+  /* Data I/O goes through the worker's own fds of each export's files:
+   * exp->wfds[idx] (struct export_fds, set up by exports.c when the
+   * export opens, closed when it closes). */
 
   pthread_mutex_t lock;
   struct conn **handoff;        /* lock: connections not yet picked up */
@@ -126,9 +122,6 @@ struct worker {
   /* Requests the library answered with QCOW2_BLOCKED, in arrival order,
    * retried after every wake-up (request_retry_parked). */
   struct request *parked_head, *parked_tail;
-  /* Per file (indexed like fds): FALLOC_FL_ZERO_RANGE was refused, so
-   * zero segments are written as zeros straight away. */
-  bool *no_zero_range;
   struct dcache dcache;         /* decompressed clusters */
   uint64_t inline_writes_after; /* now_ns() before which writes go
                                  * through io_uring (writes.c) */
@@ -363,6 +356,13 @@ struct io_uring_sqe *worker_get_sqe (struct worker *w);
  * 4096 is enough on every Linux file system and block device. */
 #define DIRECT_ALIGN 4096
 
+/* The worker's own fds of the files of the export CS is connected to. */
+static inline struct export_fds *
+conn_fds (const struct conn_state *cs)
+{
+  return &cs->conn->exp->wfds[cs->w->idx];
+}
+
 /* The fd a data read or write of LEN bytes at host offset OFF of FILE,
  * to or from BUF, goes through: the O_DIRECT one when the export wants
  * O_DIRECT (cache=none, directsync) and everything is aligned, else the
@@ -370,13 +370,13 @@ struct io_uring_sqe *worker_get_sqe (struct worker *w);
  * cache coherent with direct I/O (writing back and invalidating the
  * range), so mixing them is safe for requests NBD does not order. */
 static inline int
-worker_data_fd (const struct worker *w, unsigned file, uint64_t off,
+worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
                 uint64_t len, const void *buf)
 {
-  if (w->dfds != NULL && w->dfds[file] >= 0
+  if (xf->dfds != NULL && xf->dfds[file] >= 0
       && ((off | len | (uintptr_t) buf) & (DIRECT_ALIGN - 1)) == 0)
-    return w->dfds[file];
-  return w->fds[file];
+    return xf->dfds[file];
+  return xf->fds[file];
 }
 
 /* Make room for N SQEs that must be submitted together (a linked

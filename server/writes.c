@@ -135,15 +135,15 @@ modify_done_or_park (struct request *req, int r, unsigned seq)
 static int
 wop_fd (const struct wop *wo)
 {
-  const struct worker *w = wo->req->cs->w;
+  const struct export_fds *xf = conn_fds (wo->req->cs);
 
-  if (w->dfds == NULL || wo->zero)
+  if (xf->dfds == NULL || wo->zero)
     return wo->fd;
   for (int i = 0; i < wo->iovcnt; i++)
-    if (worker_data_fd (w, wo->file, 0, wo->iov[i].iov_len,
-                        wo->iov[i].iov_base) == w->fds[wo->file])
+    if (worker_data_fd (xf, wo->file, 0, wo->iov[i].iov_len,
+                        wo->iov[i].iov_base) == xf->fds[wo->file])
       return wo->fd;
-  return worker_data_fd (w, wo->file, wo->off, wo->left, NULL);
+  return worker_data_fd (xf, wo->file, wo->off, wo->left, NULL);
 }
 
 static void
@@ -234,12 +234,12 @@ wop_complete (struct wop *wo, int res)
   if (wo->zero && !wo->write_zeros) {
     /* EINVAL too: kernels without IORING_OP_FALLOCATE say that. */
     if (res == -EOPNOTSUPP || res == -ENOSYS || res == -EINVAL) {
-      if (!cs->w->no_zero_range[wo->file])
+      if (!conn_fds (cs)->no_zero_range[wo->file])
         log_debug ("worker %u: FALLOC_FL_ZERO_RANGE on %s: %s; writing "
                    "zeros instead", cs->w->idx,
                    qcow2_file_name (cs->conn->exp->img, wo->file),
                    strerror (-res));
-      cs->w->no_zero_range[wo->file] = true;
+      conn_fds (cs)->no_zero_range[wo->file] = true;
       wo->write_zeros = true;
       wop_submit (wo);
       return;
@@ -403,7 +403,7 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
               size_t nsegs, unsigned seq)
 {
   struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
+  const struct export_fds *xf = conn_fds (cs);
   size_t nops = 0;
 
   if (r != 0)
@@ -421,7 +421,7 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
    * the wrong place: check before trusting. */
   for (size_t i = 0; i < nsegs; i++) {
     const struct qcow2_seg *sg = &segs[i];
-    bool bad = sg->file >= w->nr_fds || sg->length == 0
+    bool bad = sg->file >= xf->nr || sg->length == 0
       || sg->host_offset > UINT64_MAX - sg->length;
 
     if (sg->source == QCOW2_SEG_GUEST)
@@ -466,11 +466,11 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
       wo->op.kind = OP_WRITE;
       wo->req = req;
       wo->file = sg->file;
-      wo->fd = w->fds[sg->file];
+      wo->fd = xf->fds[sg->file];
       wo->off = sg->host_offset;
       wo->iov = iov;
       wo->zero = sg->source == QCOW2_SEG_ZERO;
-      wo->write_zeros = wo->zero && w->no_zero_range[sg->file];
+      wo->write_zeros = wo->zero && xf->no_zero_range[sg->file];
       run = 0;
     }
     run++;

@@ -678,12 +678,14 @@ lookup_locked (const char *name)
     e = entries[at];
     if (!e->from_dir)
       return e;
-    /* Still there?  (An open one is served until it closes.) */
-    if (e->state != CLOSED || dir_file_ok (e->path)) {
+    /* Still there?  A removed file is not served to new clients (those
+     * using it go on until they leave). */
+    if (dir_file_ok (e->path)) {
       e->gone = false;
       return e;
     }
-    if (e->refs == 0)
+    e->gone = true;
+    if (e->state == CLOSED && e->refs == 0)
       remove_locked (at);
     return NULL;
   }
@@ -704,6 +706,8 @@ export_get (const char *name, size_t len, const struct export **expp,
 {
   char key[NBD_MAX_STRING + 1];
   char why[256];
+  const char *reason;
+  size_t pathlen;
   struct entry *e;
   int r;
 
@@ -773,12 +777,17 @@ export_get (const char *name, size_t len, const struct export **expp,
   if (r == -1) {
     e->state = CLOSED;
     nr_open_dir--;
+    log_error ("export '%s' refused: %s", e->name, why);
+    /* The client is told why, but not where the server keeps it. */
+    pathlen = strlen (e->path);
+    reason = why;
+    if (strncmp (why, e->path, pathlen) == 0 && why[pathlen] == ':')
+      reason = why + pathlen + 1 + (why[pathlen + 1] == ' ');
+    snprintf (msg, msglen, "export '%.*s' cannot be opened: %s",
+              (int) MIN (len, 64u), name, reason);
+    e->refs--;                  /* E may go once the lock is dropped */
     pthread_cond_broadcast (&cond);
     pthread_mutex_unlock (&lock);
-    e->refs--;
-    log_error ("export '%s' refused: %s", e->name, why);
-    snprintf (msg, msglen, "export '%.*s' cannot be opened: %s",
-              (int) MIN (len, 64u), name, why);
     return NBD_REP_ERR_UNKNOWN;
   }
   e->state = OPEN;

@@ -581,7 +581,10 @@ exports_init (const struct server_config *cfg, unsigned workers)
 
     e->pinned = true;
     if (entry_open (e, why, sizeof why) == -1) {
-      log_error ("export '%s' (%s): %s", e->name, e->path, why);
+      /* The library's reasons are logged (or the open_failed hook has
+       * them); probing's are ours to say. */
+      if (open_why[0])
+        log_error ("export '%s': %s", e->name, why);
       return -1;
     }
     e->state = OPEN;
@@ -590,10 +593,12 @@ exports_init (const struct server_config *cfg, unsigned workers)
   if (cfg->export_dir) {
     struct stat st;
 
-    if (stat (cfg->export_dir, &st) == -1 || !S_ISDIR (st.st_mode)) {
-      log_error ("--export-dir %s: %s", cfg->export_dir,
-                 errno && !S_ISDIR (st.st_mode) ? strerror (ENOTDIR)
-                 : strerror (errno));
+    if (stat (cfg->export_dir, &st) == -1) {
+      log_error ("--export-dir %s: %m", cfg->export_dir);
+      return -1;
+    }
+    if (!S_ISDIR (st.st_mode)) {
+      log_error ("--export-dir %s: %s", cfg->export_dir, strerror (ENOTDIR));
       return -1;
     }
   }

@@ -218,6 +218,24 @@ static const struct option long_opts[] = {
   { NULL, 0, NULL, 0 },
 };
 
+static char *
+xstrndup (const char *s, size_t n)
+{
+  char *p = strndup (s, n);
+
+  if (p == NULL) {
+    perror ("qcow2-nbd");
+    exit (EXIT_FAILURE);
+  }
+  return p;
+}
+
+static char *
+xstrdup (const char *s)
+{
+  return xstrndup (s, strlen (s));
+}
+
 /* The next comma-separated field of *P (",," is a comma in it), as a
  * new string; *P moves past it and its comma.  NULL at the end. */
 static char *
@@ -268,11 +286,11 @@ parse_export (const char *arg, struct server_config *cfg)
   cfg->exports = sp;
   sp = &cfg->exports[cfg->nr_exports++];
   memset (sp, 0, sizeof *sp);
-  sp->name = strndup (arg, eq - arg);
+  sp->name = xstrndup (arg, eq - arg);
   sp->read_only = sp->discard_unmap = -1;
   p = eq + 1;
   sp->path = next_field (&p);
-  if (sp->name == NULL || *sp->path == '\0')
+  if (*sp->path == '\0')
     bad_usage ("--export takes NAME=PATH[,OPTIONS], not", arg);
   while ((f = next_field (&p)) != NULL) {
     if (strcmp (f, "ro") == 0)
@@ -282,8 +300,8 @@ parse_export (const char *arg, struct server_config *cfg)
     else if (strncmp (f, "description=", 12) == 0) {
       if (strlen (f + 12) > NBD_MAX_STRING)
         bad_usage ("description longer than 4096 bytes", NULL);
-      sp->description = f + 12;
-      continue;                 /* kept */
+      free ((char *) sp->description);
+      sp->description = xstrdup (f + 12);
     }
     else if (strcmp (f, "discard=unmap") == 0)
       sp->discard_unmap = 1;
@@ -294,8 +312,7 @@ parse_export (const char *arg, struct server_config *cfg)
         bad_usage ("invalid bitmap name", f + 7);
       if (sp->nr_bitmaps == MAX_EXPORT_BITMAPS)
         bad_usage ("too many bitmaps for one export (at most 62)", NULL);
-      sp->bitmaps[sp->nr_bitmaps++] = f + 7;
-      continue;                 /* kept */
+      sp->bitmaps[sp->nr_bitmaps++] = xstrdup (f + 7);
     }
     else
       bad_usage ("unknown --export option", f);
@@ -491,6 +508,24 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     bad_usage ("--tls needs --tls-certs or --tls-psk", NULL);
 }
 
+/* Free what parse_export allocated. */
+static void
+free_exports (struct server_config *cfg)
+{
+  for (unsigned i = 0; i < cfg->nr_exports; i++) {
+    struct export_spec *sp = &cfg->exports[i];
+
+    free ((char *) sp->name);
+    free ((char *) sp->path);
+    free ((char *) sp->description);
+    for (unsigned b = 0; b < sp->nr_bitmaps; b++)
+      free ((char *) sp->bitmaps[b]);
+  }
+  free (cfg->exports);
+  cfg->exports = NULL;
+  cfg->nr_exports = 0;
+}
+
 /* Run as qemu-nbd (a link named qemu-nbd, or qemu-nbd-SOMETHING)? */
 static bool
 called_as_qemu_nbd (const char *argv0)
@@ -525,8 +560,12 @@ main (int argc, char **argv)
   if (strcmp (argv[1], "create") == 0)
     return create_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
+    int status;
+
     parse_serve (argc - 1, argv + 1, &cfg);
-    return serve_run (&cfg);
+    status = serve_run (&cfg);
+    free_exports (&cfg);
+    return status;
   }
   fprintf (stderr, "qcow2-nbd: unknown command '%s'\n"
            "Try 'qcow2-nbd --help' for more information.\n", argv[1]);

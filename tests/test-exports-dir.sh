@@ -19,6 +19,7 @@
 #   has not grown since the first pass.
 
 source "$abs_top_srcdir/tests/functions.sh"
+source "$abs_top_srcdir/tests/flood-functions.sh"
 
 requires qemu-img qemu-io nbdinfo
 requires_python_nbd
@@ -64,7 +65,8 @@ image_io "$tmpdir/pinned.qcow2" 'write -P 0x77 0 64k'
 
 start_server --export-dir="$dir" \
   --export="pinned=$tmpdir/pinned.qcow2,ro,description=The pinned,, one" \
-  --max-open-exports=$max_open --idle-timeout=3600 --threads $threads -v
+  --max-open-exports=$max_open --idle-timeout=3600 --threads $threads \
+  --handshake-timeout=0 -v
 base="nbd://127.0.0.1:$port"
 
 # ---- LIST ---------------------------------------------------------------
@@ -99,14 +101,25 @@ ok "NBD_OPT_LIST: $(wc -l <"$tmpdir/list.got") exports, no hidden file," \
 
 # nbdinfo --list: INFO on each (so every image is opened, through the
 # cap); the corrupt one is left out with an error, the rest have their
-# sizes.
-nbdinfo --list --json "$base" >"$tmpdir/list.json" 2>"$tmpdir/list.err" ||
-  true
-"$PYTHON" - "$tmpdir/list.json" "$n" <<'EOF' || fail "nbdinfo --list output"
-import json, sys
-doc = json.load(open(sys.argv[1]))
+# sizes.  nbdinfo takes about 0.2 s an export whatever the server (the
+# same with nbdkit), so the listing outlasts the default handshake
+# timeout: hence --handshake-timeout=0 above.
+# (Debian 12's nbdinfo --list --json writes invalid JSON: the text is
+# parsed.)
+nbdinfo --list "$base" >"$tmpdir/list.txt" 2>"$tmpdir/list.err" || true
+"$PYTHON" - "$tmpdir/list.txt" "$n" <<'EOF' || fail "nbdinfo --list output"
+import re, sys
+got = {}
+cur = None
+for line in open(sys.argv[1]):
+    m = re.match(r'^export="(.*)":$', line)
+    if m:
+        cur = got.setdefault(m.group(1), {})
+        continue
+    m = re.match(r'^\t([a-z_-]+): (.*)$', line)
+    if m and cur is not None:
+        cur[m.group(1)] = m.group(2)
 n = int(sys.argv[2])
-got = {e["export-name"]: e for e in doc["exports"]}
 want = {"img%03d.qcow2" % i: (1 + i % 4) << 20 for i in range(n)}
 want["raw.img"] = 2 << 20
 want["pinned"] = 3 << 20
@@ -115,11 +128,13 @@ if set(got) != set(want):
              % (sorted(set(want) - set(got))[:5],
                 sorted(set(got) - set(want))[:5]))
 for name, size in want.items():
-    if got[name]["export-size"] != size:
-        sys.exit("%s: size %d, want %d" % (name, got[name]["export-size"], size))
+    if int(got[name]["export-size"].split()[0]) != size:
+        sys.exit("%s: size %s, want %d" % (name, got[name]["export-size"],
+                                           size))
 if got["pinned"].get("description") != "The pinned, one":
     sys.exit("pinned: description %r" % got["pinned"].get("description"))
-if not got["pinned"]["is_read_only"] or got["img000.qcow2"]["is_read_only"]:
+if got["pinned"]["is_read_only"] != "true" \
+   or got["img000.qcow2"]["is_read_only"] != "false":
     sys.exit("read-only flags wrong")
 EOF
 grep -q "corrupt.qcow2" "$tmpdir/list.err" ||
@@ -185,8 +200,11 @@ bound=$(( max_open * (1 + threads) ))
   fail "$fds3 fds of images open after three passes (at most $bound)"
 [ "$fds1" -le "$bound" ] ||
   fail "$fds1 fds of images open after one pass (at most $bound)"
-[ "$rss3" -le $(( rss1 + 16 * 1024 )) ] ||
-  fail "RSS grew from ${rss1} KiB to ${rss3} KiB over two more passes"
+# (A sanitizer's quarantine keeps freed memory: RSS means nothing.)
+if ! server_sanitized; then
+  [ "$rss3" -le $(( rss1 + 16 * 1024 )) ] ||
+    fail "RSS grew from ${rss1} KiB to ${rss3} KiB over two more passes"
+fi
 ok "after 3 x $n images: $fds3 image fds (bound $bound)," \
    "RSS ${rss1} -> ${rss3} KiB"
 grep -c "^qcow2-nbd: export '.*': closed$" "$server_log" | {

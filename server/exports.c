@@ -450,7 +450,8 @@ close_locked (size_t at)
   e->state = CLOSED;
   if (e->from_dir)
     nr_open_dir--;
-  if (e->gone) {
+  /* Gone from the directory, and nobody waiting to open it again. */
+  if (e->gone && e->refs == 0) {
     bool found;
     size_t i = find_locked (e->name, &found);
 

@@ -194,6 +194,9 @@ extern const char *log_program;  /* the prefix: "qcow2-nbd" or "qemu-nbd" */
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+/* log_error of one finished line: for the libraries' log callbacks
+ * (tls_config.log). */
+void log_error_line (const char *msg);
 
 /* ---- conn.c: connections and their transport seam --------------------- */
 

@@ -6,6 +6,7 @@
 EXPORTS_TESTS = \
 	test-exports-dir.sh \
 	test-exports-idle.sh \
+	test-exports-list.sh \
 	test-exports-write.sh \
 	$(NULL)
 

@@ -421,12 +421,13 @@ wait_for_file ()
   fail "$2"
 }
 
-# wait_log COUNT PATTERN: wait (10 s at most) until the server log has
-# COUNT lines matching PATTERN (grep -c, so a count at least COUNT).
+# wait_log COUNT PATTERN [SECONDS]: wait (SECONDS, default 10, at most)
+# until the server log has COUNT lines matching PATTERN (grep -c, so a
+# count at least COUNT).
 wait_log ()
 {
   local i
-  for (( i = 0; i < 100; i++ )); do
+  for (( i = 0; i < ${3:-10} * 10; i++ )); do
     [ "$(grep -c -- "$2" "$server_log")" -ge "$1" ] && return 0
     sleep 0.1
   done

@@ -23,17 +23,8 @@ for x in a:0x11 b:0x22 c:0x33; do
   image_io "$f" "write -P ${x#*:} 0 64k"
 done
 
-# wait_count COUNT PATTERN: like wait_log, with a generous bound.
-wait_count ()
-{
-  local i
-  for (( i = 0; i < 1200; i++ )); do
-    [ "$(grep -c -- "$2" "$server_log")" -ge "$1" ] && return 0
-    sleep 0.1
-  done
-  fail "expected $1 log lines matching '$2', got" \
-       "$(grep -c -- "$2" "$server_log")"
-}
+# wait_count COUNT PATTERN: wait_log with a generous bound.
+wait_count () { wait_log "$1" "$2" 120; }
 
 count () { grep -c -- "$1" "$server_log" || true; }
 

@@ -94,14 +94,8 @@ nbdcopy --connections=2 <(head -c 8M "$tmpdir/data2") "$base/y.qcow2" &
 c2=$!
 wait $c1 || fail "nbdcopy to x.qcow2"
 wait $c2 || fail "nbdcopy to y.qcow2"
-for name in x y; do
-  for (( i = 0; i < 1200; i++ )); do
-    grep -q "export '$name.qcow2': closed" "$server_log" && break
-    sleep 0.1
-  done
-  grep -q "export '$name.qcow2': closed" "$server_log" ||
-    fail "$name.qcow2 not closed after its clients left"
-done
+wait_log 1 "export 'x.qcow2': closed" 120
+wait_log 1 "export 'y.qcow2': closed" 120
 # Closed, so unlocked and clean: checked while the server runs.
 check_clean "$dir/x.qcow2" "x.qcow2 after its export closed"
 check_clean "$dir/y.qcow2" "y.qcow2 after its export closed"

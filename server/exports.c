@@ -176,10 +176,46 @@ remove_locked (size_t at)
   nr_entries--;
 }
 
+/* Is S (LEN bytes) well-formed UTF-8, as NBD names must be (proto.md,
+ * "Export names")?  Shortest forms only, no surrogates. */
+static bool
+utf8_ok (const unsigned char *s, size_t len)
+{
+  for (size_t i = 0; i < len;) {
+    unsigned c = s[i], n;
+    uint32_t cp;
+
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    if (c >= 0xc2 && c <= 0xdf)
+      n = 1, cp = c & 0x1f;
+    else if (c >= 0xe0 && c <= 0xef)
+      n = 2, cp = c & 0x0f;
+    else if (c >= 0xf0 && c <= 0xf4)
+      n = 3, cp = c & 0x07;
+    else
+      return false;
+    if (n > len - i - 1)
+      return false;
+    for (unsigned k = 1; k <= n; k++) {
+      if ((s[i + k] & 0xc0) != 0x80)
+        return false;
+      cp = cp << 6 | (s[i + k] & 0x3f);
+    }
+    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000)
+        || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return false;
+    i += n + 1;
+  }
+  return true;
+}
+
 /* Can NAME be the name of an image of the directory?  A single path
- * component naming no hidden file, with no control character: what a
- * client sends is tested with this before it is joined to the
- * directory. */
+ * component naming no hidden file, in UTF-8 without control characters:
+ * what a client sends is tested with this before it is joined to the
+ * directory, and files whose names fail it are not exports. */
 static bool
 dir_name_ok (const char *name)
 {
@@ -190,7 +226,7 @@ dir_name_ok (const char *name)
   for (size_t i = 0; i < len; i++)
     if (name[i] == '/' || (unsigned char) name[i] < 0x20 || name[i] == 0x7f)
       return false;
-  return true;
+  return utf8_ok ((const unsigned char *) name, len);
 }
 
 /* The path of NAME in the directory (NULL when out of memory). */

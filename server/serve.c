@@ -507,13 +507,15 @@ serve_run (const struct server_config *cfg)
               "thread%s", cfg->image ? cfg->image
               : qcow2_file_name (single->img, 0), single->size, single->name,
               threads, threads == 1 ? "" : "s");
-  else
-    log_info ("serving %u export%s%s%s with %u thread%s",
-              cfg->nr_exports + (cfg->image != NULL),
-              cfg->nr_exports + (cfg->image != NULL) == 1 ? "" : "s",
+  else {
+    unsigned n = cfg->nr_exports + (cfg->image != NULL);
+
+    log_info ("serving %u export%s%s%s with %u thread%s", n,
+              n == 1 ? "" : "s",
               cfg->export_dir ? " and the images of " : "",
               cfg->export_dir ? cfg->export_dir : "",
               threads, threads == 1 ? "" : "s");
+  }
   if (cfg->ready)
     cfg->ready (cfg);
 

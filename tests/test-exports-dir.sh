@@ -4,7 +4,8 @@
 # images in a directory, each written by qemu-io with its own pattern
 # and size, a raw image, a corrupt image, and what must not be served (a
 # hidden file, a symbolic link, a subdirectory, a file outside).  Checks:
-# - NBD_OPT_LIST (nbdsh) gives exactly the exports, with descriptions;
+# - NBD_OPT_LIST (nbdsh) gives exactly the exports, with descriptions
+#   (no file whose name is not UTF-8);
 #   nbdinfo --list --json their sizes;
 # - clients on several exports at once (8 parallel streams of qemu-io)
 #   read back what qemu-io wrote, through --max-open-exports=16, so the
@@ -57,6 +58,7 @@ printf '\x00\x00\x00\x00\x00\x03\x02\x01' |
 # Not exports.
 make_image "$tmpdir/outside.qcow2" 1M
 make_image "$dir/.hidden.qcow2" 1M
+make_image "$dir/"$'not-utf8-\xff.qcow2' 1M
 make_image "$dir/sub/inner.qcow2" 1M
 ln -s "$tmpdir/outside.qcow2" "$dir/link.qcow2"
 # A pinned export, outside the directory, with a description.
@@ -97,7 +99,33 @@ LC_ALL=C sort "$tmpdir/list.out" >"$tmpdir/list.got"
 diff -u "$tmpdir/list.want" "$tmpdir/list.got" ||
   fail "NBD_OPT_LIST does not give exactly the exports"
 ok "NBD_OPT_LIST: $(wc -l <"$tmpdir/list.got") exports, no hidden file," \
-   "link or subdirectory"
+   "link, subdirectory or name that is not UTF-8"
+
+# The names as bytes on the wire (libnbd drops those that are not UTF-8,
+# so it cannot tell): every one UTF-8, as many as above.
+"$PYTHON" - "$port" "$abs_top_srcdir/tests" $(( n + 3 )) <<'EOF' ||
+import socket, struct, sys
+sys.path.insert(0, sys.argv[2])
+import rawnbd
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+rawnbd.recv_exact(s, 18)
+s.sendall(rawnbd.CLIENT_FLAGS + rawnbd.opt(rawnbd.OPT_LIST))
+names = []
+while True:
+    _, _, typ, length = struct.unpack(">QIII", rawnbd.recv_exact(s, 20))
+    body = rawnbd.recv_exact(s, length)
+    if typ != 2:
+        break
+    nlen = struct.unpack(">I", body[:4])[0]
+    names.append(body[4:4 + nlen])
+if typ != rawnbd.REP_ACK:
+    sys.exit("NBD_OPT_LIST ended with %#x" % typ)
+for name in names:
+    name.decode("utf-8")        # raises for a name that is not UTF-8
+if len(names) != int(sys.argv[3]):
+    sys.exit("%d names on the wire" % len(names))
+EOF
+  fail "NBD_OPT_LIST on the wire"
 
 # nbdinfo --list: INFO on each (so every image is opened, through the
 # cap); the corrupt one is left out with an error, the rest have their

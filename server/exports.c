@@ -16,15 +16,12 @@
  * it answers an option and for its last SET_META_CONTEXT.  An export
  * with references is never closed.
  *
- * Names in a directory: a file's name is its export name.  Only regular
- * files directly in the directory are exports: no subdirectory, no
- * symbolic link (lstat, and O_NOFOLLOW when probing, so a link cannot
- * lead out of the directory), no name starting with '.', none with a
- * control character.  A name from a client goes through the same test
- * before it is joined to the directory, so no name reaches a file
- * outside it ('/' and ".." cannot pass).  The directory is read afresh
- * for every NBD_OPT_LIST, and a name not yet known is looked up in it
- * when asked for, so new files are served without a restart.
+ * Names in a directory: a file's name is its export name, and which
+ * files and names qualify is export-dir.c's to say (regular files, no
+ * symbolic link, no hidden file, UTF-8; a client's name is tested the
+ * same way before it is joined to the directory).  The directory is read
+ * afresh for every NBD_OPT_LIST, and a name not yet known is looked up
+ * in it when asked for, so new files are served without a restart.
  *
  * Threads: the listener looks up and opens (exports_get, from the
  * handshake), workers and the listener drop references (exports_put,
@@ -34,7 +31,6 @@
 
 #include <config.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -176,79 +172,6 @@ remove_locked (size_t at)
   nr_entries--;
 }
 
-/* Is S (LEN bytes) well-formed UTF-8, as NBD names must be (proto.md,
- * "Export names")?  Shortest forms only, no surrogates. */
-static bool
-utf8_ok (const unsigned char *s, size_t len)
-{
-  for (size_t i = 0; i < len;) {
-    unsigned c = s[i], n;
-    uint32_t cp;
-
-    if (c < 0x80) {
-      i++;
-      continue;
-    }
-    if (c >= 0xc2 && c <= 0xdf)
-      n = 1, cp = c & 0x1f;
-    else if (c >= 0xe0 && c <= 0xef)
-      n = 2, cp = c & 0x0f;
-    else if (c >= 0xf0 && c <= 0xf4)
-      n = 3, cp = c & 0x07;
-    else
-      return false;
-    if (n > len - i - 1)
-      return false;
-    for (unsigned k = 1; k <= n; k++) {
-      if ((s[i + k] & 0xc0) != 0x80)
-        return false;
-      cp = cp << 6 | (s[i + k] & 0x3f);
-    }
-    if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000)
-        || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      return false;
-    i += n + 1;
-  }
-  return true;
-}
-
-/* Can NAME be the name of an image of the directory?  A single path
- * component naming no hidden file, in UTF-8 without control characters:
- * what a client sends is tested with this before it is joined to the
- * directory, and files whose names fail it are not exports. */
-static bool
-dir_name_ok (const char *name)
-{
-  size_t len = strlen (name);
-
-  if (len == 0 || len > NAME_MAX || name[0] == '.')
-    return false;
-  for (size_t i = 0; i < len; i++)
-    if (name[i] == '/' || (unsigned char) name[i] < 0x20 || name[i] == 0x7f)
-      return false;
-  return utf8_ok ((const unsigned char *) name, len);
-}
-
-/* The path of NAME in the directory (NULL when out of memory). */
-static char *
-dir_path (const char *name)
-{
-  char *p;
-
-  if (asprintf (&p, "%s/%s", base->export_dir, name) == -1)
-    return NULL;
-  return p;
-}
-
-/* Is PATH a regular file (not following a symbolic link)? */
-static bool
-dir_file_ok (const char *path)
-{
-  struct stat st;
-
-  return lstat (path, &st) == 0 && S_ISREG (st.st_mode);
-}
-
 /* ---- opening and closing ---------------------------------------------- */
 
 /* A second open file description of file F of IMG, with O_DIRECT (a dup
@@ -353,44 +276,6 @@ dir_open_failed (const struct server_config *cfg, int r,
               strerror (-r));
 }
 
-/* The format of the directory image PATH, probed as QEMU would, into
- * CFG.  Returns 0, or -1 with open_why set. */
-static int
-dir_probe (const char *path, struct server_config *cfg)
-{
-  uint8_t buf[4096] = { 0 };
-  const char *fmt;
-  ssize_t n;
-  int fd;
-
-  /* O_NOFOLLOW: a link put there since it was listed is not followed
-   * either. */
-  fd = open (path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-  if (fd == -1) {
-    snprintf (open_why, sizeof open_why, "%s: %s", path, strerror (errno));
-    return -1;
-  }
-  n = pread (fd, buf, sizeof buf, 0);
-  close (fd);
-  if (n < 0) {
-    snprintf (open_why, sizeof open_why, "%s: %s", path, strerror (errno));
-    return -1;
-  }
-  fmt = n == 0 ? "raw" : probe_format (buf, sizeof buf, path);
-  if (strcmp (fmt, "qcow2") == 0)
-    cfg->format = QCOW2_FORMAT_QCOW2;
-  else if (strcmp (fmt, "raw") == 0) {
-    cfg->format = QCOW2_FORMAT_RAW;
-    cfg->probed_raw = true;
-  }
-  else {
-    snprintf (open_why, sizeof open_why, "%s is a %s image; only qcow2 "
-              "and raw images are served", path, fmt);
-    return -1;
-  }
-  return 0;
-}
-
 /* Open E (state OPENING, lock not held).  Returns 0, or -1 with WHY
  * (WHYLEN bytes) saying why. */
 static int
@@ -426,7 +311,7 @@ entry_open (struct entry *e, char *why, size_t whylen)
     cfg.bitmap_failed = NULL;
   }
   if (e->spec || e->from_dir) {
-    if (dir_probe (e->path, &cfg) == -1) {
+    if (export_dir_probe (e->path, &cfg, open_why, sizeof open_why) == -1) {
       snprintf (why, whylen, "%s", open_why);
       return -1;
     }
@@ -722,7 +607,7 @@ lookup_locked (const char *name)
       return e;
     /* Still there?  A removed file is not served to new clients (those
      * using it go on until they leave). */
-    if (dir_file_ok (e->path)) {
+    if (export_dir_file_ok (e->path)) {
       e->gone = false;
       return e;
     }
@@ -731,10 +616,10 @@ lookup_locked (const char *name)
       remove_locked (at);
     return NULL;
   }
-  if (base->export_dir == NULL || !dir_name_ok (name))
+  if (base->export_dir == NULL || !export_dir_name_ok (name))
     return NULL;
-  path = dir_path (name);
-  if (path == NULL || !dir_file_ok (path))
+  path = export_dir_path (base->export_dir, name);
+  if (path == NULL || !export_dir_file_ok (path))
     return NULL;
   e = insert_locked (at, name, path);
   if (e)
@@ -868,55 +753,17 @@ exports_put (const struct export *exp)
   }
 }
 
-static int
-name_cmp (const void *a, const void *b)
-{
-  return strcmp (*(char *const *) a, *(char *const *) b);
-}
-
 /* Read the directory into the table: new images added, entries of files
- * that left dropped (once closed).  Not under the lock: the directory
- * is read first, then merged. */
+ * that left dropped (once closed).  The directory is read first, then
+ * merged under the lock. */
 static void
 rescan (void)
 {
-  CLEANUP_FREE char **names = NULL;
-  size_t nr = 0, cap = 0, j = 0;
-  DIR *d = opendir (base->export_dir);
-  struct dirent *de;
+  size_t nr = 0, j = 0;
+  char **names = export_dir_read (base->export_dir, &nr);
 
-  if (d == NULL) {
-    log_error ("--export-dir %s: %m", base->export_dir);
+  if (names == NULL)
     return;
-  }
-  while ((de = readdir (d)) != NULL) {
-    CLEANUP_FREE char *path = NULL;
-
-    if (!dir_name_ok (de->d_name)
-        || strlen (de->d_name) > NBD_MAX_STRING)
-      continue;
-    if (de->d_type != DT_REG && de->d_type != DT_UNKNOWN)
-      continue;
-    path = dir_path (de->d_name);
-    if (path == NULL || !dir_file_ok (path))
-      continue;
-    if (nr == cap) {
-      size_t c = cap ? 2 * cap : 64;
-      char **p = realloc (names, c * sizeof *p);
-
-      if (p == NULL)
-        break;
-      names = p;
-      cap = c;
-    }
-    if ((names[nr] = strdup (de->d_name)) == NULL)
-      break;
-    nr++;
-  }
-  closedir (d);
-  if (nr)
-    qsort (names, nr, sizeof *names, name_cmp);
-
   pthread_mutex_lock (&lock);
   /* Both sorted: walk them together. */
   for (size_t i = 0; i < nr_entries || j < nr;) {
@@ -935,7 +782,7 @@ rescan (void)
       i++;
     }
     else if (c > 0) {           /* a new file */
-      CLEANUP_FREE char *path = dir_path (names[j]);
+      CLEANUP_FREE char *path = export_dir_path (base->export_dir, names[j]);
       struct entry *e = path ? insert_locked (i, names[j], path) : NULL;
 
       if (e) {
@@ -954,6 +801,7 @@ rescan (void)
   pthread_mutex_unlock (&lock);
   for (size_t k = 0; k < nr; k++)
     free (names[k]);
+  free (names);
 }
 
 static int

@@ -272,6 +272,27 @@ extern const struct export_source exports_source;
 /* Drop a connection's reference (NULL: nothing). */
 void exports_put (const struct export *exp);
 
+/* ---- export-dir.c: the files of --export-dir ------------------------ */
+
+/* Can NAME be an image of the directory?  One path component, not
+ * starting with '.', UTF-8 without control characters, at most
+ * NAME_MAX bytes.  A client's name passes this before it is joined to
+ * the directory. */
+bool export_dir_name_ok (const char *name);
+/* DIR/NAME (NULL when out of memory). */
+char *export_dir_path (const char *dir, const char *name);
+/* Is PATH a regular file (lstat: a symbolic link is not)? */
+bool export_dir_file_ok (const char *path);
+/* The names of DIR that are exports, sorted (strcmp), *NR of them; each
+ * and the array are the caller's to free.  NULL when DIR cannot be read
+ * (logged). */
+char **export_dir_read (const char *dir, size_t *nr);
+/* Probe the image PATH as QEMU would and set cfg->format (and
+ * probed_raw) for it.  Returns 0, or -1 with WHY (WHYLEN bytes) saying
+ * why: it cannot be read, or its format is neither qcow2 nor raw. */
+int export_dir_probe (const char *path, struct server_config *cfg,
+                      char *why, size_t whylen);
+
 /* ---- log.c: messages to stderr ---------------------------------------- */
 
 extern int log_verbose;          /* set from -v */

@@ -62,6 +62,20 @@ run_cases --unix "$tmpdir/sock" -- negotiate read block-status compact
 stop_server
 ok "extended headers over a Unix socket"
 
+# ---- qemu-nbd mode -----------------------------------------------------
+
+# Offered there too (qemu-nbd 7.2 answers ERR_UNSUP; clients that do not
+# ask see no difference, which the qemu-nbd tests check).
+source "$abs_top_srcdir/tests/qemu-nbd-functions.sh"
+mkdir -p "$tmpdir/path-ours"
+ln -sf "$QEMU_NBD_OURS" "$tmpdir/path-ours/qemu-nbd"
+qnbd_start ours "$tmpdir/qsock" -f qcow2 -x disk -t -A -e 4 "$img"
+run_cases --unix "$tmpdir/qsock" -- negotiate read write block-status compact
+kill "$qnbd_pid"
+qnbd_wait_exit "$qnbd_pid" "qemu-nbd mode"
+[ "$qnbd_rc" -eq 0 ] || fail "qemu-nbd mode exited with status $qnbd_rc"
+ok "extended headers in qemu-nbd mode"
+
 # ---- TLS ---------------------------------------------------------------
 
 certs="$tmpdir/certs"

@@ -790,6 +790,49 @@ def case_huge(args):
     finish(c)
 
 
+def case_pipeline(args):
+    """Many requests in flight at once (the server reads them in
+    batches): every reply comes, whole, under its own cookie."""
+    c = connect(args)
+    scratch = c.size - 8 * MiB
+    n = 256
+    blob = bytes(range(256)) * 16
+    reqs = b""
+    for i in range(n):
+        if i % 4 == 1:
+            reqs += struct.pack(">IHHQQQ", EXT_REQ_MAGIC, FLAG_PAYLOAD_LEN,
+                                CMD_WRITE, 0x10000 + i, scratch + 4096 * i,
+                                4096) + blob
+        else:
+            reqs += struct.pack(">IHHQQQ", EXT_REQ_MAGIC, FLAG_DF, CMD_READ,
+                                0x10000 + i, 4096 * i, 4096)
+    c.send(reqs)
+    seen = set()
+    for _ in range(n):
+        magic, flags, rtype, ck, off, length = \
+            struct.unpack(">IHHQQQ", c.recv(32))
+        check(magic == EXT_REPLY_MAGIC, "pipelined reply magic %#x" % magic)
+        i = ck - 0x10000
+        check(0 <= i < n and i not in seen and flags == REPLY_FLAG_DONE,
+              "pipelined reply cookie %#x flags %d" % (ck, flags))
+        seen.add(i)
+        body = c.recv(length)
+        if i % 4 == 1:
+            check(rtype == TYPE_NONE and off == scratch + 4096 * i,
+                  "pipelined WRITE reply")
+        else:
+            check(rtype == TYPE_OFFSET_DATA and off == 4096 * i
+                  and body == struct.pack(">Q", 4096 * i)
+                  + ref_bytes(args, 4096 * i, 4096), "pipelined READ reply")
+    # Put the scratch area back.
+    for i in range(1, n, 4):
+        orig = ref_bytes(args, scratch + 4096 * i, 4096)
+        cookie = c.request(CMD_WRITE, scratch + 4096 * i, 4096,
+                           FLAG_PAYLOAD_LEN, payload=orig)
+        c.expect_none(cookie, scratch + 4096 * i, "restoring WRITE")
+    finish(c)
+
+
 CASES = {
     "negotiate": case_negotiate,
     "tls-reset": case_tls_reset,
@@ -799,6 +842,7 @@ CASES = {
     "effect": case_effect,
     "block-status": case_block_status,
     "compact": case_compact,
+    "pipeline": case_pipeline,
     "huge": case_huge,
 }
 

@@ -30,7 +30,7 @@ image_io "$img" \
 ref="$tmpdir/ref.raw"
 image_to_raw "$img" "$ref"
 
-cases="negotiate read write effect block-status compact"
+cases="negotiate read write effect block-status compact pipeline"
 
 # run_cases ARGS... -- CASES: the client against the last started server.
 run_cases ()
@@ -58,7 +58,7 @@ ok "extended headers over TCP"
 # ---- Unix socket -------------------------------------------------------
 
 start_server "$img" --export-name disk --socket "$tmpdir/sock"
-run_cases --unix "$tmpdir/sock" -- negotiate read block-status compact
+run_cases --unix "$tmpdir/sock" -- negotiate read block-status compact pipeline
 stop_server
 ok "extended headers over a Unix socket"
 
@@ -90,7 +90,7 @@ start_server "$img" --export-name disk --tls=require \
   --tls-certs "$tmpdir/srv"
 run_cases --port "$port" --tls "$tmpdir/cli" -- tls-required
 run_cases --port "$port" --tls "$tmpdir/cli" --starttls -- \
-  negotiate read write block-status compact
+  negotiate read write block-status compact pipeline
 stop_server
 ok "extended headers over TLS (required)"
 

@@ -151,9 +151,6 @@ extern atomic_uint workers_wake_seq;
 
 /* ---- per-request and per-connection state ----------------------------- */
 
-/* Largest reply chunk header: "Extended reply chunk message" (a
- * "Structured reply chunk message" is 20 bytes; reply_hdr_size). */
-#define STRUCT_HDR_MAX NBD_EXTENDED_REPLY_SIZE
 /* Extents asked of qcow2_map per call. */
 #define MAP_BATCH 256
 /* Extents and data reads a request holds without allocating. */
@@ -228,6 +225,8 @@ struct request {
    * BLOCK_STATUS payload gives the effect length, see dispatch). */
   uint64_t length;
   uint64_t meta;                /* BLOCK_STATUS: the contexts to answer */
+  uint64_t done;                /* WRITE_ZEROES, TRIM: bytes of the
+                                 * slices done (writes.c) */
   uint64_t bytes;               /* counted against server_max_inflight */
   bool queued;                  /* its reply is in the send queue */
 

@@ -23,53 +23,22 @@ import ssl
 import struct
 import sys
 
-NBD_MAGIC = 0x4e42444d41474943
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x0003e889045565a9
-REQ_MAGIC = 0x25609513
-EXT_REQ_MAGIC = 0x21e41c71
-SIMPLE_MAGIC = 0x67446698
-STRUCT_MAGIC = 0x668e33ef
-EXT_REPLY_MAGIC = 0x6e8a278c
-
-OPT_EXPORT_NAME = 1
-OPT_ABORT = 2
-OPT_STARTTLS = 5
-OPT_INFO = 6
-OPT_GO = 7
-OPT_STRUCTURED_REPLY = 8
-OPT_LIST_META = 9
-OPT_SET_META = 10
-OPT_EXTENDED_HEADERS = 11
-
-REP_ACK = 1
-REP_INFO = 3
-REP_META = 4
-ERR = 1 << 31
-REP_ERR_UNSUP = ERR | 1
-REP_ERR_INVALID = ERR | 3
-REP_ERR_TLS_REQD = ERR | 5
-REP_ERR_EXT_HEADER_REQD = ERR | 10
-
-INFO_EXPORT = 0
-INFO_BLOCK_SIZE = 3
+from rawnbd import (
+    NBD_MAGIC, IHAVEOPT, REP_MAGIC, REQ_MAGIC, EXT_REQ_MAGIC, SIMPLE_MAGIC,
+    STRUCT_MAGIC, EXT_REPLY_MAGIC, OPT_EXPORT_NAME, OPT_STARTTLS, OPT_INFO,
+    OPT_GO, OPT_STRUCTURED_REPLY, OPT_SET_META, OPT_EXTENDED_HEADERS,
+    REP_ACK, REP_INFO, REP_META, REP_ERR_INVALID, REP_ERR_TLS_REQD,
+    REP_ERR_EXT_HEADER_REQD, INFO_EXPORT, INFO_BLOCK_SIZE, CMD_READ,
+    CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES,
+    CMD_BLOCK_STATUS, REPLY_FLAG_DONE, TYPE_NONE, TYPE_OFFSET_DATA,
+    TYPE_OFFSET_HOLE, TYPE_BLOCK_STATUS, TYPE_BLOCK_STATUS_EXT, TYPE_ERROR)
 
 FLAG_HAS_FLAGS = 1 << 0
 FLAG_SEND_DF = 1 << 7
 FLAG_BLOCK_STAT_PAYLOAD = 1 << 12
 
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
-CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 4, 5, 6, 7
 FLAG_FUA, FLAG_NO_HOLE, FLAG_DF, FLAG_REQ_ONE = 1, 2, 4, 8
 FLAG_FAST_ZERO, FLAG_PAYLOAD_LEN = 16, 32
-
-REPLY_FLAG_DONE = 1
-TYPE_NONE = 0
-TYPE_OFFSET_DATA = 1
-TYPE_OFFSET_HOLE = 2
-TYPE_BLOCK_STATUS = 5
-TYPE_BLOCK_STATUS_EXT = 6
-TYPE_ERROR = (1 << 15) + 1
 
 EPERM, EINVAL, ENOSPC, EOVERFLOW = 1, 22, 28, 75
 STATE_HOLE, STATE_ZERO = 1, 2
@@ -734,7 +703,7 @@ def case_compact(args):
     are simple or structured exactly as before."""
     for mode in ("plain", "structured"):
         c = connect(args, mode)
-        cookie = c.request(CMD_READ, 4096, 512, cookie=5)
+        c.request(CMD_READ, 4096, 512, cookie=5)
         if mode == "plain":
             c.expect(struct.pack(">IIQ", SIMPLE_MAGIC, 0, 5)
                      + ref_bytes(args, 4096, 512), "plain READ")
@@ -745,14 +714,14 @@ def case_compact(args):
         # A compact WRITE with PAYLOAD_LEN: the payload still follows
         # (compact rule) and is thrown away; EINVAL.
         scratch = c.size - 8 * MiB
-        cookie = c.request(CMD_WRITE, scratch, 512, FLAG_PAYLOAD_LEN,
-                           cookie=6, payload=b"\xee" * 512)
+        c.request(CMD_WRITE, scratch, 512, FLAG_PAYLOAD_LEN, cookie=6,
+                  payload=b"\xee" * 512)
         if mode == "plain":
             c.expect_simple(6, EINVAL, "plain WRITE with PAYLOAD_LEN")
         else:
             c.expect_error(6, scratch, EINVAL,
                            "structured WRITE with PAYLOAD_LEN")
-        cookie = c.request(CMD_FLUSH, 0, 0, cookie=8)
+        c.request(CMD_FLUSH, 0, 0, cookie=8)
         if mode == "plain":
             c.expect_simple(8, 0, "plain FLUSH")
         else:

@@ -802,6 +802,55 @@ def case_pipeline(args):
     finish(c)
 
 
+def case_bitmap(args):
+    """A qemu:dirty-bitmap:b0 context under extended headers: the dirty
+    runs the shell test made (1M+64k, 100M+1M, 5G+64k), in one
+    BLOCK_STATUS_EXT chunk over the whole export, the same as a
+    structured client's compact answer, and alone by the payload form."""
+    names = ["base:allocation", "qemu:dirty-bitmap:b0"]
+    c = Conn(args)
+    c.greet()
+    c.extended()
+    ids = c.set_meta(names)
+    check(sorted(ids) == sorted(names), "contexts %r" % ids)
+    c.go()
+    size = c.size
+    bid = ids["qemu:dirty-bitmap:b0"]
+    want = [(0, 1 * MiB), (1, 64 * KiB), (0, 99 * MiB - 64 * KiB),
+            (1, 1 * MiB), (0, 5 * GiB - 101 * MiB), (1, 64 * KiB),
+            (0, size - 5 * GiB - 64 * KiB)]
+    want = [(n, st) for st, n in want]
+    got = c.block_status(0, size)[bid]
+    check(got == want, "dirty bitmap extents %r, want %r" % (got, want))
+    p = struct.pack(">QI", size, bid)
+    got = c.block_status(0, size, payload=p)
+    check(list(got) == [bid] and got[bid] == want,
+          "payload form naming the bitmap: %r" % got)
+    # REQ_ONE from inside a dirty run.
+    got = c.block_status(100 * MiB + 4096, 4 * GiB, FLAG_REQ_ONE)[bid]
+    check(got == [(1 * MiB - 4096, 1)], "REQ_ONE in a dirty run: %r" % got)
+    finish(c)
+    s = Conn(args)
+    s.greet()
+    s.structured_reply()
+    sids = s.set_meta(names)
+    s.go()
+    pos, compact = 0, []
+    while pos < size:
+        e = s.block_status(pos, min(size - pos, 4 * GiB - 65536))
+        e = e[sids["qemu:dirty-bitmap:b0"]]
+        compact += e
+        pos += sum(n for n, _ in e)
+    finish(s)
+    merged = []
+    for n, st in compact:
+        if merged and merged[-1][1] == st:
+            merged[-1] = (merged[-1][0] + n, st)
+        else:
+            merged.append((n, st))
+    check(merged == want, "compact bitmap extents %r" % merged[:8])
+
+
 CASES = {
     "negotiate": case_negotiate,
     "tls-reset": case_tls_reset,
@@ -812,6 +861,7 @@ CASES = {
     "block-status": case_block_status,
     "compact": case_compact,
     "pipeline": case_pipeline,
+    "bitmap": case_bitmap,
     "huge": case_huge,
 }
 

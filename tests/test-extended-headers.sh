@@ -55,6 +55,20 @@ stop_server
 check_clean "$img" "after the extended header cases"
 ok "extended headers over TCP"
 
+# ---- a dirty bitmap ----------------------------------------------------
+
+bimg="$tmpdir/bitmap.qcow2"
+make_image "$bimg" "$size" -o cluster_size=64k
+qemu-img bitmap --add -g 64k "$bimg" b0 || fail "qemu-img bitmap --add"
+image_io "$bimg" \
+  "write -P 0x01 1M 64k" \
+  "write -P 0x02 100M 1M" \
+  "write -P 0x03 5G 64k"
+start_server "$bimg" --export-name disk --read-only --bitmap b0
+run_cases --port "$port" -- bitmap
+stop_server
+ok "qemu:dirty-bitmap under extended headers"
+
 # ---- Unix socket -------------------------------------------------------
 
 start_server "$img" --export-name disk --socket "$tmpdir/sock"

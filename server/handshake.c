@@ -206,7 +206,8 @@ handshake_eflags (bool read_only)
 }
 
 /* Transmission flags for this connection: DF only makes sense (and the
- * spec forbids advertising it) without structured replies. */
+ * spec forbids advertising it) without structured replies;
+ * BLOCK_STAT_PAYLOAD only with extended headers and contexts. */
 static uint16_t
 conn_eflags (struct handshake *hs, const struct export *exp)
 {
@@ -214,6 +215,8 @@ conn_eflags (struct handshake *hs, const struct export *exp)
 
   if (!hs->conn->structured_replies)
     eflags &= ~NBD_FLAG_SEND_DF;
+  if (parse_bs_payload_ok (hs->conn))
+    eflags |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
   return eflags;
 }
 
@@ -229,6 +232,13 @@ opt_export_name (struct handshake *hs, const char *payload, uint32_t len)
   const struct export *exp;
   char msg[256];
 
+  /* "NBD_OPT_EXPORT_NAME": a client that negotiated extended headers
+   * MUST NOT use it, and it has no error reply. */
+  if (hs->conn->extended_headers) {
+    log_info ("%s: NBD_OPT_EXPORT_NAME after extended headers, dropping",
+              hs->conn->peer);
+    return -1;
+  }
   if (hs->src->get (payload, len, &exp, msg, sizeof msg) != 0) {
     log_info ("%s: NBD_OPT_EXPORT_NAME: %s", hs->conn->peer, msg);
     return -1;
@@ -427,9 +437,30 @@ opt_structured_reply (struct handshake *hs, uint32_t len)
   if (len != 0)
     return send_error (hs, NBD_REP_ERR_INVALID,
                        "NBD_OPT_STRUCTURED_REPLY must have no payload");
+  /* "NBD_OPT_STRUCTURED_REPLY": no going back from extended headers. */
+  if (hs->conn->extended_headers)
+    return send_error (hs, NBD_REP_ERR_EXT_HEADER_REQD,
+                       "extended headers already negotiated");
   if (hs->conn->structured_replies)
     return send_error (hs, NBD_REP_ERR_INVALID,
                        "structured replies already negotiated");
+  hs->conn->structured_replies = true;
+  return send_reply (hs, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_EXTENDED_HEADERS: 32-byte headers both ways.  Allowed with or
+ * without structured replies before it, which it supersedes (chunks are
+ * then the only replies); meta contexts selected before it stay. */
+static int
+opt_extended_headers (struct handshake *hs, uint32_t len)
+{
+  if (len != 0)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "NBD_OPT_EXTENDED_HEADERS must have no payload");
+  if (hs->conn->extended_headers)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "extended headers already negotiated");
+  hs->conn->extended_headers = true;
   hs->conn->structured_replies = true;
   return send_reply (hs, NBD_REP_ACK, NULL, 0);
 }
@@ -620,6 +651,8 @@ run_option (struct handshake *hs)
     return opt_list (hs, len);
   case NBD_OPT_STRUCTURED_REPLY:
     return opt_structured_reply (hs, len);
+  case NBD_OPT_EXTENDED_HEADERS:
+    return opt_extended_headers (hs, len);
   case NBD_OPT_STARTTLS:
     return opt_starttls (hs, len);
   case NBD_OPT_ABORT:
@@ -635,7 +668,7 @@ run_option (struct handshake *hs)
   case NBD_OPT_SET_META_CONTEXT:
     return opt_meta_context (hs, hs->payload, len);
   default:
-    /* PEEK_EXPORT, EXTENDED_HEADERS and anything we do not know. */
+    /* PEEK_EXPORT and anything we do not know. */
     return send_error (hs, NBD_REP_ERR_UNSUP,
                        "option %u is not supported", hs->opt);
   }
@@ -673,7 +706,8 @@ answer (struct handshake *hs)
     break;
   case OPT_TRANSMISSION:
     log_info ("%s: export '%s' in transmission phase%s%s", hs->conn->peer,
-              hs->conn->exp->name, hs->conn->structured_replies
+              hs->conn->exp->name, hs->conn->extended_headers
+              ? ", extended headers" : hs->conn->structured_replies
               ? ", structured replies" : "", hs->tls ? ", TLS" : "");
     hs->stage = ST_DONE;
     break;
@@ -959,6 +993,7 @@ handshake_tls_done (struct handshake *hs)
   assert (hs->stage == ST_STARTTLS);
   hs->tls = true;
   hs->conn->structured_replies = false;
+  hs->conn->extended_headers = false;
   hs->conn->meta = 0;
   hs->src->put (hs->meta_exp);
   hs->meta_exp = NULL;

@@ -106,6 +106,7 @@ read_done (struct request *req)
 {
   struct conn_state *cs = req->cs;
   bool df = req->flags & NBD_CMD_FLAG_DF;
+  size_t hsz = reply_hdr_size (req);
 
   if (cs->dead) {
     req_free (req);
@@ -118,7 +119,7 @@ read_done (struct request *req)
   }
   if (log_verbose >= 3)
     log_debug ("%s: READ cookie %#" PRIx64 " offset %" PRIu64 " length %"
-               PRIu32 ": %zu extents%s", cs->conn->peer, req->cookie,
+               PRIu64 ": %zu extents%s", cs->conn->peer, req->cookie,
                req->offset, req->length, req->nr_ext,
                req->zc ? ", zero-copy" : "");
 
@@ -136,13 +137,13 @@ read_done (struct request *req)
 
   if (df || req->nr_ext == 0) {
     /* One content chunk (the buffer has the zeros filled in). */
-    if (reply_alloc (req, 2, STRUCT_HDR + 8) == -1)
+    if (reply_alloc (req, 2, hsz + 8) == -1)
       goto nomem;
     uint8_t *p = reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
                                        NBD_REPLY_TYPE_OFFSET_DATA,
                                        8 + req->length);
     store_be64 (p, req->offset);
-    reply_put_iov (req, req->hdrs, STRUCT_HDR + 8);
+    reply_put_iov (req, req->hdrs, hsz + 8);
     reply_put_iov (req, data_at (req, req->offset), req->length);
     reply_enqueue (req);
     return;
@@ -156,7 +157,7 @@ read_done (struct request *req)
     if (i == 0
         || extent_is_hole (&req->ext[i]) != extent_is_hole (&req->ext[i - 1]))
       nchunks++;
-  if (reply_alloc (req, 2 * nchunks, nchunks * (STRUCT_HDR + 12)) == -1)
+  if (reply_alloc (req, 2 * nchunks, nchunks * (hsz + 12)) == -1)
     goto nomem;
 
   uint8_t *p = req->hdrs;
@@ -175,14 +176,14 @@ read_done (struct request *req)
       store_be64 (p, start);
       store_be32 (p + 8, len);
       p += 12;
-      reply_put_iov (req, chunk, STRUCT_HDR + 12);
+      reply_put_iov (req, chunk, hsz + 12);
     }
     else {
       p = reply_put_struct_hdr (p, req, flags, NBD_REPLY_TYPE_OFFSET_DATA,
                                 8 + len);
       store_be64 (p, start);
       p += 8;
-      reply_put_iov (req, chunk, STRUCT_HDR + 8);
+      reply_put_iov (req, chunk, hsz + 8);
       reply_put_iov (req, data_at (req, start), len);
     }
     i = j;

@@ -331,7 +331,12 @@ struct conn {
   /* Negotiated in the handshake, constant afterwards. */
   const struct export *exp;
   bool no_zeroes;
+  /* Replies may be chunks: NBD_OPT_STRUCTURED_REPLY, or implied by
+   * extended_headers. */
   bool structured_replies;
+  /* NBD_OPT_EXTENDED_HEADERS: 32-byte requests and reply chunks, and
+   * no simple replies. */
+  bool extended_headers;
   uint64_t meta;                /* bitmask of enum meta_context */
 
   /* Worker-owned state (request.c). */
@@ -484,12 +489,16 @@ void source_name (const struct source *src, char *buf, size_t len);
 
 /* ---- parse.c: transmission requests, parsed and checked -------------- */
 
-/* A request header off the wire.  The length is 64 bits for extended
- * headers (issue 16); compact headers fill 32 of them. */
+/* A request header off the wire.  The length is 64 bits with extended
+ * headers; compact headers fill 32 of them.  With
+ * NBD_CMD_FLAG_PAYLOAD_LEN it is the payload's length until
+ * parse_payload has read the payload (a BLOCK_STATUS's effect length
+ * and context ids). */
 struct nbd_request {
   uint16_t flags, type;
   uint64_t cookie, offset;
   uint64_t length;
+  uint64_t meta;                /* BLOCK_STATUS: contexts to answer */
 };
 
 enum parse_result {
@@ -506,6 +515,22 @@ enum parse_result parse_request (const struct conn *conn, const uint8_t *p,
 /* Bytes of payload that follow R's header on the wire. */
 uint64_t parse_payload_len (const struct conn *conn,
                             const struct nbd_request *r);
+/* May CONN send NBD_CMD_BLOCK_STATUS with a payload naming the context
+ * ids to answer (NBD_FLAG_BLOCK_STAT_PAYLOAD): extended headers and at
+ * least one context selected. */
+bool parse_bs_payload_ok (const struct conn *conn);
+/* R carries a payload (parse_payload_len > 0, at most NBD_MAX_PAYLOAD):
+ * is it worth receiving?  0: receive it for parse_payload (a WRITE that
+ * may run, a BLOCK_STATUS payload of a sane length); else the errno to
+ * answer with (MSG says why) once the payload has been thrown away. */
+int parse_check_payload (const struct conn *conn,
+                         const struct nbd_request *r, char *msg,
+                         size_t len);
+/* R's payload (LEN bytes at P) is in: a BLOCK_STATUS takes its effect
+ * length and context ids from it into R.  0, or the errno to answer
+ * with (MSG says why: a bad length, unknown or repeated ids). */
+int parse_payload (const struct conn *conn, struct nbd_request *r,
+                   const uint8_t *p, uint64_t len, char *msg, size_t msglen);
 /* Bytes of data R holds in the server while in flight (its READ data,
  * WRITE payload, BLOCK_STATUS extents): what backpressure counts. */
 uint64_t parse_cost (const struct nbd_request *r);

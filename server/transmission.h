@@ -144,8 +144,6 @@ extern atomic_uint workers_wake_seq;
 
 /* ---- per-request and per-connection state ----------------------------- */
 
-/* Structured reply chunk header size ("Structured reply chunk message"). */
-#define STRUCT_HDR NBD_STRUCTURED_REPLY_SIZE
 /* Extents asked of qcow2_map per call. */
 #define MAP_BATCH 256
 /* Extents and data reads a request holds without allocating. */
@@ -216,7 +214,12 @@ struct request {
   struct request *next;         /* send queue, free list, parked list */
   uint16_t flags, type;
   uint64_t cookie, offset;
-  uint32_t length;
+  /* The effect length (the payload's length while it comes in: a
+   * BLOCK_STATUS payload gives the effect length, see dispatch). */
+  uint64_t length;
+  uint64_t meta;                /* BLOCK_STATUS: the contexts to answer */
+  uint64_t done;                /* WRITE_ZEROES, TRIM: bytes of the
+                                 * slices done (writes.c) */
   uint64_t bytes;               /* counted against server_max_inflight */
   bool queued;                  /* its reply is in the send queue */
 
@@ -459,7 +462,11 @@ int reply_alloc (struct request *req, size_t n, size_t hdr_bytes);
 void reply_release_iov (struct request *req);
 /* Append an iovec to the reply. */
 void reply_put_iov (struct request *req, void *base, size_t len);
-/* Write a structured reply chunk header at P; returns the byte after. */
+/* Bytes of a reply chunk header on REQ's connection: structured (20)
+ * or extended (32). */
+size_t reply_hdr_size (const struct request *req);
+/* Write a chunk header at P, structured or extended as negotiated;
+ * returns the byte after. */
 uint8_t *reply_put_struct_hdr (uint8_t *p, struct request *req,
                                uint16_t flags, uint16_t type, uint32_t len);
 /* Send a simple reply with no data, or (structured) an error chunk or a

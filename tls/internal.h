@@ -26,6 +26,7 @@ struct psk_entry {
 };
 
 struct tls_ctx {
+  void (*log) (const char *msg);  /* tls_config.log */
   SSL_CTX *ssl_ctx;
   BIO_METHOD *bio_method;       /* socket BIO that never raises SIGPIPE */
   bool verify_peer;

@@ -49,14 +49,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-uint64_t
-stream_gen_next (void)
-{
-  static _Atomic uint64_t next = 1;
-
-  return atomic_fetch_add (&next, 1);
-}
-
 /* Host clusters [first, last] a stream of LEN bytes at HOST touches. */
 static void
 stream_clusters (const struct qcow2_layer *layer, uint64_t host,

@@ -221,6 +221,11 @@ const char *qcow2_printable (const char *s, char *buf, size_t n);
  * memory. */
 char *open_resolve_name (const char *referrer, const char *name);
 
+/* A stream generation never handed out before in this process
+ * (qcow2_layer.stream_gen): a new layer takes one, and compressed
+ * writes take another when they change a layer's streams. */
+uint64_t stream_gen_next (void);
+
 /* ---- refcount.c: refcounts, their cache and deferred decrements ------ */
 
 /* Decide layer->metadata_prealloc from the refcounts and the host file's
@@ -656,9 +661,5 @@ int bitmap_count_refs (struct qcow2_layer *layer, bitmap_count_fn count);
  * such snapshot; -EINVAL for a bad snapshot L1 table. */
 int snapshot_select (struct qcow2_layer *l,
                      const struct qcow2_open_opts *opts);
-
-/* compress-write.c: a stream generation never handed out before in
- * this process (qcow2_layer.stream_gen). */
-uint64_t stream_gen_next (void);
 
 #endif /* QCOW2_INTERNAL_H */

@@ -97,6 +97,17 @@ dup_name (const uint8_t *p, size_t len)
   return s;
 }
 
+/* One counter for the process: a reopened image whose layer lands at a
+ * freed layer's address must not match the servers' caches of
+ * decompressed clusters. */
+uint64_t
+stream_gen_next (void)
+{
+  static _Atomic uint64_t next = 1;
+
+  return atomic_fetch_add (&next, 1);
+}
+
 /* Resolve NAME, found in the image at REFERRER, as QEMU does: absolute
  * names are used as-is, relative ones against REFERRER's directory. */
 char *

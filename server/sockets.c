@@ -117,8 +117,10 @@ unix_socket (const struct server_config *cfg, int **fds)
 {
   const char *path = cfg->socket_path;
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
+  struct sockaddr_un tmp = { .sun_family = AF_UNIX };
   struct stat st;
   CLEANUP_CLOSE int fd = -1;
+  bool tmp_ok;
 
   if (strlen (path) >= sizeof addr.sun_path) {
     if (cfg->qemu_compat)
@@ -158,7 +160,17 @@ unix_socket (const struct server_config *cfg, int **fds)
     log_error ("socket: %m");
     return -1;
   }
-  if (bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1) {
+  /* The file appears at bind(2), before listen(2): a client that sees
+   * it in between is refused (scripts take the file for readiness).  So
+   * bind a temporary name beside it, listen, and rename it into place,
+   * which makes it appear listening.  Without room for the temporary
+   * name in sun_path, bind the name itself. */
+  tmp_ok = snprintf (tmp.sun_path, sizeof tmp.sun_path, "%s.%ld~", path,
+                     (long) getpid ()) < (int) sizeof tmp.sun_path;
+  if (tmp_ok)
+    unlink (tmp.sun_path);
+  if (bind (fd, (struct sockaddr *) (tmp_ok ? &tmp : &addr),
+            sizeof addr) == -1) {
     if (cfg->qemu_compat)
       log_error ("Failed to bind socket to %s: %m", path);
     else
@@ -167,7 +179,12 @@ unix_socket (const struct server_config *cfg, int **fds)
   }
   if (listen (fd, cfg->backlog > 0 ? cfg->backlog : SOMAXCONN) == -1) {
     log_error ("%s: listen: %m", path);
-    unlink (path);
+    unlink (tmp_ok ? tmp.sun_path : path);
+    return -1;
+  }
+  if (tmp_ok && rename (tmp.sun_path, path) == -1) {
+    log_error ("%s: %m", path);
+    unlink (tmp.sun_path);
     return -1;
   }
   *fds = malloc (sizeof **fds);

@@ -409,16 +409,18 @@ file_size ()
   stat -c %s "$1"
 }
 
-# unix_listening PATH: a socket bound at PATH is listening.  The file
-# appears at bind(2), before listen(2), so its existence proves nothing;
-# connecting to find out would be a client, and a qemu-nbd without -t
-# exits after its first.  /proc/net/unix flags listening sockets with
-# __SO_ACCEPTCON (00010000).
+# unix_listening PATH: the socket at PATH is listening.  A server that
+# binds PATH itself creates the file at bind(2), before listen(2), so
+# the file alone proves nothing; connecting to find out would be a
+# client, and a qemu-nbd without -t exits after its first.  Not ready
+# while /proc/net/unix shows a socket bound at PATH, unconnected (state
+# 01) and without __SO_ACCEPTCON (00010000); qcow2-nbd binds a temporary name and
+# renames it into place once listening, so its PATH is not listed.
 unix_listening ()
 {
   [ -S "$1" ] &&
-    awk -v p="$1" '$4 == "00010000" && $NF == p { found = 1 }
-                   END { exit !found }' /proc/net/unix
+    awk -v p="$1" '$NF == p && $6 == "01" && $4 != "00010000" { bound = 1 }
+                   END { exit bound }' /proc/net/unix
 }
 
 # wait_for_file FILE WHAT: wait (30 s at most) until a background client

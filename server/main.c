@@ -36,7 +36,6 @@ enum tls_mode server_tls_mode = TLS_OFF;
 struct tls_ctx *server_tls_ctx;
 
 #define DEFAULT_HANDSHAKE_TIMEOUT 30
-#define MAX_THREADS 1024
 
 static void
 main_usage (FILE *fp)
@@ -54,8 +53,7 @@ main_usage (FILE *fp)
 "  -h, --help              print this help\n"
 "  -V, --version           print the version\n"
 "\n"
-"Run 'qcow2-nbd serve --help' or 'qcow2-nbd create --help' for the\n"
-"options of each command.\n");
+"Run 'qcow2-nbd COMMAND --help' for the options of each command.\n");
 }
 
 static void
@@ -106,64 +104,6 @@ bad_usage (const char *msg, const char *arg)
   options_usage_error ("", "serve", msg, arg);
 }
 
-/* Parse a decimal unsigned in [MIN, MAX]; exits on error. */
-static unsigned
-parse_unsigned (const char *opt, const char *s, unsigned min, unsigned max)
-{
-  char *end;
-  unsigned long v;
-
-  errno = 0;
-  if (*s < '0' || *s > '9')
-    bad_usage ("invalid number for", opt);
-  v = strtoul (s, &end, 10);
-  if (errno || *end || v < min || v > max) {
-    fprintf (stderr, "qcow2-nbd: %s: '%s' must be a number from %u to %u\n",
-             opt, s, min, max);
-    bad_usage (NULL, NULL);
-  }
-  return v;
-}
-
-/* A size with an optional binary suffix K, M, G or T (either case). */
-static uint64_t
-parse_size (const char *opt, const char *s)
-{
-  uint64_t v;
-
-  if (options_parse_size (s, &v) == -1)
-    bad_usage ("invalid size for", opt);
-  return v;
-}
-
-static unsigned
-cpu_count (void)
-{
-  cpu_set_t set;
-  long n;
-
-  if (sched_getaffinity (0, sizeof set, &set) == 0 && CPU_COUNT (&set) > 0)
-    return CPU_COUNT (&set);
-  n = sysconf (_SC_NPROCESSORS_ONLN);
-  return n > 0 ? (unsigned) n : 1;
-}
-
-/* Did the library say why something failed?  Then we need not. */
-static atomic_bool qcow2_logged_error;
-
-static void
-qcow2_log (void *opaque, enum qcow2_log_level level, const char *msg)
-{
-  switch (level) {
-  case QCOW2_LOG_ERROR:
-    atomic_store (&qcow2_logged_error, true);
-    log_error ("%s", msg);
-    break;
-  case QCOW2_LOG_WARNING: log_error ("warning: %s", msg); break;
-  default: log_debug ("%s", msg); break;
-  }
-}
-
 static void *
 signal_thread (void *arg)
 {
@@ -188,32 +128,6 @@ signal_thread (void *arg)
     server_stop ();
   }
   return NULL;
-}
-
-static int
-write_pid_file (const char *path)
-{
-  char buf[32];
-  int fd, n;
-
-  fd = open (path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd == -1) {
-    log_error ("%s: %m", path);
-    return -1;
-  }
-  n = snprintf (buf, sizeof buf, "%ld\n", (long) getpid ());
-  if (write (fd, buf, n) != n) {
-    log_error ("%s: write: %m", path);
-    close (fd);
-    unlink (path);
-    return -1;
-  }
-  if (close (fd) == -1) {
-    log_error ("%s: close: %m", path);
-    unlink (path);
-    return -1;
-  }
-  return 0;
 }
 
 enum {
@@ -264,7 +178,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
 
   cfg->export_name = "";
   cfg->port = NBD_DEFAULT_PORT;
-  cfg->threads = cpu_count ();
+  cfg->threads = options_cpu_count ();
   cfg->handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
   cfg->tls.mode = TLS_OFF;
 
@@ -273,7 +187,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1) {
     switch (c) {
     case 'p':
-      parse_unsigned ("--port", optarg, 1, 65535);
+      options_unsigned (bad_usage, "--port", optarg, 1, 65535);
       cfg->port = optarg;
       port_given = true;
       break;
@@ -301,30 +215,24 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       cfg->read_only = true;
       break;
     case OPT_DISCARD:
-      /* qemu-nbd's names; "off" is its synonym of "ignore". */
-      if (strcmp (optarg, "ignore") == 0 || strcmp (optarg, "off") == 0)
-        cfg->discard_unmap = false;
-      else if (strcmp (optarg, "unmap") == 0 || strcmp (optarg, "on") == 0)
-        cfg->discard_unmap = true;
-      else
-        bad_usage ("--discard must be ignore or unmap, not", optarg);
+      cfg->discard_unmap = options_discard (bad_usage, optarg);
       break;
     case 'e':
-      cfg->max_connections = parse_unsigned ("--max-connections", optarg,
-                                             0, 1000000);
+      cfg->max_connections = options_unsigned (bad_usage,
+                                               "--max-connections", optarg,
+                                               0, 1000000);
       break;
     case OPT_THREADS:
-      cfg->threads = parse_unsigned ("--threads", optarg, 1, MAX_THREADS);
+      cfg->threads = options_unsigned (bad_usage, "--threads", optarg, 1,
+                                       OPTIONS_MAX_THREADS);
       break;
     case OPT_HANDSHAKE_TIMEOUT:
-      cfg->handshake_timeout = parse_unsigned ("--handshake-timeout",
-                                               optarg, 0, 86400);
+      cfg->handshake_timeout = options_unsigned (bad_usage,
+                                                 "--handshake-timeout",
+                                                 optarg, 0, 86400);
       break;
     case OPT_L2_CACHE_SIZE:
-      cfg->l2_cache_size = parse_size ("--l2-cache-size", optarg);
-      if (cfg->l2_cache_size != 0
-          && cfg->l2_cache_size < QCOW2_MIN_L2_CACHE_SIZE)
-        bad_usage ("--l2-cache-size is below the minimum of 64K", NULL);
+      cfg->l2_cache_size = options_l2_cache_size (bad_usage, optarg);
       break;
     case OPT_PID_FILE:
       cfg->pid_file = optarg;
@@ -393,14 +301,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
 static int
 serve (struct server_config *cfg)
 {
-  struct qcow2_open_opts opts = {
-    .writable = !cfg->read_only,
-    .l2_cache_size = cfg->l2_cache_size,
-    .log = qcow2_log,
-    /* Requests parked on QCOW2_BLOCKED are retried by their worker. */
-    .wakeup = workers_wakeup,
-  };
-  struct export exp = { 0 };
+  struct export exp;
   static sigset_t set;          /* read by the signal thread */
   pthread_t sig_thread;
   int *fds = NULL, nfds, r;
@@ -426,46 +327,17 @@ serve (struct server_config *cfg)
     }
   }
 
-  r = qcow2_open (cfg->image, &opts, &exp.img);
-  if (r < 0) {
-    if (!atomic_load (&qcow2_logged_error))
-      log_error ("%s: cannot open image: %s", cfg->image, strerror (-r));
-    /* Like qemu-nbd, never fall back to read-only on our own: a client
-     * expecting to write would find out only at its first write. */
-    if (opts.writable && (r == -EROFS || r == -EACCES || r == -EPERM))
-      log_error ("%s cannot be opened for writing; use --read-only to "
-                 "serve it read-only", cfg->image);
+  if (export_open (cfg, &exp) == -1) {
     if (server_tls_ctx)
       tls_ctx_free (server_tls_ctx);
     return EXIT_FAILURE;
   }
-  if (qcow2_is_corrupt (exp.img))
-    log_error ("warning: %s is marked corrupt; serving it read-only",
-               cfg->image);
-  exp.name = cfg->export_name;
-  exp.description = cfg->description;
-  exp.size = qcow2_virtual_size (exp.img);
-  exp.read_only = cfg->read_only;
-  exp.discard_unmap = cfg->discard_unmap;
-  /* CAN_MULTI_CONN is honest: a FLUSH on any connection covers the
-   * writes answered on all of them (qcow2_flush).  TRIM is advertised
-   * even with --discard=ignore, as qemu-nbd does. */
-  exp.eflags = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_DF
-    | NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_CACHE;
-  if (exp.read_only)
-    exp.eflags |= NBD_FLAG_READ_ONLY;
-  else
-    exp.eflags |= NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM
-      | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
-  exp.min_block = 1;
-  exp.pref_block = 4096;
-  exp.max_block = NBD_MAX_PAYLOAD;
 
   /* Sockets before workers: a busy port is the likeliest failure, and
    * finding it first costs no thread or ring set-up. */
   nfds = sockets_listen (cfg, &fds);
   if (nfds < 0) {
-    qcow2_close (exp.img);
+    export_close (&exp);
     if (server_tls_ctx)
       tls_ctx_free (server_tls_ctx);
     return EXIT_FAILURE;
@@ -482,7 +354,7 @@ serve (struct server_config *cfg)
   if (workers_start (&exp, cfg->threads) == -1)
     goto fail_sockets;
 
-  if (cfg->pid_file && write_pid_file (cfg->pid_file) == -1) {
+  if (cfg->pid_file && pid_file_write (cfg->pid_file) == -1) {
     workers_shutdown ();
     goto fail_sockets;
   }
@@ -494,7 +366,7 @@ serve (struct server_config *cfg)
   free (fds);
 
   workers_shutdown ();
-  qcow2_close (exp.img);
+  export_close (&exp);
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);
   if (cfg->pid_file)
@@ -510,7 +382,7 @@ serve (struct server_config *cfg)
   free (fds);
   if (cfg->socket_path)
     unlink (cfg->socket_path);
-  qcow2_close (exp.img);
+  export_close (&exp);
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);
   return EXIT_FAILURE;

@@ -204,12 +204,37 @@ void options_usage_error (const char *prefix, const char *subcmd,
 typedef void (*options_bad_usage_fn) (const char *msg, const char *arg)
   __attribute__ ((noreturn));
 
+/* The value of option OPT, S: a decimal number in [MIN, MAX], or
+ * BAD_USAGE is called (it does not return). */
+unsigned options_unsigned (options_bad_usage_fn bad_usage, const char *opt,
+                           const char *s, unsigned min, unsigned max);
+/* --l2-cache-size S: a size (0, or at least QCOW2_MIN_L2_CACHE_SIZE). */
+uint64_t options_l2_cache_size (options_bad_usage_fn bad_usage,
+                                const char *s);
+/* --discard S, with qemu-nbd's names: true for unmap (or on), false for
+ * ignore (or off). */
+bool options_discard (options_bad_usage_fn bad_usage, const char *s);
+
+/* The default of --threads: the CPUs this process may run on. */
+unsigned options_cpu_count (void);
+#define OPTIONS_MAX_THREADS 1024
+
 /* getopt_long returned C, ':' (missing argument) or '?' (unknown
  * option; the option string must start with ':'): report it with
  * BAD_USAGE, which does not return. */
 void options_getopt_error (options_bad_usage_fn bad_usage, int c,
                            char **argv)
   __attribute__ ((noreturn));
+
+/* ---- startup.c: start-up steps every way of serving shares ---------- */
+
+/* Open CFG's image and fill in EXP from CFG: the one export, its flags
+ * and block sizes.  Returns 0, or -1 (logged, saying why). */
+int export_open (const struct server_config *cfg, struct export *exp);
+/* Close the image (flushing it: clean, when every write has ended). */
+void export_close (struct export *exp);
+/* Write our pid to PATH.  Returns 0 or -1 (logged). */
+int pid_file_write (const char *path);
 
 /* ---- create.c: the create subcommand ---------------------------------- */
 

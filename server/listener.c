@@ -62,6 +62,9 @@ static unsigned nr_conns;            /* lock: accepted, not yet closed */
 static unsigned nr_handshakes;       /* lock: handshake threads alive */
 static struct pending *pending_list; /* lock */
 
+/* Set before serving starts (listener_set_closed_hook). */
+static void (*closed_hook) (void);
+
 /* Set once by listener_run, read by the handshake threads. */
 static const struct server_config *config;
 static const struct export *export;
@@ -89,13 +92,23 @@ server_stop (void)
 void
 listener_conn_closed (void)
 {
-  LOCK_FOR_SCOPE (&lock);
-  if (nr_conns > 0)
-    nr_conns--;
-  /* Only a listener paused at the limit needs waking. */
-  if (config && config->max_connections
-      && nr_conns + 1 == config->max_connections)
-    wake ();
+  {
+    LOCK_FOR_SCOPE (&lock);
+    if (nr_conns > 0)
+      nr_conns--;
+    /* Only a listener paused at the limit needs waking. */
+    if (config && config->max_connections
+        && nr_conns + 1 == config->max_connections)
+      wake ();
+  }
+  if (closed_hook)
+    closed_hook ();
+}
+
+void
+listener_set_closed_hook (void (*fn) (void))
+{
+  closed_hook = fn;
 }
 
 static void

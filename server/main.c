@@ -48,6 +48,8 @@ main_usage (FILE *fp)
 "Commands:\n"
 "  serve IMAGE [OPTIONS]   export IMAGE over NBD\n"
 "  create IMAGE [SIZE]     make a new, empty QCOW2 image\n"
+"  attach IMAGE DEVICE     serve IMAGE to the kernel NBD device DEVICE\n"
+"  detach DEVICE           flush and disconnect DEVICE\n"
 "\n"
 "Options:\n"
 "  -h, --help              print this help\n"
@@ -407,6 +409,10 @@ main (int argc, char **argv)
   }
   if (strcmp (argv[1], "create") == 0)
     return create_main (argc - 1, argv + 1);
+  if (strcmp (argv[1], "attach") == 0)
+    return attach_main (argc - 1, argv + 1);
+  if (strcmp (argv[1], "detach") == 0)
+    return detach_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
     parse_serve (argc - 1, argv + 1, &cfg);
     return serve (&cfg);

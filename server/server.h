@@ -16,6 +16,7 @@
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -164,6 +165,9 @@ void listener_run (const struct server_config *cfg, const struct export *exp,
 void server_stop (void);
 /* Called by a worker when a connection it served has been freed. */
 void listener_conn_closed (void);
+/* Also call FN (from a worker thread) whenever a connection is freed:
+ * how attach.c, which has no listener, learns its last one is gone. */
+void listener_set_closed_hook (void (*fn) (void));
 
 /* ---- worker.c: worker threads, each with an io_uring ring ------------- */
 
@@ -235,6 +239,65 @@ int export_open (const struct server_config *cfg, struct export *exp);
 void export_close (struct export *exp);
 /* Write our pid to PATH.  Returns 0 or -1 (logged). */
 int pid_file_write (const char *path);
+
+/* ---- kdev.c: the kernel's NBD driver (nbd.ko) ------------------------- */
+
+/* A kernel NBD device, /dev/nbdN. */
+struct kdev {
+  const char *path;
+  unsigned index;               /* N */
+  bool netlink;                 /* connected through generic netlink */
+  /* The ioctl interface: the open device and the thread in NBD_DO_IT,
+   * which sets ENDED and calls ON_END when the device goes down. */
+  int fd;
+  pthread_t thread;
+  bool has_thread;
+  atomic_bool ended;
+  void (*on_end) (void);
+};
+
+/* Check that PATH is a whole NBD device and find its index.  Returns 0,
+ * or -1 (logged: no such device, and whether nbd.ko is loaded; not an
+ * NBD device; a partition). */
+int kdev_lookup (const char *path, struct kdev *dev);
+/* The process that has the device attached, or 0 when it is not. */
+pid_t kdev_owner (const struct kdev *dev);
+/* Hand the device the N sockets FDS of EXP, already in the transmission
+ * phase: by generic netlink where the kernel offers it and USE_NETLINK,
+ * by the ioctls otherwise (ON_END is then called, from another thread,
+ * once the device is down).  Returns 0 once the device is up, or -1
+ * (logged; a busy device says so). */
+int kdev_connect (struct kdev *dev, const struct export *exp, const int *fds,
+                  unsigned n, bool use_netlink, void (*on_end) (void));
+/* Flush the device, then tell the kernel to disconnect it (it sends
+ * NBD_CMD_DISC and shuts its sockets down).  Returns 0 or -1 (logged). */
+int kdev_disconnect (struct kdev *dev);
+/* After the device went down: the ioctl thread joined, the sockets
+ * cleared. */
+void kdev_release (struct kdev *dev);
+
+/* ---- attach.c: the attach and detach subcommands ---------------------- */
+
+struct attach_opts {
+  const char *device;           /* /dev/nbdN */
+  unsigned connections;         /* sockets to the device; default 1 */
+  bool fork;                    /* background once the device is up */
+  bool use_ioctl;               /* never netlink */
+};
+
+/* Serve CFG's image (image, read_only, discard_unmap, threads,
+ * l2_cache_size, pid_file, verbose) to the kernel device OPTS->device
+ * until it is detached or a SIGINT/SIGTERM comes (then: flush, detach,
+ * close the image clean).  Returns the exit status. */
+int attach_serve (const struct server_config *cfg,
+                  const struct attach_opts *opts);
+/* Flush and disconnect DEVICE, and wait for a qcow2-nbd serving it to
+ * close its image.  Returns the exit status. */
+int attach_detach (const char *device);
+/* Run "qcow2-nbd attach ..." and "qcow2-nbd detach ..." (ARGV[0] is the
+ * subcommand); return the exit status. */
+int attach_main (int argc, char **argv);
+int detach_main (int argc, char **argv);
 
 /* ---- create.c: the create subcommand ---------------------------------- */
 

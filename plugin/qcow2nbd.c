@@ -102,8 +102,12 @@ qcow2nbd_config_complete (void)
 static int
 qcow2nbd_get_ready (void)
 {
+  /* A trim that reaches a plugin is meant (nbdkit's nodiscard filter
+   * stops it otherwise): give the space back, as qemu-nbd
+   * --discard=unmap does. */
   struct qcow2_open_opts opts = {
     .writable = !ro_option, .l2_cache_size = l2_cache_size, .log = log_cb,
+    .punch_discarded = true,
   };
   int r = qcow2_open (filename, &opts, &image);
 

@@ -11,11 +11,16 @@
  * allocate, link or release between the steps, which is what makes step
  * 5 apply exactly the decrements whose L2 changes step 3 wrote.
  * Concurrent flushes simply run one after the other; the second one finds
- * little to write.  Backing layers are never written. */
+ * little to write.  Backing layers are never written.
+ *
+ * Two variants serve the library itself: the last flush of qcow2_close,
+ * which also writes out the decrements the flush committed, and the
+ * flush a long backlog of deferred decrements triggers (release.c). */
 
 #include <config.h>
 
 #include <errno.h>
+#include <string.h>
 
 #include "common/cleanup.h"
 #include "qcow2/internal.h"
@@ -34,17 +39,12 @@ sync_layer (struct qcow2_layer *layer)
   return r;
 }
 
-int
-qcow2_flush (struct qcow2_image *img)
+/* Steps 1-5 of ORDERING.md, "FLUSH / FUA". */
+static int
+flush_locked (struct qcow2_layer *layer)
 {
-  struct qcow2_layer *layer = img->layers[0];
   int r;
 
-  if (!img->writable || layer->format != LAYER_QCOW2)
-    return 0;
-
-  WRLOCK_FOR_SCOPE (&layer->lock);
-  /* Steps 1-5 of ORDERING.md, "FLUSH / FUA". */
   r = refcount_writeback_locked (layer);      /* 1 */
   if (r == 0)
     r = sync_layer (layer);                   /* 2 */
@@ -54,5 +54,61 @@ qcow2_flush (struct qcow2_image *img)
     r = sync_layer (layer);                   /* 4 */
   if (r < 0)
     return r;
-  return refcount_flush_done_locked (layer);  /* 5 */
+  return release_commit_locked (layer);       /* 5 */
+}
+
+static bool
+flushable (const struct qcow2_image *img)
+{
+  return img->writable && img->layers[0]->format == LAYER_QCOW2;
+}
+
+int
+qcow2_flush (struct qcow2_image *img)
+{
+  struct qcow2_layer *layer = img->layers[0];
+
+  if (!flushable (img))
+    return 0;
+  WRLOCK_FOR_SCOPE (&layer->lock);
+  return flush_locked (layer);
+}
+
+int
+flush_final (struct qcow2_image *img)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  int r;
+
+  if (!flushable (img))
+    return 0;
+  WRLOCK_FOR_SCOPE (&layer->lock);
+  r = flush_locked (layer);
+  /* Step 5 applied the deferred decrements in the refcount cache only;
+   * a close that left them there would leak every cluster they free
+   * (ORDERING.md, "Clean close"). */
+  if (r == 0)
+    r = refcount_writeback_locked (layer);
+  if (r == 0)
+    r = sync_layer (layer);
+  return r;
+}
+
+void
+flush_backlog (struct qcow2_image *img)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  int r;
+
+  if (!flushable (img))
+    return;
+  WRLOCK_FOR_SCOPE (&layer->lock);
+  if (!release_backlog_locked (layer))
+    return;
+  qcow2_log (img, QCOW2_LOG_DEBUG, "%s: many freed clusters wait for a "
+             "flush: flushing to commit them", img->files[layer->file].name);
+  r = flush_locked (layer);
+  if (r < 0)
+    qcow2_log (img, QCOW2_LOG_WARNING, "%s: flush to commit freed clusters: "
+               "%s", img->files[layer->file].name, strerror (-r));
 }

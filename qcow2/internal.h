@@ -35,7 +35,7 @@ enum layer_format { LAYER_QCOW2, LAYER_RAW };
 
 struct l2_cache;              /* cache.c */
 struct refcount_cache;        /* refcount.c */
-struct refcount_pending;      /* refcount.c */
+struct release_list;          /* release.c */
 struct write_state;           /* write.c */
 struct inflight;              /* write.c */
 
@@ -108,7 +108,7 @@ struct qcow2_layer {
   struct refcount_cache *refcount_cache;  /* lock */
   uint64_t *reftable;          /* lock: refcount table, host order */
   uint64_t reftable_entries;   /* lock */
-  struct refcount_pending *pending;       /* lock: deferred decrements */
+  struct release_list *pending;           /* lock: deferred decrements */
   uint64_t host_end;           /* lock: bytes; no cluster at or past it is
                                 * in use (file end at open, then grown) */
   uint64_t free_hint;          /* lock: cluster index to search from */
@@ -126,6 +126,7 @@ struct qcow2_image {
   qcow2_log_fn log;               /* const */
   void *log_opaque;               /* const */
   bool writable;                  /* const */
+  bool punch_discarded;           /* const: qcow2_open_opts */
 
   struct qcow2_file *files;    /* const array (see qcow2_file.size) */
   size_t nr_files;             /* const */
@@ -203,26 +204,41 @@ int refcount_adjust_locked (struct qcow2_layer *layer, uint64_t host,
 int refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
                          uint64_t value);
 
-/* Drop one reference to each of the N clusters at HOST.  The decrement
- * is deferred: it is applied by refcount_flush_done_locked() once the
- * metadata that dropped the reference is durable. */
-int refcount_release_locked (struct qcow2_layer *layer, uint64_t host,
-                             uint64_t n);
-
-/* Optional, for a flush that drops the lock around its syncs: mark the
- * decrements recorded so far as the ones the coming L2 writeback makes
- * durable; refcount_flush_done_locked() then applies only those (without
- * a begin it applies every pending decrement).  See ORDERING.md. */
-void refcount_flush_begin_locked (struct qcow2_layer *layer);
-
-/* Called by qcow2_flush after everything up to now is durable: apply the
- * deferred decrements (the clusters become reusable once those are
- * written back in turn). */
-int refcount_flush_done_locked (struct qcow2_layer *layer);
-
 /* Write dirty refcount blocks (and a grown refcount table) to the file,
  * without syncing. */
 int refcount_writeback_locked (struct qcow2_layer *layer);
+
+/* ---- release.c: deferred decrements, host space given back ---------- */
+
+/* Set up / tear down LAYER's list of deferred decrements (refcount_init
+ * and refcount_destroy call these). */
+int release_init (struct qcow2_layer *layer);
+void release_destroy (struct qcow2_layer *layer);
+
+/* Drop one reference to each of the N clusters at HOST.  The decrement
+ * is deferred: release_commit_locked() applies it once the metadata
+ * that dropped the reference is durable.  With GIVE_BACK (the guest
+ * discarded the data: TRIM, or zeroing that may unmap), the host bytes
+ * are punched out of the file as soon as no reference is left to them:
+ * now for clusters whose only reference this was, at the commit for
+ * the others. */
+int release_clusters_locked (struct qcow2_layer *layer, uint64_t host,
+                             uint64_t n, bool give_back);
+
+/* So many decrements wait that the caller should flush (qcow2_flush)
+ * once it has dropped the lock, to bound their memory. */
+bool release_backlog_locked (const struct qcow2_layer *layer);
+
+/* Optional, for a flush that drops the lock around its syncs: mark the
+ * decrements recorded so far as the ones the coming L2 writeback makes
+ * durable; release_commit_locked() then applies only those (without a
+ * begin it applies every pending decrement).  See ORDERING.md. */
+void release_commit_begin_locked (struct qcow2_layer *layer);
+
+/* Called by qcow2_flush after everything up to now is durable: apply the
+ * deferred decrements (the clusters become reusable once those are
+ * written back in turn) and punch what they free where asked. */
+int release_commit_locked (struct qcow2_layer *layer);
 
 /* ---- cache.c: the L2 slice cache ------------------------------------- */
 
@@ -332,8 +348,10 @@ void inflight_leave (struct qcow2_image *img, struct inflight *rec);
 int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
 
 /* Release the host clusters behind L2 entry L2E (normal, preallocated
- * zero or compressed; deferred decrements). */
-int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e);
+ * zero or compressed; deferred decrements), giving their space back to
+ * the host when GIVE_BACK (release_clusters_locked). */
+int release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
+                             bool give_back);
 
 /* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER, not
  * checked; *HAS_TABLE false when its L1 entry names no table (the entry
@@ -374,6 +392,16 @@ int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
 /* ORDERING.md's "sync": flush every file of LAYER (metadata file and
  * external data file).  0 or -errno. */
 int sync_layer (struct qcow2_layer *layer);
+
+/* The last flush, for qcow2_close: qcow2_flush, then the refcount
+ * decrements it committed written back and synced too, so a clean close
+ * leaks nothing.  0 or -errno. */
+int flush_final (struct qcow2_image *img);
+
+/* When release_backlog_locked() says so, flush (takes the top layer's
+ * lock: call with no lock held); a failure is logged and left for the
+ * client's next FLUSH to report. */
+void flush_backlog (struct qcow2_image *img);
 
 /* ---- create.c: qcow2_create (qcow2.h) -------------------------------- */
 

@@ -92,6 +92,17 @@ posix_flush (void *opaque, int fd)
 }
 
 static int
+posix_punch (void *opaque, int fd, uint64_t off, uint64_t len)
+{
+  if (off > INT64_MAX || len > INT64_MAX - off)
+    return -EINVAL;
+  if (fallocate (fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                 (off_t) off, (off_t) len) == -1)
+    return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+  return 0;
+}
+
+static int
 posix_get_size (void *opaque, int fd, uint64_t *size)
 {
   struct stat st;
@@ -133,6 +144,7 @@ const struct qcow2_io_ops qcow2_posix_io = {
   .pread = posix_pread,
   .pwrite = posix_pwrite,
   .flush = posix_flush,
+  .punch = posix_punch,
   .get_size = posix_get_size,
   .get_allocated = posix_get_allocated,
 };

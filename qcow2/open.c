@@ -753,6 +753,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   img->log = opts->log;
   img->log_opaque = opts->log_opaque;
   img->writable = opts->writable;
+  img->punch_discarded = opts->punch_discarded;
   img->wakeup = opts->wakeup;
   img->wakeup_opaque = opts->wakeup_opaque;
   atomic_init (&img->corrupt, false);
@@ -872,7 +873,7 @@ qcow2_close (struct qcow2_image *img)
   if (img->writable && img->nr_layers > 0 &&
       img->layers[0]->refcount_cache != NULL &&
       !atomic_load (&img->corrupt)) {
-    if (qcow2_flush (img) == 0)
+    if (flush_final (img) == 0)
       header_close_writable (img->layers[0]);
   }
   for (i = 0; i < img->nr_layers; i++) {

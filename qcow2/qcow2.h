@@ -45,6 +45,11 @@ struct qcow2_io_ops {
    * FALLOC_FL_PUNCH_HOLE semantics (allocation may go).  May be NULL or
    * return -ENOTSUP: the library then writes zeros. */
   int (*zero_range) (void *opaque, int fd, uint64_t off, uint64_t len);
+  /* Deallocate [off, off+len) (FALLOC_FL_PUNCH_HOLE, keeping the file
+   * size): the range reads as zeros and its space goes back to the file
+   * system.  Used for clusters a guest discarded.  May be NULL or fail
+   * (-ENOTSUP): the space is then kept, nothing else changes. */
+  int (*punch) (void *opaque, int fd, uint64_t off, uint64_t len);
   int (*get_size) (void *opaque, int fd, uint64_t *size);
   /* Bytes the file occupies on its file system (st_blocks * 512).  May be
    * NULL: the file is then taken as fully allocated. */
@@ -67,6 +72,11 @@ typedef void (*qcow2_log_fn) (void *opaque, enum qcow2_log_level level,
 
 struct qcow2_open_opts {
   bool writable;                   /* open read-write */
+  /* Host clusters the guest gives back (qcow2_discard, and qcow2_zero
+   * deallocating) are punched out of the file (io->punch) as soon as no
+   * reference can reach them, as QEMU's discard=unmap passes discards
+   * down: the file's allocated size follows what the guest trimmed. */
+  bool punch_discarded;
   uint64_t l2_cache_size;          /* bytes per qcow2 layer; 0: default */
   unsigned max_backing_depth;      /* 0: QCOW2_DEFAULT_MAX_BACKING_DEPTH */
   const struct qcow2_io_ops *io;   /* NULL: qcow2_posix_io */

@@ -2,9 +2,10 @@
 /* Refcounts: reading them (the read-only engine needs them to tell
  * whether a layer was made with preallocation=metadata, the one case in
  * which QEMU reports host-file holes under allocated clusters as zeros)
- * and, for a writable layer, the refcount block cache, increments,
- * deferred decrements, refcount block allocation and refcount table
- * growth, following qcow2/ORDERING.md. */
+ * and, for a writable layer, the refcount block cache, increments and
+ * decrements, refcount block allocation and refcount table growth,
+ * following qcow2/ORDERING.md.  Decrements of references that were on
+ * disk wait in release.c until a flush commits them. */
 #include <config.h>
 
 #include <errno.h>
@@ -113,8 +114,8 @@ refcount_detect_metadata_prealloc (struct qcow2_layer *layer)
  * host byte order) and a bounded cache of refcount blocks, each a whole
  * cluster in on-disk format with a dirty flag.  Increments go into the
  * cache at once; decrements of references that were on disk are deferred
- * (layer->pending) until the flush that made the dropped reference
- * durable, so a cluster is never reused before that (ORDERING.md).  A
+ * (release.c) until the flush that made the dropped reference durable,
+ * so a cluster is never reused before that (ORDERING.md).  A
  * dirty block may be written back at any moment: it can only hold early
  * increments (leaks at worst) and decrements that are already safe.
  *
@@ -138,18 +139,6 @@ struct refcount_cache {
   uint32_t nr_slots;
   uint64_t tick;
   struct rc_slot slots[];
-};
-
-struct pending_range {
-  uint64_t host, n;
-};
-
-struct refcount_pending {
-  struct pending_range *v;
-  size_t n, cap;
-  size_t committing;            /* v[0..committing) belong to the flush
-                                 * in progress, if 'begun' */
-  bool begun;
 };
 
 static void
@@ -215,9 +204,9 @@ refcount_init (struct qcow2_layer *layer, uint64_t cache_size)
   if (layer->refcount_cache == NULL)
     return -errno;
   layer->refcount_cache->nr_slots = nr;
-  layer->pending = calloc (1, sizeof *layer->pending);
-  if (layer->pending == NULL)
-    return -errno;
+  r = release_init (layer);
+  if (r < 0)
+    return r;
 
   layer->host_end = ROUND_UP (img->files[layer->file].size,
                               (uint64_t) layer->cluster_size);
@@ -236,11 +225,7 @@ refcount_destroy (struct qcow2_layer *layer)
     free (c);
     layer->refcount_cache = NULL;
   }
-  if (layer->pending != NULL) {
-    free (layer->pending->v);
-    free (layer->pending);
-    layer->pending = NULL;
-  }
+  release_destroy (layer);
   free (layer->reftable);
   layer->reftable = NULL;
   layer->reftable_entries = 0;
@@ -788,71 +773,6 @@ refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
       return 0;
   }
   return set_cluster (layer, cl, value);
-}
-
-int
-refcount_release_locked (struct qcow2_layer *layer, uint64_t host,
-                         uint64_t n)
-{
-  struct refcount_pending *p = layer->pending;
-  struct pending_range *last;
-  int r;
-
-  if (n == 0)
-    return 0;
-  if (!IS_ALIGNED (host, layer->cluster_size))
-    return -EINVAL;
-  /* Catch a release of an unreferenced cluster now, not at flush time. */
-  r = check_adjust (layer, host >> layer->cluster_bits, n, -1);
-  if (r < 0)
-    return r;
-  last = p->n > (p->begun ? p->committing : 0) ? &p->v[p->n - 1] : NULL;
-  if (last && last->host + (last->n << layer->cluster_bits) == host) {
-    last->n += n;
-    return 0;
-  }
-  if (p->n == p->cap) {
-    size_t cap = p->cap ? 2 * p->cap : 64;
-    struct pending_range *v = realloc (p->v, cap * sizeof *v);
-
-    if (v == NULL)
-      return -ENOMEM;
-    p->v = v;
-    p->cap = cap;
-  }
-  p->v[p->n].host = host;
-  p->v[p->n].n = n;
-  p->n++;
-  return 0;
-}
-
-void
-refcount_flush_begin_locked (struct qcow2_layer *layer)
-{
-  layer->pending->committing = layer->pending->n;
-  layer->pending->begun = true;
-}
-
-int
-refcount_flush_done_locked (struct qcow2_layer *layer)
-{
-  struct refcount_pending *p = layer->pending;
-  size_t upto = p->begun ? p->committing : p->n, i;
-  int r = 0;
-
-  for (i = 0; i < upto; i++) {
-    r = refcount_adjust_locked (layer, p->v[i].host, p->v[i].n, -1);
-    if (r < 0) {
-      i++;                      /* reported; don't retry it forever */
-      break;
-    }
-  }
-  if (i > 0 && p->n > i)
-    memmove (p->v, p->v + i, (p->n - i) * sizeof *p->v);
-  p->n -= i;
-  p->committing = 0;
-  p->begun = false;
-  return r;
 }
 
 int

@@ -239,12 +239,13 @@ l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index)
     return r;
   }
   if (old != 0)
-    return refcount_release_locked (layer, old, 1);
+    return release_clusters_locked (layer, old, 1, false);
   return 0;
 }
 
 int
-release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e)
+release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
+                         bool give_back)
 {
   if (l2e & QCOW_OFLAG_COMPRESSED) {
     uint64_t desc = l2e & ~(QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_COPIED);
@@ -257,11 +258,12 @@ release_l2_entry_locked (struct qcow2_layer *layer, uint64_t l2e)
 
     /* Each host cluster the stream touches holds one reference for it
      * (QEMU's qcow2_free_any_cluster frees the sector range). */
-    return refcount_release_locked (layer, first << layer->cluster_bits,
-                                    last - first + 1);
+    return release_clusters_locked (layer, first << layer->cluster_bits,
+                                    last - first + 1, give_back);
   }
   if ((l2e & L2E_OFFSET_MASK) != 0)
-    return refcount_release_locked (layer, l2e & L2E_OFFSET_MASK, 1);
+    return release_clusters_locked (layer, l2e & L2E_OFFSET_MASK, 1,
+                                    give_back);
   return 0;
 }
 
@@ -1002,6 +1004,7 @@ qcow2_write_end (struct qcow2_write *w, int result)
 {
   struct qcow2_image *img = w->img;
   struct qcow2_layer *layer = img->layers[0];
+  bool backlog = false;
   int r = 0;
 
   if (w->nlinks > 0) {
@@ -1019,7 +1022,9 @@ qcow2_write_end (struct qcow2_write *w, int result)
         if (r < 0)
           break;
         if (lk->release_old) {
-          r = release_l2_entry_locked (layer, lk->old_l2e);
+          /* Copy-on-write: the old cluster keeps its host space until
+           * reused, as in QEMU (release.c). */
+          r = release_l2_entry_locked (layer, lk->old_l2e, false);
           if (r < 0) {
             i++;        /* linked: its new cluster is in use */
             break;
@@ -1029,10 +1034,13 @@ qcow2_write_end (struct qcow2_write *w, int result)
       if (r < 0)
         undo_allocs_locked (layer, w, i);
     }
+    backlog = release_backlog_locked (layer);
     pthread_rwlock_unlock (&layer->lock);
   }
   inflight_leave (img, w->rec);
   free_write (w);
+  if (backlog)
+    flush_backlog (img);
   return result < 0 ? 0 : r;
 }
 

@@ -118,7 +118,9 @@ set_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
   if (layer->extended_l2)
     store_be64 (ent + 8, bitmap);
   if (release)
-    return release_l2_entry_locked (layer, old_l2e);
+    /* The guest gave the data up: its host space may go too. */
+    return release_l2_entry_locked (layer, old_l2e,
+                                    layer->img->punch_discarded);
   return 0;
 }
 
@@ -351,6 +353,7 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
     r = zero_pieces (img, &zp);
   free (zp.p);
   inflight_leave (img, rec);
+  flush_backlog (img);
   return r;
 }
 
@@ -362,6 +365,7 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   const uint64_t cs = layer->cluster_size;
   struct inflight *rec;
   uint64_t first, end;
+  bool backlog;
   int r;
 
   r = write_check_args (img, offset, length);
@@ -396,7 +400,10 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
     r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
                           has_host (l2e));
   }
+  backlog = release_backlog_locked (layer);
   pthread_rwlock_unlock (&layer->lock);
   inflight_leave (img, rec);
+  if (backlog)
+    flush_backlog (img);
   return r;
 }

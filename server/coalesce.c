@@ -50,7 +50,9 @@
 #include <config.h>
 
 #include <errno.h>
+#include <limits.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -83,6 +85,27 @@
 
 /* Set once the kernel refuses any part of it: plain recvs from then on. */
 static atomic_bool rxc_off;
+
+/* For tests: QCOW2_NBD_TEST_RXC_DEPTH=N serves every new TCP client as
+ * one known to keep N requests in flight, so the batch paths (waits,
+ * their time limits, headers split across a wait, hang-ups during one)
+ * run whatever the machine's load does to the measurement.  0: off. */
+static unsigned
+test_depth (void)
+{
+  static atomic_uint depth = UINT_MAX;
+  unsigned d = atomic_load (&depth);
+
+  if (d == UINT_MAX) {
+    const char *s = getenv ("QCOW2_NBD_TEST_RXC_DEPTH");
+
+    d = s ? (unsigned) strtoul (s, NULL, 10) : 0;
+    if (d > 2 * RXC_MAX)
+      d = 2 * RXC_MAX;
+    atomic_store (&depth, d);
+  }
+  return d;
+}
 
 static void
 rxc_disable (struct conn_state *cs, const char *what, int err)
@@ -220,6 +243,10 @@ rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed)
     x->able = getsockopt (cs->conn->fd, SOL_SOCKET, SO_DOMAIN, &domain,
                           &dlen) == 0
       && (domain == AF_INET || domain == AF_INET6);
+    if (x->able && test_depth () >= RXC_MIN_DEPTH) {
+      set_depth (cs, test_depth ());
+      x->want = x->target;
+    }
   }
   if (owed == 0 && x->able) {
     end_round (cs, now);

@@ -37,6 +37,7 @@ export_open (const struct server_config *cfg, struct export *exp)
 {
   struct qcow2_open_opts opts = {
     .writable = !cfg->read_only,
+    .punch_discarded = cfg->discard_unmap,
     .l2_cache_size = cfg->l2_cache_size,
     .log = qcow2_log,
     /* Requests parked on QCOW2_BLOCKED are retried by their worker. */

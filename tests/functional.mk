@@ -11,6 +11,7 @@ FUNCTIONAL_TESTS = \
 	test-lifecycle.sh \
 	test-trickle.sh \
 	test-coalesce.sh \
+	test-units.sh \
 	$(NULL)
 
 TESTS += $(FUNCTIONAL_TESTS)

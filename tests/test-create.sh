@@ -10,6 +10,7 @@
 # the refusals: each bad request exits 1 with a message and leaves no
 # file behind, and an existing file is never touched.
 
+SMOKE_TEST=1
 source "$abs_top_srcdir/tests/functions.sh"
 
 requires qemu-img qemu-io nbdinfo

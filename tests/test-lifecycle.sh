@@ -156,43 +156,42 @@ done
 # ---- --max-connections 1 -----------------------------------------------
 
 start_server "$img" --read-only --max-connections 1
+# The holder keeps its connection for a while, and says when it is about
+# to let go; the second client, once served, checks that the holder had
+# already said so.  An ordering, not a duration: it holds on any load.
 cat > "$tmpdir/hold.py" <<'EOF'
 import sys, time, nbd
-uri, ready, hold = sys.argv[1], sys.argv[2], float(sys.argv[3])
+uri, ready, leaving, hold = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 h = nbd.NBD()
 h.connect_uri(uri)
 h.pread(512, 0)
 open(ready, "w").close()
 time.sleep(hold)
+open(leaving, "w").close()
 h.shutdown()
 EOF
-cat > "$tmpdir/timed.py" <<'EOF'
-import sys, time, nbd
-uri = sys.argv[1]
-t = time.monotonic()
+cat > "$tmpdir/second.py" <<'EOF'
+import os, sys, nbd
+uri, leaving = sys.argv[1], sys.argv[2]
 h = nbd.NBD()
 h.connect_uri(uri)
 data = h.pread(7777, 61 << 20)
 assert data == b"\x11" * 7777, "wrong data"
+if leaving and not os.path.exists(leaving):
+    sys.exit("served while the first client still held its connection")
 h.shutdown()
-print("%.2f" % (time.monotonic() - t))
 EOF
-rm -f "$tmpdir/ready"
-"$PYTHON" "$tmpdir/hold.py" "$uri" "$tmpdir/ready" 3 &
+rm -f "$tmpdir/ready" "$tmpdir/leaving"
+"$PYTHON" "$tmpdir/hold.py" "$uri" "$tmpdir/ready" "$tmpdir/leaving" 2 &
 holder=$!
 cleanup_fn _kill_server "$holder"
 wait_for_file "$tmpdir/ready" "the first client never connected"
-t="$(run_timeout 60 "$PYTHON" "$tmpdir/timed.py" "$uri")" ||
-  fail "the second client failed with --max-connections 1"
+run_timeout 60 "$PYTHON" "$tmpdir/second.py" "$uri" "$tmpdir/leaving" ||
+  fail "--max-connections 1: the second client failed or was served early"
 wait "$holder" || fail "the first client failed"
-"$PYTHON" -c "import sys; sys.exit(0 if float('$t') >= 2.0 else 1)" ||
-  fail "--max-connections 1: second client served after $t s while the" \
-       "first held its connection for 3 s"
-ok "--max-connections 1: a second client waits (${t} s) until the first leaves"
-t="$(run_timeout 60 "$PYTHON" "$tmpdir/timed.py" "$uri")" ||
+ok "--max-connections 1: a second client waits until the first leaves"
+run_timeout 60 "$PYTHON" "$tmpdir/second.py" "$uri" "" ||
   fail "a client after the first left"
-"$PYTHON" -c "import sys; sys.exit(0 if float('$t') < 2.0 else 1)" ||
-  fail "--max-connections 1: a lone client took $t s"
 ok "--max-connections 1: the slot is free again once the first leaves"
 stop_server
 
@@ -235,7 +234,7 @@ for p in silent greet; do
   pid_var=$p
   wait "${!pid_var}" || fail "$p client: $(cat "$tmpdir/$p.out")"
   t="$(cat "$tmpdir/$p.out")"
-  "$PYTHON" -c "import sys; t = float('$t'); sys.exit(0 if 1.5 <= t <= 8 else 1)" ||
+  "$PYTHON" -c "import sys; t = float('$t'); sys.exit(0 if 1.5 <= t <= 25 else 1)" ||
     fail "--handshake-timeout 2: $p client dropped after $t s"
   ok "--handshake-timeout 2: a $p client is dropped after $t s"
 done

@@ -7,6 +7,7 @@
 # each that the export reads exactly like qemu's view of the image and
 # that base:allocation and qemu:allocation-depth agree with qemu-img map.
 
+SMOKE_TEST=1
 source "$abs_top_srcdir/tests/functions.sh"
 
 requires qemu-img qemu-io nbdinfo

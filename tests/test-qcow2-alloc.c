@@ -167,7 +167,7 @@ test_one (const char *dir, unsigned cluster_size, unsigned refcount_bits)
     for (unsigned i = 0; i < nr_allocs; i += 2) {
       uint64_t rc;
 
-      r = refcount_release_locked (layer, held[i].host, held[i].n);
+      r = release_clusters_locked (layer, held[i].host, held[i].n, false);
       CHECK (r == 0, "release: %s", strerror (-r));
       r = refcount_get_locked (layer, held[i].host, &rc);
       CHECK (r == 0 && rc == 1, "released cluster dropped early");
@@ -188,7 +188,7 @@ test_one (const char *dir, unsigned cluster_size, unsigned refcount_bits)
     }
     r = refcount_writeback_locked (layer);
     CHECK (r == 0, "writeback: %s", strerror (-r));
-    r = refcount_flush_done_locked (layer);
+    r = release_commit_locked (layer);
     CHECK (r == 0, "flush done: %s", strerror (-r));
     for (unsigned i = 0; i < nr_allocs; i += 2) {
       uint64_t rc;

@@ -67,6 +67,12 @@ full_pwrite (void *opaque, int fd, const void *buf, size_t len, uint64_t off)
   return qcow2_posix_io.pwrite (opaque, fd, buf, len, off);
 }
 
+static int
+no_punch (void *opaque, int fd, uint64_t off, uint64_t len)
+{
+  return -ENOTSUP;
+}
+
 static struct qcow2_io_ops full_io;
 
 static void
@@ -112,11 +118,18 @@ open_image (const char *path)
     .writable = true, .log = log_cb, .wakeup = wakeup_cb,
     /* A small cache, so dirty slices get evicted during the run. */
     .l2_cache_size = 64 << 10,
+    /* Discarded clusters are punched: a punch that hit a cluster still
+     * referenced (a snapshot's, a compressed neighbour's) would show as
+     * a difference from the shadow or a lost snapshot. */
+    .punch_discarded = true,
   };
 
   if (enospc_mode) {
+    /* A full file system that cannot punch holes either: freed
+     * clusters must be reused all the same. */
     full_io = qcow2_posix_io;
     full_io.pwrite = full_pwrite;
+    full_io.punch = no_punch;
     opts.io = &full_io;
   }
   int r = qcow2_open (path, &opts, &img);

@@ -10,6 +10,7 @@
 # logging the reason each time.  Certificates come from tls-functions.sh
 # (an "openssl ca" setup, which can backdate and revoke).
 
+SMOKE_TEST=1
 source "$abs_top_srcdir/tests/functions.sh"
 source "$abs_top_srcdir/tests/tls-functions.sh"
 

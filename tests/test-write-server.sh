@@ -10,6 +10,7 @@
 # consistent.  Every change is mirrored into a raw shadow file, and each
 # image is compared with it and checked by qemu-img after a clean stop.
 
+SMOKE_TEST=1
 . "${abs_top_srcdir:-$(dirname "$0")/..}/tests/functions.sh"
 
 requires qemu-img qemu-io nbdinfo

@@ -76,7 +76,8 @@ sc_attach ()
 
 # ioctl: the ioctl interface (--no-netlink), two connections, TRIM with
 # --discard=unmap, in the foreground, stopped by SIGTERM: flushed,
-# detached, exit status 0, the image clean and holding the writes.
+# detached, exit status 0, the image clean and holding the writes; then
+# attached by the ioctls again and detached by "qcow2-nbd detach".
 sc_ioctl ()
 {
   local want tail
@@ -108,6 +109,12 @@ sc_ioctl ()
     { guest_show; fail "attach exited $(guest_field status) after SIGTERM"; }
   [ "$(grep -c 'client sent NBD_CMD_DISC' "$guest_out")" -eq 2 ] ||
     { guest_show; fail "not both connections ended with NBD_CMD_DISC"; }
+  # Attached by the ioctls again, detached from another process (which
+  # uses netlink): the writes are still there, the server leaves.
+  guest_ok "reattach, detach" 'qcow2-nbd attach $W/io.qcow2 /dev/nbd1 \
+      --no-netlink --fork --pid-file $W/io.pid && pid=$(cat $W/io.pid) &&
+    [ "$(g_sha /dev/nbd1 $((16 << 20)))" = "$(g_sha $W/r)" ] &&
+    qcow2-nbd detach /dev/nbd1 && ! kill -0 $pid 2>/dev/null'
   at_out io.qcow2
   check_clean "$tmpdir/io.qcow2" "after SIGTERM"
   qemu-img convert -O raw "$tmpdir/io.qcow2" "$tmpdir/io.raw"

@@ -52,11 +52,22 @@
 #define NBD_CLEAR_SOCK          _IO (0xab, 4)
 #define NBD_SET_SIZE_BLOCKS     _IO (0xab, 7)
 #define NBD_DISCONNECT          _IO (0xab, 8)
+#define NBD_SET_TIMEOUT         _IO (0xab, 9)
 #define NBD_SET_FLAGS           _IO (0xab, 10)
 
 /* The logical block size we give the kernel: 512, as qemu-nbd and
  * nbd-client do, so the device takes requests of any sector. */
 #define KDEV_BLOCK_SIZE 512
+
+/* The request timeout, in seconds, of a device with several
+ * connections.  With one, no timeout is set, and the kernel only logs a
+ * slow request.  With several, the kernel takes a request that times
+ * out (30 s when none is set) for a dead connection: it shuts that
+ * socket down for good and resends the request on another, which, with
+ * a local server that never went away, only loses a connection for each
+ * slow moment (a loaded machine, writeback to a slow disk) until none is
+ * left.  A day is as good as never. */
+#define MULTI_CONN_TIMEOUT 86400
 
 /* How long attach waits for a device started through the ioctls to show
  * up in sysfs, where there is no completion to wait on instead. */
@@ -333,8 +344,11 @@ connect_netlink (struct kdev *dev, int nlfd, uint16_t family,
   nl_put (&m, NBD_ATTR_SIZE_BYTES, &size, sizeof size);
   nl_put (&m, NBD_ATTR_BLOCK_SIZE_BYTES, &bs, sizeof bs);
   nl_put (&m, NBD_ATTR_SERVER_FLAGS, &flags, sizeof flags);
-  /* No NBD_ATTR_TIMEOUT: without one a slow request is only logged,
-   * never failed, as with qemu-nbd. */
+  if (n > 1) {
+    uint64_t timeout = MULTI_CONN_TIMEOUT;
+
+    nl_put (&m, NBD_ATTR_TIMEOUT, &timeout, sizeof timeout);
+  }
   socks = nl_put (&m, NBD_ATTR_SOCKETS | NLA_F_NESTED, NULL, 0);
   for (unsigned i = 0; socks && i < n; i++) {
     struct nlattr *item = nl_put (&m, NBD_SOCK_ITEM | NLA_F_NESTED, NULL, 0);
@@ -412,6 +426,12 @@ connect_ioctl (struct kdev *dev, const struct export *exp,
   }
   if (ioctl (dev->fd, NBD_SET_FLAGS, (unsigned long) exp->eflags) == -1) {
     log_error ("%s: NBD_SET_FLAGS: %m", dev->path);
+    goto fail;
+  }
+  if (n > 1
+      && ioctl (dev->fd, NBD_SET_TIMEOUT, (unsigned long) MULTI_CONN_TIMEOUT)
+      == -1) {
+    log_error ("%s: NBD_SET_TIMEOUT: %m", dev->path);
     goto fail;
   }
   for (unsigned i = 0; i < n; i++)

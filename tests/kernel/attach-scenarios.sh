@@ -54,7 +54,11 @@ sc_attach ()
       { echo "size $(cat /sys/block/nbd0/size)"; exit 1; }
     [ "$(cat /sys/block/nbd0/pid)" = "$(cat $W/at.pid)" ] ||
       { echo "sysfs pid $(cat /sys/block/nbd0/pid)"; exit 1; }
-    grep "through netlink with 1 connection" $W/at.log'
+    grep "through netlink with 1 connection" $W/at.log &&
+    echo "timeout $(cat /sys/block/nbd0/queue/io_timeout)"'
+  # One connection: no timeout given, the kernel's 30 s only log.
+  [ "$(guest_field timeout)" = 30000 ] ||
+    fail "request timeout $(guest_field timeout) ms with 1 connection"
   guest_ok "mkfs.ext4 and mount" \
     "/sbin/mkfs.ext4 -q /dev/nbd0 && mount -t ext4 /dev/nbd0 /mnt/a"
   guest_ok "write files" "g_make_files /mnt/a"
@@ -63,7 +67,7 @@ sc_attach ()
   guest_ok "qcow2-nbd detach" 'pid=$(cat $W/at.pid)
     qcow2-nbd detach /dev/nbd0 || exit 1
     # detach waits for the server: gone now, its pid file too.
-    ! kill -0 $pid 2>/dev/null || { echo "server $pid still running"; exit 1; }
+    _gone $pid || { echo "server $pid still running"; exit 1; }
     [ ! -e $W/at.pid ] || { echo "pid file left"; exit 1; }
     [ ! -e /sys/block/nbd0/pid ] || { echo "nbd0 still up"; exit 1; }
     cat $W/at.log'
@@ -87,7 +91,11 @@ sc_ioctl ()
        --discard=unmap --pid-file $W/io.pid 2>$W/io.log
      echo $? > $W/io.status) </dev/null >/dev/null 2>&1 &
     g_wait_for "the pid file" [ -s $W/io.pid ] || { cat $W/io.log; exit 1; }
-    grep "through ioctls with 2 connections" $W/io.log'
+    grep "through ioctls with 2 connections" $W/io.log &&
+    echo "timeout $(cat /sys/block/nbd1/queue/io_timeout)"'
+  # Several connections: a day's timeout, not the kernel's 30 s (kdev.c).
+  [ "$(guest_field timeout)" = 86400000 ] ||
+    fail "request timeout $(guest_field timeout) ms with 2 connections"
   guest_ok "write, discard, read" '
     g_random $W/r 16 && dd if=$W/r of=/dev/nbd1 bs=1M 2>/dev/null || exit 1
     /sbin/blkdiscard -o $((4 << 20)) -l $((4 << 20)) /dev/nbd1 || exit 1
@@ -114,7 +122,7 @@ sc_ioctl ()
   guest_ok "reattach, detach" 'qcow2-nbd attach $W/io.qcow2 /dev/nbd1 \
       --no-netlink --fork --pid-file $W/io.pid && pid=$(cat $W/io.pid) &&
     [ "$(g_sha /dev/nbd1 $((16 << 20)))" = "$(g_sha $W/r)" ] &&
-    qcow2-nbd detach /dev/nbd1 && ! kill -0 $pid 2>/dev/null'
+    qcow2-nbd detach /dev/nbd1 && _gone $pid'
   at_out io.qcow2
   check_clean "$tmpdir/io.qcow2" "after SIGTERM"
   qemu-img convert -O raw "$tmpdir/io.qcow2" "$tmpdir/io.raw"
@@ -126,8 +134,9 @@ sc_ioctl ()
   ok "ioctls, 2 connections, TRIM, SIGTERM: flushed, clean, status 0"
 }
 
-# readonly: attach -r: the kernel device is read-only, writes fail,
-# reads are right, the image file is untouched.
+# readonly: attach -r (by netlink, with two connections and so a day's
+# request timeout): the kernel device is read-only, writes fail, reads
+# are right, the image file is untouched.
 sc_attach_ro ()
 {
   local want
@@ -137,13 +146,16 @@ sc_attach_ro ()
   want=$(sha256sum < "$tmpdir/ro.raw" | cut -d' ' -f1)
   guest_ok "copy in" 'cp /share/ro.qcow2 $W/ro.qcow2'
   guest_ok "attach -r" 'g_modprobe && before=$(g_sha $W/ro.qcow2) &&
-    qcow2-nbd attach -r $W/ro.qcow2 /dev/nbd2 --fork --pid-file $W/ro.pid &&
+    qcow2-nbd attach -r -C 2 $W/ro.qcow2 /dev/nbd2 --fork --pid-file $W/ro.pid &&
     echo "ro $(/sbin/blockdev --getro /dev/nbd2)" &&
+    echo "timeout $(cat /sys/block/nbd2/queue/io_timeout)" &&
     echo "sha $(g_sha /dev/nbd2)" &&
     ! dd if=/dev/zero of=/dev/nbd2 bs=4k count=1 oflag=direct 2>/dev/null &&
     qcow2-nbd detach /dev/nbd2 &&
     [ "$(g_sha $W/ro.qcow2)" = "$before" ]'
   [ "$(guest_field ro)" = 1 ] || fail "the device is not read-only"
+  [ "$(guest_field timeout)" = 86400000 ] ||
+    fail "request timeout $(guest_field timeout) ms with 2 connections"
   [ "$(guest_field sha)" = "$want" ] || fail "the read-only device reads wrong"
   ok "read-only attach: writes refused, reads right, image untouched"
 }

@@ -30,7 +30,12 @@ g_wait_for ()
 
 _dev_up () { [ -e "/sys/block/${1#/dev/}/pid" ]; }
 _dev_down () { ! _dev_up "$1"; }
-_gone () { ! kill -0 "$1" 2>/dev/null; }
+# Gone: exited, a zombie included (orphans wait for init, this shell, to
+# reap them when it gets round to it).
+_gone ()
+{
+  ! kill -0 "$1" 2>/dev/null || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
+}
 
 # g_modprobe: load nbd.ko with kmod's modprobe (the kernel's netlink
 # family "nbd" comes with it).

@@ -182,7 +182,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   int kfds[MAX_CONNECTIONS];
   unsigned nconns = opts->connections ? opts->connections : 1, made, i;
   int ready_fd = -1, sfd = -1, status = EXIT_FAILURE;
-  bool detaching = false;
+  bool detaching = false, pid_written = false;
   sigset_t set;
   pid_t owner;
 
@@ -250,6 +250,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
     detaching = true;
   }
   else {
+    pid_written = cfg->pid_file != NULL;
     log_info ("attached %s (%" PRIu64 " bytes) to %s through %s with %u "
               "connection%s", cfg->image, exp.size, dev.path,
               dev.netlink ? "netlink" : "ioctls", made,
@@ -300,8 +301,9 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   /* Without a detach of ours, the connections end when the kernel
    * disconnects the device (detach, nbd-client -d, qemu-nbd -d from
    * another process): it sends NBD_CMD_DISC on each, then shuts them
-   * down.  Nothing else of the kernel's or ours closes them while the
-   * process runs. */
+   * down.  Otherwise the kernel drops a connection only when a request
+   * on it outlives the timeout, which is never with one connection and
+   * a day with several (kdev.c); the others go on serving. */
   kdev_release (&dev);
   log_info ("%s detached", dev.path);
 
@@ -309,7 +311,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   workers_shutdown ();
  out_image:
   export_close (&exp);
-  if (cfg->pid_file && status == EXIT_SUCCESS)
+  if (pid_written)
     unlink (cfg->pid_file);
  out_fds:
   if (sfd >= 0)

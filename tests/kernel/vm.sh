@@ -97,6 +97,11 @@ guest_out="$tmpdir/guest.out"
 guest_log="$tmpdir/guest.log"
 console_log="$tmpdir/console.log"
 
+# The kernel's command line.  no_timer_check: on a loaded machine TCG can
+# be too slow for the boot-time check that the IO-APIC timer ticks, and
+# the kernel then panics ("IO-APIC + timer doesn't work!").
+vm_cmdline="console=ttyS0 rdinit=/init panic=-1 no_timer_check nbd.max_part=0 ${VM_APPEND:-}"
+
 # vm_start: boot the VM and wait (10 min at most: a loaded machine
 # running TCG) for its agent.  Sets vm_boot_seconds.
 vm_start ()
@@ -108,10 +113,11 @@ vm_start ()
   : > "$guest_log"
   t0=$(date +%s%N)
   qemu-system-x86_64 -nodefaults -no-user-config -display none -no-reboot \
-    -machine pc -accel tcg -cpu max -smp ${VM_SMP:-1} -m 1024 \
+    -machine pc -accel ${VM_ACCEL:-tcg} -cpu ${VM_CPU:-max} -smp ${VM_SMP:-1} -m 1024 \
     -kernel "$vmlinuz" -initrd "$initrd" \
-    -append "console=ttyS0 rdinit=/init panic=-1 nbd.max_part=0" \
+    -append "$vm_cmdline" \
     -serial "file:$console_log" -serial "pipe:$tmpdir/ctl" \
+    -monitor "unix:$tmpdir/monitor.sock,server=on,wait=off" \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
     -fsdev "local,id=fs0,path=$share,security_model=none" \
     -device virtio-9p-pci,fsdev=fs0,mount_tag=share \
@@ -180,10 +186,72 @@ _guest_wait ()
       fi
       if [ "$SECONDS" -ge "$deadline" ]; then
         vm_broken="no answer within $2 s"
+        # Scenarios run in subshells: tell the ones that follow too.
+        echo "$vm_broken" > "$tmpdir/vm-broken"
         return 1
       fi
     fi
   done
+}
+
+# vm_monitor COMMAND...: run QEMU monitor (HMP) commands, print the
+# answers.
+vm_monitor ()
+{
+  "$PYTHON" - "$tmpdir/monitor.sock" "$@" <<'PY'
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(10)
+s.connect(sys.argv[1])
+for cmd in sys.argv[2:]:
+    s.sendall(cmd.encode() + b"\n")
+time.sleep(1)
+out = b""
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        out += b
+except socket.timeout:
+    pass
+for line in out.decode(errors="replace").replace("\r", "").splitlines():
+    if "\x1b" not in line:
+        print(line)
+PY
+}
+
+# What a hung guest command leaves to look at: the guest kernel's last
+# words, qemu's user network and vCPUs, and the last started server's
+# threads and sockets.
+_vm_diagnose ()
+{
+  local t lines
+  echo "---- qemu: user network, vCPUs ----"
+  vm_monitor "info usernet" "info cpus" 2>&1 | tail -n 40
+  # SysRq w and l: the guest's blocked tasks and every CPU's backtrace,
+  # on its console.
+  lines=$(wc -l < "$console_log")
+  vm_monitor "sendkey alt-sysrq-w" "sendkey alt-sysrq-l" >/dev/null 2>&1
+  for (( t = 0; t < 100; t++ )); do
+    grep -q 'NMI backtrace' <(tail -n +"$lines" "$console_log") && break
+    sleep 0.1
+  done
+  sleep 2
+  echo "---- guest kernel log (tail) ----"
+  tail -n +"$(( lines > 40 ? lines - 40 : 1 ))" "$console_log" | head -n 400
+  [ -n "${server_pid:-}" ] && _alive "$server_pid" || return 0
+  echo "---- server $server_pid: threads (state, wchan) ----"
+  for t in /proc/"$server_pid"/task/*; do
+    echo "${t##*/} $(awk '{ print $3 }' "$t/stat") $(cat "$t/wchan")"
+  done
+  echo "---- server $server_pid: sockets ----"
+  ss -tnpi 2>/dev/null | grep -A1 "pid=$server_pid," || true
+  if command -v gdb >/dev/null 2>&1; then
+    echo "---- server $server_pid: stacks ----"
+    timeout 60 gdb -p "$server_pid" -batch -ex 'thread apply all bt' 2>&1 |
+      grep -E '^(Thread|#)' | head -n 200
+  fi
 }
 
 _guest_seq=0
@@ -198,6 +266,8 @@ guest_run ()
   local secs=600
   if [ "$1" = -t ]; then secs=$2; shift 2; fi
   : > "$guest_out"
+  [ -z "$vm_broken" ] && [ -s "$tmpdir/vm-broken" ] &&
+    vm_broken=$(cat "$tmpdir/vm-broken")
   if [ -n "$vm_broken" ]; then
     echo "the VM is unusable: $vm_broken" > "$guest_out"
     return 255
@@ -209,6 +279,7 @@ guest_run ()
   printf '%s %s\n' "$id" "$(printf '%s' "$*" | base64 -w0)" >&5
   if ! _guest_wait "@@DONE $id" "$secs"; then
     echo "guest command '$*': $vm_broken" >> "$guest_out"
+    _vm_diagnose >&2
     return 255
   fi
   printf '  = %s\n' "$guest_status" >> "$guest_log"

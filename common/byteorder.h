@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* Big-endian loads and stores for on-disk (QCOW2) and on-wire (NBD)
  * structures.  Both formats are big-endian throughout; these helpers work
- * on unaligned byte pointers so parsers never cast a buffer to a struct. */
+ * on unaligned byte pointers so parsers never cast a buffer to a struct.
+ * One little-endian load, for recognising other formats' headers. */
 #ifndef COMMON_BYTEORDER_H
 #define COMMON_BYTEORDER_H
 
@@ -31,6 +32,14 @@ load_be64 (const void *p)
   uint64_t v;
   memcpy (&v, p, sizeof v);
   return be64toh (v);
+}
+
+static inline uint32_t
+load_le32 (const void *p)
+{
+  uint32_t v;
+  memcpy (&v, p, sizeof v);
+  return le32toh (v);
 }
 
 static inline void

@@ -3,6 +3,7 @@
 #include <config.h>
 
 #include <assert.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <pthread.h>
@@ -10,9 +11,42 @@
 #include "common/byteorder.h"
 #include "common/checked-overflow.h"
 #include "common/cleanup.h"
+#include "common/iszero.h"
+#include "common/list.h"
 #include "common/rounding.h"
 
 static int freed;
+
+struct item {
+  int v;
+  struct link link;
+};
+
+static void
+test_list (void)
+{
+  struct item it[3] = { { .v = 0 }, { .v = 1 }, { .v = 2 } };
+  struct link a, b;
+  int i;
+
+  link_init (&a);
+  link_init (&b);
+  assert (list_empty (&a));
+  for (i = 0; i < 3; i++)
+    list_append (&a, &it[i].link);
+  assert (list_entry (a.next, struct item, link)->v == 0);
+  assert (list_entry (a.prev, struct item, link)->v == 2);
+  link_remove (&it[1].link);
+  link_remove (&it[1].link);    /* harmless twice */
+  assert (a.next->next == &it[2].link);
+  list_append (&b, &it[1].link);
+  list_splice (&b, &a);
+  assert (list_empty (&a));
+  assert (list_entry (b.next, struct item, link)->v == 1);
+  assert (list_entry (b.prev, struct item, link)->v == 2);
+  list_splice (&b, &a);         /* an empty list moves nothing */
+  assert (list_entry (b.prev, struct item, link)->v == 2);
+}
 
 static void
 test_byteorder (void)
@@ -24,6 +58,7 @@ test_byteorder (void)
   assert (load_be64 (b + 1) == 0x0102030405060708ULL);
   store_be32 (b, 0xdeadbeef);
   assert (b[0] == 0xde && load_be32 (b) == 0xdeadbeef);
+  assert (load_le32 (b) == 0xefbeadde);
   store_be16 (b, 0xabcd);
   assert (b[0] == 0xab && load_be16 (b) == 0xabcd);
 }
@@ -93,13 +128,30 @@ test_cleanup (void)
   pthread_rwlock_unlock (&l);
 }
 
+static void
+test_iszero (void)
+{
+  unsigned char b[100] = { 0 };
+
+  assert (is_zero (b, 0) && is_zero (b, 1) && is_zero (b, 16));
+  assert (is_zero (b, sizeof b));
+  for (size_t i = 0; i < sizeof b; i++) {
+    b[i] = 1;
+    assert (!is_zero (b, sizeof b));
+    assert (is_zero (b, i));
+    b[i] = 0;
+  }
+}
+
 int
 main (void)
 {
   test_byteorder ();
+  test_list ();
   test_rounding ();
   test_overflow ();
   test_cleanup ();
+  test_iszero ();
   printf ("test-common: ok\n");
   return 0;
 }

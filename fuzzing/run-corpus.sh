@@ -1,12 +1,18 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# 'make check': replay the seed corpus through the fuzz target (built with
-# the configured sanitizers), so a seed that crashes fails the build.
+# 'make check': replay every seed corpus through the replay build of its
+# fuzz target (built with the configured sanitizers), so a seed that
+# crashes fails the build.
 set -e
 srcdir="${srcdir:-$(dirname "$0")}"
-set -- "$srcdir"/corpus/*
-if [ ! -e "$1" ]; then
-    echo "$0: no corpus in $srcdir/corpus"
-    exit 1
-fi
-./fuzz-qcow2 "$@"
+for t in qcow2:corpus handshake:corpus-handshake request:corpus-request; do
+    target=${t%%:*}
+    dir=$srcdir/${t#*:}
+    set -- "$dir"/*
+    if [ ! -e "$1" ]; then
+        echo "$0: no corpus in $dir"
+        exit 1
+    fi
+    ./fuzz-"$target" "$@" >/dev/null
+    echo "ok: $# seeds replayed through fuzz-$target"
+done

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Decompression of compressed clusters: zlib raw deflate or zstd, as the
- * layer's compression_type says.
+/* Compression and decompression of compressed clusters: zlib raw deflate
+ * or zstd, as the layer's compression_type says.
  *
  * Both produce exactly one cluster or the cluster is corrupt.  A caller
  * that needs only the start of a cluster (a 4 KiB read at offset 8 KiB
@@ -12,9 +12,18 @@
  * Trailing input is ignored in both: the last 512-byte sector of a
  * compressed cluster is shared with the next one.
  *
- * Decompression contexts are per thread and reused, so a worker that
- * reads compressed clusters doesn't allocate per call; they are freed
- * when the thread exits. */
+ * Compression (compress-write.c, QEMU's compress filter) makes the
+ * streams QEMU makes: zlib raw deflate with window bits -12, memory
+ * level 9 and the default level, or zstd at its default level as one
+ * frame from one ZSTD_compressStream2 call (QEMU's qcow2-threads.c), so
+ * both write the same bytes for the same cluster.  A stream must be
+ * shorter than the cluster, or it is not worth it: the cluster is then
+ * written uncompressed (QEMU gives the compressor cluster_size - 1 bytes
+ * of room).
+ *
+ * Contexts are per thread and reused, so a worker that reads or writes
+ * compressed clusters doesn't allocate per call; they are freed when the
+ * thread exits. */
 
 #include <config.h>
 
@@ -32,6 +41,9 @@ struct dctx {
   z_stream z;
   bool z_ready;
   ZSTD_DCtx *zstd;
+  z_stream zc;                  /* compression */
+  bool zc_ready;
+  ZSTD_CCtx *zstd_c;
 };
 
 static pthread_key_t dctx_key;
@@ -46,6 +58,9 @@ dctx_free (void *p)
   if (d->z_ready)
     inflateEnd (&d->z);
   ZSTD_freeDCtx (d->zstd);
+  if (d->zc_ready)
+    deflateEnd (&d->zc);
+  ZSTD_freeCCtx (d->zstd_c);
   free (d);
 }
 
@@ -174,4 +189,84 @@ qcow2_decompress (const struct qcow2_layer *layer, const void *in,
                   size_t in_len, void *out)
 {
   return qcow2_decompress_part (layer, in, in_len, out, layer->cluster_size);
+}
+
+/* ---- Compression ------------------------------------------------------ */
+
+/* QEMU's zlib parameters (qcow2_zlib_compress): no zlib header, a 4 KiB
+ * window. */
+#define DEFLATE_WINDOW_BITS (-12)
+#define DEFLATE_MEM_LEVEL 9
+
+static int
+deflate_cluster (struct dctx *d, const void *in, uint32_t in_len, void *out,
+                 uint32_t out_cap)
+{
+  z_stream *z = &d->zc;
+  int r;
+
+  if (!d->zc_ready) {
+    *z = (z_stream) { 0 };
+    if (deflateInit2 (z, Z_DEFAULT_COMPRESSION, Z_DEFLATED,
+                      DEFLATE_WINDOW_BITS, DEFLATE_MEM_LEVEL,
+                      Z_DEFAULT_STRATEGY) != Z_OK)
+      return -ENOMEM;
+    d->zc_ready = true;
+  }
+  else if (deflateReset (z) != Z_OK)
+    return -EIO;
+  z->next_in = (Bytef *) in;
+  z->avail_in = in_len;
+  z->next_out = out;
+  z->avail_out = out_cap;
+  r = deflate (z, Z_FINISH);
+  if (r == Z_STREAM_END)
+    return (int) (out_cap - z->avail_out);
+  /* Z_OK: the output did not fit (QEMU: write it uncompressed); any
+   * other answer fails the write, as in QEMU. */
+  return r == Z_OK ? -ENOSPC : -EIO;
+}
+
+static int
+zstd_compress_cluster (struct dctx *d, const void *in, uint32_t in_len,
+                       void *out, uint32_t out_cap)
+{
+  ZSTD_inBuffer ib = { .src = in, .size = in_len, .pos = 0 };
+  ZSTD_outBuffer ob = { .dst = out, .size = out_cap, .pos = 0 };
+  size_t r;
+
+  if (d->zstd_c == NULL) {
+    d->zstd_c = ZSTD_createCCtx ();
+    if (d->zstd_c == NULL)
+      return -ENOMEM;
+  }
+  else
+    ZSTD_CCtx_reset (d->zstd_c, ZSTD_reset_session_only);
+  /* One call with all the input and ZSTD_e_end, as QEMU: a non-zero
+   * return means the frame is not finished, i.e. it did not fit.  QEMU
+   * takes an error code the same way (it compares it with the room
+   * left), so the cluster is then written uncompressed. */
+  r = ZSTD_compressStream2 (d->zstd_c, &ob, &ib, ZSTD_e_end);
+  if (r != 0)
+    return -ENOSPC;
+  return (int) ob.pos;
+}
+
+int
+compress_cluster (const struct qcow2_layer *layer, const void *in,
+                  void *out)
+{
+  struct dctx *d = get_dctx ();
+  uint32_t cs = layer->cluster_size;
+
+  if (d == NULL)
+    return -ENOMEM;
+  switch (layer->compression_type) {
+  case QCOW2_COMPRESSION_ZLIB:
+    return deflate_cluster (d, in, cs, out, cs - 1);
+  case QCOW2_COMPRESSION_ZSTD:
+    return zstd_compress_cluster (d, in, cs, out, cs - 1);
+  default:
+    return -ENOTSUP;    /* open.c refuses other types */
+  }
 }

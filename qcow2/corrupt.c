@@ -2,8 +2,11 @@
 /* The one path for problems found after open: qcow2_corrupt() reports
  * corruption found in metadata (a bad L1/L2 entry, a compressed stream
  * that does not decompress, ...) and marks the image corrupt, as QEMU
- * does; qcow2_log() formats any message for the caller's log callback.
- * Neither prints: a server keeps serving its other clients. */
+ * does; sync_failed() puts the image into its failed state after a sync
+ * error (qcow2/ORDERING.md, "A failed sync"); qcow2_log() formats any
+ * message for the caller's log callback, qcow2_error() an error about
+ * one file, and qcow2_printable() makes names from the file safe to put
+ * in a message.  None prints: a server keeps serving its other clients. */
 #include <config.h>
 
 #include <errno.h>
@@ -44,6 +47,31 @@ qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
 }
 
 int
+qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+{
+  char prefix[512];
+  va_list ap;
+
+  snprintf (prefix, sizeof prefix, "%s: ",
+            layer->img->files[layer->file].name);
+  va_start (ap, fmt);
+  vlog (layer->img, QCOW2_LOG_ERROR, prefix, fmt, ap);
+  va_end (ap);
+  return err;
+}
+
+const char *
+qcow2_printable (const char *s, char *buf, size_t n)
+{
+  size_t i;
+
+  for (i = 0; s[i] && i + 1 < n; i++)
+    buf[i] = (unsigned char) s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+  buf[i] = '\0';
+  return buf;
+}
+
+int
 qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
 {
   struct qcow2_image *img = layer->img;
@@ -72,4 +100,42 @@ qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
                  "on disk: %s", name, strerror (-r));
   }
   return -EIO;
+}
+
+int
+sync_failed (struct qcow2_layer *layer, int err)
+{
+  struct qcow2_image *img = layer->img;
+  const char *name = img->files[layer->file].name;
+  int expected = 0, r;
+
+  /* Only the first failure reports and marks; later callers (there are
+   * none once sync_layer sees the latch, but two may race to it) just
+   * return their error. */
+  if (!atomic_compare_exchange_strong (&img->sync_error, &expected, err))
+    return err;
+  qcow2_log (img, QCOW2_LOG_ERROR, "%s: sync failed: %s; writes not yet "
+             "durable may have been lost, and no later sync could prove "
+             "otherwise: from now on every write and flush of this image "
+             "fails with EIO (reads go on); restart to recover", name,
+             strerror (-err));
+
+  /* Metadata on disk is consistent but may leak clusters (refcounts
+   * written, the L2 entries using them not): the dirty bit asks the
+   * next read-write opener, ours or QEMU's, to rebuild the refcounts.
+   * Its own sync will likely fail too; the write may still land. */
+  if (!img->writable || layer->depth != 1 || layer->format != LAYER_QCOW2)
+    return err;
+  if (layer->version < 3) {
+    qcow2_log (img, QCOW2_LOG_WARNING, "%s: a version 2 image has no "
+               "dirty bit: it may leak clusters ('qemu-img check -r "
+               "leaks' frees them)", name);
+    return err;
+  }
+  r = header_write_incompatible (layer, QCOW2_INCOMPAT_DIRTY, 0);
+  if (r < 0)
+    qcow2_log (img, QCOW2_LOG_WARNING, "%s: marking the image dirty: %s "
+               "(it may leak clusters: 'qemu-img check -r leaks' frees "
+               "them)", name, strerror (-r));
+  return err;
 }

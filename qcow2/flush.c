@@ -27,16 +27,21 @@
 
 /* ORDERING.md's "sync": an fsync covers only the file it is given, and
  * the data of a write may sit in the external data file while the
- * metadata naming it sits in the metadata file. */
+ * metadata naming it sits in the metadata file.  After one sync failed,
+ * none is even tried (ORDERING.md, "A failed sync"): whatever it said,
+ * it could not prove durable what the failed one may have dropped. */
 int
 sync_layer (struct qcow2_layer *layer)
 {
   struct qcow2_image *img = layer->img;
-  int r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
+  int r;
 
+  if (atomic_load (&img->sync_error))
+    return -EIO;
+  r = img->io->flush (img->io_opaque, img->files[layer->file].fd);
   if (r == 0 && layer->data_file != layer->file)
     r = img->io->flush (img->io_opaque, img->files[layer->data_file].fd);
-  return r;
+  return r < 0 ? sync_failed (layer, r) : 0;
 }
 
 /* Steps 1-5 of ORDERING.md, "FLUSH / FUA". */
@@ -45,6 +50,8 @@ flush_locked (struct qcow2_layer *layer)
 {
   int r;
 
+  if (qcow2_sync_error (layer->img))
+    return -EIO;                /* nothing written after a failed sync */
   r = refcount_writeback_locked (layer);      /* 1 */
   if (r == 0)
     r = sync_layer (layer);                   /* 2 */
@@ -68,6 +75,8 @@ qcow2_flush (struct qcow2_image *img)
 {
   struct qcow2_layer *layer = img->layers[0];
 
+  if (img->writable && layer->format == LAYER_RAW)
+    return sync_layer (layer);       /* no metadata: only the data */
   if (!flushable (img))
     return 0;
   WRLOCK_FOR_SCOPE (&layer->lock);

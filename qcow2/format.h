@@ -108,6 +108,44 @@
 #define QCOW2_MAX_BITMAPS 65535                       /* QEMU's limit */
 #define QCOW2_MAX_BITMAP_DIRECTORY_SIZE (1024u * QCOW2_MAX_BITMAPS)
 
+/* ---- Bitmap directory and bitmaps ("Bitmap directory", "Bitmaps") -----
+ *
+ *   bitmaps extension -> bitmap directory (nb_bitmaps entries, each
+ *     padded to 8 bytes) -> entry: bitmap table (u64 per cluster of
+ *     bitmap data) -> bitmap data cluster: one bit per granule of the
+ *     guest, bit 0 of byte 0 first; 1 = the granule was written.
+ *
+ * Directory entry: u64 bitmap_table_offset, u32 bitmap_table_size
+ * (entries), u32 flags, u8 type, u8 granularity_bits, u16 name_size,
+ * u32 extra_data_size, extra data, name (no NUL), padding to 8. */
+#define QCOW2_BME_TABLE_OFFSET     0   /* u64 */
+#define QCOW2_BME_TABLE_SIZE       8   /* u32 */
+#define QCOW2_BME_FLAGS           12   /* u32 */
+#define QCOW2_BME_TYPE            16   /* u8: 1 = dirty tracking bitmap */
+#define QCOW2_BME_GRANULARITY     17   /* u8: log2 of bytes per bit */
+#define QCOW2_BME_NAME_SIZE       18   /* u16 */
+#define QCOW2_BME_EXTRA_DATA_SIZE 20   /* u32 */
+#define QCOW2_BME_HEADER_SIZE     24
+#define QCOW2_BME_FLAG_IN_USE   (1u << 0)  /* may be inconsistent */
+#define QCOW2_BME_FLAG_AUTO     (1u << 1)  /* enabled: tracks writes */
+/* Bit 2, extra_data_compatible, is refused like the others, as QEMU
+ * does (it supports no extra data). */
+#define QCOW2_BME_RESERVED_FLAGS 0xfffffffcu
+#define QCOW2_BME_TYPE_DIRTY_TRACKING 1
+/* QEMU's limits (block/qcow2-bitmap.c), which we share so that we open
+ * what it opens: granularity 512 B .. 2 GiB, names of 1..1023 bytes, a
+ * table of at most 2^27 entries describing at most 512 MiB of bits. */
+#define QCOW2_BME_MIN_GRANULARITY_BITS 9
+#define QCOW2_BME_MAX_GRANULARITY_BITS 31
+#define QCOW2_BME_MAX_NAME_SIZE 1023
+#define QCOW2_BME_MAX_TABLE_SIZE 0x8000000u
+#define QCOW2_BME_MAX_PHYS_SIZE (UINT64_C (512) << 20)
+/* Bitmap table entry: bits 9-55 data cluster offset (0: none), bit 0
+ * with offset 0: the cluster reads as all ones (else all zeros). */
+#define QCOW2_BMT_OFFSET_MASK   UINT64_C (0x00fffffffffffe00)
+#define QCOW2_BMT_RESERVED_MASK UINT64_C (0xff000000000001fe)
+#define QCOW2_BMT_ALL_ONES      UINT64_C (1)
+
 /* Full disk encryption header pointer: u64 offset, u64 length. */
 #define QCOW2_CRYPTO_EXT_SIZE 16
 

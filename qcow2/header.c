@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,6 +78,16 @@ check_byte_free (struct qcow2_image *img, int fd, const char *name,
   if (r < 0)
     return r;
   if (fl.l_type != F_UNLCK) {
+    if (img->open_error) {
+      struct qcow2_open_error *e = img->open_error;
+
+      e->kind = QCOW2_OPEN_ERROR_LOCK;
+      e->err = EBUSY;
+      e->depth = img->nr_layers;
+      e->perm = perm_name (bit);
+      e->shared = what[0] != '\0';
+      snprintf (e->file, sizeof e->file, "%s", name);
+    }
     qcow2_log (img, QCOW2_LOG_ERROR, "%s: failed to get %s\"%s\" lock: "
                "is another process using the image?", name, what,
                perm_name (bit));
@@ -145,8 +156,17 @@ header_lock_layer (struct qcow2_layer *layer, bool writable)
   unsigned shared = PERM_ALL & ~(PERM_WRITE | PERM_RESIZE);
   int r;
 
+  /* A raw file, as qemu-nbd locks it: the served image holds consistent
+   * read (and write when writable) and denies only resize, since the
+   * export's size is fixed; a raw backing file holds consistent read
+   * and denies nothing. */
+  if (layer->format == LAYER_RAW) {
+    perm = PERM_CONSISTENT_READ | (writable ? PERM_WRITE : 0);
+    shared = layer->depth == 1 ? PERM_ALL & ~PERM_RESIZE : PERM_ALL;
+  }
+
   /* Only real file descriptors can carry OFD locks. */
-  if (img->io != &qcow2_posix_io || layer->format != LAYER_QCOW2)
+  if (img->io != &qcow2_posix_io || img->no_locks)
     return 0;
   r = lock_file (img, img->files[layer->file].fd,
                  img->files[layer->file].name, perm, shared);
@@ -359,12 +379,6 @@ repair_dirty (struct qcow2_layer *layer)
   CLEANUP_FREE unsigned char *l2 = NULL;
   int r;
 
-  if (layer->autoclear & QCOW2_AUTOCLEAR_BITMAPS) {
-    qcow2_log (img, QCOW2_LOG_ERROR, "%s: image is dirty and has "
-               "persistent bitmaps, whose clusters we cannot account for; "
-               "run 'qemu-img check -r all' first", name);
-    return -ENOTSUP;
-  }
   qcow2_log (img, QCOW2_LOG_WARNING, "%s: image is dirty (not closed "
              "cleanly); rebuilding its refcounts", name);
 
@@ -384,6 +398,8 @@ repair_dirty (struct qcow2_layer *layer)
     r = count_l1 (layer, layer->l1, layer->l1_size, l2);
   if (r == 0 && layer->nb_snapshots)
     r = count_snapshots (layer, l2);
+  if (r == 0)
+    r = bitmap_count_refs (layer, count_range);
   if (r == 0)
     r = count_range (layer, layer->refcount_table_offset,
                      (uint64_t) layer->refcount_table_clusters
@@ -513,11 +529,14 @@ open_writable (struct qcow2_layer *layer)
     }
   }
 
-  /* Autoclear bits: keep only those we maintain (data_file_raw). */
+  /* Autoclear bits: keep only those we maintain (data_file_raw, and
+   * bitmaps: bitmap.c keeps them). */
   if (layer->version >= 3 &&
-      (layer->autoclear & ~QCOW2_AUTOCLEAR_DATA_FILE_RAW)) {
+      (layer->autoclear & ~(QCOW2_AUTOCLEAR_DATA_FILE_RAW |
+                            QCOW2_AUTOCLEAR_BITMAPS))) {
     unsigned char b[8];
-    uint64_t v = layer->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW;
+    uint64_t v = layer->autoclear & (QCOW2_AUTOCLEAR_DATA_FILE_RAW |
+                                     QCOW2_AUTOCLEAR_BITMAPS);
 
     store_be64 (b, v);
     r = img->io->pwrite (img->io_opaque, img->files[layer->file].fd, b,
@@ -537,10 +556,13 @@ open_writable (struct qcow2_layer *layer)
     WRLOCK_FOR_SCOPE (&layer->lock);
     r = header_mark_dirty_locked (layer);
   }
-  if (r < 0)
+  if (r < 0) {
     qcow2_log (img, QCOW2_LOG_ERROR, "%s: setting the dirty bit: %s",
                name, strerror (-r));
-  return r;
+    return r;
+  }
+  /* Persistent bitmaps: in use on disk while open (ORDERING.md). */
+  return bitmap_open_writable (layer);
 }
 
 int

@@ -38,6 +38,7 @@ struct refcount_cache;        /* refcount.c */
 struct release_list;          /* release.c */
 struct write_state;           /* write.c */
 struct inflight;              /* write.c */
+struct bitmap_dir;            /* bitmap.c */
 
 /* One open file of the chain. */
 struct qcow2_file {
@@ -85,6 +86,13 @@ struct qcow2_layer {
   uint32_t refcount_table_clusters;   /* lock */
   uint32_t nb_snapshots;
   uint64_t snapshots_offset;
+  /* Bitmaps extension; nb_bitmaps is 0 without one, or when it is stale
+   * (autoclear bit 0 clear) and ignored. */
+  uint32_t nb_bitmaps;
+  uint64_t bitmap_dir_offset, bitmap_dir_size;
+  struct bitmap_dir *bitmaps;  /* bitmap.c: the parsed directory (NULL
+                                * without bitmaps); its fields say what
+                                * guards them */
   char *backing_name;          /* as stored in the header, or NULL */
   char *backing_format;        /* from the extension, or NULL */
   char *data_file_name;        /* external data file extension, or NULL */
@@ -115,6 +123,15 @@ struct qcow2_layer {
   uint64_t avoid_lo, avoid_hi; /* lock: clusters an allocation in progress
                                 * is taking: new refcount metadata goes
                                 * elsewhere */
+  /* compress-write.c: where the next compressed stream goes, inside the
+   * host cluster the last one ended in (0: start a new cluster);
+   * refcount.c resets it when that cluster's refcount drops to 0. */
+  uint64_t free_byte_offset;   /* lock */
+  /* Bumped (with the lock held exclusively) whenever host bytes are
+   * given to a compressed stream, before any L2 entry names them: a
+   * cache of decompressed clusters keyed by host offset keys by this
+   * too (qcow2_extent.stream_gen). */
+  _Atomic uint64_t stream_gen;
   uint32_t *repair_counts;     /* header.c's repair, inside qcow2_open */
   uint64_t repair_nr;          /* (one thread); NULL/0 afterwards */
   bool image_locked;           /* const: header.c took OFD lock bytes */
@@ -134,6 +151,21 @@ struct qcow2_image {
   unsigned nr_layers;          /* const */
 
   atomic_bool corrupt;         /* atomic: set once, never cleared */
+  /* atomic: 0, or the -errno of the first sync that failed (corrupt.c's
+   * sync_failed); set once, never cleared.  From then on the image is
+   * failed: no write, zeroing, discard or flush succeeds. */
+  atomic_int sync_error;
+
+  /* const: the window qcow2_open_opts asked for.  The public calls add
+   * 'window' to the offsets they take and subtract it from those they
+   * return; everything inside the library works on disk offsets. */
+  uint64_t window;
+  uint64_t view_size;
+
+  bool no_locks;                  /* const: qcow2_open_opts.no_locks */
+
+  /* qcow2_open_opts.error, or NULL; only used inside qcow2_open. */
+  struct qcow2_open_error *open_error;
 
   /* const: qcow2_open_opts.wakeup, called by write.c when an in-flight
    * record someone got QCOW2_BLOCKED on ends. */
@@ -147,17 +179,33 @@ struct qcow2_image {
 
 /* ---- io.c: qcow2_posix_io, the default I/O ops (qcow2.h) ------------- */
 
-/* ---- corrupt.c: the one path for corruption found at run time -------- */
+/* ---- corrupt.c: the one path for corruption and failed syncs --------- */
 
 /* Log "<file of LAYER>: corruption: <message>", mark the image corrupt
  * and return -EIO, so callers can 'return qcow2_corrupt (...)'. */
 int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
+/* A sync of LAYER's files failed with ERR: put the image into its failed
+ * state (qcow2_sync_error), log why, and mark the image dirty on disk so
+ * the next read-write open rebuilds its refcounts.  Returns ERR.  Called
+ * by sync_layer only; may hold the layer lock (takes only header.c's
+ * mutex). */
+int sync_failed (struct qcow2_layer *layer, int err);
+
 /* Send a formatted message to the image's log callback. */
 void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
                 const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
+
+/* Log "<file of LAYER>: <message>" as an error and return ERR, so
+ * callers can 'return qcow2_error (...)'. */
+int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Copy S into BUF (of size N) replacing bytes that could upset a
+ * terminal or a log parser (names come from the file); returns BUF. */
+const char *qcow2_printable (const char *s, char *buf, size_t n);
 
 /* ---- open.c: header parsing, validation, backing chain --------------- */
 
@@ -191,6 +239,9 @@ int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
  * look again), -errno. */
 int refcount_ensure_block_locked (struct qcow2_layer *layer,
                                   uint64_t cluster);
+
+/* The largest refcount LAYER's refcount width holds. */
+uint64_t refcount_max (const struct qcow2_layer *layer);
 
 /* Add DELTA (may be negative, applied at once: only for references not
  * yet visible on disk, e.g. undoing a failed allocation) to the refcount
@@ -282,9 +333,42 @@ struct write_state *l2_cache_write_state (struct qcow2_layer *layer);
 
 /* ---- map.c: qcow2_map (qcow2.h) -------------------------------------- */
 
-/* ---- compress.c: qcow2_decompress (qcow2.h) -------------------------- */
+/* qcow2_map on disk offsets (no window), for the library's own use. */
+int map_image (struct qcow2_image *img, uint64_t offset, uint64_t length,
+               struct qcow2_extent *ext, size_t max, size_t *n);
+
+/* ---- compress.c: qcow2_decompress (qcow2.h), and compression --------- */
+
+/* Compress the cluster IN (cluster_size bytes) of LAYER as QEMU does
+ * into OUT (room for cluster_size - 1 bytes).  Returns the stream's
+ * length (> 0); -ENOSPC when it would not be shorter than the cluster
+ * (QEMU then writes the cluster uncompressed); -ENOMEM; -EIO when the
+ * compressor failed otherwise (QEMU fails the write). */
+int compress_cluster (const struct qcow2_layer *layer, const void *in,
+                      void *out);
+
+/* ---- compress-write.c: compressed writes (qcow2.h) ------------------- */
+
+/* qcow2_write_compressed_begin for a caller already holding the
+ * in-flight record over the clusters of the range (qcow2_zero): DATA
+ * NULL writes zeros.  Flags: QCOW2_DETECT_ZEROES, QCOW2_MAY_UNMAP. */
+int write_compressed_held (struct qcow2_image *img, uint64_t offset,
+                           uint64_t length, const void *data, unsigned flags,
+                           struct qcow2_write **wp,
+                           const struct qcow2_seg **segs, size_t *nsegs);
+
+/* Drop the references a compressed stream of LEN bytes at HOST holds
+ * (one on each host cluster it touches), at once: only for a stream no
+ * L2 entry on disk names (a failed write, ORDERING.md rule 5). */
+void compress_release_locked (struct qcow2_layer *layer, uint64_t host,
+                              uint32_t len);
 
 /* ---- sync.c: qcow2_pread and qcow2_pwrite (qcow2.h) ------------------ */
+
+/* qcow2_pread on disk offsets (no window), for the library's own use:
+ * the guest view through the whole chain. */
+int sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
+                    uint64_t offset);
 
 /* ---- alloc.c: the cluster allocator ---------------------------------- */
 
@@ -310,8 +394,10 @@ int l1_grow_locked (struct qcow2_layer *layer, uint64_t min_entries);
 /* ---- header.c: image locks, feature bits, dirty bit and repair ------- */
 
 /* Take QEMU-compatible OFD image locks on LAYER's files (writer or
- * reader permissions); -EBUSY, logged with QEMU's wording, when another
- * process conflicts.  header_open_writable() does it for the top layer. */
+ * reader permissions, as QEMU takes them for the layer's format and
+ * place in the chain); -EBUSY, logged with QEMU's wording, when another
+ * process conflicts.  header_open_writable() does it for a qcow2 top
+ * layer. */
 int header_lock_layer (struct qcow2_layer *layer, bool writable);
 
 /* Set and clear bits of the on-disk incompatible-features field (v3;
@@ -368,9 +454,15 @@ int read_l2_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
 int write_check_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
                               uint64_t l2e, uint64_t bitmap);
 
-/* The checks every guest write, zeroing and discard makes first:
- * -EROFS, -EIO (image marked corrupt), -EINVAL (range past the disk),
- * -ENOTSUP (raw top layer, external data file); else 0. */
+/* The checks every guest write, zeroing and discard makes first (disk
+ * offsets): -EROFS, -EIO (image marked corrupt), -EINVAL (range past the
+ * disk), -ENOTSUP (external data file); else 0.  write_public_args
+ * first checks a public call's range against the window and its length
+ * against MAX (0: none) (-EINVAL), and turns *OFFSET into a disk
+ * offset. */
+#define QCOW2_MAX_WRITE (UINT64_C (32) << 20)   /* qcow2_write_begin's */
+int write_public_args (struct qcow2_image *img, uint64_t *offset,
+                       uint64_t length, uint64_t max);
 int write_check_args (struct qcow2_image *img, uint64_t offset,
                       uint64_t length);
 
@@ -380,12 +472,63 @@ int write_begin_held (struct qcow2_image *img, uint64_t offset,
                       uint64_t length, bool zeros, struct qcow2_write **wp,
                       const struct qcow2_seg **segs, size_t *nsegs);
 
+/* The write handle's parts, for compress-write.c, which plans its own
+ * writes: a new handle for the guest range [offset, offset+length)
+ * (what write_end dirties in the bitmaps); the in-flight record
+ * write_end releases; a buffer freed with the handle; a buffer of SIZE
+ * bytes, indexed from the handle's OFFSET, that the guest data of
+ * ordinary pieces then comes from (instead of the caller's data); a
+ * segment; a compressed stream's link (its L2 entry becomes DESC at
+ * write_end; CHOST/CLEN are undone on failure). */
+struct qcow2_write *write_new (struct qcow2_image *img, uint64_t offset,
+                               uint64_t length);
+void write_attach_record (struct qcow2_write *w, struct inflight *rec);
+void write_free (struct qcow2_write *w);
+void *write_add_buf (struct qcow2_write *w, size_t size);
+void *write_data_buffer (struct qcow2_write *w, size_t size);
+int write_add_seg (struct qcow2_write *w, uint64_t host, uint64_t length,
+                   enum qcow2_seg_source source, uint64_t src_offset,
+                   const void *buf);
+int write_add_compressed (struct qcow2_write *w, uint64_t cluster,
+                          uint64_t old_l2e, uint64_t old_bitmap,
+                          uint64_t desc, uint64_t chost, uint32_t clen);
+
+/* Plan an ordinary write of [offset, offset+length) (inside the disk)
+ * into W: find or allocate its clusters and record links and pieces
+ * (begin's metadata part).  On failure this call's allocations are
+ * undone; earlier ones are the caller's. */
+int write_plan_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+                       uint64_t offset, uint64_t length);
+
+/* Undo every allocation of W (never linked). */
+void write_undo_locked (struct qcow2_layer *layer, struct qcow2_write *w);
+
+/* After planning, with no lock held: read what COW needs and return the
+ * segments, in host order.  On failure the allocations are undone (W is
+ * still the caller's to free). */
+int write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
+                       size_t *nsegs);
+
 /* Perform SEGS synchronously through the io ops; GUEST segments come from
  * DATA (for sync.c and zero.c). */
 int write_segs_sync (struct qcow2_image *img, const struct qcow2_seg *segs,
                      size_t nsegs, const void *data);
 
 /* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
+
+/* qcow2_zero on disk offsets for a caller holding the in-flight record
+ * over the range; QCOW2_COMPRESSED is not taken here. */
+int zero_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
+               unsigned flags);
+
+/* ---- raw.c: a writable raw top layer --------------------------------- */
+
+/* qcow2_zero and qcow2_discard of a raw top layer: the file itself is
+ * zeroed (punching holes with QCOW2_MAY_UNMAP) or has holes punched
+ * (discard); disk offsets, arguments already checked. */
+int raw_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+              unsigned flags);
+int raw_discard (struct qcow2_image *img, uint64_t offset, uint64_t length);
 
 /* ---- flush.c: qcow2_flush (qcow2.h) and the sync it is made of ------- */
 
@@ -404,5 +547,92 @@ int flush_final (struct qcow2_image *img);
 void flush_backlog (struct qcow2_image *img);
 
 /* ---- create.c: qcow2_create (qcow2.h) -------------------------------- */
+
+/* ---- bitmap.c: persistent dirty bitmaps, in memory ------------------- */
+
+/* One bitmap of a layer's directory.  The bits, one per granule of the
+ * guest (bit 0 of word 0 first, as the bytes on disk), are in memory
+ * only for bitmaps that track writes (enabled, in a writable top layer)
+ * or that were asked for with qcow2_bitmap_get: their memory is the
+ * bitmap's own size, DIV_ROUND_UP (virtual size, granularity) bits, not
+ * a cache. */
+struct qcow2_bitmap {
+  struct qcow2_layer *layer;   /* const */
+  char *name;                  /* const */
+  size_t dir_pos;              /* const: its entry in bitmap_dir.raw */
+  uint32_t flags;              /* const: QCOW2_BME_FLAG_*, as found */
+  uint32_t granularity_bits;   /* const */
+  uint32_t table_size;         /* const: entries */
+  uint64_t table_offset;       /* const while open (bitmap_close moves
+                                * it, the last call on the image) */
+  uint64_t nbits, nwords;      /* const: granules of the virtual size */
+  uint64_t *table;             /* bitmap_dir.lock: host order, checked;
+                                * NULL until loaded */
+  _Atomic uint64_t *words;     /* bitmap_dir.lock to load; once set the
+                                * pointer is const and bits are only
+                                * ever set, with atomic ORs */
+  bool marked;                 /* const: in use on disk by us (writable
+                                * open), cleared by bitmap_close */
+  atomic_bool modified;        /* a bit was set since open */
+};
+
+struct bitmap_dir {
+  uint8_t *raw;                /* the directory as on disk (open and
+                                * close only: one thread) */
+  struct qcow2_bitmap *v;      /* const: layer->nb_bitmaps entries */
+  /* const after open: the bitmaps bitmap_set_dirty sets bits in */
+  struct qcow2_bitmap **track;
+  size_t ntrack;
+  pthread_mutex_t lock;        /* loading tables and bits */
+  uint64_t loaded;             /* lock: bytes of tables and bits held */
+};
+
+/* Parse the bitmaps extension DATA (LEN bytes) of layer L (FILE_SIZE
+ * bytes) and read and check its directory.  A stale extension (autoclear
+ * bit 0 clear) is ignored, as QEMU does.  0, or -errno after logging. */
+int bitmap_parse_ext (struct qcow2_layer *l, const char *name,
+                      const uint8_t *data, uint32_t len, uint64_t file_size);
+void bitmap_free (struct qcow2_layer *l);
+
+/* Load BM's table (checked) and, with BITS, its bits.  Called with
+ * bitmap_dir.lock held.  0, or -errno after logging. */
+int bitmap_load_locked (struct qcow2_bitmap *bm, bool bits);
+
+/* Mark the guest range [offset, offset+length) dirty in every bitmap
+ * that tracks writes (a no-op without one).  Called before a write, zero
+ * or discard returns, whether it succeeded or not, as QEMU does. */
+void bitmap_set_dirty (struct qcow2_image *img, uint64_t offset,
+                       uint64_t length);
+
+/* Serialise bits [chunk * cluster_size * 8, ...) of BM into BUF, one
+ * cluster; returns whether any bit is set. */
+bool bitmap_chunk (const struct qcow2_bitmap *bm, uint64_t chunk,
+                   uint8_t *buf);
+
+/* ---- bitmap-store.c: persistent dirty bitmaps on disk ---------------- */
+
+/* Writable open, after the dirty-image repair: load and check every
+ * consistent bitmap, then mark them in use on disk (ORDERING.md). */
+int bitmap_open_writable (struct qcow2_layer *layer);
+
+/* Clean close, before the final flush: write the bits of every bitmap
+ * that changed and clear the in-use flags (ORDERING.md).  0 or -errno
+ * (logged; the bitmaps then stay in use, reported inconsistent). */
+int bitmap_close (struct qcow2_image *img);
+
+/* Dirty-image repair: call COUNT for the directory, every bitmap table
+ * and every bitmap data cluster. */
+typedef int (*bitmap_count_fn) (struct qcow2_layer *layer, uint64_t off,
+                                uint64_t len, const char *what);
+int bitmap_count_refs (struct qcow2_layer *layer, bitmap_count_fn count);
+
+/* ---- snapshot.c: internal snapshots, read-only ----------------------- */
+
+/* When OPTS names a snapshot, switch the top layer L (before any read)
+ * to it: its L1 table replaces the active one.  0 when none is named;
+ * -EINVAL when the image is writable; -ENOENT (logged) when there is no
+ * such snapshot; -EINVAL for a bad snapshot L1 table. */
+int snapshot_select (struct qcow2_layer *l,
+                     const struct qcow2_open_opts *opts);
 
 #endif /* QCOW2_INTERNAL_H */

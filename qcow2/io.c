@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: MIT */
-/* qcow2_posix_io: the default I/O ops, plain open/pread/pwrite/fdatasync
- * and fstat.  pread loops over short reads and EINTR and reads past the
- * end of the file as zeros, as QEMU's file driver does, so that a table
+/* qcow2_posix_io: the default I/O ops, plain open/pread/pwrite/fdatasync,
+ * fstat and fallocate.  pread loops over short reads and EINTR and reads
+ * past the end of the file as zeros, as QEMU's file driver does, so that a table
  * or cluster straddling EOF of a truncated image reads like QEMU reads it
  * (the callers check offsets against the file size where that matters). */
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -103,6 +104,16 @@ posix_punch (void *opaque, int fd, uint64_t off, uint64_t len)
 }
 
 static int
+posix_zero_range (void *opaque, int fd, uint64_t off, uint64_t len)
+{
+  if (off > INT64_MAX || len > INT64_MAX - off)
+    return -EINVAL;
+  if (fallocate (fd, FALLOC_FL_ZERO_RANGE, (off_t) off, (off_t) len) == -1)
+    return errno == EOPNOTSUPP ? -ENOTSUP : -errno;
+  return 0;
+}
+
+static int
 posix_get_size (void *opaque, int fd, uint64_t *size)
 {
   struct stat st;
@@ -144,6 +155,7 @@ const struct qcow2_io_ops qcow2_posix_io = {
   .pread = posix_pread,
   .pwrite = posix_pwrite,
   .flush = posix_flush,
+  .zero_range = posix_zero_range,
   .punch = posix_punch,
   .get_size = posix_get_size,
   .get_allocated = posix_get_allocated,

@@ -319,6 +319,7 @@ map_qcow2 (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
               .file = layer->file, .host_offset = p.host,
               .compressed_length = p.compressed_length,
               .cluster_offset = in_cluster, .layer = layer,
+              .stream_gen = atomic_load (&layer->stream_gen),
             };
             ok = emit (o, &e);
             break;
@@ -360,7 +361,7 @@ map_layer (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
 }
 
 int
-qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t length,
+map_image (struct qcow2_image *img, uint64_t offset, uint64_t length,
            struct qcow2_extent *ext, size_t max, size_t *n)
 {
   struct map_out o = { .ext = ext, .max = max, .n = 0 };
@@ -376,6 +377,22 @@ qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t length,
     return r;
   *n = o.n;
   return 0;
+}
+
+int
+qcow2_map (struct qcow2_image *img, uint64_t offset, uint64_t length,
+           struct qcow2_extent *ext, size_t max, size_t *n)
+{
+  int r;
+
+  *n = 0;
+  if (!range_fits (offset, length, img->view_size))
+    return -EINVAL;
+  r = map_image (img, offset + img->window, length, ext, max, n);
+  if (r == 0 && img->window)
+    for (size_t i = 0; i < *n; i++)
+      ext[i].offset -= img->window;
+  return r;
 }
 
 enum qcow2_host_holes

@@ -17,7 +17,14 @@
  * the format comes only from the backing format extension.  We never
  * probe: an image without the extension is refused with a message saying
  * how to add it (qemu-img rebase -u -F), because probing lets a guest who
- * writes a qcow2 header into a raw backing file read any host file. */
+ * writes a qcow2 header into a raw backing file read any host file.  The
+ * top image's format is the caller's (qcow2_open_opts.format); a caller
+ * that probes does so itself, and guards what it probed.
+ *
+ * The top image may be raw (written in place, raw.c), may be opened
+ * without its backing file, and may be served through a window; the
+ * window is applied by the public calls (qcow2_map, qcow2_write_begin,
+ * qcow2_zero, qcow2_discard), never inside the library. */
 #include <config.h>
 
 #include <errno.h>
@@ -67,18 +74,8 @@ fail (struct qcow2_image *img, int err, const char *fmt, ...)
   return err;
 }
 
-/* Copy S into BUF (of size N) replacing bytes that could upset a terminal
- * or a log parser: names come from the file. */
-static const char *
-printable (const char *s, char *buf, size_t n)
-{
-  size_t i;
-
-  for (i = 0; s[i] && i + 1 < n; i++)
-    buf[i] = (unsigned char) s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-  buf[i] = '\0';
-  return buf;
-}
+/* Names from the file go into messages through corrupt.c's helper. */
+#define printable qcow2_printable
 
 /* Copy LEN bytes of a name stored on disk into a NUL-terminated string.
  * Returns NULL (with errno) on allocation failure or, with errno EINVAL,
@@ -138,6 +135,14 @@ add_file (struct qcow2_image *img, const char *path, bool writable,
   img->files = files;
 
   fd = img->io->open (img->io_opaque, path, writable);
+  if (fd < 0 && img->open_error) {
+    struct qcow2_open_error *e = img->open_error;
+
+    e->kind = QCOW2_OPEN_ERROR_OPEN;
+    e->err = -fd;
+    e->depth = img->nr_layers;
+    snprintf (e->file, sizeof e->file, "%s", path);
+  }
   if (fd < 0)
     return fail (img, fd, "%s%scannot open %s '%s': %s",
                  referrer ? printable (referrer, rbuf, sizeof rbuf) : "",
@@ -260,40 +265,10 @@ parse_extensions (struct qcow2_image *img, struct qcow2_layer *l,
     }
 
     case QCOW2_EXT_BITMAPS: {
-      uint32_t nb, reserved;
-      uint64_t dir_size, dir_off;
+      int r = bitmap_parse_ext (l, name, data, len, file_size);
 
-      /* As in QEMU: with the autoclear bit clear, some writer that does
-       * not know bitmaps has touched the image, so the extension is
-       * stale and not even looked at. */
-      if (!(l->autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
-        qcow2_log (img, QCOW2_LOG_DEBUG, "%s: ignoring stale bitmaps "
-                   "extension (autoclear bit 0 clear)", name);
-        break;
-      }
-      if (len != QCOW2_BITMAPS_EXT_SIZE)
-        return fail (img, -EINVAL, "%s: bitmaps extension has length %u, "
-                     "expected %u", name, len, QCOW2_BITMAPS_EXT_SIZE);
-      nb = load_be32 (data);
-      reserved = load_be32 (data + 4);
-      dir_size = load_be64 (data + 8);
-      dir_off = load_be64 (data + 16);
-      if (reserved != 0)
-        return fail (img, -EINVAL, "%s: bitmaps extension: reserved field "
-                     "is not zero", name);
-      if (nb == 0 || nb > QCOW2_MAX_BITMAPS)
-        return fail (img, -EINVAL, "%s: bitmaps extension: invalid number "
-                     "of bitmaps %u", name, nb);
-      if (dir_size == 0 || dir_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE)
-        return fail (img, -EINVAL, "%s: bitmaps extension: invalid "
-                     "directory size %" PRIu64, name, dir_size);
-      if (!IS_ALIGNED (dir_off, l->cluster_size) || dir_off == 0 ||
-          !range_fits (dir_off, dir_size, file_size))
-        return fail (img, -EINVAL, "%s: bitmaps extension: directory at "
-                     "0x%" PRIx64 " (%" PRIu64 " bytes) is unaligned or "
-                     "outside the file", name, dir_off, dir_size);
-      /* Bitmaps only matter to writers and backup tools: a read-only
-       * server ignores them. */
+      if (r < 0)
+        return r;
       break;
     }
 
@@ -455,8 +430,15 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
   r = img->io->pread (img->io_opaque, fd, h, sizeof h, 0);
   if (r < 0)
     return fail (img, r, "%s: reading the header: %s", name, strerror (-r));
-  if (load_be32 (h + QCOW2_HDR_MAGIC) != QCOW2_MAGIC)
+  if (load_be32 (h + QCOW2_HDR_MAGIC) != QCOW2_MAGIC) {
+    if (img->open_error) {
+      img->open_error->kind = QCOW2_OPEN_ERROR_NOT_QCOW2;
+      img->open_error->depth = l->depth;
+      snprintf (img->open_error->file, sizeof img->open_error->file, "%s",
+                name);
+    }
     return fail (img, -EINVAL, "%s: not a qcow2 image (bad magic)", name);
+  }
 
   l->format = LAYER_QCOW2;
   l->version = load_be32 (h + QCOW2_HDR_VERSION);
@@ -684,6 +666,7 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
       { "refcount table", l->refcount_table_offset,
         (uint64_t) l->refcount_table_clusters << l->cluster_bits },
       { "snapshot table", l->snapshots_offset, sn_len },
+      { "bitmap directory", l->bitmap_dir_offset, l->bitmap_dir_size },
     };
     r = check_overlaps (img, name, regions,
                         sizeof regions / sizeof regions[0]);
@@ -728,6 +711,29 @@ open_qcow2_layer (struct qcow2_image *img, struct qcow2_layer *l,
   return 0;
 }
 
+/* The window of the disk the caller serves, checked as QEMU's raw
+ * driver checks its offset and size options (and worded alike). */
+static int
+set_window (struct qcow2_image *img, const struct qcow2_open_opts *opts)
+{
+  uint64_t disk = img->layers[0]->size;
+
+  if (opts->offset > disk)
+    return fail (img, -EINVAL, "Offset (%" PRIu64 ") cannot be greater "
+                 "than size of the containing file (%" PRIu64 ")",
+                 opts->offset, disk);
+  if (opts->has_size && disk - opts->offset < opts->size)
+    return fail (img, -EINVAL, "The sum of offset (%" PRIu64 ") and size "
+                 "(%" PRIu64 ") has to be smaller or equal to the  actual "
+                 "size of the containing file (%" PRIu64 ")",
+                 opts->offset, opts->size, disk);
+  if (opts->has_size && !IS_ALIGNED (opts->size, 512))
+    return fail (img, -EINVAL, "Specified size is not multiple of 512");
+  img->window = opts->offset;
+  img->view_size = opts->has_size ? opts->size : disk - opts->offset;
+  return 0;
+}
+
 int
 qcow2_open (const char *path, const struct qcow2_open_opts *opts,
             struct qcow2_image **imgp)
@@ -736,7 +742,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   struct qcow2_image *img;
   struct qcow2_layer *prev = NULL;
   CLEANUP_FREE char *owned_path = NULL;
-  enum layer_format format = LAYER_QCOW2;
+  enum layer_format format;
   const char *cur = path;
   uint64_t cache_size;
   unsigned max_depth, depth;
@@ -756,7 +762,12 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
   img->punch_discarded = opts->punch_discarded;
   img->wakeup = opts->wakeup;
   img->wakeup_opaque = opts->wakeup_opaque;
+  img->open_error = opts->error;
+  img->no_locks = opts->no_locks;
+  if (opts->error)
+    memset (opts->error, 0, sizeof *opts->error);
   atomic_init (&img->corrupt, false);
+  format = opts->format == QCOW2_FORMAT_RAW ? LAYER_RAW : LAYER_QCOW2;
 
   cache_size = opts->l2_cache_size ? opts->l2_cache_size
     : QCOW2_DEFAULT_L2_CACHE_SIZE;
@@ -790,10 +801,17 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
 
     if (format == LAYER_RAW) {
       l->format = LAYER_RAW;
-      l->size = img->files[l->file].size;
+      /* As QEMU sees a file: whole sectors, the tail of the last one
+       * past the end of the file reading as zeros (io ops' pread). */
+      l->size = ROUND_UP (img->files[l->file].size, 512);
+      r = header_lock_layer (l, writable);
+      if (r < 0)
+        goto err;
       break;
     }
     r = open_qcow2_layer (img, l, writable, cache_size);
+    if (r == 0 && depth == 1)
+      r = snapshot_select (l, opts);
     if (r < 0)
       goto err;
     /* Image locks as QEMU takes them; the writable top layer also gets
@@ -801,7 +819,7 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
     r = writable ? header_open_writable (l) : header_lock_layer (l, false);
     if (r < 0)
       goto err;
-    if (!l->backing_name)
+    if (!l->backing_name || (depth == 1 && opts->no_backing))
       break;
 
     /* Where the chain goes next. */
@@ -852,10 +870,15 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
     }
   }
 
+  r = set_window (img, opts);
+  if (r < 0)
+    goto err;
+  img->open_error = NULL;
   *imgp = img;
   return 0;
 
  err:
+  img->open_error = NULL;
   qcow2_close (img);
   return r;
 }
@@ -867,19 +890,28 @@ qcow2_close (struct qcow2_image *img)
 
   if (!img)
     return;
-  /* A clean close leaves a clean image: everything durable, then the
-   * dirty bit cleared (ORDERING.md).  After a failed flush the image
-   * stays dirty, to be repaired at the next writable open. */
+  /* A clean close leaves a clean image: bitmaps written back, then
+   * everything durable, then the dirty bit cleared (ORDERING.md).  After
+   * a failed flush the image stays dirty, to be repaired at the next
+   * writable open; after a failed sync nothing is written at all (the
+   * bitmaps stay in use, so inconsistent). */
   if (img->writable && img->nr_layers > 0 &&
       img->layers[0]->refcount_cache != NULL &&
-      !atomic_load (&img->corrupt)) {
+      !atomic_load (&img->corrupt) && !qcow2_sync_error (img)) {
+    bitmap_close (img);
     if (flush_final (img) == 0)
       header_close_writable (img->layers[0]);
   }
+  /* A raw file has no dirty state, but its writes should be durable
+   * once the image is closed, as with QEMU. */
+  if (img->writable && img->nr_layers > 0
+      && img->layers[0]->format == LAYER_RAW)
+    qcow2_flush (img);
   for (i = 0; i < img->nr_layers; i++) {
     struct qcow2_layer *l = img->layers[i];
 
     refcount_destroy (l);
+    bitmap_free (l);
     if (l->format == LAYER_QCOW2 && l->l2_cache)
       l2_cache_destroy (l);
     pthread_rwlock_destroy (&l->lock);
@@ -901,7 +933,13 @@ qcow2_close (struct qcow2_image *img)
 uint64_t
 qcow2_virtual_size (const struct qcow2_image *img)
 {
-  return img->layers[0]->size;
+  return img->view_size;
+}
+
+int
+qcow2_sync_error (const struct qcow2_image *img)
+{
+  return atomic_load (&((struct qcow2_image *) img)->sync_error);
 }
 
 bool

@@ -56,7 +56,7 @@ struct qcow2_io_ops {
   int (*get_allocated) (void *opaque, int fd, uint64_t *bytes);
 };
 
-/* Plain POSIX open/pread/pwrite/fdatasync/fstat. */
+/* Plain POSIX open/pread/pwrite/fdatasync/fstat/fallocate. */
 extern const struct qcow2_io_ops qcow2_posix_io;
 
 /* ---- Opening (open.c) -------------------------------------------------- */
@@ -69,6 +69,31 @@ enum qcow2_log_level {
 
 typedef void (*qcow2_log_fn) (void *opaque, enum qcow2_log_level level,
                               const char *msg);
+
+/* The format of the top image (backing files name their own format). */
+enum qcow2_format {
+  QCOW2_FORMAT_QCOW2 = 0,
+  QCOW2_FORMAT_RAW,                /* the file is the disk, byte for byte */
+};
+
+/* Why qcow2_open failed, for a caller that words its own message (the
+ * qemu-nbd front end words them as QEMU does); the log has the library's
+ * own message in every case. */
+enum qcow2_open_error_kind {
+  QCOW2_OPEN_ERROR_OTHER,
+  QCOW2_OPEN_ERROR_OPEN,           /* a file could not be opened (err) */
+  QCOW2_OPEN_ERROR_NOT_QCOW2,      /* the top image has no qcow2 magic */
+  QCOW2_OPEN_ERROR_LOCK,           /* another process holds a lock */
+};
+
+struct qcow2_open_error {
+  enum qcow2_open_error_kind kind;
+  int err;                         /* positive errno */
+  unsigned depth;                  /* layer of the file: 1 = top image */
+  char file[4096];                 /* the file concerned, as opened */
+  const char *perm;                /* LOCK: "write", "consistent read"... */
+  bool shared;                     /* LOCK: a permission we deny others */
+};
 
 struct qcow2_open_opts {
   bool writable;                   /* open read-write */
@@ -89,28 +114,62 @@ struct qcow2_open_opts {
    * QCOW2_WAIT). */
   void (*wakeup) (void *opaque);
   void *wakeup_opaque;
+  enum qcow2_format format;        /* of the top image */
+  /* Do not open the top image's backing file (QEMU's backing=null):
+   * what it would show through reads as unallocated zeros. */
+  bool no_backing;
+  /* Take no image locks (QEMU's file.locking=off). */
+  bool no_locks;
+  /* Serve only a window of the disk (QEMU's raw offset and size, and
+   * qemu-nbd --offset): guest offset 0 is OFFSET in the disk; the window
+   * is SIZE bytes when HAS_SIZE, else it runs to the end of the disk.
+   * Every offset the library takes or returns is then one of the window
+   * and qcow2_virtual_size() its size. */
+  uint64_t offset, size;
+  bool has_size;
+  /* Filled in when qcow2_open fails, if not NULL. */
+  struct qcow2_open_error *error;
+  /* Serve an internal snapshot instead of the active layer (read-only
+   * opens only; snapshot.c), as qemu-nbd -l does: SNAPSHOT is an ID or a
+   * name, looked up by ID first, then by name; or SNAPSHOT_ID and/or
+   * SNAPSHOT_NAME, all of those given must match (qemu-nbd's
+   * snapshot.id= and snapshot.name=).  All NULL: the active layer. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
 };
 
 #define QCOW2_DEFAULT_L2_CACHE_SIZE (4u << 20)
 #define QCOW2_MIN_L2_CACHE_SIZE (64u << 10)
 #define QCOW2_DEFAULT_MAX_BACKING_DEPTH 16
 
-/* Open the qcow2 image at PATH and its whole backing chain.  On failure
- * returns -errno and has logged a message saying why (unsupported
- * feature, encrypted image, corrupt header, missing backing file, ...):
- * -ENOTSUP for valid images using features we don't implement, -EINVAL
- * for images that are not valid qcow2, -errno from the host otherwise.
- * An image with the corrupt bit set opens read-only (opts->writable is
- * then refused with -EROFS). */
+/* Open the image at PATH (qcow2 unless opts->format says raw) and its
+ * whole backing chain.  On failure returns -errno and has logged a
+ * message saying why (unsupported feature, encrypted image, corrupt
+ * header, missing backing file, ...): -ENOTSUP for valid images using
+ * features we don't implement, -EINVAL for images that are not valid
+ * qcow2 (and for a window outside the disk), -EBUSY when another process
+ * holds a conflicting image lock, -errno from the host otherwise.  An
+ * image with the corrupt bit set opens read-only (opts->writable is then
+ * refused with -EROFS).  A raw top image is written in place: no
+ * metadata, so every write is as durable as the file's. */
 int qcow2_open (const char *path, const struct qcow2_open_opts *opts,
                 struct qcow2_image **imgp);
 void qcow2_close (struct qcow2_image *img);
 
-/* Guest size in bytes. */
+/* Guest size in bytes (of the window, when the open options set one). */
 uint64_t qcow2_virtual_size (const struct qcow2_image *img);
 
 /* Has corruption been found, at open (corrupt bit) or since? */
 bool qcow2_is_corrupt (const struct qcow2_image *img);
+
+/* 0, or the -errno of the sync (fdatasync) that failed and put the image
+ * into its failed state: a failed sync may have dropped writes that were
+ * not durable yet, so no later sync can prove them durable.  Every
+ * write, zeroing, discard and flush since fails with -EIO; reads go on.
+ * Reopening the image (after the cause is fixed) is the only way out.
+ * See qcow2/ORDERING.md, "A failed sync". */
+int qcow2_sync_error (const struct qcow2_image *img);
 
 /* The files the chain reads from, for callers doing their own data I/O:
  * extents name a file by its index here.  Index 0 is the top image. */
@@ -157,6 +216,11 @@ struct qcow2_extent {
   uint32_t compressed_length;
   uint32_t cluster_offset;
   const struct qcow2_layer *layer;   /* COMPRESSED: for qcow2_decompress */
+  /* COMPRESSED: host bytes that held one stream may hold another later
+   * (compressed writes pack streams into space freed before), but never
+   * with the same stream_gen: a cache of decompressed clusters keyed by
+   * (layer, host_offset) must key by this too. */
+  uint64_t stream_gen;
 };
 
 /* Describe where the bytes of the guest range [offset, offset+length)
@@ -223,6 +287,10 @@ int qcow2_decompress_part (const struct qcow2_layer *layer, const void *in,
 #define QCOW2_MAY_UNMAP  (1u << 1)   /* zero: may deallocate (no NO_HOLE) */
 #define QCOW2_FAST_ZERO  (1u << 2)   /* zero: -ENOTSUP rather than writing
                                       * zeros to the data clusters */
+#define QCOW2_COMPRESSED (1u << 3)   /* zero: as through QEMU's compress
+                                      * filter (qcow2_write_compressed_begin) */
+#define QCOW2_DETECT_ZEROES (1u << 4) /* compressed write: zeros become a
+                                       * zeroing (QEMU's detect-zeroes) */
 
 enum qcow2_seg_source {
   QCOW2_SEG_GUEST,      /* the caller's data, from src_offset */
@@ -265,23 +333,106 @@ int qcow2_write_end (struct qcow2_write *w, int result);
  * backing file shows through); without it the allocation is kept.  With
  * QCOW2_FAST_ZERO, returns -ENOTSUP at once (nothing changed) if it would
  * have to write zeros into data clusters.  Partial clusters are zeroed in
- * place.  Returns 0, QCOW2_BLOCKED, or -errno. */
+ * place; with QCOW2_COMPRESSED (QEMU's compress filter) they are written
+ * as compressed clusters instead, exactly as qcow2_write_compressed_begin
+ * writes them (-EIO if one is allocated), and QCOW2_FAST_ZERO fails with
+ * -ENOTSUP when the range is not cluster aligned.  Returns 0,
+ * QCOW2_BLOCKED, or -errno. */
 int qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
                 unsigned flags);
 
-/* Discard [offset, offset+length): whole clusters are deallocated (or
- * given the zero flag where a backing file would otherwise show through;
- * on v2 images, which have no zero flag, a no-op there, as in QEMU);
- * partial clusters are left alone.  Returns 0, QCOW2_BLOCKED, or
- * -errno. */
+/* Discard [offset, offset+length): the host clusters of whole clusters
+ * are given back, and those clusters read as zeros: as in QEMU, a v3
+ * cluster that was allocated, or under which a backing file would show
+ * through, becomes a zero cluster, one that was not stays unallocated;
+ * v2 images, which have no zero flag, unallocate (a no-op where a
+ * backing file would show through).  Partial clusters are left alone.
+ * Returns 0, QCOW2_BLOCKED, or -errno. */
 int qcow2_discard (struct qcow2_image *img, uint64_t offset,
                    uint64_t length, unsigned flags);
+
+/* ---- Compressed writes (compress-write.c) ------------------------------
+ *
+ * What QEMU's compress filter over a qcow2 node does with a write
+ * (qemu-nbd --image-opts driver=compress,file.driver=qcow2,...): the
+ * range is widened to whole clusters, the added head and tail read from
+ * the current guest view (zeros past the end of the disk); each cluster
+ * is compressed (compression_type of the image, QEMU's parameters) and
+ * stored as a compressed cluster, its stream packed after the previous
+ * one in shared host clusters.  A cluster whose stream would not be
+ * shorter than a cluster is written uncompressed, like any write.
+ * QEMU's refusals are kept: a cluster to store compressed whose L2 entry
+ * has a host offset (data, compressed, or a preallocated zero cluster)
+ * fails the whole write with -EIO, before anything changed. */
+
+/* Begin a compressed write of DATA (LENGTH bytes, read during the call
+ * only) at OFFSET; the rules otherwise as qcow2_write_begin (finish with
+ * qcow2_write_end).  The segments are buffers the handle owns.  Flags:
+ * QCOW2_WAIT; QCOW2_DETECT_ZEROES: if the widened range is all zeros, it
+ * is zeroed instead (as qcow2_zero, with QCOW2_MAY_UNMAP if given) and
+ * there is nothing to write.  Compression takes CPU time (a 64 KiB
+ * cluster, about a millisecond): an event loop may call this from a
+ * helper thread.  Returns 0, QCOW2_BLOCKED, -EIO (an allocated cluster,
+ * or corruption), -ENOTSUP (a raw image, an external data file), -EROFS,
+ * -EINVAL, -ENOSPC, -errno. */
+int qcow2_write_compressed_begin (struct qcow2_image *img, uint64_t offset,
+                                  uint64_t length, const void *data,
+                                  unsigned flags, struct qcow2_write **wp,
+                                  const struct qcow2_seg **segs,
+                                  size_t *nsegs);
+
+/* Size in bytes of the top image's clusters, the unit compressed writes
+ * work in; 0 for a raw image. */
+uint32_t qcow2_cluster_size (const struct qcow2_image *img);
 
 /* Make every write that has ended (qcow2_write_end, zero, discard) and
  * the metadata that reaches it durable, in the order qcow2/ORDERING.md
  * rules: refcounts, then data and L2/L1, then deferred frees.  Covers
  * writes made through every thread.  Returns 0 or -errno. */
 int qcow2_flush (struct qcow2_image *img);
+
+/* ---- Persistent dirty bitmaps (bitmap.c, bitmap-store.c) ---------------
+ *
+ * Bitmaps stored in the image ("Bitmaps extension" in QEMU's qcow2.txt)
+ * are kept as QEMU keeps them: an image opened read-write marks every
+ * consistent bitmap in use on disk before qcow2_open returns; every write,
+ * zero and discard sets the bits of the enabled ones (in memory) before
+ * it returns; qcow2_close writes them back and clears the in-use flags.
+ * After a crash they stay in use, and are then reported inconsistent by
+ * QEMU and refused here, never silently clean.
+ *
+ * Memory: a bitmap held in memory takes DIV_ROUND_UP (virtual size,
+ * granularity) bits (a 1 TiB disk at 64 KiB granularity: 2 MiB); the
+ * bitmaps of one layer held at once (every enabled one of a writable
+ * image, plus those asked for) may take at most QCOW2_MAX_BITMAP_MEMORY,
+ * tables included, else the open or qcow2_bitmap_get fails with
+ * -ENOMEM. */
+
+#define QCOW2_MAX_BITMAP_MEMORY (UINT64_C (1) << 30)
+
+struct qcow2_bitmap;
+
+/* Find the bitmap NAME for reading, in the top image or else down the
+ * backing chain (as qemu-nbd -B does), and load its bits if they are not
+ * in memory yet.  Returns 0 and sets *BMP (valid until qcow2_close);
+ * -ENOENT when there is none, -EINVAL when it is inconsistent (it was in
+ * use when its image was last closed: a crash) or its table is invalid,
+ * -ENOMEM, -errno; each logged. */
+int qcow2_bitmap_get (struct qcow2_image *img, const char *name,
+                      struct qcow2_bitmap **bmp);
+
+/* Bytes per bit. */
+uint64_t qcow2_bitmap_granularity (const struct qcow2_bitmap *bm);
+
+/* The run of like bits starting at guest OFFSET: sets *DIRTY to the
+ * state of the granule holding OFFSET and returns the length of the run
+ * of granules in that state from OFFSET, at most LENGTH (and at least 1
+ * when LENGTH > 0).  Runs begin and end at granule boundaries except
+ * where OFFSET and OFFSET + LENGTH cut them, which is how qemu-nbd's
+ * qemu:dirty-bitmap extents are cut.  Past the bitmap's own disk size
+ * (a backing file smaller than the top image) everything is clean. */
+uint64_t qcow2_bitmap_extent (const struct qcow2_bitmap *bm, uint64_t offset,
+                              uint64_t length, bool *dirty);
 
 /* ---- Creating images (create.c) ---------------------------------------- */
 
@@ -313,5 +464,9 @@ int qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
  * and the io ops; with FUA, flush afterwards. */
 int qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
                   uint64_t offset, bool fua);
+
+/* The same through qcow2_write_compressed_begin (no FUA). */
+int qcow2_pwrite_compressed (struct qcow2_image *img, const void *buf,
+                             size_t len, uint64_t offset);
 
 #endif /* QCOW2_QCOW2_H */

@@ -167,8 +167,8 @@ block_bits (const struct qcow2_layer *layer)
   return layer->cluster_bits + 3 - layer->refcount_order;
 }
 
-static inline uint64_t
-max_refcount (const struct qcow2_layer *layer)
+uint64_t
+refcount_max (const struct qcow2_layer *layer)
 {
   unsigned bits = 1u << layer->refcount_order;
   return bits == 64 ? UINT64_MAX : (UINT64_C (1) << bits) - 1;
@@ -357,6 +357,11 @@ set_cluster (struct qcow2_layer *layer, uint64_t cl, uint64_t value)
   s->dirty = true;
   if (value == 0 && cl < layer->free_hint)
     layer->free_hint = cl;
+  /* A free cluster may be handed out as anything: compressed streams
+   * must not go on filling it (ORDERING.md, "Compressed clusters"). */
+  if (value == 0 && layer->free_byte_offset != 0
+      && layer->free_byte_offset >> layer->cluster_bits == cl)
+    layer->free_byte_offset = 0;
   return 0;
 }
 
@@ -698,7 +703,7 @@ static int
 check_adjust (struct qcow2_layer *layer, uint64_t cl, uint64_t n,
               int64_t delta)
 {
-  uint64_t maxv = max_refcount (layer);
+  uint64_t maxv = refcount_max (layer);
   int r;
 
   for (uint64_t i = 0; i < n; i++) {
@@ -760,7 +765,7 @@ refcount_set_locked (struct qcow2_layer *layer, uint64_t host,
   uint64_t cl = host >> layer->cluster_bits;
   int r;
 
-  if (value > max_refcount (layer))
+  if (value > refcount_max (layer))
     return -EINVAL;
   if (value != 0) {
     r = refcount_ensure_block_locked (layer, cl);

@@ -68,18 +68,24 @@ int
 qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
              uint64_t offset)
 {
+  if (!range_fits (offset, len, qcow2_virtual_size (img)))
+    return -EINVAL;
+  return sync_read_disk (img, buf, len, offset + img->window);
+}
+
+int
+sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
+                uint64_t offset)
+{
   struct qcow2_extent ext[SYNC_EXTENTS];
   struct scratch s = { 0 };
   uint8_t *p = buf;
   int r = 0;
 
-  if (!range_fits (offset, len, qcow2_virtual_size (img)))
-    return -EINVAL;
-
   while (len > 0 && r == 0) {
     size_t n;
 
-    r = qcow2_map (img, offset, len, ext, SYNC_EXTENTS, &n);
+    r = map_image (img, offset, len, ext, SYNC_EXTENTS, &n);
     if (r < 0)
       break;
     for (size_t i = 0; i < n && r == 0; i++) {
@@ -109,25 +115,40 @@ qcow2_pread (struct qcow2_image *img, void *buf, size_t len,
 }
 
 /* Writes are split in pieces no larger than qcow2_write_begin takes. */
-#define SYNC_WRITE_MAX (UINT64_C (32) << 20)
+#define SYNC_WRITE_MAX QCOW2_MAX_WRITE
 
-int
-qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
-              uint64_t offset, bool fua)
+/* qcow2_pwrite and qcow2_pwrite_compressed: in pieces that begin takes,
+ * each ending on a cluster boundary of the disk when COMPRESSED (a
+ * piece ending inside a cluster would make the next one read that
+ * cluster back, find it compressed and be refused). */
+static int
+pwrite_pieces (struct qcow2_image *img, const uint8_t *p, size_t len,
+               uint64_t offset, bool compressed)
 {
-  const uint8_t *p = buf;
+  uint64_t cs = qcow2_cluster_size (img);
   int r;
 
   if (!range_fits (offset, len, qcow2_virtual_size (img)))
     return -EINVAL;
+  if (compressed && cs == 0)
+    return -ENOTSUP;
   while (len > 0) {
-    size_t n = len < SYNC_WRITE_MAX ? len : SYNC_WRITE_MAX;
+    uint64_t lim = SYNC_WRITE_MAX;
+    size_t n;
     struct qcow2_write *w;
     const struct qcow2_seg *segs;
     size_t nsegs;
     int e;
 
-    r = qcow2_write_begin (img, offset, n, QCOW2_WAIT, &w, &segs, &nsegs);
+    if (compressed)
+      lim = ((img->window + offset + SYNC_WRITE_MAX) & ~(cs - 1))
+        - img->window - offset;
+    n = len < lim ? len : lim;
+    if (compressed)
+      r = qcow2_write_compressed_begin (img, offset, n, p, QCOW2_WAIT, &w,
+                                        &segs, &nsegs);
+    else
+      r = qcow2_write_begin (img, offset, n, QCOW2_WAIT, &w, &segs, &nsegs);
     if (r < 0)
       return r;
     if (r == QCOW2_BLOCKED)
@@ -142,5 +163,21 @@ qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
     offset += n;
     len -= n;
   }
-  return fua ? qcow2_flush (img) : 0;
+  return 0;
+}
+
+int
+qcow2_pwrite (struct qcow2_image *img, const void *buf, size_t len,
+              uint64_t offset, bool fua)
+{
+  int r = pwrite_pieces (img, buf, len, offset, false);
+
+  return r == 0 && fua ? qcow2_flush (img) : r;
+}
+
+int
+qcow2_pwrite_compressed (struct qcow2_image *img, const void *buf,
+                         size_t len, uint64_t offset)
+{
+  return pwrite_pieces (img, buf, len, offset, true);
 }

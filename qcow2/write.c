@@ -47,9 +47,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-/* The largest write qcow2_write_begin accepts (qcow2.h). */
-#define MAX_WRITE (UINT64_C (32) << 20)
-
 /* ---- In-flight records ------------------------------------------------ */
 
 struct inflight {
@@ -401,6 +398,11 @@ struct link {
   bool release_old;             /* drop the old entry's references */
   size_t piece_first, piece_end;  /* alloc: its pieces, whose host
                                    * offsets are relative until then */
+  /* A compressed stream of CLEN bytes at CHOST (compress-write.c): its
+   * references are undone with compress_release_locked. */
+  bool compressed;
+  uint64_t chost;
+  uint32_t clen;
 };
 
 /* One host range of the write, before COW is resolved. */
@@ -413,8 +415,12 @@ struct piece {
 
 struct qcow2_write {
   struct qcow2_image *img;
+  uint64_t offset, length;      /* the guest range, for the bitmaps */
   struct inflight *rec;         /* NULL: the caller holds the record */
   bool zeros;                   /* the guest part is zeros */
+  /* Not NULL: the guest part comes from this buffer (owned by the
+   * handle, indexed from 'offset') instead of the caller's data. */
+  const uint8_t *data;
   struct link *links;
   size_t nlinks, links_cap;
   struct piece *pieces;
@@ -425,8 +431,27 @@ struct qcow2_write {
   size_t nbufs, bufs_cap;
 };
 
-static void
-free_write (struct qcow2_write *w)
+struct qcow2_write *
+write_new (struct qcow2_image *img, uint64_t offset, uint64_t length)
+{
+  struct qcow2_write *w = calloc (1, sizeof *w);
+
+  if (w == NULL)
+    return NULL;
+  w->img = img;
+  w->offset = offset;
+  w->length = length;
+  return w;
+}
+
+void
+write_attach_record (struct qcow2_write *w, struct inflight *rec)
+{
+  w->rec = rec;
+}
+
+void
+write_free (struct qcow2_write *w)
 {
   if (w == NULL)
     return;
@@ -476,9 +501,10 @@ add_piece (struct qcow2_write *w, uint64_t host, uint64_t length, bool cow,
   return 0;
 }
 
-static int
-add_seg (struct qcow2_write *w, uint64_t host, uint64_t length,
-         enum qcow2_seg_source source, uint64_t src_offset, const void *buf)
+int
+write_add_seg (struct qcow2_write *w, uint64_t host, uint64_t length,
+               enum qcow2_seg_source source, uint64_t src_offset,
+               const void *buf)
 {
   unsigned file = w->img->layers[0]->data_file;
   int r;
@@ -494,8 +520,8 @@ add_seg (struct qcow2_write *w, uint64_t host, uint64_t length,
   return 0;
 }
 
-static void *
-add_buf (struct qcow2_write *w, size_t size)
+void *
+write_add_buf (struct qcow2_write *w, size_t size)
 {
   void *b;
 
@@ -505,6 +531,16 @@ add_buf (struct qcow2_write *w, size_t size)
   b = malloc (size ? size : 1);
   if (b != NULL)
     w->bufs[w->nbufs++] = b;
+  return b;
+}
+
+void *
+write_data_buffer (struct qcow2_write *w, size_t size)
+{
+  uint8_t *b = write_add_buf (w, size);
+
+  if (b != NULL)
+    w->data = b;
   return b;
 }
 
@@ -677,7 +713,7 @@ resolve_cow (struct qcow2_write *w, uint64_t host, uint64_t guest,
 
   while (len > 0) {
     size_t n;
-    int r = qcow2_map (img, guest, len, ext, 16, &n);
+    int r = map_image (img, guest, len, ext, 16, &n);
 
     if (r < 0)
       return r;
@@ -690,16 +726,16 @@ resolve_cow (struct qcow2_write *w, uint64_t host, uint64_t guest,
       switch (e->type) {
       case QCOW2_EXTENT_ZERO:
       case QCOW2_EXTENT_UNALLOCATED:
-        r = add_seg (w, host, e->length, QCOW2_SEG_ZERO, 0, NULL);
+        r = write_add_seg (w, host, e->length, QCOW2_SEG_ZERO, 0, NULL);
         break;
       case QCOW2_EXTENT_DATA:
-        buf = add_buf (w, e->length);
+        buf = write_add_buf (w, e->length);
         if (buf == NULL)
           return -ENOMEM;
         r = img->io->pread (img->io_opaque, img->files[e->file].fd, buf,
                             e->length, e->host_offset);
         if (r == 0)
-          r = add_seg (w, host, e->length, QCOW2_SEG_BUFFER, 0, buf);
+          r = write_add_seg (w, host, e->length, QCOW2_SEG_BUFFER, 0, buf);
         break;
       case QCOW2_EXTENT_COMPRESSED: {
         uint32_t csize = qcow2_layer_cluster_size (e->layer);
@@ -711,7 +747,7 @@ resolve_cow (struct qcow2_write *w, uint64_t host, uint64_t guest,
         cin = malloc (e->compressed_length ? e->compressed_length : 1);
         if (cout == NULL)
           cout = malloc (UINT32_C (1) << 21);   /* the largest cluster */
-        buf = add_buf (w, e->length);
+        buf = write_add_buf (w, e->length);
         if (cin == NULL || cout == NULL || buf == NULL)
           return -ENOMEM;
         r = img->io->pread (img->io_opaque, img->files[e->file].fd, cin,
@@ -720,7 +756,7 @@ resolve_cow (struct qcow2_write *w, uint64_t host, uint64_t guest,
           r = qcow2_decompress (e->layer, cin, e->compressed_length, cout);
         if (r == 0) {
           memcpy (buf, (uint8_t *) cout + e->cluster_offset, e->length);
-          r = add_seg (w, host, e->length, QCOW2_SEG_BUFFER, 0, buf);
+          r = write_add_seg (w, host, e->length, QCOW2_SEG_BUFFER, 0, buf);
         }
         break;
       }
@@ -740,10 +776,40 @@ static void
 undo_allocs_locked (struct qcow2_layer *layer, struct qcow2_write *w,
                     size_t from)
 {
-  for (size_t i = from; i < w->nlinks; i++)
-    if (w->links[i].alloc && (w->links[i].new_l2e & L2E_OFFSET_MASK))
-      refcount_adjust_locked (layer, w->links[i].new_l2e & L2E_OFFSET_MASK,
-                              1, -1);
+  for (size_t i = from; i < w->nlinks; i++) {
+    const struct link *lk = &w->links[i];
+
+    if (lk->compressed)
+      compress_release_locked (layer, lk->chost, lk->clen);
+    else if (lk->alloc && (lk->new_l2e & L2E_OFFSET_MASK))
+      refcount_adjust_locked (layer, lk->new_l2e & L2E_OFFSET_MASK, 1, -1);
+  }
+}
+
+void
+write_undo_locked (struct qcow2_layer *layer, struct qcow2_write *w)
+{
+  undo_allocs_locked (layer, w, 0);
+}
+
+int
+write_add_compressed (struct qcow2_write *w, uint64_t cluster,
+                      uint64_t old_l2e, uint64_t old_bitmap,
+                      uint64_t desc, uint64_t chost, uint32_t clen)
+{
+  int r;
+
+  r = grow_array ((void **) &w->links, &w->links_cap, w->nlinks + 1,
+                  sizeof *w->links);
+  if (r < 0)
+    return r;
+  w->links[w->nlinks++] = (struct link) {
+    .cluster = cluster, .old_l2e = old_l2e, .old_bitmap = old_bitmap,
+    .new_l2e = desc, .new_bitmap = 0,
+    .compressed = true, .chost = chost, .clen = clen,
+    .piece_first = w->npieces, .piece_end = w->npieces,
+  };
+  return 0;
 }
 
 /* The common case, under the lock held shared: every cluster of the
@@ -802,10 +868,9 @@ plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
   return r;
 }
 
-/* The metadata part of begin, under the lock. */
-static int
-begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
-              uint64_t offset, uint64_t length)
+int
+write_plan_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+                   uint64_t offset, uint64_t length)
 {
   const uint64_t cs = layer->cluster_size;
   const uint64_t vsize = layer->size;
@@ -813,6 +878,7 @@ begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
   uint64_t last = (offset + length - 1) >> layer->cluster_bits;
   uint64_t nalloc = 0, last_table = UINT64_MAX;
   uint64_t host = 0, got = 0;
+  size_t first_link = w->nlinks;
   int r;
 
   for (uint64_t c = first; c <= last; c++) {
@@ -822,7 +888,7 @@ begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     uint64_t cend = MIN (vsize - gbase, cs);
     bool need_table, is_new;
 
-    r = plan_cluster_locked (layer, w, c, a, b, cend, gbase + a - offset,
+    r = plan_cluster_locked (layer, w, c, a, b, cend, gbase + a - w->offset,
                              &need_table, &is_new);
     if (r < 0)
       return r;
@@ -842,8 +908,9 @@ begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
   if (r < 0)
     return r;
   /* New data clusters, in as few contiguous runs as the allocator
-   * finds, handed out in guest order. */
-  for (size_t i = 0; i < w->nlinks; i++) {
+   * finds, handed out in guest order (only this call's links: those
+   * of an earlier call already have theirs). */
+  for (size_t i = first_link; i < w->nlinks; i++) {
     struct link *lk = &w->links[i];
 
     if (!lk->alloc)
@@ -851,11 +918,11 @@ begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     if (got == 0) {
       r = alloc_clusters_locked (layer, 1, nalloc, &host, &got);
       if (r < 0) {
-        undo_allocs_locked (layer, w, 0);
+        undo_allocs_locked (layer, w, first_link);
         return r;
       }
       if (got == 0 || got > nalloc) {
-        undo_allocs_locked (layer, w, 0);
+        undo_allocs_locked (layer, w, first_link);
         return -EIO;
       }
     }
@@ -870,55 +937,33 @@ begin_locked (struct qcow2_layer *layer, struct qcow2_write *w,
 }
 
 int
-write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
-                  bool zeros, struct qcow2_write **wp,
-                  const struct qcow2_seg **segs, size_t *nsegs)
+write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
+                   size_t *nsegs)
 {
-  struct qcow2_layer *layer = img->layers[0];
-  struct qcow2_write *w;
-  int r;
+  struct qcow2_layer *layer = w->img->layers[0];
+  int r = 0;
 
-  *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  w = calloc (1, sizeof *w);
-  if (w == NULL)
-    return -errno;
-  w->img = img;
-  w->zeros = zeros;
-  if (length == 0) {
-    *wp = w;
-    return 0;
-  }
-
-  r = plan_in_place (layer, w, offset, length);
-  if (r == 0) {
-    pthread_rwlock_wrlock (&layer->lock);
-    r = begin_locked (layer, w, offset, length);
-    pthread_rwlock_unlock (&layer->lock);
-  }
-  if (r < 0) {
-    free_write (w);
-    return r;
-  }
-  r = 0;
-
   /* Data I/O, outside the lock: read what COW needs. */
   for (size_t i = 0; i < w->npieces && r == 0; i++) {
     const struct piece *p = &w->pieces[i];
 
     if (p->cow)
       r = resolve_cow (w, p->host, p->guest, p->length);
-    else if (zeros)
-      r = add_seg (w, p->host, p->length, QCOW2_SEG_ZERO, 0, NULL);
+    else if (w->zeros)
+      r = write_add_seg (w, p->host, p->length, QCOW2_SEG_ZERO, 0, NULL);
+    else if (w->data)
+      r = write_add_seg (w, p->host, p->length, QCOW2_SEG_BUFFER, 0,
+                         w->data + p->guest);
     else
-      r = add_seg (w, p->host, p->length, QCOW2_SEG_GUEST, p->guest, NULL);
+      r = write_add_seg (w, p->host, p->length, QCOW2_SEG_GUEST, p->guest,
+                         NULL);
   }
   if (r < 0) {
     pthread_rwlock_wrlock (&layer->lock);
     undo_allocs_locked (layer, w, 0);
     pthread_rwlock_unlock (&layer->lock);
-    free_write (w);
     return r;
   }
 
@@ -946,10 +991,70 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
     }
     w->nsegs = o;
   }
-  *wp = w;
   *segs = w->segs;
   *nsegs = w->nsegs;
   return 0;
+}
+
+int
+write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
+                  bool zeros, struct qcow2_write **wp,
+                  const struct qcow2_seg **segs, size_t *nsegs)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  struct qcow2_write *w;
+  int r;
+
+  *wp = NULL;
+  *segs = NULL;
+  *nsegs = 0;
+  w = write_new (img, offset, length);
+  if (w == NULL)
+    return -errno;
+  w->zeros = zeros;
+  if (length == 0) {
+    *wp = w;
+    return 0;
+  }
+  if (layer->format == LAYER_RAW) {
+    /* The guest byte is the file byte. */
+    r = write_add_seg (w, offset, length,
+                       zeros ? QCOW2_SEG_ZERO : QCOW2_SEG_GUEST, 0, NULL);
+    if (r < 0) {
+      write_free (w);
+      return r;
+    }
+    *wp = w;
+    *segs = w->segs;
+    *nsegs = w->nsegs;
+    return 0;
+  }
+
+  r = plan_in_place (layer, w, offset, length);
+  if (r == 0) {
+    pthread_rwlock_wrlock (&layer->lock);
+    r = write_plan_locked (layer, w, offset, length);
+    pthread_rwlock_unlock (&layer->lock);
+  }
+  if (r >= 0)
+    r = write_finish_plan (w, segs, nsegs);
+  if (r < 0) {
+    write_free (w);
+    return r;
+  }
+  *wp = w;
+  return 0;
+}
+
+int
+write_public_args (struct qcow2_image *img, uint64_t *offset,
+                   uint64_t length, uint64_t max)
+{
+  if (!range_fits (*offset, length, img->view_size)
+      || (max && length > max))
+    return -EINVAL;
+  *offset += img->window;
+  return write_check_args (img, *offset, length);
 }
 
 int
@@ -960,11 +1065,11 @@ write_check_args (struct qcow2_image *img, uint64_t offset,
 
   if (!img->writable)
     return -EROFS;
-  if (qcow2_is_corrupt (img))
+  if (qcow2_is_corrupt (img) || qcow2_sync_error (img))
     return -EIO;
   if (!range_fits (offset, length, top->size))
     return -EINVAL;
-  if (top->format != LAYER_QCOW2 || top->data_file != top->file)
+  if (top->data_file != top->file)
     return -ENOTSUP;    /* external data files: not written (yet) */
   return 0;
 }
@@ -980,12 +1085,12 @@ qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
   *wp = NULL;
   *segs = NULL;
   *nsegs = 0;
-  r = write_check_args (img, offset, length);
+  r = write_public_args (img, &offset, length, QCOW2_MAX_WRITE);
   if (r < 0)
     return r;
-  if (length > MAX_WRITE)
-    return -EINVAL;
-  if (length > 0) {
+  /* A raw file has no metadata to keep consistent: nothing to order
+   * overlapping writes against. */
+  if (length > 0 && img->layers[0]->format == LAYER_QCOW2) {
     r = inflight_enter (img, offset, length, flags, &rec);
     if (r != 0)
       return r;
@@ -995,7 +1100,7 @@ qcow2_write_begin (struct qcow2_image *img, uint64_t offset,
     inflight_leave (img, rec);
     return r;
   }
-  (*wp)->rec = rec;
+  write_attach_record (*wp, rec);
   return 0;
 }
 
@@ -1037,8 +1142,10 @@ qcow2_write_end (struct qcow2_write *w, int result)
     backlog = release_backlog_locked (layer);
     pthread_rwlock_unlock (&layer->lock);
   }
+  /* Even a failed write may have changed data in place. */
+  bitmap_set_dirty (img, w->offset, w->length);
   inflight_leave (img, w->rec);
-  free_write (w);
+  write_free (w);
   if (backlog)
     flush_backlog (img);
   return result < 0 ? 0 : r;

@@ -12,12 +12,17 @@
  * write path with zeros as the data: in place, or allocated with COW.
  * Such a piece is skipped when it already reads as zeros, and
  * QCOW2_FAST_ZERO fails with -ENOTSUP before anything changed if any
- * piece would need that.
+ * piece would need that.  Through QEMU's compress filter
+ * (QCOW2_COMPRESSED) the partial clusters are instead written as whole
+ * compressed clusters (compress-write.c), as QEMU's block layer widens
+ * them to the filter's alignment.
  *
  * Discard works on whole clusters only and leaves partial clusters
- * alone.  A discarded cluster becomes unallocated when nothing shows
- * through from a backing file, else a zero cluster; on version 2 images
- * with a backing file discard does nothing (qcow2.h).
+ * alone.  As in QEMU, a discarded cluster that was allocated (or under
+ * which a backing file would show through) becomes a zero cluster with
+ * no host cluster, and one that was not stays as it is; version 2
+ * images have no zero flag, so there discard unallocates, or does
+ * nothing where a backing file would show through (qcow2.h).
  *
  * Both hold an in-flight record over the whole range for the whole call,
  * so they are ordered against writes that allocate in it.  Host clusters
@@ -163,9 +168,9 @@ zero_cluster_locked (struct qcow2_layer *layer, uint64_t cluster,
         (unmap && (l2e & L2E_OFFSET_MASK) != 0))
       return set_entry_locked (layer, cluster, l2e, 0, QCOW_OFLAG_ZERO, 0,
                                true);
-    if ((l2e & L2E_OFFSET_MASK) == 0 && !(l2e & QCOW_OFLAG_ZERO) &&
-        !backing)
-      return 0;         /* unallocated, nothing below: reads as zeros */
+    /* An unallocated cluster gets the flag too, backing file or not:
+     * QEMU's zeroing always leaves it, and block status then says the
+     * top layer holds the zeros (qemu:allocation-depth 1). */
     n = l2e | QCOW_OFLAG_ZERO;
     return set_entry_locked (layer, cluster, l2e, 0, n, 0, false);
   }
@@ -214,7 +219,7 @@ reads_as_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   *zero = true;
   while (length > 0) {
     size_t n;
-    int r = qcow2_map (img, offset, length, ext, 16, &n);
+    int r = map_image (img, offset, length, ext, 16, &n);
 
     if (r < 0)
       return r;
@@ -322,19 +327,14 @@ zero_pieces (struct qcow2_image *img, const struct zplan *zp)
 }
 
 int
-qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
-            unsigned flags)
+zero_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
+           unsigned flags)
 {
   struct zplan zp = { 0 };
-  struct inflight *rec;
-  int r;
+  int r = 0;
 
-  r = write_check_args (img, offset, length);
-  if (r < 0 || length == 0)
-    return r;
-  r = inflight_enter (img, offset, length, flags, &rec);
-  if (r != 0)
-    return r;
+  /* Dirty whatever the outcome, FAST_ZERO refusals included: QEMU does. */
+  bitmap_set_dirty (img, offset, length);
 
   if (flags & QCOW2_FAST_ZERO) {
     r = zero_pass (img, offset, length, flags, true, &zp);
@@ -352,6 +352,90 @@ qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
   if (r == 0)
     r = zero_pieces (img, &zp);
   free (zp.p);
+  return r;
+}
+
+/* One partial cluster, [offset, offset+length), zeroed as QEMU's
+ * compress filter zeroes it: the widened cluster written compressed. */
+static int
+zero_compressed_piece (struct qcow2_image *img, uint64_t offset,
+                       uint64_t length)
+{
+  struct qcow2_write *w;
+  const struct qcow2_seg *segs;
+  size_t nsegs;
+  int r, e;
+
+  r = write_compressed_held (img, offset, length, NULL, 0, &w, &segs,
+                             &nsegs);
+  if (r < 0)
+    return r;
+  r = write_segs_sync (img, segs, nsegs, NULL);
+  e = qcow2_write_end (w, r);
+  return r < 0 ? r : e;
+}
+
+/* QCOW2_COMPRESSED: QEMU's block layer zeroes whole clusters through the
+ * compress filter, and writes the partial clusters at either end as
+ * whole clusters with their head or tail read back, which the filter
+ * compresses; FAST_ZERO refuses a range that needs that. */
+static int
+zero_compressed_held (struct qcow2_image *img, uint64_t offset,
+                      uint64_t length, unsigned flags)
+{
+  const uint64_t cs = img->layers[0]->cluster_size;
+  uint64_t end = offset + length;
+  uint64_t ms = ROUND_UP (offset, cs), me = end & ~(cs - 1);
+  int r = 0;
+
+  flags &= ~QCOW2_COMPRESSED;
+  if (ms > me)
+    /* Inside one cluster: one widened write. */
+    return zero_compressed_piece (img, offset, length);
+  if (offset < ms)
+    r = zero_compressed_piece (img, offset, ms - offset);
+  if (r == 0 && ms < me)
+    r = zero_held (img, ms, me - ms, flags);
+  if (r == 0 && me < end)
+    r = zero_compressed_piece (img, me, end - me);
+  return r;
+}
+
+int
+qcow2_zero (struct qcow2_image *img, uint64_t offset, uint64_t length,
+            unsigned flags)
+{
+  struct qcow2_layer *layer = img->layers[0];
+  uint64_t rec_offset, rec_length;
+  struct inflight *rec;
+  int r;
+
+  r = write_public_args (img, &offset, length, 0);
+  if (r < 0 || length == 0)
+    return r;
+  if (layer->format == LAYER_RAW)
+    return raw_zero (img, offset, length, flags);
+
+  rec_offset = offset;
+  rec_length = length;
+  if (flags & QCOW2_COMPRESSED) {
+    const uint64_t cs = layer->cluster_size;
+
+    /* QEMU refuses before it starts (block/io.c: an unaligned request
+     * cannot be fast). */
+    if ((flags & QCOW2_FAST_ZERO) && ((offset | length) & (cs - 1)))
+      return -ENOTSUP;
+    /* The partial clusters are read back: hold all of them. */
+    rec_offset = offset & ~(cs - 1);
+    rec_length = offset + length - rec_offset;
+  }
+  r = inflight_enter (img, rec_offset, rec_length, flags, &rec);
+  if (r != 0)
+    return r;
+  if (flags & QCOW2_COMPRESSED)
+    r = zero_compressed_held (img, offset, length, flags);
+  else
+    r = zero_held (img, offset, length, flags);
   inflight_leave (img, rec);
   flush_backlog (img);
   return r;
@@ -368,9 +452,14 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   bool backlog;
   int r;
 
-  r = write_check_args (img, offset, length);
+  r = write_public_args (img, &offset, length, 0);
   if (r < 0 || length == 0)
     return r;
+  /* The whole range is dirty, even where nothing is deallocated: QEMU
+   * dirties a discard's range whatever its driver did. */
+  bitmap_set_dirty (img, offset, length);
+  if (layer->format == LAYER_RAW)
+    return raw_discard (img, offset, length);
   /* Whole clusters only; the last one counts as whole when the range
    * reaches the end of the disk. */
   first = DIV_ROUND_UP (offset, cs);
@@ -391,12 +480,21 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
     r = get_entry_locked (layer, c, &l2e, &bitmap);
     if (r < 0)
       break;
-    if (layer->backing != NULL) {
+    /* As QEMU: a cluster that was allocated, or that would let a
+     * backing file show through, becomes a zero cluster (all its
+     * subclusters zero); one that was not stays as it is.  Version 2
+     * has no zero flag (and returned above when a backing file would
+     * show through). */
+    if (layer->version < 3)
+      new_l2e = new_bitmap = 0;
+    else if (layer->backing != NULL || has_host (l2e)) {
       if (layer->extended_l2)
         new_bitmap = ZERO_BITS;
       else
         new_l2e = QCOW_OFLAG_ZERO;
     }
+    else
+      continue;
     r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
                           has_host (l2e));
   }

@@ -458,10 +458,11 @@ attach_main (int argc, char **argv)
     { "help", no_argument, NULL, 'h' },
     { NULL, 0, NULL, 0 },
   };
-  struct server_config cfg = { .threads = options_cpu_count () };
+  struct server_config cfg;
   struct attach_opts opts = { .connections = 1 };
   int c;
 
+  serve_config_init (&cfg);
   opterr = 0;
   optind = 1;
   while ((c = getopt_long (argc, argv, ":rC:vh", long_opts, NULL)) != -1) {

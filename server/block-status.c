@@ -1,10 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* BLOCK_STATUS for the metadata contexts the client selected:
  * base:allocation (data, hole, zero; host holes looked up with
- * SEEK_DATA/SEEK_HOLE where the layer says they matter) and
- * qemu:allocation-depth.  The range is mapped batch by batch, every
- * context fed from the same extents, and the reply is one chunk per
- * context covering a prefix of the range, within a work cap. */
+ * SEEK_DATA/SEEK_HOLE where the layer says they matter),
+ * qemu:allocation-depth and qemu:dirty-bitmap:NAME.  The range is mapped
+ * batch by batch, the first two fed from the same extents, within a work
+ * cap; a bitmap's extents are its runs of like bits, read from memory,
+ * cut where qemu-nbd cuts them and capped where it caps them (1 MiB of
+ * extents), so both servers give the same answer.  The reply is one
+ * chunk per context, each covering a prefix of the range. */
 
 #include <config.h>
 
@@ -21,15 +24,17 @@
 #include "server/server.h"
 #include "server/transmission.h"
 
-/* Work cap: at most this many extents per context in a reply, and this
- * many mapped extents looked at. */
+/* Work cap: at most this many extents per mapped context in a reply,
+ * and this many mapped extents looked at; a bitmap context has qemu-nbd's
+ * cap (NBD_MAX_BLOCK_STATUS_EXTENTS). */
 #define BS_MAX_EXTENTS 2048
 #define BS_MAX_RAW 8192
+#define BS_MAX_BITMAP_EXTENTS ((1u << 20) / 8)
 
 struct bs_list {
   uint32_t id;
   uint8_t *ents;                /* (u32 length, u32 flags) pairs, wire order */
-  size_t n, max;
+  size_t n, cap, max;           /* cap grows up to max */
   uint32_t last_len, last_flags;
   bool full;
 };
@@ -45,9 +50,17 @@ bs_add (struct bs_list *l, uint64_t len, uint32_t flags)
     store_be32 (l->ents + 8 * (l->n - 1), l->last_len);
     return;
   }
-  if (l->n == l->max) {
-    l->full = true;
-    return;
+  if (l->n == l->cap) {
+    size_t cap = MIN (l->max, 4 * l->cap);
+    uint8_t *ents = cap > l->cap ? realloc (l->ents, 8 * cap) : NULL;
+
+    /* At the cap, or out of memory: the reply covers a prefix. */
+    if (ents == NULL) {
+      l->full = true;
+      return;
+    }
+    l->ents = ents;
+    l->cap = cap;
   }
   store_be32 (l->ents + 8 * l->n, len);
   store_be32 (l->ents + 8 * l->n + 4, flags);
@@ -90,6 +103,23 @@ bs_add_data (struct bs_list *l, int fd, uint64_t host, uint64_t len,
   }
 }
 
+/* The runs of BM over [offset, offset+length), as qemu-nbd's
+ * bitmap_to_extents gives them: dirty (1) or clean (0), cut at the
+ * range's ends. */
+static void
+bs_bitmap (struct bs_list *l, const struct qcow2_bitmap *bm,
+           uint64_t offset, uint64_t length)
+{
+  while (length > 0 && !l->full) {
+    bool dirty;
+    uint64_t n = qcow2_bitmap_extent (bm, offset, length, &dirty);
+
+    bs_add (l, n, dirty ? NBD_STATE_DIRTY : 0);
+    offset += n;
+    length -= n;
+  }
+}
+
 static void
 bs_free_lists (struct bs_list *lists, size_t nlists)
 {
@@ -102,20 +132,30 @@ cmd_block_status (struct request *req)
 {
   struct conn_state *cs = req->cs;
   struct worker *w = cs->w;
-  struct bs_list lists[META_NR];
+  const struct export *exp = cs->conn->exp;
+  struct bs_list lists[META_MAX];
   size_t nlists = 0, nraw = 0;
   bool req_one = req->flags & NBD_CMD_FLAG_REQ_ONE;
   uint64_t pos = req->offset, end = req->offset + req->length;
   struct bs_list *base = NULL, *depth = NULL;
+  /* The reply's extents go out from one pool buffer (at most 32 MiB):
+   * with more than 32 bitmaps selected each gets a share of it. */
+  unsigned nbitmaps = __builtin_popcountll (cs->conn->meta
+                                            >> META_DIRTY_BITMAP);
+  size_t bitmap_max = MIN ((size_t) BS_MAX_BITMAP_EXTENTS,
+                           ((size_t) 32 << 20) / 8 / MAX (nbitmaps, 1u)
+                           - BS_MAX_EXTENTS);
 
   memset (lists, 0, sizeof lists);
-  for (unsigned m = 0; m < META_NR; m++) {
-    if (!(cs->conn->meta & (1u << m)))
+  for (unsigned m = 0; m < exp->nr_meta; m++) {
+    if (!(cs->conn->meta & (UINT64_C (1) << m)))
       continue;
     struct bs_list *l = &lists[nlists++];
     l->id = META_CONTEXT_ID (m);
-    l->max = req_one ? 1 : BS_MAX_EXTENTS;
-    l->ents = malloc (8 * l->max);
+    l->max = req_one ? 1 : m >= META_DIRTY_BITMAP ? bitmap_max
+      : BS_MAX_EXTENTS;
+    l->cap = MIN (l->max, (size_t) 64);
+    l->ents = malloc (8 * l->cap);
     if (l->ents == NULL) {
       bs_free_lists (lists, nlists);
       reply_error (req, ENOMEM, "out of memory");
@@ -125,17 +165,17 @@ cmd_block_status (struct request *req)
       base = l;
     else if (m == META_ALLOCATION_DEPTH)
       depth = l;
+    else
+      bs_bitmap (l, exp->bitmaps[m - META_DIRTY_BITMAP], req->offset,
+                 req->length);
   }
 
-  /* Map batch by batch, feeding every context, until the range is
-   * covered, every context is full (with REQ_ONE: its one extent has
-   * ended) or the work cap is reached.  Each context's reply then covers
-   * a prefix of the range, which the protocol allows. */
-  while (pos < end && nraw < BS_MAX_RAW) {
-    bool all_full = true;
-    for (size_t i = 0; i < nlists; i++)
-      all_full &= lists[i].full;
-    if (all_full)
+  /* Map batch by batch, feeding the mapped contexts, until the range is
+   * covered, they are full (with REQ_ONE: their one extent has ended)
+   * or the work cap is reached.  Each context's reply then covers a
+   * prefix of the range, which the protocol allows. */
+  while ((base || depth) && pos < end && nraw < BS_MAX_RAW) {
+    if ((!base || base->full) && (!depth || depth->full))
       break;
 
     req->nr_ext = 0;

@@ -1,16 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* Connections: their lifetime, the plain-socket transport, and the
- * blocking read/write helpers the handshake uses under a deadline.
- *
- * Deadlines are enforced with SO_RCVTIMEO/SO_SNDTIMEO, set to the time
- * remaining before each transport call, rather than with poll(2) on the
- * fd.  The reason is TLS: after STARTTLS the transport's recv goes
- * through an SSL session that may already hold decrypted bytes while the
- * socket itself has nothing to read, so "poll says readable" is the
- * wrong question.  A socket timeout bounds every blocking recv/send the
- * transport (plain or TLS) makes underneath, and the loop here turns the
- * resulting EAGAIN into ETIMEDOUT once the deadline has passed.  The
- * listener clears both timeouts before a connection goes to a worker. */
+/* Connections: their lifetime and the transports behind their send/recv
+ * seam, plain sockets and TLS sessions (tls/, adapted here so that tls/
+ * knows nothing of connections).  Every socket is non-blocking from
+ * accept to close: the handshake is driven by the listener's event loop
+ * and the transmission phase by the workers' rings. */
 
 #include <config.h>
 
@@ -22,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -134,98 +126,46 @@ conn_free (struct conn *conn)
   free (conn);
 }
 
-/* Arm the socket timeout OPT (SO_RCVTIMEO or SO_SNDTIMEO) with the time
- * left before DEADLINE.  Returns -1 with ETIMEDOUT once it has passed. */
-static int
-arm_timeout (struct conn *conn, int opt, uint64_t deadline)
+/* ---- TLS ---------------------------------------------------------------- */
+
+static ssize_t
+tls_recv (struct conn *conn, void *buf, size_t len)
 {
-  struct timeval tv = { 0, 0 };
+  ssize_t r = tls_session_recv (conn->transport_data, buf, len);
 
-  if (deadline != 0) {
-    uint64_t now = now_ns ();
-    uint64_t left;
-
-    if (now >= deadline) {
-      errno = ETIMEDOUT;
-      return -1;
-    }
-    /* Round up to a whole microsecond: a zero timeval means "forever". */
-    left = DIV_ROUND_UP (deadline - now, 1000);
-    tv.tv_sec = left / 1000000;
-    tv.tv_usec = left % 1000000;
-  }
-  if (setsockopt (conn->fd, SOL_SOCKET, opt, &tv, sizeof tv) == -1)
-    return -1;
-  return 0;
+  if (r == -1 && errno == EPROTO)
+    log_error ("%s: TLS receive: %s", conn->peer,
+               tls_session_reason (conn->transport_data));
+  return r;
 }
 
-int
-conn_read_full (struct conn *conn, void *buf, size_t len, uint64_t deadline)
+static ssize_t
+tls_send (struct conn *conn, const struct iovec *iov, int iovcnt, bool more)
 {
-  char *p = buf;
+  ssize_t r = tls_session_send (conn->transport_data, iov, iovcnt, more);
 
-  while (len > 0) {
-    ssize_t r;
-
-    if (arm_timeout (conn, SO_RCVTIMEO, deadline) == -1)
-      return -1;
-    r = conn->transport->recv (conn, p, len);
-    if (r == 0) {
-      errno = ECONNRESET;
-      return -1;
-    }
-    if (r < 0) {
-      /* The socket timeout fired (or a spurious wakeup): the next
-       * arm_timeout decides whether the deadline has passed. */
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-        continue;
-      return -1;
-    }
-    p += r;
-    len -= r;
-  }
-  return 0;
+  if (r == -1 && (errno == EPROTO || errno == EIO))
+    log_error ("%s: TLS send: %s", conn->peer,
+               tls_session_reason (conn->transport_data));
+  return r;
 }
 
-int
-conn_write_full (struct conn *conn, const void *buf, size_t len,
-                 uint64_t deadline)
+static void
+tls_shutdown (struct conn *conn)
 {
-  const char *p = buf;
-
-  while (len > 0) {
-    struct iovec iov = { .iov_base = (void *) p, .iov_len = len };
-    ssize_t r;
-
-    if (arm_timeout (conn, SO_SNDTIMEO, deadline) == -1)
-      return -1;
-    r = conn->transport->send (conn, &iov, 1, false);
-    if (r < 0) {
-      if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-        continue;
-      return -1;
-    }
-    if (r == 0) {
-      errno = EPIPE;
-      return -1;
-    }
-    p += r;
-    len -= r;
-  }
-  return 0;
+  tls_session_close (conn->transport_data);
+  conn->transport_data = NULL;
 }
 
-int
-conn_discard (struct conn *conn, uint64_t len, uint64_t deadline)
+static const struct conn_transport tls_transport = {
+  .recv = tls_recv,
+  .send = tls_send,
+  .shutdown = tls_shutdown,
+};
+
+void
+conn_start_tls (struct conn *conn, struct tls_session *session)
 {
-  char buf[16384];
-
-  while (len > 0) {
-    size_t n = MIN (len, (uint64_t) sizeof buf);
-
-    if (conn_read_full (conn, buf, n, deadline) == -1)
-      return -1;
-    len -= n;
-  }
-  return 0;
+  conn->transport = &tls_transport;
+  conn->transport_data = session;
 }

@@ -5,23 +5,19 @@
  * Decompressing a 64 KiB cluster costs tens of microseconds, far more
  * than anything else a read does, and one connection lives on one
  * worker.  So a worker whose read of a compressed stream completes does
- * not decompress it on the spot: it queues a job on one queue shared by
- * all workers and wakes one other worker.  Every worker drains the queue
- * at the end of its loop iteration, before it sleeps, and a woken one
- * drains it straight away; a job done by a worker other than its owner
- * goes back on the owner's done list with a wake-up.  The owner always
- * helps, so a job never waits for a worker that is asleep or gone.
+ * not decompress it on the spot: it queues a job (jobs.c) that any
+ * worker may do.
  *
  * Only as many bytes as the read needs are decoded (a 4 KiB read at
  * offset 8 KiB of a cluster stops after 12 KiB), unless the cluster was
  * asked for recently: then all of it is decoded and cached, so a
  * sequential reader decodes each cluster about once.
  *
- * The cache is keyed by layer and host offset of the compressed stream.
- * That is safe for as long as the image is open: this server never
- * writes compressed clusters, so a host offset that held a compressed
- * stream may be freed and reused for data, but never for a different
- * compressed stream that an L2 entry could point at. */
+ * The cache is keyed by layer, host offset of the compressed stream and
+ * the layer's stream generation (qcow2_extent.stream_gen): compressed
+ * writes (the compress filter) may put a new stream where a freed one
+ * was, but always under a new generation, so an entry never answers
+ * for a stream other than its own. */
 
 #include <config.h>
 
@@ -41,20 +37,15 @@
  * remember that a cluster was asked for. */
 #define DCACHE_BYTES (2u << 20)
 
-/* The queue every worker takes jobs from. */
-static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct djob *queue_head, *queue_tail;    /* queue_lock */
-static atomic_uint queue_len;
-
 /* ---- cache ------------------------------------------------------------ */
 
 static struct dcache_entry *
-dcache_find (struct worker *w, const struct qcow2_layer *layer,
-             uint64_t host_offset)
+dcache_find (struct worker *w, const struct qcow2_extent *x)
 {
   for (unsigned i = 0; i < w->dcache.n; i++) {
     struct dcache_entry *e = &w->dcache.e[i];
-    if (e->layer == layer && e->host_offset == host_offset) {
+    if (e->layer == x->layer && e->host_offset == x->host_offset
+        && e->stream_gen == x->stream_gen) {
       e->stamp = ++w->dcache.clock;
       return e;
     }
@@ -74,14 +65,14 @@ dcache_evict (struct worker *w, unsigned i)
   w->dcache.e[i] = w->dcache.e[--w->dcache.n];
 }
 
-/* Remember the cluster at HOST_OFFSET; with BUF (a pool buffer of class
- * CLS holding the whole cluster of SIZE bytes), keep its contents too.
- * The cache owns BUF from here on. */
+/* Remember the cluster of compressed extent X; with BUF (a pool buffer
+ * of class CLS holding the whole cluster of SIZE bytes), keep its
+ * contents too.  The cache owns BUF from here on. */
 static void
-dcache_insert (struct worker *w, const struct qcow2_layer *layer,
-               uint64_t host_offset, void *buf, unsigned cls, uint32_t size)
+dcache_insert (struct worker *w, const struct qcow2_extent *x, void *buf,
+               unsigned cls, uint32_t size)
 {
-  struct dcache_entry *e = dcache_find (w, layer, host_offset);
+  struct dcache_entry *e = dcache_find (w, x);
 
   if (e == NULL) {
     if (w->dcache.n == DCACHE_SLOTS) {
@@ -92,7 +83,9 @@ dcache_insert (struct worker *w, const struct qcow2_layer *layer,
       dcache_evict (w, old);
     }
     e = &w->dcache.e[w->dcache.n++];
-    *e = (struct dcache_entry) { .layer = layer, .host_offset = host_offset,
+    *e = (struct dcache_entry) { .layer = x->layer,
+                                 .host_offset = x->host_offset,
+                                 .stream_gen = x->stream_gen,
                                  .stamp = ++w->dcache.clock };
   }
   if (buf == NULL)
@@ -124,7 +117,7 @@ dcache_insert (struct worker *w, const struct qcow2_layer *layer,
 bool
 decompress_cached (struct worker *w, const struct qcow2_extent *e, char *dst)
 {
-  struct dcache_entry *ce = dcache_find (w, e->layer, e->host_offset);
+  struct dcache_entry *ce = dcache_find (w, e);
 
   if (ce == NULL || ce->buf == NULL)
     return false;
@@ -162,7 +155,7 @@ job_finish (struct djob *j)
   bool whole = j->out != pc->dst
     && j->out_len == qcow2_layer_cluster_size (e->layer);
   if (j->result == 0)
-    dcache_insert (w, e->layer, e->host_offset, whole ? j->out : NULL,
+    dcache_insert (w, e, whole ? j->out : NULL,
                    j->out_cls, j->out_len);
   if (j->out != pc->dst && (j->result < 0 || !whole))
     bufpool_put (w, j->out, j->out_cls);
@@ -172,22 +165,10 @@ job_finish (struct djob *j)
 }
 
 static void
-job_run (struct worker *w, struct djob *j)
+job_run (struct djob *j)
 {
   j->result = qcow2_decompress_part (j->layer, j->in, j->in_len, j->out,
                                      j->out_len);
-  if (j->owner == w) {
-    job_finish (j);
-    return;
-  }
-  /* Once on the done list the job may be finished and its request
-   * recycled at any moment: touch it no more. */
-  struct worker *owner = j->owner;
-  struct djob *head = atomic_load (&owner->done_jobs);
-  do
-    j->next = head;
-  while (!atomic_compare_exchange_weak (&owner->done_jobs, &head, j));
-  worker_kick (owner);
 }
 
 int
@@ -212,7 +193,7 @@ decompress_submit (struct piece *pc)
   /* Decoded by an earlier job while this one's stream was read? */
   if (decompress_cached (w, e, pc->dst))
     return 0;
-  ce = dcache_find (w, e->layer, e->host_offset);
+  ce = dcache_find (w, e);
   if (ce == NULL && e->cluster_offset == 0) {
     /* First sight of the cluster, and the piece is its start: decode
      * straight into the read buffer, no further than needed. */
@@ -228,60 +209,9 @@ decompress_submit (struct piece *pc)
     }
   }
 
+  j->run = job_run;
+  j->finish = job_finish;
   req->cs->ops++;
-  {
-    LOCK_FOR_SCOPE (&queue_lock);
-    if (queue_tail)
-      queue_tail->next = j;
-    else
-      queue_head = j;
-    queue_tail = j;
-    atomic_fetch_add (&queue_len, 1);
-  }
-  w->jobs_queued = true;
+  jobs_submit (w, j);
   return 1;
-}
-
-static struct djob *
-queue_pop (void)
-{
-  struct djob *j;
-
-  if (atomic_load (&queue_len) == 0)
-    return NULL;
-  LOCK_FOR_SCOPE (&queue_lock);
-  j = queue_head;
-  if (j) {
-    queue_head = j->next;
-    if (queue_head == NULL)
-      queue_tail = NULL;
-    atomic_fetch_sub (&queue_len, 1);
-  }
-  return j;
-}
-
-void
-decompress_run (struct worker *w)
-{
-  struct djob *done, *j;
-
-  /* Jobs others did for us: taking the whole list at once, so the
-   * push's compare-and-swap never races with a pop.  This runs every
-   * loop iteration, hence no lock. */
-  done = atomic_load (&w->done_jobs) ? atomic_exchange (&w->done_jobs, NULL)
-                                     : NULL;
-  while ((j = done) != NULL) {
-    done = j->next;
-    job_finish (j);
-  }
-
-  /* Our jobs and anyone's: wake one helper if we queued more than one,
-   * then work through the queue ourselves. */
-  if (w->jobs_queued) {
-    w->jobs_queued = false;
-    if (atomic_load (&queue_len) > 0)
-      workers_kick_other (w);
-  }
-  while ((j = queue_pop ()) != NULL)
-    job_run (w, j);
 }

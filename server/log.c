@@ -18,6 +18,7 @@
 #include "server/server.h"
 
 int log_verbose;
+const char *log_program = "qcow2-nbd";
 
 static void log_v (const char *prefix, const char *fmt, va_list ap)
   __attribute__ ((format (printf, 2, 0)));
@@ -30,7 +31,7 @@ log_v (const char *prefix, const char *fmt, va_list ap)
   int n, m;
   size_t len, i;
 
-  n = snprintf (buf, sizeof buf, "qcow2-nbd: %s", prefix);
+  n = snprintf (buf, sizeof buf, "%s: %s", log_program, prefix);
   if (n < 0 || (size_t) n >= sizeof buf)
     n = 0;
   m = vsnprintf (buf + n, sizeof buf - n, fmt, ap);

@@ -1,41 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /* qcow2-nbd's entry point: the command line (subcommands, then getopt_long
- * options), startup (TLS credentials, the image, the export, listening
- * sockets, workers, pid file), signal handling and the orderly shutdown.
- *
- * Signals: SIGINT, SIGTERM and SIGHUP are blocked in every thread (the
- * mask is set before any thread exists, so threads inherit it) and
- * received by one dedicated thread with sigwait(); SIGPIPE is ignored
- * (socket sends use MSG_NOSIGNAL anyway, but TLS may write(2)).  The
- * first SIGINT/SIGTERM stops the server gracefully; a second one exits
- * at once. */
+ * options) of serve, which serve.c then runs.  Run as "qemu-nbd"
+ * (argv[0]'s base name), the program takes qemu-nbd's command line
+ * instead (qemu-nbd.c). */
 
 #include <config.h>
 
 #include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
-#include <inttypes.h>
-#include <limits.h>
-#include <pthread.h>
-#include <sched.h>
-#include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "qcow2/qcow2.h"
+#include "server/qemu-nbd.h"
 #include "server/server.h"
 #include "tls/tls.h"
-
-/* Read by the handshake (server.h). */
-enum tls_mode server_tls_mode = TLS_OFF;
-struct tls_ctx *server_tls_ctx;
-
-#define DEFAULT_HANDSHAKE_TIMEOUT 30
 
 static void
 main_usage (FILE *fp)
@@ -55,7 +35,11 @@ main_usage (FILE *fp)
 "  -h, --help              print this help\n"
 "  -V, --version           print the version\n"
 "\n"
-"Run 'qcow2-nbd COMMAND --help' for the options of each command.\n");
+"Run 'qcow2-nbd COMMAND --help' for the options of each command.\n"
+"\n"
+"Run under the name qemu-nbd (a link), the program takes qemu-nbd 7.2's\n"
+"command line instead, -c/--connect and -d/--disconnect included:\n"
+"'qemu-nbd --help', and qcow2-nbd(8), section QEMU-NBD COMPATIBILITY.\n");
 }
 
 static void
@@ -71,9 +55,15 @@ serve_usage (FILE *fp)
 "  -b, --bind=ADDR             address or host name to listen on\n"
 "                              (default: all, IPv4 and IPv6)\n"
 "  -k, --socket=PATH           listen on a Unix socket instead of TCP\n"
-"  -e, --max-connections=N     serve at most N clients at once (0: no limit)\n"
+"  -e, --max-connections=N     serve at most N clients at once (0: no limit);\n"
+"                              more are held ungreeted until one leaves\n"
 "      --handshake-timeout=S   drop clients still negotiating after S\n"
 "                              seconds (default %d; 0: never)\n"
+"      --max-handshakes=N      clients negotiating or held at once (default\n"
+"                              %d); a new one replaces the one idle longest\n"
+"      --max-handshakes-per-source=N\n"
+"                              ... from one IPv4 address, IPv6 /64 or Unix\n"
+"                              user (default %d)\n"
 "      --pid-file=PATH         write the pid to PATH once listening\n"
 "\n"
 "Export:\n"
@@ -81,10 +71,18 @@ serve_usage (FILE *fp)
 "  -D, --description=TEXT      export description\n"
 "  -r, --read-only             export read-only (default: read-write)\n"
 "      --discard=ignore|unmap  TRIM: ignore it (default) or deallocate\n"
+"      --bitmap=NAME           offer the persistent dirty bitmap NAME as\n"
+"                              qemu:dirty-bitmap:NAME (repeatable)\n"
+"      --load-snapshot=ID|NAME serve that internal snapshot, read-only\n"
+"                              (also snapshot.id=ID,snapshot.name=NAME)\n"
 "\n"
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
 "      --l2-cache-size=SIZE    L2 cache per image layer, e.g. 16M\n"
+"      --max-inflight-bytes=SIZE\n"
+"                              request data one client may have in the\n"
+"                              server before it is read no more (default\n"
+"                              32M; one request of up to 32M always fits)\n"
 "\n"
 "TLS:\n"
 "      --tls=off|on|require    allow or require STARTTLS (default off;\n"
@@ -97,7 +95,8 @@ serve_usage (FILE *fp)
 "  -v, --verbose               more messages (repeat for debugging)\n"
 "  -h, --help                  print this help\n"
 "  -V, --version               print the version\n",
-           DEFAULT_HANDSHAKE_TIMEOUT);
+           DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+           DEFAULT_MAX_HANDSHAKES_PER_SOURCE);
 }
 
 static void __attribute__ ((noreturn))
@@ -106,36 +105,24 @@ bad_usage (const char *msg, const char *arg)
   options_usage_error ("", "serve", msg, arg);
 }
 
-static void *
-signal_thread (void *arg)
+/* A size with an optional binary suffix K, M, G or T (either case). */
+static uint64_t
+parse_size (const char *opt, const char *s)
 {
-  const sigset_t *set = arg;
-  bool stopped = false;
+  uint64_t v;
 
-  for (;;) {
-    int sig;
-
-    if (sigwait (set, &sig) != 0)
-      continue;
-    if (sig == SIGHUP) {
-      log_info ("SIGHUP ignored");
-      continue;
-    }
-    if (stopped) {
-      log_error ("second signal %d: exiting now", sig);
-      _exit (EXIT_FAILURE);
-    }
-    log_info ("signal %d: shutting down", sig);
-    stopped = true;
-    server_stop ();
-  }
-  return NULL;
+  if (options_parse_size (s, &v) == -1)
+    bad_usage ("invalid size for", opt);
+  return v;
 }
 
 enum {
   OPT_THREADS = 256,
   OPT_HANDSHAKE_TIMEOUT,
+  OPT_MAX_HANDSHAKES,
+  OPT_MAX_HANDSHAKES_PER_SOURCE,
   OPT_L2_CACHE_SIZE,
+  OPT_MAX_INFLIGHT_BYTES,
   OPT_PID_FILE,
   OPT_DISCARD,
   OPT_TLS,
@@ -143,6 +130,8 @@ enum {
   OPT_TLS_VERIFY_PEER,
   OPT_TLS_AUTHZ_FILE,
   OPT_TLS_PSK,
+  OPT_BITMAP,
+  OPT_LOAD_SNAPSHOT,
 };
 
 /* Leading ':' so a missing argument is told apart from an unknown
@@ -156,10 +145,16 @@ static const struct option long_opts[] = {
   { "description", required_argument, NULL, 'D' },
   { "read-only", no_argument, NULL, 'r' },
   { "discard", required_argument, NULL, OPT_DISCARD },
+  { "bitmap", required_argument, NULL, OPT_BITMAP },
+  { "load-snapshot", required_argument, NULL, OPT_LOAD_SNAPSHOT },
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
+  { "max-handshakes", required_argument, NULL, OPT_MAX_HANDSHAKES },
+  { "max-handshakes-per-source", required_argument, NULL,
+    OPT_MAX_HANDSHAKES_PER_SOURCE },
   { "l2-cache-size", required_argument, NULL, OPT_L2_CACHE_SIZE },
+  { "max-inflight-bytes", required_argument, NULL, OPT_MAX_INFLIGHT_BYTES },
   { "pid-file", required_argument, NULL, OPT_PID_FILE },
   { "verbose", no_argument, NULL, 'v' },
   { "tls", required_argument, NULL, OPT_TLS },
@@ -178,11 +173,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   bool tls_given = false, port_given = false;
   int c;
 
-  cfg->export_name = "";
-  cfg->port = NBD_DEFAULT_PORT;
-  cfg->threads = options_cpu_count ();
-  cfg->handshake_timeout = DEFAULT_HANDSHAKE_TIMEOUT;
-  cfg->tls.mode = TLS_OFF;
+  serve_config_init (cfg);
 
   opterr = 0;
   optind = 1;
@@ -219,6 +210,19 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     case OPT_DISCARD:
       cfg->discard_unmap = options_discard (bad_usage, optarg);
       break;
+    case OPT_BITMAP:
+      if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
+        bad_usage ("invalid bitmap name", optarg);
+      if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
+        bad_usage ("too many --bitmap options (at most 62)", NULL);
+      cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
+      break;
+    case OPT_LOAD_SNAPSHOT:
+      if (options_parse_snapshot (optarg, cfg) == -1)
+        bad_usage ("invalid --load-snapshot", optarg);
+      /* A snapshot is a past state of the disk: it is never written. */
+      cfg->read_only = true;
+      break;
     case 'e':
       cfg->max_connections = options_unsigned (bad_usage,
                                                "--max-connections", optarg,
@@ -233,8 +237,22 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
                                                  "--handshake-timeout",
                                                  optarg, 0, 86400);
       break;
+    case OPT_MAX_HANDSHAKES:
+      cfg->max_handshakes = options_unsigned (bad_usage, "--max-handshakes",
+                                              optarg, 1, 1000000);
+      break;
+    case OPT_MAX_HANDSHAKES_PER_SOURCE:
+      cfg->max_handshakes_per_source =
+        options_unsigned (bad_usage, "--max-handshakes-per-source", optarg,
+                          1, 1000000);
+      break;
     case OPT_L2_CACHE_SIZE:
       cfg->l2_cache_size = options_l2_cache_size (bad_usage, optarg);
+      break;
+    case OPT_MAX_INFLIGHT_BYTES:
+      cfg->max_inflight_bytes = parse_size ("--max-inflight-bytes", optarg);
+      if (cfg->max_inflight_bytes < 4096)
+        bad_usage ("--max-inflight-bytes is below the minimum of 4K", NULL);
       break;
     case OPT_PID_FILE:
       cfg->pid_file = optarg;
@@ -300,100 +318,24 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     bad_usage ("--tls needs --tls-certs or --tls-psk", NULL);
 }
 
-static int
-serve (struct server_config *cfg)
+/* Run as qemu-nbd (a link named qemu-nbd, or qemu-nbd-SOMETHING)? */
+static bool
+called_as_qemu_nbd (const char *argv0)
 {
-  struct export exp;
-  static sigset_t set;          /* read by the signal thread */
-  pthread_t sig_thread;
-  int *fds = NULL, nfds, r;
+  const char *slash = strrchr (argv0, '/');
+  const char *base = slash ? slash + 1 : argv0;
 
-  log_verbose = cfg->verbose;
-
-  /* Before any thread exists, so every thread inherits the mask. */
-  signal (SIGPIPE, SIG_IGN);
-  sigemptyset (&set);
-  sigaddset (&set, SIGINT);
-  sigaddset (&set, SIGTERM);
-  sigaddset (&set, SIGHUP);
-  sigaddset (&set, SIGPIPE);
-  pthread_sigmask (SIG_BLOCK, &set, NULL);
-  sigdelset (&set, SIGPIPE);
-
-  server_tls_mode = cfg->tls.mode;
-  if (cfg->tls.mode != TLS_OFF) {
-    server_tls_ctx = tls_ctx_new (&cfg->tls);
-    if (server_tls_ctx == NULL) {
-      log_error ("cannot set up TLS");
-      return EXIT_FAILURE;
-    }
-  }
-
-  if (export_open (cfg, &exp) == -1) {
-    if (server_tls_ctx)
-      tls_ctx_free (server_tls_ctx);
-    return EXIT_FAILURE;
-  }
-
-  /* Sockets before workers: a busy port is the likeliest failure, and
-   * finding it first costs no thread or ring set-up. */
-  nfds = sockets_listen (cfg, &fds);
-  if (nfds < 0) {
-    export_close (&exp);
-    if (server_tls_ctx)
-      tls_ctx_free (server_tls_ctx);
-    return EXIT_FAILURE;
-  }
-
-  r = pthread_create (&sig_thread, NULL, signal_thread, &set);
-  if (r != 0) {
-    errno = r;
-    log_error ("creating the signal thread: %m");
-    goto fail_sockets;
-  }
-  pthread_detach (sig_thread);
-
-  if (workers_start (&exp, cfg->threads) == -1)
-    goto fail_sockets;
-
-  if (cfg->pid_file && pid_file_write (cfg->pid_file) == -1) {
-    workers_shutdown ();
-    goto fail_sockets;
-  }
-  log_info ("serving %s (%" PRIu64 " bytes) as export '%s' with %u "
-            "thread%s", cfg->image, exp.size, exp.name, cfg->threads,
-            cfg->threads == 1 ? "" : "s");
-
-  listener_run (cfg, &exp, fds, nfds);   /* closes fds */
-  free (fds);
-
-  workers_shutdown ();
-  export_close (&exp);
-  if (server_tls_ctx)
-    tls_ctx_free (server_tls_ctx);
-  if (cfg->pid_file)
-    unlink (cfg->pid_file);
-  if (cfg->socket_path)
-    unlink (cfg->socket_path);
-  log_info ("exiting");
-  return EXIT_SUCCESS;
-
- fail_sockets:
-  while (nfds > 0)
-    close (fds[--nfds]);
-  free (fds);
-  if (cfg->socket_path)
-    unlink (cfg->socket_path);
-  export_close (&exp);
-  if (server_tls_ctx)
-    tls_ctx_free (server_tls_ctx);
-  return EXIT_FAILURE;
+  return strncmp (base, "qemu-nbd", 8) == 0
+    && (base[8] == '\0' || base[8] == '-' || base[8] == '.');
 }
 
 int
 main (int argc, char **argv)
 {
-  struct server_config cfg = { 0 };
+  struct server_config cfg;
+
+  if (argc > 0 && called_as_qemu_nbd (argv[0]))
+    return qemu_nbd_main (argc, argv);
 
   if (argc < 2) {
     main_usage (stderr);
@@ -415,7 +357,7 @@ main (int argc, char **argv)
     return detach_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
     parse_serve (argc - 1, argv + 1, &cfg);
-    return serve (&cfg);
+    return serve_run (&cfg);
   }
   fprintf (stderr, "qcow2-nbd: unknown command '%s'\n"
            "Try 'qcow2-nbd --help' for more information.\n", argv[1]);

@@ -106,6 +106,8 @@
 /* "base:allocation metadata context" */
 #define NBD_STATE_HOLE            (1u << 0)
 #define NBD_STATE_ZERO            (1u << 1)
+/* qemu:dirty-bitmap:NAME (QEMU docs/interop/nbd.rst). */
+#define NBD_STATE_DIRTY           (1u << 0)
 
 /* "Error values" */
 #define NBD_EPERM                 1

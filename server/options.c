@@ -1,22 +1,21 @@
 /* SPDX-License-Identifier: MIT */
 /* Command line pieces that more than one subcommand uses: parsers for
  * values they both take (serve's --l2-cache-size, create's SIZE and
- * --cluster-size), so the subcommands agree on what "64K" means, and
- * the usage error reports, so they word mistakes alike.  The parsers
- * report failure and leave the message, which names the option, to the
- * caller. */
+ * --cluster-size), so the subcommands agree on what "64K" means, the
+ * snapshot selector serve's --load-snapshot shares with qemu-nbd's -l,
+ * and the usage error reports, so they word mistakes alike.  The
+ * parsers report failure and leave the message, which names the option,
+ * to the caller. */
 
 #include <config.h>
 
 #include <errno.h>
 #include <getopt.h>
-#include <sched.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "qcow2/qcow2.h"
 #include "server/server.h"
@@ -46,6 +45,63 @@ options_parse_size (const char *s, uint64_t *size)
     return -1;
   *size = v * mult;
   return 0;
+}
+
+/* One value of a QemuOpts list, ",," standing for a comma; *S moves
+ * past it and its separator.  NULL when out of memory. */
+static char *
+opts_value (const char **s)
+{
+  char *v = malloc (strlen (*s) + 1), *o = v;
+
+  if (v == NULL)
+    return NULL;
+  while (**s && (**s != ',' || (*s)[1] == ',')) {
+    *o++ = **s;
+    *s += **s == ',' ? 2 : 1;
+  }
+  *o = '\0';
+  if (**s == ',')
+    (*s)++;
+  return v;
+}
+
+int
+options_parse_snapshot (const char *arg, struct server_config *cfg)
+{
+  static const char base[] = "snapshot.";
+  /* The values live as long as the process, like the argv strings. */
+  static char *kept_id, *kept_name;
+
+  if (strncmp (arg, base, strlen (base)) != 0) {
+    cfg->snapshot = arg;
+    cfg->snapshot_id = cfg->snapshot_name = NULL;
+    return 0;
+  }
+  cfg->snapshot = cfg->snapshot_id = cfg->snapshot_name = NULL;
+  while (*arg) {
+    const char **field;
+    char **kept;
+
+    if (strncmp (arg, "snapshot.id=", 12) == 0) {
+      field = &cfg->snapshot_id;
+      kept = &kept_id;
+      arg += 12;
+    }
+    else if (strncmp (arg, "snapshot.name=", 14) == 0) {
+      field = &cfg->snapshot_name;
+      kept = &kept_name;
+      arg += 14;
+    }
+    else
+      return -1;
+    free (*kept);
+    *kept = opts_value (&arg);
+    if (*kept == NULL)
+      return -1;
+    *field = *kept;
+  }
+  return cfg->snapshot_id || cfg->snapshot_name ? 0 : -1;
 }
 
 void
@@ -113,16 +169,4 @@ options_discard (options_bad_usage_fn bad_usage, const char *s)
   if (strcmp (s, "unmap") == 0 || strcmp (s, "on") == 0)
     return true;
   bad_usage ("--discard must be ignore or unmap, not", s);
-}
-
-unsigned
-options_cpu_count (void)
-{
-  cpu_set_t set;
-  long n;
-
-  if (sched_getaffinity (0, sizeof set, &set) == 0 && CPU_COUNT (&set) > 0)
-    return CPU_COUNT (&set);
-  n = sysconf (_SC_NPROCESSORS_ONLN);
-  return n > 0 ? (unsigned) n : 1;
 }

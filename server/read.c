@@ -203,8 +203,14 @@ piece_submit (struct piece *pc)
   struct conn_state *cs = pc->req->cs;
   char *dst = pc->scratch ? pc->scratch : pc->dst;
   struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  int fd = pc->fd;
 
-  io_uring_prep_read (sqe, pc->fd, dst + pc->done, pc->len - pc->done,
+  /* Chosen at each (re)submission: after a short read the rest may no
+   * longer be aligned for O_DIRECT. */
+  if (!pc->scratch)
+    fd = worker_data_fd (cs->w, pc->ext->file, pc->host_off + pc->done,
+                         pc->len - pc->done, dst + pc->done);
+  io_uring_prep_read (sqe, fd, dst + pc->done, pc->len - pc->done,
                       pc->host_off + pc->done);
   io_uring_sqe_set_data (sqe, &pc->op);
   cs->ops++;
@@ -311,6 +317,10 @@ cmd_read (struct request *req)
       reply_error (req, ENOMEM, "out of memory");
       return;
     }
+    /* A fragmented read keeps a piece per extent: counted with its
+     * data, so many of them make the connection wait too. */
+    req_hold (req, npieces * sizeof *req->pieces
+              + req->nr_ext * sizeof *req->ext);
   }
 
   for (size_t i = 0; i < req->nr_ext; i++) {

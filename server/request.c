@@ -34,10 +34,17 @@
 #include "server/server.h"
 #include "server/transmission.h"
 
-/* Backpressure: stop reading requests while a connection has this many
- * requests, or this many bytes of replies, in flight. */
+/* Backpressure: a request is left unread (in the input buffer, or in
+ * the socket) while the connection has this many requests in flight,
+ * or while what it would hold (parse_cost: READ data, a WRITE payload,
+ * BLOCK_STATUS extents) would take the bytes the connection holds over
+ * server_max_inflight.  A connection holding nothing may always take
+ * one request, so one of the largest (NBD_MAX_PAYLOAD) always fits:
+ * a connection holds at most MAX (server_max_inflight, NBD_MAX_PAYLOAD)
+ * bytes of data, however fast it sends and however slowly it reads. */
 #define MAX_INFLIGHT_REQS 128
-#define MAX_INFLIGHT_BYTES (64u * 1024 * 1024)
+
+uint64_t server_max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
 /* Receive buffer: many small requests per recv. */
 #define IN_BUF_SIZE (64 * 1024)
 /* Recycled request structs kept per worker. */
@@ -50,23 +57,7 @@
 static void conn_read (struct conn_state *cs);
 static void cancel_op (struct conn_state *cs, struct uring_op *op);
 
-/* ---- command names and errors ----------------------------------------- */
-
-const char *
-cmd_name (uint16_t type)
-{
-  switch (type) {
-  case NBD_CMD_READ: return "READ";
-  case NBD_CMD_WRITE: return "WRITE";
-  case NBD_CMD_DISC: return "DISC";
-  case NBD_CMD_FLUSH: return "FLUSH";
-  case NBD_CMD_TRIM: return "TRIM";
-  case NBD_CMD_CACHE: return "CACHE";
-  case NBD_CMD_WRITE_ZEROES: return "WRITE_ZEROES";
-  case NBD_CMD_BLOCK_STATUS: return "BLOCK_STATUS";
-  default: return "unknown";
-  }
-}
+/* ---- errors ---------------------------------------------------------- */
 
 void
 set_error (struct request *req, int err, const char *fmt, ...)
@@ -103,6 +94,13 @@ req_new (struct conn_state *cs)
   cs->nr_reqs++;
   cs->nr_total++;
   return req;
+}
+
+void
+req_hold (struct request *req, uint64_t bytes)
+{
+  req->bytes += bytes;
+  req->cs->bytes += bytes;
 }
 
 void
@@ -281,128 +279,65 @@ cancel_op (struct conn_state *cs, struct uring_op *op)
   io_uring_sqe_set_data64 (sqe, 0);
 }
 
+/* May CS take a request that holds COST bytes? */
 static bool
-over_bounds (const struct conn_state *cs)
+fits (const struct conn_state *cs, uint64_t cost)
 {
-  return cs->nr_reqs >= MAX_INFLIGHT_REQS || cs->bytes >= MAX_INFLIGHT_BYTES;
+  if (cs->nr_reqs >= MAX_INFLIGHT_REQS)
+    return false;
+  return cs->bytes == 0 || cost <= server_max_inflight - MIN (cs->bytes,
+                                                             server_max_inflight);
 }
 
 /* ---- parsing ---------------------------------------------------------- */
-
-/* Which flags each command accepts, beyond FUA (valid everywhere once
- * negotiated, "Command flags"). */
-static uint16_t
-valid_flags (const struct conn *conn, uint16_t type)
-{
-  uint16_t f = 0;
-
-  if (conn->exp->eflags & NBD_FLAG_SEND_FUA)
-    f |= NBD_CMD_FLAG_FUA;
-  switch (type) {
-  case NBD_CMD_READ:
-    if (conn->structured_replies && (conn->exp->eflags & NBD_FLAG_SEND_DF))
-      f |= NBD_CMD_FLAG_DF;
-    break;
-  case NBD_CMD_WRITE_ZEROES:
-    f |= NBD_CMD_FLAG_NO_HOLE;
-    if (conn->exp->eflags & NBD_FLAG_SEND_FAST_ZERO)
-      f |= NBD_CMD_FLAG_FAST_ZERO;
-    break;
-  case NBD_CMD_BLOCK_STATUS:
-    f |= NBD_CMD_FLAG_REQ_ONE;
-    break;
-  }
-  return f;
-}
 
 /* Handle a fully received request (payload, if any, discarded). */
 static void
 dispatch (struct request *req)
 {
   struct conn *conn = req->cs->conn;
-  const struct export *exp = conn->exp;
+  struct nbd_request hdr = {
+    .flags = req->flags, .type = req->type, .cookie = req->cookie,
+    .offset = req->offset, .length = req->length,
+  };
+  int err;
 
   if (req->err) {
     /* Failed while its payload came in (no buffer for it). */
     reply_plain (req);
     return;
   }
-  if (req->flags & ~valid_flags (conn, req->type)) {
-    reply_error (req, EINVAL, "invalid flags %#x for %s", req->flags,
-                 cmd_name (req->type));
+  err = parse_check (conn, &hdr, req->msg, sizeof req->msg);
+  if (err) {
+    req->err = err;
+    reply_plain (req);
     return;
   }
 
   switch (req->type) {
   case NBD_CMD_READ:
-  case NBD_CMD_CACHE:
-  case NBD_CMD_BLOCK_STATUS:
-  case NBD_CMD_WRITE:
-  case NBD_CMD_TRIM:
-  case NBD_CMD_WRITE_ZEROES:
-    if (!range_fits (req->offset, req->length, exp->size)) {
-      /* Writing past the end: ENOSPC, as qemu-nbd says. */
-      reply_error (req, req->type == NBD_CMD_WRITE
-                   || req->type == NBD_CMD_WRITE_ZEROES ? ENOSPC : EINVAL,
-                   "request out of range: offset %" PRIu64 " length %"
-                   PRIu32 " size %" PRIu64, req->offset, req->length,
-                   exp->size);
-      return;
-    }
-    break;
-  }
-
-  switch (req->type) {
-  case NBD_CMD_READ:
-    if (req->length > NBD_MAX_PAYLOAD) {
-      /* Structured replies allow the more precise EOVERFLOW. */
-      reply_error (req, conn->structured_replies ? EOVERFLOW : EINVAL,
-                   "read of %" PRIu32 " bytes is over the %u byte limit",
-                   req->length, NBD_MAX_PAYLOAD);
-      return;
-    }
     cmd_read (req);
     return;
-
   case NBD_CMD_BLOCK_STATUS:
-    if ((conn->meta & ((1u << META_NR) - 1)) == 0) {
-      reply_error (req, EINVAL, "no metadata context selected");
-      return;
-    }
-    if (req->length == 0) {
-      reply_error (req, EINVAL, "zero length block status");
-      return;
-    }
     cmd_block_status (req);
     return;
-
   case NBD_CMD_CACHE:
     cmd_cache (req);
     return;
-
   case NBD_CMD_FLUSH:
     cmd_flush (req);
     return;
-
   case NBD_CMD_WRITE:
+    cmd_write (req);
+    return;
   case NBD_CMD_TRIM:
+    cmd_trim (req);
+    return;
   case NBD_CMD_WRITE_ZEROES:
-    if (exp->read_only) {
-      reply_error (req, EPERM, "%s on a read-only export",
-                   cmd_name (req->type));
-      return;
-    }
-    if (req->type == NBD_CMD_WRITE)
-      cmd_write (req);
-    else if (req->type == NBD_CMD_TRIM)
-      cmd_trim (req);
-    else
-      cmd_write_zeroes (req);
+    cmd_write_zeroes (req);
     return;
-
   default:
-    reply_error (req, EINVAL, "unknown command %u", req->type);
-    return;
+    abort ();                   /* parse_check refused it */
   }
 }
 
@@ -472,33 +407,36 @@ conn_read (struct conn_state *cs)
       continue;
     }
 
-    if (cs->discard_left == 0 && avail >= NBD_REQUEST_SIZE) {
+    if (cs->discard_left == 0 && avail >= parse_header_size (conn)) {
+      struct nbd_request hdr;
       struct request *req;
+      uint64_t cost;
 
-      if (over_bounds (cs)) {
-        cs->paused = true;
-        return;
-      }
-      if (load_be32 (p) != NBD_REQUEST_MAGIC) {
+      if (parse_request (conn, p, avail, &hdr) == PARSE_BAD_MAGIC) {
         log_info ("%s: bad request magic %#" PRIx32 ", disconnecting",
                   conn->peer, load_be32 (p));
         conn_kill (cs, "bad request magic");
         return;
       }
-      uint16_t type = load_be16 (p + 6);
-      uint32_t length = load_be32 (p + 24);
-      cs->in_pos += NBD_REQUEST_SIZE;
-      rxc_count (cs, length);
+      cost = parse_cost (&hdr);
+      if (!fits (cs, cost)) {
+        /* Left where it is until replies make room. */
+        cs->paused = true;
+        cs->paused_cost = cost;
+        return;
+      }
+      cs->in_pos += parse_header_size (conn);
+      rxc_count (cs, MIN (hdr.length, (uint64_t) UINT32_MAX));
 
-      if (type == NBD_CMD_DISC) {
+      if (hdr.type == NBD_CMD_DISC) {
         conn_stop_reading (cs, "client sent NBD_CMD_DISC");
         return;
       }
-      /* Only WRITE carries a payload.  Beyond the limit we cannot keep
-       * the stream in sync cheaply, and no valid client sends it. */
-      if (type == NBD_CMD_WRITE && length > NBD_MAX_PAYLOAD) {
-        log_info ("%s: write payload of %" PRIu32 " bytes is too large, "
-                  "disconnecting", conn->peer, length);
+      /* Beyond the limit we cannot keep the stream in sync cheaply, and
+       * no valid client sends it. */
+      if (parse_payload_len (conn, &hdr) > NBD_MAX_PAYLOAD) {
+        log_info ("%s: write payload of %" PRIu64 " bytes is too large, "
+                  "disconnecting", conn->peer, hdr.length);
         conn_kill (cs, "oversized write payload");
         return;
       }
@@ -508,23 +446,21 @@ conn_read (struct conn_state *cs)
         conn_kill (cs, "out of memory");
         return;
       }
-      req->flags = load_be16 (p + 4);
-      req->type = type;
-      req->cookie = load_be64 (p + 8);
-      req->offset = load_be64 (p + 16);
-      req->length = length;
-      if (type == NBD_CMD_READ)
-        req->bytes = MIN (length, NBD_MAX_PAYLOAD);
+      req->flags = hdr.flags;
+      req->type = hdr.type;
+      req->cookie = hdr.cookie;
+      req->offset = hdr.offset;
+      req->length = hdr.length;
 
-      if (type == NBD_CMD_WRITE && length > 0) {
+      if (parse_payload_len (conn, &hdr) > 0) {
+        uint32_t length = hdr.length;
+
         /* Keep the payload only for a write that will be done; the
          * payload of one refused anyway is thrown away as it comes. */
-        if (!conn->exp->read_only
-            && !(req->flags & ~valid_flags (conn, type))
-            && range_fits (req->offset, length, conn->exp->size)) {
+        if (parse_check (conn, &hdr, req->msg, sizeof req->msg) == 0) {
           req->buf = bufpool_get (cs->w, length, &req->buf_cls);
           if (req->buf) {
-            req->bytes = length;
+            req->bytes = cost;
             cs->bytes += req->bytes;
             cs->payload_req = req;
             cs->payload_got = 0;
@@ -536,6 +472,7 @@ conn_read (struct conn_state *cs)
         cs->discard_req = req;
       }
       else {
+        req->bytes = cost;
         cs->bytes += req->bytes;
         dispatch (req);
       }
@@ -632,7 +569,7 @@ conn_release (struct worker *w, struct conn *conn)
 {
   conn_free (conn);
   atomic_fetch_sub (&w->nr_conns, 1);
-  listener_conn_closed ();
+  listener_conn_closed (true);
 }
 
 static void
@@ -662,6 +599,8 @@ conn_close (struct conn_state *cs)
   free (cs->in_buf);
   free (cs);
   conn_release (w, conn);
+  if (w->conns == NULL)
+    worker_idle (w);
 }
 
 /* Deferred work of one connection; returns true when it was freed. */
@@ -670,7 +609,7 @@ conn_service (struct conn_state *cs)
 {
   for (;;) {
     reply_send (cs);
-    if (cs->paused && !cs->stop_read && !over_bounds (cs)) {
+    if (cs->paused && !cs->stop_read && fits (cs, cs->paused_cost)) {
       /* Resuming: the transport may hold buffered input (TLS), so read
        * before deciding to poll. */
       cs->paused = false;

@@ -2,12 +2,13 @@
 /* The NBD front end: its configuration, exports, connections and workers,
  * and the table of contents of server/, one group per source file.
  *
- * Flow: the listener (listener.c) accepts a socket, checks the connection
- * limit and runs the option haggling (handshake.c) in a short-lived
- * thread under the handshake timeout, with the socket blocking.  A
+ * Flow: the listener (listener.c) accepts a socket, applies the limits
+ * on connections and handshakes, and runs the option haggling
+ * (handshake.c, a state machine whose bytes negotiate.c moves) from its
+ * one event loop under the handshake timeout; no socket ever blocks.  A
  * connection that reaches the transmission phase is handed to a worker
- * (worker.c), switched to non-blocking, and served from the worker's
- * io_uring loop (request.c) until it ends.
+ * (worker.c) and served from the worker's io_uring loop (request.c)
+ * until it ends.
  *
  * Socket I/O goes through the connection's transport ops, so TLS (tls/)
  * can replace them without the protocol code knowing.  The one exception
@@ -24,32 +25,133 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "common/list.h"
+#include "qcow2/qcow2.h"
 #include "server/nbd-protocol.h"
 #include "tls/tls.h"
 
 struct qcow2_image;
+struct qcow2_bitmap;
 struct worker;
 struct conn;
+struct tls_session;
+struct sockaddr_storage;
 
-/* ---- main.c: configuration -------------------------------------------- */
+/* Meta contexts a client may select (bit numbers of conn->meta): two
+ * fixed ones, then one per exported bitmap. */
+enum meta_context {
+  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
+  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
+  META_DIRTY_BITMAP = 2,        /* "qemu:dirty-bitmap:NAME", + index */
+  META_MAX = 64                 /* bits of conn->meta */
+};
+#define MAX_EXPORT_BITMAPS (META_MAX - META_DIRTY_BITMAP)
+/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
+#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
 
+/* ---- serve.c: the server's configuration and life ------------------- */
+
+/* QEMU's detect-zeroes: writes of zeros become zeroings. */
+enum detect_zeroes {
+  DETECT_ZEROES_OFF,
+  DETECT_ZEROES_ON,             /* zeroed, the allocation kept */
+  DETECT_ZEROES_UNMAP,          /* zeroed, deallocated (--discard=unmap) */
+};
+
+/* Everything both command lines (main.c's serve, qemu-nbd.c) can ask
+ * for; serve_run() turns it into the export and runs the server. */
 struct server_config {
-  const char *image;            /* path of the qcow2 image */
+  /* The image. */
+  const char *image;            /* path of the image */
+  enum qcow2_format format;
+  bool probed_raw;              /* raw by probing: guard sector 0 as QEMU */
+  bool no_backing;              /* QEMU's backing=null */
+  bool no_locks;                /* QEMU's file.locking=off */
+  uint64_t offset, size;        /* window of the disk (qcow2_open_opts) */
+  bool has_size;
+  bool overlay;                 /* -s: writes go to a temporary overlay */
+  bool direct_io;               /* data I/O with O_DIRECT where aligned */
+  bool writethrough;            /* every write durable before its reply */
+  bool no_flush;                /* FLUSH and FUA skip the sync (unsafe) */
+  enum detect_zeroes detect_zeroes;
+  /* QEMU's compress filter over the (qcow2) image, qemu-nbd --image-opts
+   * driver=compress: writes store whole clusters compressed, the
+   * cluster is the minimum block size, and a writable image must be a
+   * whole number of clusters.  Ignored with an overlay. */
+  bool compress;
+
+  /* The export. */
   const char *export_name;      /* default "" */
   const char *description;      /* NULL: none */
   bool read_only;
   bool discard_unmap;           /* --discard=unmap (default ignore) */
+  bool alloc_depth;             /* offer qemu:allocation-depth */
+  /* qemu-nbd's export: FUA advertised read-only too, CAN_MULTI_CONN
+   * only when max_connections != 1, the size rounded down to 512, the
+   * minimum block size 1 unless the client asks for block sizes. */
+  bool qemu_export;
+
+  /* Listening and lifetime. */
+  /* qemu-nbd's listening rules and messages (sockets.c): one socket on
+   * the first address that binds (default 0.0.0.0). */
+  bool qemu_compat;
   const char *bind_addr;        /* NULL: all addresses, dual stack */
   const char *port;             /* default "10809" */
   const char *socket_path;      /* Unix socket instead of TCP */
+  int backlog;                  /* listen(2) backlog; 0: SOMAXCONN */
   unsigned threads;             /* worker threads; default: CPU count */
   unsigned max_connections;     /* 0: unlimited */
   unsigned handshake_timeout;   /* seconds; 0: none */
+  unsigned max_handshakes;      /* negotiating or held, in all */
+  unsigned max_handshakes_per_source; /* ... from one address */
+  bool persistent;              /* false: exit after the last client */
+  bool sighup_stops;            /* SIGHUP stops like SIGTERM (else ignored) */
   uint64_t l2_cache_size;       /* bytes; 0: library default */
+  uint64_t max_inflight_bytes;  /* request data a connection may hold */
   const char *pid_file;
+  bool keep_pid_file;           /* leave it at exit, as qemu-nbd does */
   int verbose;                  /* -v count */
   struct tls_config tls;        /* --tls and its credentials */
+  /* --bitmap (qemu-nbd -B), in command line order: each exported as
+   * qemu:dirty-bitmap:NAME. */
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
+  /* --load-snapshot=ID_OR_NAME (qemu-nbd -l NAME|ID), or the ID and/or
+   * name that must both match (qemu-nbd -l snapshot.id=,snapshot.name=):
+   * serve that internal snapshot; it implies read_only. */
+  const char *snapshot;
+  const char *snapshot_id;
+  const char *snapshot_name;
+
+  /* Called once a connect would be served (sockets listening, pid file
+   * written), in the main thread; NULL: nothing to do. */
+  void (*ready) (const struct server_config *cfg);
+  /* Called instead of the default message when the image cannot be
+   * opened: R is the -errno, E what the library says failed and MSG its
+   * first error message (may be ""). */
+  void (*open_failed) (const struct server_config *cfg, int r,
+                       const struct qcow2_open_error *e, const char *msg);
+  /* Likewise for a --bitmap that cannot be exported: NAME, and the
+   * library's message MSG. */
+  void (*bitmap_failed) (const struct server_config *cfg, const char *name,
+                         const char *msg);
 };
+
+/* Handshake time limit of serve (seconds). */
+#define DEFAULT_HANDSHAKE_TIMEOUT 30
+/* Connections negotiating (or held at --max-connections) at once, in all
+ * and from one source: a client needs milliseconds to negotiate, so
+ * these are reached only by clients that connect and stall. */
+#define DEFAULT_MAX_HANDSHAKES 1024
+#define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
+
+/* Open the image, build the export, listen, serve until stopped (a
+ * signal, or the last client without persistent), then close everything
+ * cleanly.  Returns the exit status.  Call before any thread exists. */
+int serve_run (const struct server_config *cfg);
+
+/* The server's default configuration (serve's defaults). */
+void serve_config_init (struct server_config *cfg);
 
 /* TLS for the handshake, set by main before the listener starts and
  * constant afterwards: the mode, and the context (NULL when off). */
@@ -64,13 +166,40 @@ struct export {
   uint64_t size;
   bool read_only;
   bool discard_unmap;           /* TRIM deallocates; else it is ignored */
+  bool probed_raw;              /* writes to sector 0 are checked */
+  bool writethrough;            /* every write is made durable (FUA) */
+  bool no_flush;                /* FLUSH and FUA do not sync */
+  bool direct_io;               /* workers open O_DIRECT fds too */
+  enum detect_zeroes detect_zeroes;
+  bool compress;                /* writes through QEMU's compress filter */
+  uint64_t metas;               /* bitmask of enum meta_context offered */
   uint16_t eflags;              /* NBD_FLAG_* transmission flags */
   uint32_t min_block, pref_block, max_block;
+  /* The minimum block size told to a client that did not ask for block
+   * sizes with NBD_OPT_GO (min_block to those that did, and for INFO). */
+  uint32_t min_block_unasked;
+  /* Meta contexts offered: names by enum meta_context, NR_META of them;
+   * the bitmap of context META_DIRTY_BITMAP + i is bitmaps[i]. */
+  const char *meta_names[META_MAX];
+  unsigned nr_meta;
+  struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
+  const char *failed_bitmap;    /* set up only: the --bitmap refused */
 };
+
+/* serve.c: the steps serve_run shares with attach (attach.c).  Open CFG's image
+ * (or its --snapshot overlay) and build its export into EXP.  Returns 0,
+ * or -1 (logged, saying why; nothing to close). */
+int export_open (const struct server_config *cfg, struct export *exp);
+/* Close EXP's image (flushing it: clean, when every write has ended). */
+void export_close (struct export *exp);
+/* Write our pid to PATH as QEMU does (locked; kept open until exit).
+ * Returns 0 or -1 (logged). */
+int pid_file_write (const char *path);
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
 
 extern int log_verbose;          /* set from -v */
+extern const char *log_program;  /* the prefix: "qcow2-nbd" or "qemu-nbd" */
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
@@ -92,15 +221,6 @@ struct conn_transport {
   void (*shutdown) (struct conn *conn);
 };
 
-/* Meta contexts a client may select (bit numbers of conn->meta). */
-enum meta_context {
-  META_BASE_ALLOCATION = 0,     /* "base:allocation" */
-  META_ALLOCATION_DEPTH = 1,    /* "qemu:allocation-depth" */
-  META_NR
-};
-/* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
-#define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
-
 struct conn {
   int fd;
   char peer[80];                /* printable peer address, for logs */
@@ -112,7 +232,7 @@ struct conn {
   const struct export *exp;
   bool no_zeroes;
   bool structured_replies;
-  uint32_t meta;                /* bitmask of enum meta_context */
+  uint64_t meta;                /* bitmask of enum meta_context */
 
   /* Worker-owned state (request.c). */
   struct worker *worker;
@@ -127,26 +247,164 @@ struct conn *conn_new (int fd, const char *peer);
 /* Close the transport and the socket and free the connection. */
 void conn_free (struct conn *conn);
 
-/* Blocking helpers for the handshake: read or write all bytes before the
- * deadline (CLOCK_MONOTONIC nanoseconds; 0 = none).  Return 0, or -1 with
- * errno set (ETIMEDOUT, ECONNRESET for EOF, ...). */
-int conn_read_full (struct conn *conn, void *buf, size_t len,
-                    uint64_t deadline);
-int conn_write_full (struct conn *conn, const void *buf, size_t len,
-                     uint64_t deadline);
-/* Read and throw away LEN bytes. */
-int conn_discard (struct conn *conn, uint64_t len, uint64_t deadline);
+/* Put the TLS session S (its handshake done) behind CONN's transport;
+ * conn_free closes it. */
+void conn_start_tls (struct conn *conn, struct tls_session *s);
 
+/* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t now_ns (void);
 
-/* ---- handshake.c: fixed newstyle negotiation -------------------------- */
+/* ---- handshake.c: fixed newstyle negotiation, as a state machine ----- */
 
-/* Run the handshake on a blocking connection.  Returns 1 when the client
- * entered the transmission phase (conn->exp and the negotiated flags
- * set), 0 when it ended the session cleanly (ABORT, LIST then hang up),
- * -1 on error or timeout (already logged). */
-int handshake_run (struct conn *conn, const struct export *exp,
-                   uint64_t deadline);
+/* The negotiation of one connection.  It never touches the socket: the
+ * caller moves its bytes (listener.c) and applies the time limit. */
+struct handshake;
+
+enum handshake_status {
+  HANDSHAKE_INPUT,      /* send the output, then feed input */
+  HANDSHAKE_STARTTLS,   /* send the output (the ACK), run the TLS
+                         * handshake, then handshake_tls_done() */
+  HANDSHAKE_DONE,       /* send the output, then the transmission phase
+                         * (conn->exp and the negotiated flags set) */
+  HANDSHAKE_END,        /* send the output if possible, then close: the
+                         * client ended the session cleanly */
+  HANDSHAKE_FAIL,       /* close now (already logged) */
+};
+
+/* The transmission flags of an export, read-only or not: what every
+ * connection is told (the handshake drops DF without structured
+ * replies). */
+uint16_t handshake_eflags (bool read_only);
+
+/* Start negotiating on CONN for EXP, with the greeting queued as
+ * output.  TLS_MODE is TLS_OFF unless the server can do TLS.  NULL when
+ * out of memory. */
+struct handshake *handshake_new (struct conn *conn, const struct export *exp,
+                                 enum tls_mode tls_mode);
+void handshake_free (struct handshake *hs);
+enum handshake_status handshake_status (const struct handshake *hs);
+
+/* Where the next input goes, and (*LEN) how many bytes at most: never
+ * more than the unit being read needs, so the bytes after the
+ * handshake stay in the socket.  *LEN is 0 while output is unsent or no
+ * input is wanted. */
+void *handshake_input_buf (struct handshake *hs, size_t *len);
+/* N bytes (N > 0) were put in the buffer handshake_input_buf gave. */
+void handshake_input (struct handshake *hs, size_t n);
+/* Reading failed with ERR (an errno; 0: the client hung up, ETIMEDOUT:
+ * the time ran out): logged as the stage calls for; the status becomes
+ * END or FAIL. */
+void handshake_input_error (struct handshake *hs, int err);
+
+/* The bytes waiting to be sent (*LEN may be 0, and then NULL). */
+const void *handshake_output (const struct handshake *hs, size_t *len);
+/* N of them were sent. */
+void handshake_output_sent (struct handshake *hs, size_t n);
+/* Sending failed with ERR: logged; the status becomes FAIL (or stays
+ * END). */
+void handshake_output_error (struct handshake *hs, int err);
+
+/* The TLS handshake after STARTTLS succeeded (conn_start_tls done):
+ * everything negotiated in clear text is forgotten. */
+void handshake_tls_done (struct handshake *hs);
+
+/* ---- negotiate.c: one handshake's bytes, moved without blocking ------ */
+
+struct negotiation;
+
+/* What a negotiation waits for after negotiate_run. */
+enum negotiate_next {
+  NEGOTIATE_WAIT_READ,          /* the socket to be readable */
+  NEGOTIATE_WAIT_WRITE,         /* ... writable */
+  NEGOTIATE_AGAIN,              /* nothing: it yielded, run it again soon */
+  NEGOTIATE_TRANSMISSION,       /* hand the connection to a worker */
+  NEGOTIATE_CLOSE,              /* close the connection (logged) */
+};
+
+/* Start negotiating on CONN (non-blocking socket) for EXP: the greeting
+ * is queued.  NULL when out of memory. */
+struct negotiation *negotiate_new (struct conn *conn,
+                                   const struct export *exp);
+/* Free the negotiation, not the connection. */
+void negotiate_free (struct negotiation *n);
+/* Move bytes, and step the TLS handshake, until the socket would block.
+ * *ACTIVE is set when any byte moved. */
+enum negotiate_next negotiate_run (struct negotiation *n, bool *active);
+/* After NEGOTIATE_CLOSE: did the client end the session itself (ABORT,
+ * or hung up between options)? */
+bool negotiate_ended_cleanly (const struct negotiation *n);
+/* The time limit ran out: log what it ran out in. */
+void negotiate_timed_out (struct negotiation *n);
+
+/* ---- sources.c: where connections come from (listener thread only) --- */
+
+/* A source's key: the address family, then the IPv4 address, the IPv6
+ * /64 or the Unix peer's uid. */
+#define SOURCE_KEY_SIZE 17
+/* Longest source_name. */
+#define SOURCE_NAME_MAX 64
+
+struct source {
+  struct source *next;          /* hash chain */
+  uint8_t key[SOURCE_KEY_SIZE];
+  unsigned count;               /* its connections, kept by the caller */
+  struct link lru;              /* ... least recently active first */
+};
+
+/* A table sized for about EXPECTED sources.  Returns 0 or -1 (logged). */
+int sources_init (unsigned expected);
+void sources_free (void);
+/* The key of the peer of socket FD, whose address is SS. */
+void source_key (int fd, const struct sockaddr_storage *ss, uint8_t *key);
+/* The source with KEY, or NULL. */
+struct source *source_find (const uint8_t *key);
+/* The source with KEY, made (count 0) if new; NULL when out of memory. */
+struct source *source_get (const uint8_t *key);
+/* Drop one from its count, and the source when none is left. */
+void source_put (struct source *src);
+/* The source as a log shows it ("192.0.2.1", "2001:db8::/64"). */
+void source_name (const struct source *src, char *buf, size_t len);
+
+/* ---- parse.c: transmission requests, parsed and checked -------------- */
+
+/* A request header off the wire.  The length is 64 bits for extended
+ * headers (issue 16); compact headers fill 32 of them. */
+struct nbd_request {
+  uint16_t flags, type;
+  uint64_t cookie, offset;
+  uint64_t length;
+};
+
+enum parse_result {
+  PARSE_NEED_MORE,              /* less than a header */
+  PARSE_BAD_MAGIC,              /* not a request: drop the connection */
+  PARSE_OK,
+};
+
+/* Bytes of a request header on CONN. */
+size_t parse_header_size (const struct conn *conn);
+/* Parse the header at P (AVAIL bytes there) into *R. */
+enum parse_result parse_request (const struct conn *conn, const uint8_t *p,
+                                 size_t avail, struct nbd_request *r);
+/* Bytes of payload that follow R's header on the wire. */
+uint64_t parse_payload_len (const struct conn *conn,
+                            const struct nbd_request *r);
+/* Bytes of data R holds in the server while in flight (its READ data,
+ * WRITE payload, BLOCK_STATUS extents): what backpressure counts. */
+uint64_t parse_cost (const struct nbd_request *r);
+/* May R run?  0, or the errno to answer it with and (in MSG, LEN bytes)
+ * why: bad flags, out of range, too long, no context for BLOCK_STATUS,
+ * a change to a read-only export, an unknown command.  A request that
+ * passes is safe for its command handler. */
+int parse_check (const struct conn *conn, const struct nbd_request *r,
+                 char *msg, size_t len);
+/* The command's name for messages ("WRITE_ZEROES"). */
+const char *cmd_name (uint16_t type);
+
+/* Bytes of request data one connection may hold (--max-inflight-bytes;
+ * request.c).  Set before the workers start. */
+#define SERVER_DEFAULT_MAX_INFLIGHT (32u * 1024 * 1024)
+extern uint64_t server_max_inflight;
 
 /* ---- sockets.c: listening sockets ------------------------------------- */
 
@@ -157,14 +415,16 @@ int sockets_listen (const struct server_config *cfg, int **fds);
 
 /* ---- listener.c: accepting connections -------------------------------- */
 
-/* Accept on FDS until server_stop() is called, running each handshake in
- * its own thread and handing finished ones to the workers. */
+/* Accept on FDS until server_stop() is called, negotiating with every
+ * client from one event loop (within the limits of CFG) and handing
+ * those that reach the transmission phase to the workers. */
 void listener_run (const struct server_config *cfg, const struct export *exp,
                    const int *fds, int nfds);
 /* Async-signal-safe: ask the listener to stop accepting. */
 void server_stop (void);
-/* Called by a worker when a connection it served has been freed. */
-void listener_conn_closed (void);
+/* Called when a connection has been freed; NEGOTIATED: it had reached
+ * the transmission phase (a worker served it). */
+void listener_conn_closed (bool negotiated);
 /* Also call FN (from a worker thread) whenever a connection is freed:
  * how attach.c, which has no listener, learns its last one is gone. */
 void listener_set_closed_hook (void (*fn) (void));
@@ -196,6 +456,12 @@ uint32_t nbd_errno (int err);
  * or does not fit in 64 bits. */
 int options_parse_size (const char *s, uint64_t *size);
 
+/* Parse a snapshot selector as qemu-nbd -l takes it into CFG: an ID or
+ * a name (cfg->snapshot), or "snapshot.id=ID,snapshot.name=NAME" (either
+ * part may be left out; ",," is a comma).  Returns 0, or -1 for an
+ * unknown key or an empty list. */
+int options_parse_snapshot (const char *arg, struct server_config *cfg);
+
 /* Report a command line error and exit with status 1: "qcow2-nbd:
  * PREFIXMSG 'ARG'" (the quoted ARG only when given, the whole line only
  * when MSG is), then a pointer to "qcow2-nbd SUBCMD --help". */
@@ -218,9 +484,6 @@ uint64_t options_l2_cache_size (options_bad_usage_fn bad_usage,
 /* --discard S, with qemu-nbd's names: true for unmap (or on), false for
  * ignore (or off). */
 bool options_discard (options_bad_usage_fn bad_usage, const char *s);
-
-/* The default of --threads: the CPUs this process may run on. */
-unsigned options_cpu_count (void);
 #define OPTIONS_MAX_THREADS 1024
 
 /* getopt_long returned C, ':' (missing argument) or '?' (unknown
@@ -230,15 +493,22 @@ void options_getopt_error (options_bad_usage_fn bad_usage, int c,
                            char **argv)
   __attribute__ ((noreturn));
 
-/* ---- startup.c: start-up steps every way of serving shares ---------- */
+/* ---- contexts.c: the meta contexts of the export ---------------------- */
 
-/* Open CFG's image and fill in EXP from CFG: the one export, its flags
- * and block sizes.  Returns 0, or -1 (logged, saying why). */
-int export_open (const struct server_config *cfg, struct export *exp);
-/* Close the image (flushing it: clean, when every write has ended). */
-void export_close (struct export *exp);
-/* Write our pid to PATH.  Returns 0 or -1 (logged). */
-int pid_file_write (const char *path);
+/* Fill EXP's meta context table: the fixed contexts, then one
+ * qemu:dirty-bitmap:NAME per cfg->bitmaps entry (duplicates once), its
+ * bitmap looked up in exp->img.  Returns 0, or -1 (logged: the bitmap is
+ * missing, inconsistent or cannot be loaded; exp->failed_bitmap names
+ * it). */
+int contexts_setup (struct export *exp, const struct server_config *cfg);
+void contexts_free (struct export *exp);
+
+/* ---- probe.c: image formats as QEMU probes them ----------------------- */
+
+/* The format QEMU 7.2 would guess for an image starting with B[0..LEN)
+ * named FILENAME (may be NULL): "qcow2", "raw", or the name of a format
+ * we do not serve ("vmdk", "vdi", "qcow", "luks", ...). */
+const char *probe_format (const uint8_t *b, size_t len, const char *filename);
 
 /* ---- kdev.c: the kernel's NBD driver (nbd.ko) ------------------------- */
 

@@ -3,8 +3,9 @@
  * (LISTEN_PID/LISTEN_FDS, fds from 3), a Unix socket (-k), or TCP on
  * every address getaddrinfo gives for -b/-p (by default the wildcard
  * addresses of both families).  When v4 and v6 are both bound, the v6
- * sockets get IPV6_V6ONLY so the two do not fight over the port.  Every
- * listening socket is non-blocking: the listener accepts after poll(2)
+ * sockets get IPV6_V6ONLY so the two do not fight over the port; in
+ * qemu-nbd's mode, one socket on the first address that binds, as QEMU
+ * does, with QEMU's messages.  Every listening socket is non-blocking: the listener accepts after poll(2)
  * says it is readable, and a connection reset in between must not block
  * it. */
 
@@ -112,14 +113,18 @@ activation_fds (const struct server_config *cfg, int **fds)
 }
 
 static int
-unix_socket (const char *path, int **fds)
+unix_socket (const struct server_config *cfg, int **fds)
 {
+  const char *path = cfg->socket_path;
   struct sockaddr_un addr = { .sun_family = AF_UNIX };
   struct stat st;
   CLEANUP_CLOSE int fd = -1;
 
   if (strlen (path) >= sizeof addr.sun_path) {
-    log_error ("%s: socket path too long", path);
+    if (cfg->qemu_compat)
+      log_error ("UNIX socket path '%s' is too long", path);
+    else
+      log_error ("%s: socket path too long", path);
     return -1;
   }
   strcpy (addr.sun_path, path);
@@ -154,10 +159,13 @@ unix_socket (const char *path, int **fds)
     return -1;
   }
   if (bind (fd, (struct sockaddr *) &addr, sizeof addr) == -1) {
-    log_error ("%s: bind: %m", path);
+    if (cfg->qemu_compat)
+      log_error ("Failed to bind socket to %s: %m", path);
+    else
+      log_error ("%s: bind: %m", path);
     return -1;
   }
-  if (listen (fd, SOMAXCONN) == -1) {
+  if (listen (fd, cfg->backlog > 0 ? cfg->backlog : SOMAXCONN) == -1) {
     log_error ("%s: listen: %m", path);
     unlink (path);
     return -1;
@@ -174,22 +182,24 @@ unix_socket (const char *path, int **fds)
   return 1;
 }
 
+/* Addresses to listen on, of both families.  No AI_ADDRCONFIG: on a
+ * host with only loopback configured it would hide ::, and clients of
+ * ::1 could not connect. */
+static const struct addrinfo listen_hints = {
+  .ai_flags = AI_PASSIVE,
+  .ai_family = AF_UNSPEC,
+  .ai_socktype = SOCK_STREAM,
+};
+
 static int
 tcp_sockets (const struct server_config *cfg, int **fds)
 {
-  struct addrinfo hints = {
-    /* No AI_ADDRCONFIG: on a host with only loopback configured it
-     * would hide ::, and clients of ::1 could not connect. */
-    .ai_flags = AI_PASSIVE,
-    .ai_family = AF_UNSPEC,
-    .ai_socktype = SOCK_STREAM,
-  };
   struct addrinfo *res, *ai;
   const char *port = cfg->port ? cfg->port : NBD_DEFAULT_PORT;
   bool have_v4 = false;
   int n = 0, max = 0, r;
 
-  r = getaddrinfo (cfg->bind_addr, port, &hints, &res);
+  r = getaddrinfo (cfg->bind_addr, port, &listen_hints, &res);
   if (r != 0) {
     log_error ("%s:%s: %s", cfg->bind_addr ? cfg->bind_addr : "*", port,
                r == EAI_SYSTEM ? strerror (errno) : gai_strerror (r));
@@ -257,7 +267,7 @@ tcp_sockets (const struct server_config *cfg, int **fds)
       close (fd);
       goto fail;
     }
-    if (listen (fd, SOMAXCONN) == -1) {
+    if (listen (fd, cfg->backlog > 0 ? cfg->backlog : SOMAXCONN) == -1) {
       log_error ("listen %s port %s: %m", host, serv);
       close (fd);
       goto fail;
@@ -285,6 +295,73 @@ tcp_sockets (const struct server_config *cfg, int **fds)
   return -1;
 }
 
+/* qemu-nbd's way (QEMU's inet_listen_saddr): one socket, on the first
+ * address of the list that can be bound, dual stack for IPv6, and
+ * QEMU's messages. */
+static int
+tcp_first_socket (const struct server_config *cfg, int **fds)
+{
+  struct addrinfo *res, *ai;
+  const char *port = cfg->port ? cfg->port : NBD_DEFAULT_PORT;
+  const char *host = cfg->bind_addr ? cfg->bind_addr : "0.0.0.0";
+  bool created = false;
+  int r, err = 0;
+
+  r = getaddrinfo (host, port, &listen_hints, &res);
+  if (r != 0) {
+    log_error ("address resolution failed for %s:%s: %s", host, port,
+               r == EAI_SYSTEM ? strerror (errno) : gai_strerror (r));
+    return -1;
+  }
+  for (ai = res; ai; ai = ai->ai_next) {
+    int fd, one = 1, zero = 0;
+
+    fd = socket (ai->ai_family,
+                 ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+                 ai->ai_protocol);
+    if (fd == -1) {
+      err = errno;
+      continue;
+    }
+    created = true;
+    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ai->ai_family == AF_INET6)
+      setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind (fd, ai->ai_addr, ai->ai_addrlen) == -1) {
+      err = errno;
+      close (fd);
+      if (err == EADDRINUSE)
+        continue;
+      freeaddrinfo (res);
+      log_error ("Failed to bind socket: %s", strerror (err));
+      return -1;
+    }
+    if (listen (fd, cfg->backlog > 0 ? cfg->backlog : SOMAXCONN) == -1) {
+      err = errno;
+      close (fd);
+      if (err == EADDRINUSE)
+        continue;
+      freeaddrinfo (res);
+      log_error ("Failed to listen on socket: %s", strerror (err));
+      return -1;
+    }
+    freeaddrinfo (res);
+    *fds = malloc (sizeof **fds);
+    if (*fds == NULL) {
+      close (fd);
+      log_error ("malloc: %m");
+      return -1;
+    }
+    (*fds)[0] = fd;
+    log_info ("listening on %s port %s", host, port);
+    return 1;
+  }
+  freeaddrinfo (res);
+  log_error ("%s: %s", created ? "Failed to find an available port"
+             : "Failed to create a socket", strerror (err));
+  return -1;
+}
+
 int
 sockets_listen (const struct server_config *cfg, int **fds)
 {
@@ -295,6 +372,8 @@ sockets_listen (const struct server_config *cfg, int **fds)
   if (n != 0)
     return n;
   if (cfg->socket_path)
-    return unix_socket (cfg->socket_path, fds);
+    return unix_socket (cfg, fds);
+  if (cfg->qemu_compat)
+    return tcp_first_socket (cfg, fds);
   return tcp_sockets (cfg, fds);
 }

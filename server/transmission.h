@@ -59,6 +59,7 @@ struct uring_op {
 struct bufpool {
   void **free[BUFPOOL_CLASSES];
   unsigned nfree[BUFPOOL_CLASSES];
+  size_t bytes;                 /* in the free lists */
 };
 
 struct request;
@@ -70,6 +71,7 @@ struct djob;
 struct dcache_entry {
   const struct qcow2_layer *layer;
   uint64_t host_offset;         /* of the compressed stream */
+  uint64_t stream_gen;          /* qcow2_extent.stream_gen */
   uint64_t stamp;               /* last use, for LRU */
   void *buf;                    /* the whole cluster, or NULL */
   unsigned cls;                 /* buf's pool class */
@@ -97,14 +99,16 @@ struct worker {
   struct uring_op wake_op;
 
   /* Data I/O goes through the worker's own fds (dup()s of the image's),
-   * indexed like qcow2_file_fd(). */
+   * indexed like qcow2_file_fd().  With export->direct_io, dfds holds a
+   * second, O_DIRECT, open file description of each (worker_data_fd). */
   int *fds;
+  int *dfds;                    /* NULL unless direct_io */
   size_t nr_fds;
 
   pthread_mutex_t lock;
   struct conn **handoff;        /* lock: connections not yet picked up */
-  /* Our decompressions done by other workers: a lock-free stack they
-   * push on, which we take whole (decompress.c). */
+  /* Our jobs done by other workers: a lock-free stack they push on,
+   * which we take whole (jobs.c). */
   struct djob *_Atomic done_jobs;
   size_t nr_handoff, cap_handoff; /* lock */
   atomic_uint nr_conns;         /* handed over and not yet freed */
@@ -133,7 +137,10 @@ struct worker {
   unsigned zc_pipes;            /* pipes held by requests */
   uint64_t zc_paused_until;     /* now_ns() before which reads are copied
                                  * (pipes could not be had) */
-  bool jobs_queued;             /* queued decompressions this iteration */
+  bool jobs_queued;             /* queued jobs this iteration */
+  /* Our deferred jobs still in the queue: the loop's wait is then
+   * bounded, so that we take them ourselves if nobody else does. */
+  atomic_uint deferred_jobs;
 };
 
 /* Bumped by workers_wakeup() before it kicks the workers.  A request
@@ -157,17 +164,25 @@ struct zpipe {
   int rfd, wfd;                 /* capacity: ZC_PIPE_SIZE */
 };
 
-/* Decompressing (part of) one cluster, possibly on another worker. */
+/* CPU-heavy work of a request that any worker may do (jobs.c):
+ * decompressing (part of) one cluster, or compressing a WRITE. */
 struct djob {
   struct djob *next;            /* shared queue, owner's done list */
   struct worker *owner;         /* whose request it is */
+  void (*run) (struct djob *j);     /* on any worker */
+  void (*finish) (struct djob *j);  /* then on the owner */
+  /* A long job (milliseconds): its owner leaves it to the others for
+   * JOB_DEFER_NS after queueing it (jobs.c). */
+  bool defer;
+  uint64_t queued_at;           /* now_ns() at jobs_submit */
+  /* Decompression: */
   const struct qcow2_layer *layer;
   const void *in;
   size_t in_len;
   void *out;                    /* the piece's bytes, or a pool buffer */
   unsigned out_cls;
   uint32_t out_len;             /* decode this much of the cluster */
-  int result;                   /* of qcow2_decompress_part */
+  int result;                   /* of the library call run() made */
 };
 
 /* One data read of a READ request: a DATA extent read into place, or a
@@ -209,7 +224,7 @@ struct request {
   uint16_t flags, type;
   uint64_t cookie, offset;
   uint32_t length;
-  uint64_t bytes;               /* counted against MAX_INFLIGHT_BYTES */
+  uint64_t bytes;               /* counted against server_max_inflight */
   bool queued;                  /* its reply is in the send queue */
 
   int err;                      /* errno to report, 0 = success */
@@ -236,6 +251,12 @@ struct request {
   struct qcow2_write *qw;
   struct wop *wops;
   struct iovec *wiov;
+  /* A WRITE through the compress filter: its begin, a job (writes.c),
+   * and what the job got back. */
+  struct djob wjob;
+  const struct qcow2_seg *wsegs;
+  size_t nwsegs;
+  unsigned wseq;                /* workers_wake_seq before the call */
 
   /* Inline room for the extents and pieces of a small READ. */
   struct qcow2_extent small_ext[SMALL_EXT];
@@ -288,6 +309,7 @@ struct conn_state {
   struct request *payload_req;  /* WRITE whose payload is coming in */
   uint32_t payload_got;         /* bytes of it in req->buf so far */
   bool paused;                  /* over the in-flight bounds */
+  uint64_t paused_cost;         /* ... by the next request, which holds */
   bool stop_read;               /* DISC, EOF, shutdown: read no more */
   bool dead;                    /* socket unusable: drop replies */
   const char *close_reason;
@@ -338,6 +360,26 @@ struct conn_state {
  * Never NULL. */
 struct io_uring_sqe *worker_get_sqe (struct worker *w);
 
+/* O_DIRECT needs the file offset, the length and the memory aligned:
+ * 4096 is enough on every Linux file system and block device. */
+#define DIRECT_ALIGN 4096
+
+/* The fd a data read or write of LEN bytes at host offset OFF of FILE,
+ * to or from BUF, goes through: the O_DIRECT one when the export wants
+ * O_DIRECT (cache=none, directsync) and everything is aligned, else the
+ * buffered one.  Both reach the same file; the kernel keeps the page
+ * cache coherent with direct I/O (writing back and invalidating the
+ * range), so mixing them is safe for requests NBD does not order. */
+static inline int
+worker_data_fd (const struct worker *w, unsigned file, uint64_t off,
+                uint64_t len, const void *buf)
+{
+  if (w->dfds != NULL && w->dfds[file] >= 0
+      && ((off | len | (uintptr_t) buf) & (DIRECT_ALIGN - 1)) == 0)
+    return w->dfds[file];
+  return w->fds[file];
+}
+
 /* Make room for N SQEs that must be submitted together (a linked
  * pair): submits queued ones if fewer are free. */
 void worker_reserve_sqes (struct worker *w, unsigned n);
@@ -347,10 +389,14 @@ void worker_reserve_sqes (struct worker *w, unsigned n);
 void *bufpool_get (struct worker *w, size_t size, unsigned *cls);
 void bufpool_put (struct worker *w, void *buf, unsigned cls);
 
+/* W's last connection has closed: give back cached memory. */
+void worker_idle (struct worker *w);
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);
 /* Kick one worker other than W (round robin), if there is one. */
 void workers_kick_other (struct worker *w);
+/* Are there workers to share jobs with (more than one running)? */
+bool workers_can_help (void);
 
 /* ---- request.c: parsing, dispatch, connection lifetime ---------------- */
 
@@ -369,12 +415,13 @@ void request_kill_all (struct worker *w);
 /* Free per-worker caches at thread exit. */
 void request_worker_cleanup (struct worker *w);
 
-/* The command's name for messages ("WRITE_ZEROES"). */
-const char *cmd_name (uint16_t type);
 /* Record the request's error (errno ERR and a message) unless it has one
  * already: the first error is the one reported. */
 void set_error (struct request *req, int err, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
+/* The request holds BYTES more until it is freed (counted by
+ * backpressure: memory it needed beyond its parse_cost). */
+void req_hold (struct request *req, uint64_t bytes);
 /* The request is finished: sent, or dropped with its connection. */
 void req_free (struct request *req);
 /* Queue the connection for request_service. */
@@ -462,10 +509,19 @@ bool decompress_cached (struct worker *w, const struct qcow2_extent *e,
  * (piece_done follows, from decompress_run), -1 on error (the
  * request's error set). */
 int decompress_submit (struct piece *pc);
-/* Finish the jobs others did for W, then do queued jobs, anyone's. */
-void decompress_run (struct worker *w);
 /* Free W's cache at thread exit. */
 void decompress_cache_free (struct worker *w);
+
+/* ---- jobs.c: CPU-heavy work over the workers -------------------------- */
+
+/* How long the owner of a deferred job leaves it to other workers. */
+#define JOB_DEFER_NS (200 * 1000)
+
+/* Queue J (run, finish and defer set) for any worker; W is its owner.
+ * The caller counts it in its connection's ops until finish(). */
+void jobs_submit (struct worker *w, struct djob *j);
+/* Finish the jobs others did for W, then do queued jobs, anyone's. */
+void jobs_run (struct worker *w);
 
 /* ---- zerocopy.c: READ data from the page cache to the socket ---------- */
 

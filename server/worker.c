@@ -8,17 +8,20 @@
  * read armed on, so the listener never touches a worker's ring.  The same
  * eventfd carries the library's wake-ups (workers_wakeup): an ended
  * allocation makes every worker retry the requests it parked; and
- * decompression jobs, which any worker may do (decompress.c). */
+ * CPU-heavy jobs (decompression, compression), which any worker may do
+ * (jobs.c). */
 
 #include <config.h>
 
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 
 #include "common/cleanup.h"
 #include "common/rounding.h"
@@ -49,7 +52,11 @@ atomic_uint workers_wake_seq;
 /* How many free buffers of a class a worker keeps: about 32 MiB worth per
  * class (at least 2, at most 128), enough to cover a busy connection's
  * in-flight reads so steady-state reads never hit malloc, which for large
- * sizes means mmap and page faults on every request. */
+ * sizes means mmap and page faults on every request.  All classes
+ * together keep at most POOL_MAX_BYTES: the pool is a cache, and the
+ * documented memory bound counts it at that. */
+#define POOL_MAX_BYTES (64u * 1024 * 1024)
+
 static unsigned
 pool_keep (unsigned cls)
 {
@@ -57,19 +64,48 @@ pool_keep (unsigned cls)
   return n < 2 ? 2 : n > 128 ? 128 : n;
 }
 
+/* Buffers of 128 KiB and more are mapped on their own rather than taken
+ * from malloc: malloc would keep freed ones in its arenas (its mmap
+ * threshold grows with the largest buffer freed), so the process would
+ * hold more than the pool says.  Mapped, a buffer the pool does not
+ * keep goes straight back to the kernel. */
+#define POOL_MMAP_CLS 5
+
+static size_t
+cls_size (unsigned cls)
+{
+  return (size_t) 1 << (cls + BUFPOOL_MIN_SHIFT);
+}
+
+static void
+buf_free (void *buf, unsigned cls)
+{
+  if (cls >= POOL_MMAP_CLS)
+    munmap (buf, cls_size (cls));
+  else
+    free (buf);
+}
+
 void *
 bufpool_get (struct worker *w, size_t size, unsigned *cls)
 {
   unsigned c = 0;
+  void *p;
 
-  while (c < BUFPOOL_CLASSES - 1 && ((size_t) 1 << (c + BUFPOOL_MIN_SHIFT)) < size)
+  while (c < BUFPOOL_CLASSES - 1 && cls_size (c) < size)
     c++;
-  if (((size_t) 1 << (c + BUFPOOL_MIN_SHIFT)) < size)
+  if (cls_size (c) < size)
     return NULL;
   *cls = c;
-  if (w->pool.nfree[c] > 0)
+  if (w->pool.nfree[c] > 0) {
+    w->pool.bytes -= cls_size (c);
     return w->pool.free[c][--w->pool.nfree[c]];
-  return aligned_alloc (4096, (size_t) 1 << (c + BUFPOOL_MIN_SHIFT));
+  }
+  if (c < POOL_MMAP_CLS)
+    return aligned_alloc (4096, cls_size (c));
+  p = mmap (NULL, cls_size (c), PROT_READ | PROT_WRITE,
+            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
 }
 
 void
@@ -79,10 +115,13 @@ bufpool_put (struct worker *w, void *buf, unsigned cls)
     return;
   if (w->pool.free[cls] == NULL)
     w->pool.free[cls] = calloc (pool_keep (cls), sizeof (void *));
-  if (w->pool.free[cls] && w->pool.nfree[cls] < pool_keep (cls))
+  if (w->pool.free[cls] && w->pool.nfree[cls] < pool_keep (cls)
+      && w->pool.bytes + cls_size (cls) <= POOL_MAX_BYTES) {
     w->pool.free[cls][w->pool.nfree[cls]++] = buf;
+    w->pool.bytes += cls_size (cls);
+  }
   else
-    free (buf);
+    buf_free (buf, cls);
 }
 
 static void
@@ -90,11 +129,23 @@ pool_destroy (struct worker *w)
 {
   for (unsigned c = 0; c < BUFPOOL_CLASSES; c++) {
     for (unsigned i = 0; i < w->pool.nfree[c]; i++)
-      free (w->pool.free[c][i]);
+      buf_free (w->pool.free[c][i], c);
     free (w->pool.free[c]);
     w->pool.free[c] = NULL;
     w->pool.nfree[c] = 0;
   }
+  w->pool.bytes = 0;
+}
+
+void
+worker_idle (struct worker *w)
+{
+  /* A worker with no connection keeps no buffers: what a burst of
+   * clients left in its pool, and in malloc's arenas, goes back to the
+   * kernel, so a quiet server is as small as a fresh one. */
+  if (w->pool.bytes > 0)
+    pool_destroy (w);
+  malloc_trim (0);
 }
 
 /* ---- ring helpers ----------------------------------------------------- */
@@ -202,7 +253,15 @@ worker_thread (void *arg)
     }
 
     int r;
-    if (!w->stopping)
+    if (atomic_load (&w->deferred_jobs) > 0) {
+      /* Jobs of ours wait for other workers: come back for them if
+       * nobody has taken them by then (jobs.c). */
+      struct __kernel_timespec ts = { .tv_nsec = JOB_DEFER_NS };
+      struct io_uring_cqe *unused;
+
+      r = io_uring_submit_and_wait_timeout (&w->ring, &unused, 1, &ts, NULL);
+    }
+    else if (!w->stopping)
       r = io_uring_submit_and_wait (&w->ring, 1);
     else {
       struct __kernel_timespec ts = { .tv_sec = 1 };
@@ -241,7 +300,7 @@ worker_thread (void *arg)
 
     if (woke)
       wake (w);
-    decompress_run (w);
+    jobs_run (w);
     request_service (w);
   }
 
@@ -282,6 +341,20 @@ ring_init (struct worker *w)
   return r;
 }
 
+/* A second open file description of file F of the image, with
+ * O_DIRECT (a dup would share the buffered one's flags): through
+ * /proc/self/fd, so it is the very file the library opened even if its
+ * name has changed since. */
+static int
+open_direct (const struct qcow2_image *img, size_t f)
+{
+  char path[64];
+
+  snprintf (path, sizeof path, "/proc/self/fd/%d", qcow2_file_fd (img, f));
+  return open (path, (qcow2_file_writable (img, f) ? O_RDWR : O_RDONLY)
+               | O_DIRECT | O_CLOEXEC);
+}
+
 int
 workers_start (const struct export *exp, unsigned n)
 {
@@ -311,6 +384,13 @@ workers_start (const struct export *exp, unsigned n)
       log_error ("worker %u: %m", i);
       return -1;
     }
+    if (exp->direct_io) {
+      w->dfds = calloc (nfiles ? nfiles : 1, sizeof *w->dfds);
+      if (w->dfds == NULL) {
+        log_error ("worker %u: %m", i);
+        return -1;
+      }
+    }
     for (size_t f = 0; f < nfiles; f++) {
       int fd = qcow2_file_fd (exp->img, f);
       if (fd < 0 || (w->fds[f] = fcntl (fd, F_DUPFD_CLOEXEC, 0)) < 0) {
@@ -319,6 +399,11 @@ workers_start (const struct export *exp, unsigned n)
         return -1;
       }
       w->nr_fds++;
+      if (w->dfds && (w->dfds[f] = open_direct (exp->img, f)) < 0) {
+        log_error ("Could not open '%s' with O_DIRECT: %m",
+                   qcow2_file_name (exp->img, f));
+        return -1;
+      }
     }
 
     w->efd = eventfd (0, EFD_CLOEXEC);
@@ -354,6 +439,12 @@ worker_kick (struct worker *w)
     log_error ("worker %u: eventfd write: %m", w->idx);
 }
 
+bool
+workers_can_help (void)
+{
+  return atomic_load (&nr_wakeable) >= 2;
+}
+
 void
 workers_kick_other (struct worker *w)
 {
@@ -376,7 +467,7 @@ workers_add_conn (struct conn *conn)
   if (flags == -1 || fcntl (conn->fd, F_SETFL, flags | O_NONBLOCK) == -1) {
     log_error ("%s: O_NONBLOCK: %m", conn->peer);
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (true);
     return;
   }
 
@@ -386,7 +477,7 @@ workers_add_conn (struct conn *conn)
       w = &workers[i];
   if (w == NULL) {
     conn_free (conn);
-    listener_conn_closed ();
+    listener_conn_closed (true);
     return;
   }
 
@@ -398,7 +489,7 @@ workers_add_conn (struct conn *conn)
       if (p == NULL) {
         log_error ("%s: %m", conn->peer);
         conn_free (conn);
-        listener_conn_closed ();
+        listener_conn_closed (true);
         return;
       }
       w->handoff = p;
@@ -439,9 +530,13 @@ workers_shutdown (void)
 
     io_uring_queue_exit (&w->ring);
     close (w->efd);
-    for (size_t f = 0; f < w->nr_fds; f++)
+    for (size_t f = 0; f < w->nr_fds; f++) {
       close (w->fds[f]);
+      if (w->dfds)
+        close (w->dfds[f]);
+    }
     free (w->fds);
+    free (w->dfds);
     free (w->no_zero_range);
     free (w->handoff);
     pthread_mutex_destroy (&w->lock);

@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 
 #include "common/checked-overflow.h"
+#include "common/iszero.h"
 #include "common/rounding.h"
 #include "qcow2/qcow2.h"
 #include "server/nbd-protocol.h"
@@ -93,16 +94,21 @@ request_retry_parked (struct worker *w)
 }
 
 /* A modifying command has done its work (ERR is 0 or a negative errno
- * from the library): with FUA, make it durable, then answer. */
+ * from the library): with FUA (or a writethrough export, for writes),
+ * make it durable unless flushes are off, then answer. */
 static void
 modify_done (struct request *req, int err)
 {
+  const struct export *exp = req->cs->conn->exp;
+
   if (err < 0) {
     reply_error (req, -err, "%s at offset %" PRIu64 ": %s",
                  cmd_name (req->type), req->offset, strerror (-err));
     return;
   }
-  if (req->flags & NBD_CMD_FLAG_FUA) {
+  if (((req->flags & NBD_CMD_FLAG_FUA)
+       || (exp->writethrough && req->type != NBD_CMD_TRIM))
+      && !exp->no_flush) {
     int r = qcow2_flush (req->cs->conn->exp->img);
     if (r < 0) {
       reply_error (req, -r, "flush after %s: %s", cmd_name (req->type),
@@ -124,11 +130,28 @@ modify_done_or_park (struct request *req, int r, unsigned seq)
     modify_done (req, r);
 }
 
+/* The fd WO's data goes through: O_DIRECT when the export wants it and
+ * every piece of the write is aligned (worker_data_fd). */
+static int
+wop_fd (const struct wop *wo)
+{
+  const struct worker *w = wo->req->cs->w;
+
+  if (w->dfds == NULL || wo->zero)
+    return wo->fd;
+  for (int i = 0; i < wo->iovcnt; i++)
+    if (worker_data_fd (w, wo->file, 0, wo->iov[i].iov_len,
+                        wo->iov[i].iov_base) == w->fds[wo->file])
+      return wo->fd;
+  return worker_data_fd (w, wo->file, wo->off, wo->left, NULL);
+}
+
 static void
 wop_submit (struct wop *wo)
 {
   struct conn_state *cs = wo->req->cs;
   struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  int fd = wop_fd (wo);
 
   if (wo->zero && !wo->write_zeros)
     io_uring_prep_fallocate (sqe, wo->fd, FALLOC_FL_ZERO_RANGE, wo->off,
@@ -137,10 +160,10 @@ wop_submit (struct wop *wo)
     io_uring_prep_write (sqe, wo->fd, zero_buf,
                          MIN (wo->left, (uint64_t) sizeof zero_buf), wo->off);
   else if (wo->iovcnt == 1)
-    io_uring_prep_write (sqe, wo->fd, wo->iov->iov_base, wo->iov->iov_len,
+    io_uring_prep_write (sqe, fd, wo->iov->iov_base, wo->iov->iov_len,
                          wo->off);
   else
-    io_uring_prep_writev (sqe, wo->fd, wo->iov, wo->iovcnt, wo->off);
+    io_uring_prep_writev (sqe, fd, wo->iov, wo->iovcnt, wo->off);
   io_uring_sqe_set_data (sqe, &wo->op);
   cs->ops++;
 }
@@ -159,6 +182,9 @@ wop_write_inline (struct wop *wo)
   ssize_t n;
 
   if (wo->zero || wo->left > INLINE_WRITE_MAX)
+    return false;
+  /* A direct write waits for the device: never on the worker itself. */
+  if (wop_fd (wo) != wo->fd)
     return false;
   t0 = now_ns ();
   if (t0 < w->inline_writes_after)
@@ -264,21 +290,122 @@ seg_adjacent (const struct qcow2_seg *a, const struct qcow2_seg *b)
     && (a->source == QCOW2_SEG_ZERO) == (b->source == QCOW2_SEG_ZERO);
 }
 
+/* A raw image whose format was probed: QEMU refuses a write that would
+ * make its first sector probe as another format (probe.c), judging the
+ * sector as it would be after the write.  Returns 0 or -EPERM (-errno
+ * if the sector cannot be read). */
+static int
+check_probed_sector (struct request *req)
+{
+  const struct export *exp = req->cs->conn->exp;
+  uint8_t sector[512];
+  size_t n;
+  int r;
+
+  if (!exp->probed_raw || req->offset >= sizeof sector
+      || exp->size < sizeof sector)
+    return 0;
+  if (req->offset > 0 || req->length < sizeof sector) {
+    r = qcow2_pread (exp->img, sector, sizeof sector, 0);
+    if (r < 0)
+      return r;
+  }
+  n = MIN ((uint64_t) req->length, sizeof sector - req->offset);
+  memcpy (sector + req->offset, req->buf, n);
+  if (strcmp (probe_format (sector, sizeof sector, NULL), "raw") != 0)
+    return -EPERM;
+  return 0;
+}
+
+static void write_submit (struct request *req, int r,
+                          const struct qcow2_seg *segs, size_t nsegs,
+                          unsigned seq);
+
+/* A WRITE through QEMU's compress filter: compressing its clusters
+ * takes about a millisecond per 64 KiB, so qcow2_write_compressed_begin
+ * runs as a job that any worker may do (jobs.c), and the owner submits
+ * the host writes when it comes back. */
+static void
+cwrite_run (struct djob *j)
+{
+  struct request *req = container_of (j, struct request, wjob);
+  const struct export *exp = req->cs->conn->exp;
+  unsigned flags = 0;
+
+  /* detect-zeroes looks at the request widened to whole clusters,
+   * which only the library reads. */
+  if (exp->detect_zeroes != DETECT_ZEROES_OFF)
+    flags |= QCOW2_DETECT_ZEROES;
+  if (exp->detect_zeroes == DETECT_ZEROES_UNMAP && exp->discard_unmap)
+    flags |= QCOW2_MAY_UNMAP;
+  req->wseq = atomic_load (&workers_wake_seq);
+  j->result = qcow2_write_compressed_begin (exp->img, req->offset,
+                                            req->length, req->buf, flags,
+                                            &req->qw, &req->wsegs,
+                                            &req->nwsegs);
+}
+
+static void
+cwrite_finish (struct djob *j)
+{
+  struct request *req = container_of (j, struct request, wjob);
+
+  req->cs->ops--;               /* taken by write_start */
+  write_submit (req, j->result, req->wsegs, req->nwsegs, req->wseq);
+}
+
 /* Start (or, after QCOW2_BLOCKED, retry) a WRITE whose payload is in
  * req->buf: ask the library for the host writes, then submit them all
- * at once, one per host-contiguous run. */
+ * at once, one per host-contiguous run.  With detect-zeroes, a payload
+ * of zeros is a zeroing instead (as QEMU, deallocating only with
+ * detect-zeroes=unmap and --discard=unmap). */
 static void
 write_start (struct request *req)
 {
   struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
   const struct qcow2_seg *segs;
-  size_t nsegs = 0, nops = 0;
+  size_t nsegs = 0;
   unsigned seq = atomic_load (&workers_wake_seq);
+  const struct export *exp = cs->conn->exp;
   int r;
 
-  r = qcow2_write_begin (cs->conn->exp->img, req->offset, req->length, 0,
+  r = check_probed_sector (req);
+  if (r < 0) {
+    modify_done (req, r);
+    return;
+  }
+  if (exp->compress) {
+    req->wjob = (struct djob) { .run = cwrite_run, .finish = cwrite_finish,
+                                .defer = true };
+    cs->ops++;
+    jobs_submit (cs->w, &req->wjob);
+    return;
+  }
+  if (exp->detect_zeroes != DETECT_ZEROES_OFF
+      && is_zero (req->buf, req->length)) {
+    unsigned flags = 0;
+
+    if (exp->detect_zeroes == DETECT_ZEROES_UNMAP && exp->discard_unmap)
+      flags |= QCOW2_MAY_UNMAP;
+    r = qcow2_zero (exp->img, req->offset, req->length, flags);
+    modify_done_or_park (req, r, seq);
+    return;
+  }
+  r = qcow2_write_begin (exp->img, req->offset, req->length, 0,
                          &req->qw, &segs, &nsegs);
+  write_submit (req, r, segs, nsegs, seq);
+}
+
+/* The library answered a WRITE's begin (made when workers_wake_seq was
+ * SEQ) with R and SEGS: park it, fail it, or submit its host writes. */
+static void
+write_submit (struct request *req, int r, const struct qcow2_seg *segs,
+              size_t nsegs, unsigned seq)
+{
+  struct conn_state *cs = req->cs;
+  struct worker *w = cs->w;
+  size_t nops = 0;
+
   if (r != 0)
     req->qw = NULL;             /* no write handle to end */
   if (r == QCOW2_BLOCKED) {
@@ -386,12 +513,18 @@ cmd_write_zeroes (struct request *req)
     modify_done (req, 0);
     return;
   }
-  /* As in QEMU, deallocating needs both the client's leave (no NO_HOLE)
-   * and the server's (--discard=unmap). */
-  if (exp->discard_unmap && !(req->flags & NBD_CMD_FLAG_NO_HOLE))
+  /* Without NO_HOLE the client lets us deallocate, and qemu-nbd 7.2
+   * does, whatever --discard says: qcow2 clusters become zero clusters
+   * without a host cluster, a raw file gets a hole.  --discard=unmap
+   * decides only whether freed qcow2 clusters are also punched out of
+   * the file (punch_discarded). */
+  if (!(req->flags & NBD_CMD_FLAG_NO_HOLE))
     flags |= QCOW2_MAY_UNMAP;
   if (req->flags & NBD_CMD_FLAG_FAST_ZERO)
     flags |= QCOW2_FAST_ZERO;
+  /* Partial clusters are written compressed, as QEMU's filter does. */
+  if (exp->compress)
+    flags |= QCOW2_COMPRESSED;
 
   seq = atomic_load (&workers_wake_seq);
   r = qcow2_zero (exp->img, req->offset, req->length, flags);
@@ -431,7 +564,7 @@ cmd_flush (struct request *req)
   /* Covers every write already answered, on every connection: those
    * have all ended (qcow2_write_end) before their replies were queued,
    * and qcow2_flush covers every ended write, whatever thread made it. */
-  if (exp->read_only) {
+  if (exp->read_only || exp->no_flush) {
     reply_plain (req);
     return;
   }

@@ -136,7 +136,9 @@ zc_start (struct request *req, bool zero_fill)
   const struct qcow2_image *img = conn->exp->img;
   size_t pieces = 0, pages = 0;
 
+  /* cache=none: the page cache is what the user asked us to avoid. */
   if (conn->transport->splice == NULL || req->length < ZC_MIN_LENGTH
+      || w->dfds != NULL
       || req->cs->zc_pipes >= ZC_CONN_PIPES
       || w->zc_pipes >= ZC_WORKER_PIPES
       || (w->zc_paused_until && now_ns () < w->zc_paused_until))

@@ -372,6 +372,185 @@ try:
 except subprocess.CalledProcessError:
     pass
 
+# ---- bitmap directories (issue 13) ---------------------------------------
+# bm.qcow2: b0 (64k granules) and b1 (512 B granules: one data cluster)
+# dirtied after they were made, dis (disabled, clean).  Read-only opens
+# check the directory; tables are checked where they are used: writable
+# opens (flag writable) and bitmaps asked for (flag bitmap=NAME).
+
+BITMAPS_EXT = 0x23852875
+BME_FLAGS, BME_TYPE, BME_GRAN, BME_NAME_SIZE, BME_EXTRA = 12, 16, 17, 18, 20
+
+
+def bm_dir(path):
+    """(ext offset, dir offset, [entry dicts])"""
+    eo, _ = find_ext(path, BITMAPS_EXT)
+    nb, dsize, doff = rd(path, eo + 8, 'I'), rd(path, eo + 16, 'Q'), \
+        rd(path, eo + 24, 'Q')
+    out, pos = [], doff
+    for _ in range(nb):
+        ns, ex = rd(path, pos + BME_NAME_SIZE, 'H'), rd(path, pos + BME_EXTRA, 'I')
+        with open(path, 'rb') as fh:
+            fh.seek(pos + 24 + ex)
+            name = fh.read(ns).decode()
+        out.append({'pos': pos, 'name': name,
+                    'table': rd(path, pos, 'Q'), 'size': rd(path, pos + 8, 'I'),
+                    'flags': rd(path, pos + BME_FLAGS, 'I')})
+        pos += (24 + ex + ns + 7) // 8 * 8
+    return eo, doff, out
+
+
+def bm_case(name, patch, kind, err='EINVAL', keyword='', flags=''):
+    f = copy('bm.qcow2', name)
+    eo, doff, ents = bm_dir(f)
+    patch(f, eo, doff, {e['name']: e for e in ents})
+    if kind == 'refuse':
+        refuse(f, err, keyword, flags)
+    else:
+        read(f, keyword=keyword, flags=flags)
+
+
+try:
+    f = copy('base.qcow2', 'bm.qcow2')
+    qemu_img('bitmap', '--add', f, 'b0')
+    qemu_img('bitmap', '--add', '-g', '512', f, 'b1')
+    qemu_img('bitmap', '--add', '--disable', f, 'dis')
+    qemu_io(f, 'write -P 0xaa 0 1M')
+    read(f, flags='bitmap=b1')
+    read(f, flags='writable,bitmap=b0')
+    E = bm_dir(f)[2]
+    assert [e['name'] for e in E] == ['b0', 'b1', 'dis'], E
+    b1_data = rd(f, E[1]['table'], 'Q')
+    assert b1_data != 0
+
+    # The extension and the directory's shape.
+    bm_case('bm-count-more.qcow2', lambda f, eo, d, e: wr(f, eo + 8, 'I', 4),
+            'refuse', keyword='holds 3 bitmaps')
+    bm_case('bm-count-less.qcow2', lambda f, eo, d, e: wr(f, eo + 8, 'I', 2),
+            'refuse', keyword='more bitmaps')
+    bm_case('bm-count-huge.qcow2',
+            lambda f, eo, d, e: wr(f, eo + 8, 'I', 65536), 'refuse',
+            keyword='number of bitmaps')
+    bm_case('bm-dir-size-huge.qcow2',
+            lambda f, eo, d, e: wr(f, eo + 16, 'Q', 1 << 40), 'refuse',
+            keyword='directory size')
+    bm_case('bm-dir-unaligned.qcow2',
+            lambda f, eo, d, e: wr(f, eo + 24, 'Q', d + 8), 'refuse',
+            keyword='unaligned')
+    bm_case('bm-dir-on-l1.qcow2',
+            lambda f, eo, d, e: wr(f, eo + 24, 'Q', l1), 'refuse',
+            keyword='bitmap')
+    # Entries.
+    bm_case('bm-name-size-zero.qcow2',
+            lambda f, eo, d, e: wr(f, e['dis']['pos'] + BME_NAME_SIZE, 'H', 0),
+            'refuse', keyword='name size')
+    bm_case('bm-name-size-huge.qcow2',
+            lambda f, eo, d, e: wr(f, e['b1']['pos'] + BME_NAME_SIZE, 'H',
+                                   0xffff), 'refuse', keyword='broken')
+    bm_case('bm-name-nul.qcow2',
+            lambda f, eo, d, e: wr(f, e['b0']['pos'] + 25, 'B', 0),
+            'refuse', keyword='NUL')
+    bm_case('bm-name-dup.qcow2',
+            lambda f, eo, d, e: wrbytes(f, e['b1']['pos'] + 24, b'b0'),
+            'refuse', keyword="two bitmaps are named 'b0'")
+    # A name that would upset a terminal is printed defused.
+    bm_case('bm-name-escape.qcow2',
+            lambda f, eo, d, e: (wrbytes(f, e['b1']['pos'] + 24, b'\x1b['),
+                                 wr(f, e['b1']['pos'] + BME_TYPE, 'B', 2)),
+            'refuse', keyword="bitmap '?[' has unknown type 2")
+
+    def whole_dir_cluster(f, d):
+        # qemu-img writes the directory last, unpadded: make its cluster
+        # whole, zeros after the directory.
+        with open(f, 'r+b') as fh:
+            fh.truncate(max(os.path.getsize(f), d + CS))
+
+    def extra(f, eo, d, e):
+        # The last entry grows by 8 bytes of extra data (zeros).
+        whole_dir_cluster(f, d)
+        wr(f, e['dis']['pos'] + BME_EXTRA, 'I', 8)
+        wr(f, eo + 16, 'Q', rd(f, eo + 16, 'Q') + 8)
+    bm_case('bm-extra-data.qcow2', extra, 'refuse', 'ENOTSUP', 'extra data')
+    bm_case('bm-flags-reserved.qcow2',
+            lambda f, eo, d, e: wr(f, e['b0']['pos'] + BME_FLAGS, 'I', 2 | 4),
+            'refuse', keyword='reserved flags')
+    for g in (8, 32):
+        bm_case('bm-granularity-%d.qcow2' % g,
+                lambda f, eo, d, e: wr(f, e['b0']['pos'] + BME_GRAN, 'B', g),
+                'refuse', keyword='granularity')
+    for nm, val in (('zero', 0), ('huge', 0x8000001)):
+        bm_case('bm-table-size-%s.qcow2' % nm,
+                lambda f, eo, d, e: wr(f, e['b1']['pos'] + 8, 'I', val),
+                'refuse', keyword='table size')
+    bm_case('bm-table-size-wrong.qcow2',
+            lambda f, eo, d, e: wr(f, e['b1']['pos'] + 8, 'I', 2),
+            'refuse', keyword='the disk size needs 1')
+    for nm, val in (('zero', 0), ('unaligned', E[0]['table'] + 512),
+                    ('huge', 0xfffffffffffff000)):
+        bm_case('bm-table-offset-%s.qcow2' % nm,
+                lambda f, eo, d, e: wr(f, e['b0']['pos'], 'Q', val),
+                'refuse', keyword='outside the file')
+    # In use (a crash): opens, and is refused only when asked for; a
+    # stale table size is allowed then, as QEMU allows it.
+    def in_use(f, eo, d, e):
+        wr(f, e['b1']['pos'] + BME_FLAGS, 'I', 3)
+        wr(f, e['b1']['pos'] + 8, 'I', 2)
+    bm_case('bm-in-use.qcow2', in_use, 'read', flags='writable')
+    bm_case('bm-in-use-asked.qcow2', in_use, 'refuse',
+            keyword="bitmap 'b1' is inconsistent", flags='bitmap=b1')
+    refuse('bm.qcow2', 'ENOENT', "bitmap 'nope' is not found",
+           'bitmap=nope')
+
+    # Table entries: checked where the table is used.
+    for nm, val in (('reserved', b1_data | 2), ('unaligned', b1_data + 512),
+                    ('past-eof', 0x00fffffffffff000),
+                    ('ones-with-offset', b1_data | 1)):
+        def patch(f, eo, d, e, val=val):
+            wr(f, e['b1']['table'], 'Q', val)
+        bm_case('bm-entry-%s.qcow2' % nm, patch, 'read')
+        bm_case('bm-entry-%s-rw.qcow2' % nm, patch, 'refuse',
+                keyword='table entry 0', flags='writable')
+        bm_case('bm-entry-%s-asked.qcow2' % nm, patch, 'refuse',
+                keyword='table entry 0', flags='bitmap=b1')
+    bm_case('bm-entry-all-ones.qcow2',
+            lambda f, eo, d, e: wr(f, e['b1']['table'], 'Q', 1), 'read',
+            flags='writable,bitmap=b1')
+
+    # Clusters a writable open would write or free: used once, by the
+    # bitmaps only, with a refcount.
+    bm_case('bm-shared-table.qcow2',
+            lambda f, eo, d, e: wr(f, e['b1']['pos'], 'Q', e['b0']['table']),
+            'refuse', keyword='both use cluster', flags='writable')
+    bm_case('bm-table-on-reftable.qcow2',
+            lambda f, eo, d, e: wr(f, e['dis']['pos'], 'Q',
+                                   rd(f, RT_OFF, 'Q')),
+            'refuse', keyword='other metadata', flags='writable')
+    rb = rd('bm.qcow2', rd('bm.qcow2', RT_OFF, 'Q'), 'Q')
+    bm_case('bm-data-on-refblock.qcow2',
+            lambda f, eo, d, e: wr(f, e['b1']['table'], 'Q', rb),
+            'refuse', keyword='other metadata', flags='writable')
+    bm_case('bm-data-on-dir.qcow2',
+            lambda f, eo, d, e: (whole_dir_cluster(f, d),
+                                 wr(f, e['b1']['table'], 'Q', d)),
+            'refuse', keyword='bitmap directory', flags='writable')
+
+    def refcount_zero(f, eo, d, e):
+        end = (os.path.getsize(f) + CS - 1) // CS * CS
+        with open(f, 'r+b') as fh:
+            fh.truncate(end + CS)
+        wr(f, e['b1']['table'], 'Q', end)
+    bm_case('bm-data-refcount-zero.qcow2', refcount_zero, 'refuse',
+            keyword='refcount is 0', flags='writable')
+
+    # Memory: two 512 MiB bitmaps (a 2 TiB disk at 512 B granules) are
+    # more than a writable open may hold.
+    qemu_img('create', '-q', '-f', 'qcow2', 'bm-2t.qcow2', '2T')
+    qemu_img('bitmap', '--add', '-g', '512', 'bm-2t.qcow2', 'g1')
+    qemu_img('bitmap', '--add', '-g', '512', 'bm-2t.qcow2', 'g2')
+    refuse('bm-2t.qcow2', 'ENOMEM', 'more than 1024 MiB', 'writable')
+except subprocess.CalledProcessError:
+    pass
+
 # Other formats and layouts that must read correctly.
 qemu_img('create', '-q', '-f', 'qcow2', '-o', 'compat=0.10,cluster_size=512',
          'v2.qcow2', '1M')

@@ -22,9 +22,13 @@ def main():
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", int(where)))
     else:
+        # Bound under another name and renamed once listening, so the
+        # path never names a socket that refuses connections.
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(where)
+        s.bind(where + ".tmp")
     s.listen(128)
+    if not where.isdigit():
+        os.rename(where + ".tmp", where)
     if s.fileno() != 3:
         os.dup2(s.fileno(), 3)
         s.close()
@@ -33,7 +37,7 @@ def main():
     env["LISTEN_FDS"] = "1"
     env["LISTEN_PID"] = str(os.getpid())
     env["LISTEN_FDNAMES"] = "nbd"
-    os.execve(argv[0], argv, env)
+    os.execvpe(argv[0], argv, env)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # Space given back and nothing leaked: with --discard=unmap, clusters a
 # guest frees by TRIM or by WRITE_ZEROES without NO_HOLE are punched out
 # of the image file, so its allocated size follows the guest as with
-# qemu-nbd (run side by side here on the same guest actions); and every
+# qemu-nbd (run side by side here on the same guest actions, which must
+# also leave the same clusters allocated, zero or gone); and every
 # clean close writes out the refcount decrements it committed, so
 # `qemu-img check` finds no leak (exit 0) after TRIM, WRITE_ZEROES with
 # and without NO_HOLE, overwrites of compressed clusters and of clusters
@@ -22,6 +23,16 @@ ops="$PYTHON $abs_top_srcdir/tests/nbd-ops.py"
 alloc_kib ()
 {
   echo $(( $(stat -c '%b * %B' "$1") / 1024 ))
+}
+
+# qemu-img map without host offsets: what is data, zero or absent.
+map_of ()
+{
+  qemu-img map --output=json "$1" |
+    "$PYTHON" -c 'import json, sys
+for e in json.load(sys.stdin):
+    print(e["start"], e["length"], e["depth"], e["zero"], e["data"],
+          "offset" in e)'
 }
 
 # Does the file system under $tmpdir punch holes at all?
@@ -79,6 +90,12 @@ same_as_qemu ()
   check_clean "$ours" "$what"
   qemu-img compare -q "$ours" "$theirs" ||
     fail "$what: contents differ from qemu-nbd's"
+  # Which clusters are allocated, zero or gone must match too (host
+  # offsets may differ).
+  map_of "$ours" >"$tmpdir/ours.map"
+  map_of "$theirs" >"$tmpdir/theirs.map"
+  diff -u "$tmpdir/theirs.map" "$tmpdir/ours.map" >&2 ||
+    fail "$what: allocation differs from qemu-nbd's"
   a=$(alloc_kib "$ours") b=$(alloc_kib "$theirs")
   echo "$what: allocated $a KiB (qemu-nbd: $b KiB)"
   if [ "$can_punch" = 1 ] && (( a > b + 1024 || b > a + 1024 )); then

@@ -51,6 +51,7 @@ log_reset (void)
 static const struct { const char *name; int err; } errnos[] = {
   { "EINVAL", EINVAL }, { "ENOTSUP", ENOTSUP }, { "ENOENT", ENOENT },
   { "EROFS", EROFS }, { "EIO", EIO }, { "ELOOP", ELOOP },
+  { "ENOMEM", ENOMEM },
 };
 
 static int
@@ -71,6 +72,8 @@ struct flags {
   const char *zeros;           /* range that must read as zeros, or "-" */
   bool writable, corrupt;
   unsigned depth, layers;
+  const char *bitmap;          /* qcow2_bitmap_get it after the open */
+  const char *snapshot;        /* qcow2_open_opts.snapshot */
 };
 
 static void
@@ -94,6 +97,10 @@ parse_flags (char *s, struct flags *fl)
       fl->depth = atoi (tok + 6);
     else if (strncmp (tok, "layers=", 7) == 0)
       fl->layers = atoi (tok + 7);
+    else if (strncmp (tok, "bitmap=", 7) == 0)
+      fl->bitmap = tok + 7;
+    else if (strncmp (tok, "snapshot=", 9) == 0)
+      fl->snapshot = tok + 9;
     else {
       fprintf (stderr, "test-hostile: unknown flag %s\n", tok);
       exit (EXIT_FAILURE);
@@ -158,6 +165,36 @@ open_opts (const struct flags *fl, struct qcow2_open_opts *opts)
   opts->writable = fl->writable;
   opts->max_backing_depth = fl->depth;
   opts->log = log_cb;
+  opts->snapshot = fl->snapshot;
+}
+
+/* With a bitmap= flag: get the bitmap of the open IMG, and walk its runs
+ * over the whole disk (they must tile it).  0 or the -errno of
+ * qcow2_bitmap_get. */
+static int
+get_bitmap (const char *image, struct qcow2_image *img,
+            const struct flags *fl)
+{
+  struct qcow2_bitmap *bm;
+  uint64_t off = 0, size = qcow2_virtual_size (img);
+  int r;
+
+  if (fl->bitmap == NULL)
+    return 0;
+  r = qcow2_bitmap_get (img, fl->bitmap, &bm);
+  if (r < 0)
+    return r;
+  while (off < size) {
+    bool dirty;
+    uint64_t n = qcow2_bitmap_extent (bm, off, size - off, &dirty);
+
+    if (n == 0 || n > size - off) {
+      fail (image, "bitmap run of %" PRIu64 " bytes at %" PRIu64, n, off);
+      break;
+    }
+    off += n;
+  }
+  return 0;
 }
 
 static void
@@ -170,7 +207,17 @@ case_refuse (const char *image, const char *errname, const char *keyword,
 
   open_opts (fl, &opts);
   r = qcow2_open (image, &opts, &img);
-  if (r == 0) {
+  if (r == 0 && fl->bitmap) {
+    /* Refused when the bitmap is asked for, then. */
+    r = get_bitmap (image, img, fl);
+    qcow2_close (img);
+    img = NULL;
+    if (r == 0) {
+      fail (image, "bitmap %s loaded, expected -%s", fl->bitmap, errname);
+      return;
+    }
+  }
+  else if (r == 0) {
     fail (image, "opened, expected -%s", errname);
     qcow2_close (img);
     return;
@@ -212,6 +259,9 @@ case_read (const char *image, const char *ranges, const char *keyword,
     fail (image, "log does not mention \"%s\" after open", keyword);
   if (log_errors)
     fail (image, "open succeeded but logged an error");
+  r = get_bitmap (image, img, fl);
+  if (r < 0)
+    fail (image, "bitmap %s: %s", fl->bitmap, strerror (-r));
   if (fl->layers && qcow2_chain_depth (img) != fl->layers)
     fail (image, "chain depth %u, expected %u", qcow2_chain_depth (img),
           fl->layers);

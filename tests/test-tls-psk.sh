@@ -74,7 +74,7 @@ ok "nbdinfo, nbdcopy, PSK"
 
 start_good_loop "$psk_uri" "$ref"
 
-refused "plain nbdinfo" "TLS is required" \
+refused "plain nbdinfo" "not permitted before TLS" \
   env LIBNBD_DEBUG=1 nbdinfo "nbd://127.0.0.1:$psk_port"
 grep -q 'TLS' "$tmpdir/refused.out" ||
   fail "plain nbdinfo: no mention of TLS: $(cat "$tmpdir/refused.out")"

@@ -187,11 +187,11 @@ ok "slow reader, 64 MiB queued, TLS 1.3 and 1.2"
 start_good_loop "$nbds?tls-certificates=$good" "$ref"
 
 # No TLS at all against a server that requires it.
-refused "plain nbdinfo" "TLS is required" \
+refused "plain nbdinfo" "not permitted before TLS" \
   env LIBNBD_DEBUG=1 nbdinfo "nbd://127.0.0.1:$tls_port/disk1"
 grep -q 'TLS' "$tmpdir/refused.out" ||
   fail "plain nbdinfo: no mention of TLS: $(cat "$tmpdir/refused.out")"
-refused "plain qemu-img" "TLS is required" \
+refused "plain qemu-img" "not permitted before TLS" \
   qemu-img info "nbd://127.0.0.1:$tls_port/disk1"
 grep -q 'TLS' "$tmpdir/refused.out" ||
   fail "plain qemu-img: no mention of TLS: $(cat "$tmpdir/refused.out")"

@@ -28,8 +28,11 @@ test_qcow2_read_LDADD = ../qcow2/libqcow2.la
 test_qcow2_cache_SOURCES = test-qcow2-cache.c
 test_qcow2_cache_LDADD = ../qcow2/libqcow2.la -lpthread
 
-# test-plugin.sh skips when the plugin is ASan-instrumented: a plain
-# nbdkit cannot dlopen it.
+# test-plugin.sh skips when the plugin is instrumented (ASan or TSan):
+# a plain nbdkit cannot dlopen it.
 if ENABLE_SANITIZERS
+TESTS_ENVIRONMENT += QCOW2NBD_SANITIZERS=1
+endif
+if ENABLE_TSAN
 TESTS_ENVIRONMENT += QCOW2NBD_SANITIZERS=1
 endif

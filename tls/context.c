@@ -1,16 +1,18 @@
 /* SPDX-License-Identifier: MIT */
 /* The shared TLS context: X.509 credentials in the qemu/nbdkit directory
- * layout, client certificate verification and the authz allow-list, PSK
+ * layout, client certificate verification and authorization (an
+ * allow-list file, or qemu-nbd's authz rules with glob patterns), PSK
  * in psktool's file format for both protocol versions, and the SSL_CTX
  * settings that make the GnuTLS clients everyone uses (qemu, libnbd,
  * nbd-client) accept us: TLS 1.2 and 1.3 only, suites in an order those
  * clients can live with.  Everything here is read-only after
- * tls_ctx_new(), so handshake threads and workers share it without
+ * tls_ctx_new(), so the listener and the workers share it without
  * locks. */
 
 #include <config.h>
 
 #include <ctype.h>
+#include <fnmatch.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +218,24 @@ load_psk_file (struct tls_ctx *ctx, const char *path)
   return r;
 }
 
+/* Append a copy of RULE to the context's rules.  -1: out of memory. */
+static int
+add_authz_rule (struct tls_ctx *ctx, const struct tls_authz_rule *rule)
+{
+  struct tls_authz_rule *r;
+
+  r = realloc (ctx->authz, (ctx->nr_authz + 1) * sizeof *r);
+  if (r == NULL)
+    return -1;
+  ctx->authz = r;
+  r[ctx->nr_authz] = *rule;
+  r[ctx->nr_authz].match = strdup (rule->match);
+  if (r[ctx->nr_authz].match == NULL)
+    return -1;
+  ctx->nr_authz++;
+  return 0;
+}
+
 /* One distinguished name per line, exactly as tls_format_dn() prints it;
  * blank lines and lines starting with '#' are ignored. */
 static int
@@ -230,27 +250,21 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
     log_error ("tls: %s: %m", path);
     return -1;
   }
-  /* An empty allow-list is legal: it admits nobody.  Keep the array
-   * non-NULL so that "authz on" is visible. */
-  ctx->authz = calloc (1, sizeof *ctx->authz);
-  if (ctx->authz == NULL)
-    goto nomem;
+  /* An empty allow-list is legal: it admits nobody. */
+  ctx->authz_on = true;
+  ctx->authz_what = "the authz file";
   while ((n = getline (&line, &cap, fp)) != -1) {
-    char *s = line, **authz;
+    char *s = line;
+    struct tls_authz_rule rule = { .allow = true };
 
     chomp (s);
     while (isspace ((unsigned char) *s))
       s++;
     if (*s == '\0' || *s == '#')
       continue;
-    authz = realloc (ctx->authz, (ctx->nr_authz + 2) * sizeof *authz);
-    if (authz == NULL)
+    rule.match = s;
+    if (add_authz_rule (ctx, &rule) == -1)
       goto nomem;
-    ctx->authz = authz;
-    ctx->authz[ctx->nr_authz] = strdup (s);
-    if (ctx->authz[ctx->nr_authz] == NULL)
-      goto nomem;
-    ctx->authz[++ctx->nr_authz] = NULL;
   }
   if (ferror (fp)) {
     log_error ("tls: %s: read error", path);
@@ -273,14 +287,22 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
 char *
 tls_format_dn (const X509_NAME *name)
 {
+  return tls_format_dn_order (name, false);
+}
+
+char *
+tls_format_dn_order (const X509_NAME *name, bool cert_order)
+{
   BIO *mem = BIO_new (BIO_s_mem ());
+  unsigned long flags = XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB;
   char *data, *s = NULL;
   long len;
 
+  if (cert_order)
+    flags &= ~XN_FLAG_DN_REV;
   if (mem == NULL)
     return NULL;
-  if (X509_NAME_print_ex (mem, name, 0,
-                          XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
+  if (X509_NAME_print_ex (mem, name, 0, flags) >= 0) {
     len = BIO_get_mem_data (mem, &data);
     if (len >= 0)
       s = strndup (data, len);
@@ -294,10 +316,13 @@ authz_allows (const struct tls_ctx *ctx, const char *dn)
 {
   size_t i;
 
-  for (i = 0; i < ctx->nr_authz; i++)
-    if (strcmp (ctx->authz[i], dn) == 0)
-      return true;
-  return false;
+  for (i = 0; i < ctx->nr_authz; i++) {
+    const struct tls_authz_rule *r = &ctx->authz[i];
+
+    if (r->glob ? fnmatch (r->match, dn, 0) == 0 : strcmp (r->match, dn) == 0)
+      return r->allow;
+  }
+  return ctx->authz_default_allow;
 }
 /* ---- OpenSSL callbacks -------------------------------------------------- */
 
@@ -333,7 +358,7 @@ static unsigned int
 psk_server_cb (SSL *ssl, const char *identity, unsigned char *psk,
                unsigned int max_psk_len)
 {
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   const struct psk_entry *e;
   char id[4 * 64];
 
@@ -357,7 +382,7 @@ psk_find_session_cb (SSL *ssl, const unsigned char *identity,
                      size_t identity_len, SSL_SESSION **sessp)
 {
   static const unsigned char aes128gcmsha256[] = { 0x13, 0x01 };
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   const struct psk_entry *e;
   const SSL_CIPHER *cipher;
   SSL_SESSION *sess;
@@ -396,13 +421,14 @@ verify_cb (int ok, X509_STORE_CTX *store)
 {
   SSL *ssl = X509_STORE_CTX_get_ex_data (store,
                                          SSL_get_ex_data_X509_STORE_CTX_idx ());
-  struct tls_conn *t = SSL_get_app_data (ssl);
+  struct tls_session *t = SSL_get_app_data (ssl);
   X509 *cert = X509_STORE_CTX_get_current_cert (store);
   int depth = X509_STORE_CTX_get_error_depth (store);
   CLEANUP_FREE char *dn = NULL;
 
   if (cert)
-    dn = tls_format_dn (X509_get_subject_name (cert));
+    dn = tls_format_dn_order (X509_get_subject_name (cert),
+                              t->ctx->authz_cert_order);
   if (!ok) {
     int err = X509_STORE_CTX_get_error (store);
 
@@ -410,10 +436,10 @@ verify_cb (int ok, X509_STORE_CTX *store)
                     dn ? dn : "?", depth, X509_verify_cert_error_string (err));
     return 0;
   }
-  if (depth == 0 && t->ctx->authz) {
+  if (depth == 0 && t->ctx->authz_on) {
     if (dn == NULL || !authz_allows (t->ctx, dn)) {
-      tls_set_reason (t, "client certificate \"%s\" is not in the authz file",
-                      dn ? dn : "?");
+      tls_set_reason (t, "client certificate \"%s\" is not in %s",
+                      dn ? dn : "?", t->ctx->authz_what);
       X509_STORE_CTX_set_error (store, X509_V_ERR_APPLICATION_VERIFICATION);
       return 0;
     }
@@ -515,7 +541,8 @@ tls_ctx_new (const struct tls_config *cfg)
     log_error ("tls: out of memory");
     return NULL;
   }
-  ctx->verify_peer = cfg->verify_peer || cfg->authz_file != NULL;
+  ctx->verify_peer = cfg->verify_peer || cfg->authz_file != NULL
+    || cfg->authz_rules != NULL;
 
   ctx->bio_method = tls_bio_method_new ();
   if (ctx->bio_method == NULL)
@@ -553,6 +580,17 @@ tls_ctx_new (const struct tls_config *cfg)
   }
   if (cfg->authz_file && load_authz_file (ctx, cfg->authz_file) == -1)
     goto err;
+  if (cfg->authz_rules) {
+    ctx->authz_on = true;
+    ctx->authz_what = "the authz rules";
+    ctx->authz_default_allow = cfg->authz_default_allow;
+    ctx->authz_cert_order = cfg->authz_cert_order;
+    for (size_t i = 0; i < cfg->nr_authz_rules; i++)
+      if (add_authz_rule (ctx, &cfg->authz_rules[i]) == -1) {
+        log_error ("tls: out of memory");
+        goto err;
+      }
+  }
   if (ctx->verify_peer)
     SSL_CTX_set_verify (s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
                         verify_cb);
@@ -584,7 +622,7 @@ tls_ctx_free (struct tls_ctx *ctx)
   }
   free (ctx->psks);
   for (i = 0; i < ctx->nr_authz; i++)
-    free (ctx->authz[i]);
+    free ((char *) ctx->authz[i].match);
   free (ctx->authz);
   free (ctx);
 }

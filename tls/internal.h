@@ -7,12 +7,11 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/bio.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
-
-struct conn;
 
 /* Plaintext bytes in a full TLS record: small pieces are gathered up to
  * this.  A large buffer is passed to OpenSSL in place, DIRECT_MAX at a
@@ -32,25 +31,32 @@ struct tls_ctx {
   bool verify_peer;
   struct psk_entry *psks;       /* NULL when PSK is off */
   size_t nr_psks;
-  char **authz;                 /* allowed client DNs, NULL when off */
+  /* Authorization of client certificates: rules tried in order, the
+   * first match deciding, else authz_default_allow.  authz_on false:
+   * every verified certificate is allowed. */
+  bool authz_on;
+  struct tls_authz_rule *authz;  /* match strings owned */
   size_t nr_authz;
+  bool authz_default_allow;
+  const char *authz_what;        /* "the authz file", for messages */
+  bool authz_cert_order;         /* tls_config.authz_cert_order */
 };
 
-/* Per-connection state, in conn->transport_data after tls_upgrade(). */
-struct tls_conn {
+/* One connection's session (tls.h). */
+struct tls_session {
   struct tls_ctx *ctx;
-  struct conn *conn;
+  int fd;                       /* the caller's non-blocking socket */
   SSL *ssl;
   int io_errno;                 /* errno of the last failed socket call */
+  uint64_t bytes;               /* moved through the socket, both ways */
   bool failed;                  /* fatal TLS error: no close_notify */
   bool more;                    /* MSG_MORE for the next socket write */
-  bool nowait;                  /* MSG_DONTWAIT: never block (shutdown) */
   /* Length of the SSL_write that last returned WANT_WRITE: OpenSSL has
    * part of it in flight and must be called again with at least that
    * many of the same bytes (0: nothing pending). */
   size_t pending_len;
-  char reason[256];             /* first handshake failure reason */
-  unsigned char stage[RECORD_MAX];
+  char reason[256];             /* first failure reason */
+  unsigned char *stage;         /* RECORD_MAX bytes, made on first use */
 };
 
 /* ---- context.c: credentials, client verification, the SSL_CTX ---------- */
@@ -58,14 +64,17 @@ struct tls_conn {
 /* The OpenSSL error queue of this thread as one message; clears it. */
 void tls_openssl_reason (char *buf, size_t len);
 
-/* A certificate name as RFC 4514 prints it (see context.c); NULL if out
- * of memory.  The caller frees it. */
+/* A certificate name as RFC 4514 prints it (see context.c), or with
+ * CERT_ORDER in the certificate's own order as GnuTLS's legacy
+ * gnutls_x509_crt_get_dn prints it; NULL if out of memory.  The caller
+ * frees it. */
 char *tls_format_dn (const X509_NAME *name);
+char *tls_format_dn_order (const X509_NAME *name, bool cert_order);
 
 /* ---- session.c: socket BIO, transport, handshake ----------------------- */
 
 /* Record the first reason a handshake failed, for its log line. */
-void tls_set_reason (struct tls_conn *t, const char *fmt, ...)
+void tls_set_reason (struct tls_session *t, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
 
 /* The BIO method for connection sockets; NULL on error (OpenSSL queue). */

@@ -40,6 +40,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "qcow2/qcow2.h"
 #include "server/server.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -174,6 +175,26 @@ make_conns (const struct export *exp, const struct kdev *dev, unsigned n,
   return i;
 }
 
+/* qemu-nbd -c's view of DEVICE, with its messages: one it cannot open,
+ * then one the kernel refuses the socket for (no NBD device, or a busy
+ * one).  Returns 0 (DEV found), or -1 (logged). */
+static int
+qemu_device_check (const char *device, struct kdev *dev)
+{
+  int fd = open (device, O_RDWR | O_CLOEXEC);
+
+  if (fd == -1) {
+    log_error ("Failed to open %s: %m", device);
+    return -1;
+  }
+  close (fd);
+  if (kdev_lookup (device, dev, true) == -1 || kdev_owner (dev) > 0) {
+    log_error ("Failed to set NBD socket");
+    return -1;
+  }
+  return 0;
+}
+
 int
 attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 {
@@ -181,7 +202,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   struct export exp = { 0 };
   int kfds[MAX_CONNECTIONS];
   unsigned nconns = opts->connections ? opts->connections : 1, made, i;
-  int ready_fd = -1, sfd = -1, status = EXIT_FAILURE;
+  int ready_fd = -1, sfd = -1, status = EXIT_FAILURE, r;
   bool detaching = false, pid_written = false;
   sigset_t set;
   pid_t owner;
@@ -190,15 +211,18 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   if (nconns > MAX_CONNECTIONS)
     nconns = MAX_CONNECTIONS;
 
-  if (kdev_lookup (opts->device, &dev) == -1)
-    return EXIT_FAILURE;
-  /* The kernel has the last word (connecting a busy device fails), but
-   * saying so before the image is opened costs nothing. */
-  owner = kdev_owner (&dev);
-  if (owner > 0) {
-    log_error ("%s is busy: already attached (by process %ld); detach it "
-               "first or pick another device", dev.path, (long) owner);
-    return EXIT_FAILURE;
+  /* qemu-nbd looks at the device once the image is open. */
+  if (!opts->qemu_compat) {
+    if (kdev_lookup (opts->device, &dev, false) == -1)
+      return EXIT_FAILURE;
+    /* The kernel has the last word (connecting a busy device fails),
+     * but saying so before the image is opened costs nothing. */
+    owner = kdev_owner (&dev);
+    if (owner > 0) {
+      log_error ("%s is busy: already attached (by process %ld); detach "
+                 "it first or pick another device", dev.path, (long) owner);
+      return EXIT_FAILURE;
+    }
   }
 
   if (opts->fork && (ready_fd = fork_and_wait ()) == -1)
@@ -227,6 +251,8 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 
   if (export_open (cfg, &exp) == -1)
     goto out_fds;
+  if (opts->qemu_compat && qemu_device_check (opts->device, &dev) == -1)
+    goto out_image;
   listener_set_closed_hook (conn_closed);
   if (workers_start (&exp, cfg->threads) == -1)
     goto out_image;
@@ -257,6 +283,8 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
               made == 1 ? "" : "s");
     daemon_ready (ready_fd);
     ready_fd = -1;
+    if (cfg->ready)
+      cfg->ready (cfg);
     status = EXIT_SUCCESS;
   }
 
@@ -283,7 +311,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 
       if (read (sfd, &si, sizeof si) != sizeof si)
         continue;
-      if (si.ssi_signo == SIGHUP) {
+      if (si.ssi_signo == SIGHUP && !cfg->sighup_stops) {
         log_info ("SIGHUP ignored");
         continue;
       }
@@ -309,9 +337,17 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 
  out_workers:
   workers_shutdown ();
+  /* The last flush, for its result, as serve_run makes it. */
+  if (status == EXIT_SUCCESS && !exp.read_only
+      && (r = qcow2_flush (exp.img)) < 0) {
+    log_error ("%s: the final flush failed (%s): writes not flushed "
+               "before may be lost; exiting with status 1", cfg->image,
+               strerror (-r));
+    status = EXIT_FAILURE;
+  }
  out_image:
   export_close (&exp);
-  if (pid_written)
+  if (pid_written && !cfg->keep_pid_file)
     unlink (cfg->pid_file);
  out_fds:
   if (sfd >= 0)
@@ -327,7 +363,8 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 
 /* ---- detach ----------------------------------------------------------- */
 
-/* Is PID a qcow2-nbd (that will close an image after the detach)? */
+/* Is PID a qcow2-nbd or qemu-nbd (that will close an image after the
+ * detach)? */
 static bool
 is_qcow2_nbd (pid_t pid)
 {
@@ -345,29 +382,25 @@ is_qcow2_nbd (pid_t pid)
     return false;
   comm[n] = '\0';
   comm[strcspn (comm, "\n")] = '\0';
-  return strcmp (comm, "qcow2-nbd") == 0;
+  /* Run as qemu-nbd -c, the name is qemu-nbd's (QEMU's own qemu-nbd
+   * also exits once its device is disconnected). */
+  return strcmp (comm, "qcow2-nbd") == 0 || strcmp (comm, "qemu-nbd") == 0;
 }
 
-int
-attach_detach (const char *device)
+/* Flush and disconnect DEV (attached), and wait for a qcow2-nbd serving
+ * it to close its image.  Returns the exit status. */
+static int
+detach_device (struct kdev *dev)
 {
-  struct kdev dev;
-  pid_t owner;
+  pid_t owner = kdev_owner (dev);
   int pidfd = -1;
 
-  if (kdev_lookup (device, &dev) == -1)
-    return EXIT_FAILURE;
-  owner = kdev_owner (&dev);
-  if (owner == 0) {
-    log_error ("%s is not attached", device);
-    return EXIT_FAILURE;
-  }
   /* Only a server of ours is waited for: the pid of an nbd-client that
    * set the device up and left may belong to anybody by now. */
-  if (owner != getpid () && is_qcow2_nbd (owner))
+  if (owner > 0 && owner != getpid () && is_qcow2_nbd (owner))
     pidfd = syscall (SYS_pidfd_open, owner, 0);
 
-  if (kdev_disconnect (&dev) == -1) {
+  if (kdev_disconnect (dev) == -1) {
     if (pidfd >= 0)
       close (pidfd);
     return EXIT_FAILURE;
@@ -383,12 +416,50 @@ attach_detach (const char *device)
     close (pidfd);
     if (r == 0) {
       log_error ("%s is disconnected, but its server (process %ld) is "
-                 "still running after %d s", device, (long) owner,
+                 "still running after %d s", dev->path, (long) owner,
                  DETACH_WAIT_MS / 1000);
       return EXIT_FAILURE;
     }
   }
+  return EXIT_SUCCESS;
+}
+
+int
+attach_detach (const char *device)
+{
+  struct kdev dev;
+
+  if (kdev_lookup (device, &dev, false) == -1)
+    return EXIT_FAILURE;
+  if (kdev_owner (&dev) == 0) {
+    log_error ("%s is not attached", device);
+    return EXIT_FAILURE;
+  }
+  if (detach_device (&dev) != EXIT_SUCCESS)
+    return EXIT_FAILURE;
   printf ("%s detached\n", device);
+  return EXIT_SUCCESS;
+}
+
+int
+attach_qemu_disconnect (const char *device)
+{
+  struct kdev dev;
+  int fd;
+
+  /* qemu-nbd -d opens the device, issues its ioctls whatever they say,
+   * and reports it disconnected: a free device (or no NBD device at
+   * all) is no error, which cleanup scripts count on. */
+  fd = open (device, O_RDWR | O_CLOEXEC);
+  if (fd == -1) {
+    log_error ("Cannot open %s: %m", device);
+    return EXIT_FAILURE;
+  }
+  close (fd);
+  if (kdev_lookup (device, &dev, true) == 0 && kdev_owner (&dev) > 0
+      && detach_device (&dev) != EXIT_SUCCESS)
+    return EXIT_FAILURE;
+  printf ("%s disconnected\n", device);
   return EXIT_SUCCESS;
 }
 

@@ -103,7 +103,7 @@ module_loaded (void)
 }
 
 int
-kdev_lookup (const char *path, struct kdev *dev)
+kdev_lookup (const char *path, struct kdev *dev, bool quiet)
 {
   char link[PATH_MAX], target[PATH_MAX], *name, *end;
   struct stat st;
@@ -115,7 +115,9 @@ kdev_lookup (const char *path, struct kdev *dev)
   dev->fd = -1;
 
   if (stat (path, &st) == -1) {
-    if (errno == ENOENT && !module_loaded ())
+    if (quiet)
+      ;
+    else if (errno == ENOENT && !module_loaded ())
       log_error ("%s: no such device: the nbd kernel module is not "
                  "loaded; load it with 'modprobe nbd' (as root)", path);
     else if (errno == ENOENT)
@@ -127,7 +129,9 @@ kdev_lookup (const char *path, struct kdev *dev)
     return -1;
   }
   if (!S_ISBLK (st.st_mode) || major (st.st_rdev) != NBD_MAJOR) {
-    log_error ("%s is not an NBD device (block major %d)", path, NBD_MAJOR);
+    if (!quiet)
+      log_error ("%s is not an NBD device (block major %d)", path,
+                 NBD_MAJOR);
     return -1;
   }
 
@@ -137,7 +141,8 @@ kdev_lookup (const char *path, struct kdev *dev)
             major (st.st_rdev), minor (st.st_rdev));
   n = readlink (link, target, sizeof target - 1);
   if (n <= 0) {
-    log_error ("%s: cannot find it in sysfs (%s): %m", path, link);
+    if (!quiet)
+      log_error ("%s: cannot find it in sysfs (%s): %m", path, link);
     return -1;
   }
   target[n] = '\0';
@@ -148,7 +153,9 @@ kdev_lookup (const char *path, struct kdev *dev)
       || (idx = strtoul (name + 3, &end, 10), *end != '\0' || errno)
       || idx > INT_MAX) {
     /* nbd0p1 and the like. */
-    log_error ("%s is a partition (%s), not a whole NBD device", path, name);
+    if (!quiet)
+      log_error ("%s is a partition (%s), not a whole NBD device", path,
+                 name);
     return -1;
   }
   dev->index = idx;

@@ -527,9 +527,9 @@ struct kdev {
 };
 
 /* Check that PATH is a whole NBD device and find its index.  Returns 0,
- * or -1 (logged: no such device, and whether nbd.ko is loaded; not an
- * NBD device; a partition). */
-int kdev_lookup (const char *path, struct kdev *dev);
+ * or -1 (logged unless QUIET: no such device, and whether nbd.ko is
+ * loaded; not an NBD device; a partition). */
+int kdev_lookup (const char *path, struct kdev *dev, bool quiet);
 /* The process that has the device attached, or 0 when it is not. */
 pid_t kdev_owner (const struct kdev *dev);
 /* Hand the device the N sockets FDS of EXP, already in the transmission
@@ -553,17 +553,23 @@ struct attach_opts {
   unsigned connections;         /* sockets to the device; default 1 */
   bool fork;                    /* background once the device is up */
   bool use_ioctl;               /* never netlink */
+  /* qemu-nbd -c: the device looked at once the image is open, and
+   * refused with qemu-nbd's messages. */
+  bool qemu_compat;
 };
 
-/* Serve CFG's image (image, read_only, discard_unmap, threads,
- * l2_cache_size, pid_file, verbose) to the kernel device OPTS->device
- * until it is detached or a SIGINT/SIGTERM comes (then: flush, detach,
- * close the image clean).  Returns the exit status. */
+/* Serve CFG's image (as export_open opens it; threads, pid_file,
+ * keep_pid_file, verbose, sighup_stops, ready) to the kernel device
+ * OPTS->device until it is detached or a SIGINT/SIGTERM comes (then:
+ * flush, detach, close the image clean).  Returns the exit status. */
 int attach_serve (const struct server_config *cfg,
                   const struct attach_opts *opts);
 /* Flush and disconnect DEVICE, and wait for a qcow2-nbd serving it to
  * close its image.  Returns the exit status. */
 int attach_detach (const char *device);
+/* qemu-nbd -d DEVICE: the same where DEVICE is attached; "DEVICE
+ * disconnected" and status 0 whenever it can be opened, as qemu-nbd. */
+int attach_qemu_disconnect (const char *device);
 /* Run "qcow2-nbd attach ..." and "qcow2-nbd detach ..." (ARGV[0] is the
  * subcommand); return the exit status. */
 int attach_main (int argc, char **argv);

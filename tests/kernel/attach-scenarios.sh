@@ -210,3 +210,124 @@ sc_errors ()
   stop_server
   ok "nbd-client -d and qcow2-nbd detach work on each other's devices"
 }
+
+# qn_same WHAT ARGS: our qemu-nbd and Debian's, run in the guest with
+# ARGS (a string, guest-side), print the same and exit alike.
+qn_same ()
+{
+  guest_ok "$1" "g_qnbd_both $2"
+  awk -v d="$tmpdir" '/^== (ours|qemu)$/ { w = $2; next }
+                      { print > (d "/qn." w) }' "$guest_out"
+  diff -u "$tmpdir/qn.qemu" "$tmpdir/qn.ours" >&2 ||
+    fail "$1: our qemu-nbd differs from Debian's (Debian's first)"
+  ok "$1: $(tr '\n' ' ' < "$tmpdir/qn.ours")"
+}
+
+# qemu_nbd: "qemu-nbd -c" and "-d" - our qemu-nbd link beside Debian's
+# qemu-nbd 7.2, both in the guest, on real devices: attached in the
+# background with nothing printed and status 0, the device up (ours: as
+# soon as -c returns); the same words and statuses for a busy device (by
+# netlink or by the ioctls), a missing one, and -d of a free or missing
+# one; each -d detaching the other's device, ours returning once the
+# server is gone; -v in the foreground saying the same; --fork.  Both
+# images clean afterwards, holding the same writes and discard.
+sc_qemu_nbd ()
+{
+  local want
+  at_image qn.qcow2 64M
+  at_image qo.qcow2 64M
+  at_image qe.qcow2 16M
+  guest_ok "qemu-nbd -c, ours and Debian's" 'g_modprobe
+    qemu-nbd -c /dev/nbd0 --discard=unmap $W/qn.qcow2 > $W/c.out 2>&1
+    echo "ours $? $(wc -c < $W/c.out)"
+    # Up as soon as -c returns.
+    echo "size $(cat /sys/block/nbd0/size 2>&1)"
+    echo "pid $(cat /sys/block/nbd0/pid 2>&1)"
+    /usr/bin/qemu-nbd -c /dev/nbd1 --discard=unmap $W/qo.qcow2 > $W/c.out 2>&1
+    echo "qemu $? $(wc -c < $W/c.out)"
+    g_wait_for "nbd1 up" _dev_up /dev/nbd1 &&
+    echo "qpid $(cat /sys/block/nbd1/pid)"'
+  [ "$(guest_field ours)" = "0 0" ] ||
+    { guest_show; fail "our qemu-nbd -c: status and output bytes $(guest_field ours)"; }
+  [ "$(guest_field qemu)" = "0 0" ] ||
+    { guest_show; fail "Debian's qemu-nbd -c: $(guest_field qemu)"; }
+  [ "$(guest_field size)" = $(( 64 << 11 )) ] ||
+    { guest_show; fail "the device is not up when qemu-nbd -c returns"; }
+  ok "qemu-nbd -c: status 0, silent, the device up when it returns"
+
+  qn_same "-c on a device attached by netlink" '-c /dev/nbd0 $W/qe.qcow2'
+  qn_same "-c on a device attached by the ioctls" '-c /dev/nbd1 $W/qe.qcow2'
+  qn_same "-c on a missing device" '-c /dev/nbd99 $W/qe.qcow2'
+  qn_same "-d of a free device" '-d /dev/nbd5'
+  qn_same "-d of a missing device" '-d /dev/nbd99'
+
+  guest_ok "the same writes and discard on both" '
+    g_random $W/r 16 || exit 1
+    for d in /dev/nbd0 /dev/nbd1; do
+      dd if=$W/r of=$d bs=1M 2>/dev/null &&
+        /sbin/blkdiscard -o $((4 << 20)) -l $((4 << 20)) $d || exit 1
+    done
+    dd if=/dev/zero of=$W/r bs=1M seek=4 count=4 conv=notrunc 2>/dev/null
+    echo 3 > /proc/sys/vm/drop_caches
+    for d in /dev/nbd0 /dev/nbd1; do
+      [ "$(g_sha $d $((16 << 20)))" = "$(g_sha $W/r)" ] ||
+        { echo "$d reads back wrong"; exit 1; }
+    done
+    echo "sha $(g_sha $W/r)"'
+  want=$(guest_field sha)
+  guest_ok "each -d detaches the other one's device" '
+    ours=$(cat /sys/block/nbd0/pid) theirs=$(cat /sys/block/nbd1/pid)
+    qemu-nbd -d /dev/nbd1 || exit 1
+    # Ours waits for the server it disconnected (qemu-nbd too) to exit.
+    _gone $theirs || { echo "Debian qemu-nbd $theirs still running"; exit 1; }
+    /usr/bin/qemu-nbd -d /dev/nbd0 || exit 1
+    g_wait_for "our server to exit" _gone $ours &&
+    _dev_down /dev/nbd0 && _dev_down /dev/nbd1'
+  grep -qx '/dev/nbd1 disconnected' "$guest_out" ||
+    { guest_show; fail "our -d did not say it disconnected"; }
+
+  guest_ok "-v: in the foreground" '
+    qemu-nbd -v -c /dev/nbd2 $W/qe.qcow2 > $W/v.out 2> $W/v.err &
+    echo $! > $W/v.pid
+    /usr/bin/qemu-nbd -v -c /dev/nbd3 $W/qn.qcow2 -r > $W/vq.out 2> $W/vq.err &
+    echo $! > $W/vq.pid
+    g_wait_for "nbd2 up" _dev_up /dev/nbd2 &&
+      g_wait_for "nbd3 up" _dev_up /dev/nbd3 || exit 1
+    g_wait_for "the words" grep -q connected $W/v.err &&
+      g_wait_for "the words" grep -q connected $W/vq.err || exit 1
+    # The same process as the one started: no fork.
+    [ "$(cat /sys/block/nbd2/pid)" = "$(cat $W/v.pid)" ] ||
+      { echo "nbd2 served by $(cat /sys/block/nbd2/pid)"; exit 1; }
+    # The same words, devices and files aside.
+    norm () { grep connected "$1" | sed "s|/dev/nbd[0-9]|DEV|; s|$W/q[en].qcow2|FILE|"; }
+    echo "ours $(norm $W/v.err)"
+    echo "qemu $(norm $W/vq.err)"
+    # SIGTERM: ours flushes, disconnects, exits 0.
+    kill -TERM $(cat $W/v.pid); wait $(cat $W/v.pid); echo "term $?"
+    _dev_down /dev/nbd2 || { echo "nbd2 still up"; exit 1; }
+    qemu-nbd -d /dev/nbd3 >/dev/null && wait $(cat $W/vq.pid)'
+  [ "$(guest_field ours)" = "$(guest_field qemu)" ] ||
+    { guest_show; fail "-v says '$(guest_field ours)', Debian's '$(guest_field qemu)'"; }
+  [ "$(guest_field term)" = 0 ] ||
+    { guest_show; fail "SIGTERM: exit status $(guest_field term)"; }
+  ok "-v: '$(guest_field ours)' as Debian's; SIGTERM detaches, status 0"
+
+  guest_ok "--fork and --pid-file" '
+    qemu-nbd -c /dev/nbd2 --fork --pid-file $W/f.pid $W/qe.qcow2 || exit 1
+    [ "$(cat /sys/block/nbd2/pid)" = "$(cat $W/f.pid)" ] || exit 1
+    pid=$(cat $W/f.pid)
+    qemu-nbd -d /dev/nbd2 && _gone $pid'
+
+  at_out qn.qcow2
+  at_out qo.qcow2
+  at_out qe.qcow2
+  check_clean "$tmpdir/qn.qcow2" "ours after qemu-nbd -c, writes, a discard and Debian's -d"
+  check_clean "$tmpdir/qo.qcow2" "Debian's after our -d"
+  check_clean "$tmpdir/qe.qcow2" "after -v, SIGTERM and --fork"
+  for f in qn qo; do
+    qemu-img convert -O raw "$tmpdir/$f.qcow2" "$tmpdir/$f.raw"
+    [ "$(head -c 16M "$tmpdir/$f.raw" | sha256sum | cut -d' ' -f1)" = "$want" ] ||
+      fail "$f.qcow2 does not hold the writes and the discard"
+  done
+  ok "both images clean, holding the same writes"
+}

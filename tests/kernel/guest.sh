@@ -62,6 +62,19 @@ g_disconnect ()
   g_wait_for "$1 to go down" _dev_down "$1"
 }
 
+# g_qnbd_both ARGS...: our qemu-nbd, then Debian's, each run with ARGS;
+# each one's exit status and output (stdout, then stderr) after a line
+# "== ours" or "== qemu", for the host to compare.
+g_qnbd_both ()
+{
+  for _q in ours:/usr/local/bin/qemu-nbd qemu:/usr/bin/qemu-nbd; do
+    echo "== ${_q%%:*}"
+    "${_q#*:}" "$@" > "$W/qnbd.out" 2> "$W/qnbd.err"
+    echo "status $?"
+    cat "$W/qnbd.out" "$W/qnbd.err"
+  done
+}
+
 # g_wait_exit PIDFILE: wait until the process named in PIDFILE is gone.
 g_wait_exit ()
 {

@@ -7,12 +7,14 @@
 #   mkinitramfs.sh base OUT KVER
 #       busybox-static, nbd-client, e2fsprogs (mke2fs, e2fsck), util-linux
 #       (blkdiscard, fstrim, blockdev), coreutils' dd and sha256sum, kmod,
-#       their shared libraries (found with ldd), and the modules the guest
+#       Debian's qemu-nbd (the reference for our qemu-nbd -c), their
+#       shared libraries (found with ldd), and the modules the guest
 #       loads (nbd, virtio-net, 9p, ext4 and their dependencies) with a
 #       modules.dep made by depmod for that subset.  Only changes when the
 #       packages do, so callers cache it (see vm.sh).
 #   mkinitramfs.sh overlay OUT QCOW2_NBD FILE...
-#       our server binary and its libraries, and the guest scripts FILE...
+#       our server binary (also linked as qemu-nbd) and its libraries, and
+#       the guest scripts FILE...
 #       (init, guest.sh) at the root.
 #
 #   mkinitramfs.sh inputs KVER
@@ -33,6 +35,7 @@ tools=(
   /sbin/blkdiscard /sbin/fstrim /sbin/blockdev
   /bin/dd /usr/bin/sha256sum
   /bin/kmod
+  /usr/bin/qemu-nbd
 )
 # name -> target for the tools known under a second name.
 tool_links=(
@@ -147,6 +150,8 @@ overlay)
   make_tree "$root"
   mkdir -p "$root/usr/local/bin"
   cp -L "$server" "$root/usr/local/bin/qcow2-nbd"
+  # Run under that name it is our qemu-nbd (Debian's is /usr/bin's).
+  ln -s qcow2-nbd "$root/usr/local/bin/qemu-nbd"
   mapfile -t files < <(libs_of "$server")
   put "$root" "${files[@]}"
   for f in "$@"; do

@@ -51,7 +51,7 @@ vm_requires ()
     skip "busybox is not installed (apt-get install busybox-static)"
   local t
   for t in /usr/sbin/nbd-client /sbin/mke2fs /sbin/e2fsck /sbin/blkdiscard \
-           /sbin/fstrim /bin/kmod cpio depmod ldd gzip; do
+           /sbin/fstrim /bin/kmod /usr/bin/qemu-nbd cpio depmod ldd gzip; do
     command -v "$t" >/dev/null 2>&1 || skip "$t is not installed"
   done
   kernel_find
@@ -416,7 +416,7 @@ start_qemu_nbd ()
 {
   local img=$1 i; shift
   qemu_nbd_port=$(pick_unused_port)
-  qemu-nbd -f qcow2 -t -b 127.0.0.1 -p "$qemu_nbd_port" \
+  /usr/bin/qemu-nbd -f qcow2 -t -b 127.0.0.1 -p "$qemu_nbd_port" \
     --pid-file "$tmpdir/qemu-nbd.pid" "$@" "$img" \
     >"$tmpdir/qemu-nbd.log" 2>&1 </dev/null &
   qemu_nbd_pid=$!

@@ -86,7 +86,7 @@ sc_ioctl ()
 {
   local want tail
   at_image io.qcow2 64M
-  guest_ok "attach --no-netlink -C 2" 'g_modprobe
+  guest_ok "attach --no-netlink -C 2" 'g_modprobe && g_warm_recv 4 || exit 1
     (qcow2-nbd attach -v $W/io.qcow2 /dev/nbd1 --no-netlink -C 2 \
        --discard=unmap --pid-file $W/io.pid 2>$W/io.log
      echo $? > $W/io.status) </dev/null >/dev/null 2>&1 &
@@ -145,7 +145,7 @@ sc_attach_ro ()
   image_to_raw "$share/ro.qcow2" "$tmpdir/ro.raw"
   want=$(sha256sum < "$tmpdir/ro.raw" | cut -d' ' -f1)
   guest_ok "copy in" 'cp /share/ro.qcow2 $W/ro.qcow2'
-  guest_ok "attach -r" 'g_modprobe && before=$(g_sha $W/ro.qcow2) &&
+  guest_ok "attach -r" 'g_modprobe && g_warm_recv 4 && before=$(g_sha $W/ro.qcow2) &&
     qcow2-nbd attach -r -C 2 $W/ro.qcow2 /dev/nbd2 --fork --pid-file $W/ro.pid &&
     echo "ro $(/sbin/blockdev --getro /dev/nbd2)" &&
     echo "timeout $(cat /sys/block/nbd2/queue/io_timeout)" &&

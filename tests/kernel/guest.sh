@@ -13,14 +13,14 @@ HOST=10.0.2.2
 W=/tmp/w                # scratch space of the current scenario
 
 # g_wait_for WHAT COMMAND...: run COMMAND every 0.1 s until it succeeds,
-# 60 s at most.
+# 3000 times at most (5 minutes or more: TCG on a loaded machine).
 g_wait_for ()
 {
   _what=$1; shift
   _i=0
   while ! "$@"; do
     _i=$((_i + 1))
-    if [ "$_i" -ge 600 ]; then
+    if [ "$_i" -ge 3000 ]; then
       echo "gave up waiting for $_what"
       return 1
     fi
@@ -53,6 +53,30 @@ g_connect ()
   g_wait_for "$_dev to come up" _dev_up "$_dev" || return 1
   [ "$(cat "/sys/block/${_dev#/dev/}/size")" -gt 0 ] ||
     { echo "$_dev has no size"; return 1; }
+}
+
+# g_warm_recv N: leave the kernel N idle workers for the NBD receive
+# work, by attaching a scratch image to /dev/nbd15 with N connections
+# and detaching it, twice.  Each connection of a device has a receive
+# work that runs as long as the connection (nbd.ko's nbdX-recv
+# workqueue, WQ_MEM_RECLAIM).  When a device gets several at once and
+# the kernel is slow to make workers for them (TCG on a loaded machine),
+# the workqueue's rescuer takes the pending ones and runs them one after
+# the other: the first never ends, so a connection whose work waits
+# behind it is never read, and requests on it hang.  Idle workers made
+# beforehand take them all at once.
+g_warm_recv ()
+{
+  $QCOW2_NBD create -q "$W/warm.qcow2" 1M || return 1
+  for _round in 1 2; do
+    $QCOW2_NBD attach -C "$1" "$W/warm.qcow2" /dev/nbd15 --fork \
+      --pid-file "$W/warm.pid" || return 1
+    # The server removes its pid file as it exits.
+    _pid=$(cat "$W/warm.pid") || return 1
+    g_disconnect /dev/nbd15 || return 1
+    g_wait_for "the warm-up server to exit" _gone "$_pid" || return 1
+  done
+  rm -f "$W/warm.qcow2"
 }
 
 # g_disconnect DEV: nbd-client -d, and wait until the device is down.

@@ -85,3 +85,9 @@ log_debug (const char *fmt, ...)
   log_v ("debug: ", fmt, ap);
   va_end (ap);
 }
+
+void
+log_error_line (const char *msg)
+{
+  log_error ("%s", msg);
+}

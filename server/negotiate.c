@@ -58,6 +58,20 @@ negotiate_free (struct negotiation *n)
   free (n);
 }
 
+bool negotiate_qemu_words;
+
+/* Say why a TLS handshake failed.  qemu-nbd reports every failure of
+ * the negotiation as "option negotiation failed: REASON" and scripts
+ * match that; its mode says it so, with the peer after. */
+static void
+tls_failed (const struct conn *conn, const char *reason)
+{
+  if (negotiate_qemu_words)
+    log_error ("option negotiation failed: %s (%s)", reason, conn->peer);
+  else
+    log_error ("%s: TLS handshake failed: %s", conn->peer, reason);
+}
+
 /* One step of the TLS handshake. */
 static enum negotiate_next
 tls_step (struct negotiation *n, bool *active)
@@ -88,8 +102,7 @@ tls_step (struct negotiation *n, bool *active)
     return NEGOTIATE_WAIT_WRITE;
   case TLS_STEP_FAILED:
   default:
-    log_error ("%s: TLS handshake failed: %s", conn->peer,
-               tls_session_reason (n->tls));
+    tls_failed (conn, tls_session_reason (n->tls));
     return NEGOTIATE_CLOSE;
   }
 }
@@ -204,8 +217,7 @@ negotiate_timed_out (struct negotiation *n)
   size_t len;
 
   if (n->tls) {
-    log_error ("%s: TLS handshake failed: handshake timed out",
-               n->conn->peer);
+    tls_failed (n->conn, "handshake timed out");
     return;
   }
   switch (handshake_status (n->hs)) {

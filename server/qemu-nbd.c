@@ -672,6 +672,7 @@ qemu_nbd_main (int argc, char **argv)
 
   progname = slash ? slash + 1 : argv[0];
   log_program = progname;
+  negotiate_qemu_words = true;
   parse (argc, argv, &c);
   activation = socket_activation ();
   check (argc, argv, &c, activation);

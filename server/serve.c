@@ -438,7 +438,10 @@ serve_run (const struct server_config *cfg)
   server_max_inflight = cfg->max_inflight_bytes;
   server_tls_mode = cfg->tls.mode;
   if (cfg->tls.mode != TLS_OFF) {
-    server_tls_ctx = tls_ctx_new (&cfg->tls);
+    struct tls_config tls = cfg->tls;
+
+    tls.log = log_error_line;
+    server_tls_ctx = tls_ctx_new (&tls);
     if (server_tls_ctx == NULL) {
       log_error ("cannot set up TLS");
       return EXIT_FAILURE;

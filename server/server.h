@@ -157,6 +157,8 @@ void serve_config_init (struct server_config *cfg);
  * constant afterwards: the mode, and the context (NULL when off). */
 extern enum tls_mode server_tls_mode;
 extern struct tls_ctx *server_tls_ctx;
+/* Failed negotiations logged in qemu-nbd's words (its mode). */
+extern bool negotiate_qemu_words;
 
 /* The one export.  Constant once serving starts. */
 struct export {
@@ -203,6 +205,9 @@ extern const char *log_program;  /* the prefix: "qcow2-nbd" or "qemu-nbd" */
 void log_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_info (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
 void log_debug (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));
+/* log_error of one finished line: for the libraries' log callbacks
+ * (tls_config.log). */
+void log_error_line (const char *msg);
 
 /* ---- conn.c: connections and their transport seam --------------------- */
 

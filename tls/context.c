@@ -12,7 +12,9 @@
 #include <config.h>
 
 #include <ctype.h>
+#include <errno.h>
 #include <fnmatch.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,9 +29,31 @@
 #include <openssl/x509_vfy.h>
 
 #include "common/cleanup.h"
-#include "server/server.h"
 #include "tls/internal.h"
 #include "tls/tls.h"
+
+/* Say what is wrong with the credentials: to the caller's LOG, as one
+ * line starting "tls: ", or to stderr when it gave none.  The library
+ * knows nothing of the server's logging. */
+static void __attribute__ ((format (printf, 2, 3)))
+tls_log (void (*log) (const char *msg), const char *fmt, ...)
+{
+  char msg[1024];
+  int saved_errno = errno;      /* for %m */
+  va_list ap;
+  size_t n;
+
+  n = (size_t) snprintf (msg, sizeof msg, "tls: ");
+  va_start (ap, fmt);
+  errno = saved_errno;
+  vsnprintf (msg + n, sizeof msg - n, fmt, ap);
+  va_end (ap);
+  if (log)
+    log (msg);
+  else
+    fprintf (stderr, "%s\n", msg);
+}
+#define ctx_log(ctx, ...) tls_log ((ctx)->log, __VA_ARGS__)
 
 /* TLS 1.2 suites in server preference order.  PSK suites come first: a
  * GnuTLS client with PSK credentials (qemu: "NORMAL:+ECDHE-PSK:+DHE-PSK:
@@ -139,24 +163,24 @@ parse_psk_file (struct tls_ctx *ctx, const char *path, FILE *fp,
       continue;
     colon = strchr (line, ':');
     if (colon == NULL || colon == line) {
-      log_error ("tls: %s:%u: expected identity:hexkey", path, lineno);
+      ctx_log (ctx, "%s:%u: expected identity:hexkey", path, lineno);
       return -1;
     }
     id_len = colon - line;
     hex = colon + 1;
     hex_len = strlen (hex);
     if (id_len > PSK_MAX_IDENTITY_LEN) {
-      log_error ("tls: %s:%u: identity longer than %d bytes",
+      ctx_log (ctx, "%s:%u: identity longer than %d bytes",
                  path, lineno, PSK_MAX_IDENTITY_LEN);
       return -1;
     }
     if (hex_len == 0 || hex_len % 2 != 0 || hex_len / 2 > PSK_MAX_PSK_LEN) {
-      log_error ("tls: %s:%u: key must be 1 to %d bytes of hex digits",
+      ctx_log (ctx, "%s:%u: key must be 1 to %d bytes of hex digits",
                  path, lineno, PSK_MAX_PSK_LEN);
       return -1;
     }
     if (find_psk (ctx, (const unsigned char *) line, id_len)) {
-      log_error ("tls: %s:%u: identity given twice", path, lineno);
+      ctx_log (ctx, "%s:%u: identity given twice", path, lineno);
       return -1;
     }
     psks = realloc (ctx->psks, (ctx->nr_psks + 1) * sizeof *psks);
@@ -177,24 +201,24 @@ parse_psk_file (struct tls_ctx *ctx, const char *path, FILE *fp,
       int hi = hex_value (hex[2 * i]), lo = hex_value (hex[2 * i + 1]);
 
       if (hi < 0 || lo < 0) {
-        log_error ("tls: %s:%u: key is not hexadecimal", path, lineno);
+        ctx_log (ctx, "%s:%u: key is not hexadecimal", path, lineno);
         return -1;
       }
       e->key[i] = hi << 4 | lo;
     }
   }
   if (ferror (fp)) {
-    log_error ("tls: %s: read error", path);
+    ctx_log (ctx, "%s: read error", path);
     return -1;
   }
   if (ctx->nr_psks == 0) {
-    log_error ("tls: %s: no PSK identities", path);
+    ctx_log (ctx, "%s: no PSK identities", path);
     return -1;
   }
   return 0;
 
  nomem:
-  log_error ("tls: out of memory");
+  ctx_log (ctx, "out of memory");
   return -1;
 }
 
@@ -207,7 +231,7 @@ load_psk_file (struct tls_ctx *ctx, const char *path)
   int r;
 
   if (fp == NULL) {
-    log_error ("tls: %s: %m", path);
+    ctx_log (ctx, "%s: %m", path);
     return -1;
   }
   r = parse_psk_file (ctx, path, fp, &line, &cap);
@@ -247,12 +271,11 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
   ssize_t n;
 
   if (fp == NULL) {
-    log_error ("tls: %s: %m", path);
+    ctx_log (ctx, "%s: %m", path);
     return -1;
   }
   /* An empty allow-list is legal: it admits nobody. */
   ctx->authz_on = true;
-  ctx->authz_what = "the authz file";
   while ((n = getline (&line, &cap, fp)) != -1) {
     char *s = line;
     struct tls_authz_rule rule = { .allow = true };
@@ -267,7 +290,7 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
       goto nomem;
   }
   if (ferror (fp)) {
-    log_error ("tls: %s: read error", path);
+    ctx_log (ctx, "%s: read error", path);
     fclose (fp);
     return -1;
   }
@@ -275,7 +298,7 @@ load_authz_file (struct tls_ctx *ctx, const char *path)
   return 0;
 
  nomem:
-  log_error ("tls: out of memory");
+  ctx_log (ctx, "out of memory");
   fclose (fp);
   return -1;
 }
@@ -438,8 +461,12 @@ verify_cb (int ok, X509_STORE_CTX *store)
   }
   if (depth == 0 && t->ctx->authz_on) {
     if (dn == NULL || !authz_allows (t->ctx, dn)) {
-      tls_set_reason (t, "client certificate \"%s\" is not in %s",
-                      dn ? dn : "?", t->ctx->authz_what);
+      if (t->ctx->authz_qemu_words)
+        tls_set_reason (t, "TLS x509 authz check for %s is denied",
+                        dn ? dn : "?");
+      else
+        tls_set_reason (t, "client certificate \"%s\" is not in the "
+                        "authz file", dn ? dn : "?");
       X509_STORE_CTX_set_error (store, X509_V_ERR_APPLICATION_VERIFICATION);
       return 0;
     }
@@ -458,40 +485,40 @@ load_certs (struct tls_ctx *ctx, const char *dir)
   char err[256];
 
   if (!ca || !cert || !key || !crl) {
-    log_error ("tls: out of memory");
+    ctx_log (ctx, "out of memory");
     return -1;
   }
   if (SSL_CTX_use_certificate_chain_file (ctx->ssl_ctx, cert) != 1) {
     tls_openssl_reason (err, sizeof err);
-    log_error ("tls: %s: %s", cert, err);
+    ctx_log (ctx, "%s: %s", cert, err);
     return -1;
   }
   if (SSL_CTX_use_PrivateKey_file (ctx->ssl_ctx, key, SSL_FILETYPE_PEM) != 1) {
     tls_openssl_reason (err, sizeof err);
-    log_error ("tls: %s: %s", key, err);
+    ctx_log (ctx, "%s: %s", key, err);
     return -1;
   }
   if (SSL_CTX_check_private_key (ctx->ssl_ctx) != 1) {
     tls_openssl_reason (err, sizeof err);
-    log_error ("tls: %s does not match %s: %s", key, cert, err);
+    ctx_log (ctx, "%s does not match %s: %s", key, cert, err);
     return -1;
   }
   if (X509_cmp_current_time (X509_get0_notAfter
                              (SSL_CTX_get0_certificate (ctx->ssl_ctx))) < 0)
-    log_error ("tls: warning: %s has expired; clients will refuse it", cert);
+    ctx_log (ctx, "warning: %s has expired; clients will refuse it", cert);
 
   /* The CA is what client certificates are checked against.  Without
    * --tls-verify-peer it is optional, as nothing is checked. */
   if (!file_exists (ca)) {
     if (ctx->verify_peer) {
-      log_error ("tls: %s is needed to verify client certificates", ca);
+      ctx_log (ctx, "%s is needed to verify client certificates", ca);
       return -1;
     }
     return 0;
   }
   if (SSL_CTX_load_verify_locations (ctx->ssl_ctx, ca, NULL) != 1) {
     tls_openssl_reason (err, sizeof err);
-    log_error ("tls: %s: %s", ca, err);
+    ctx_log (ctx, "%s: %s", ca, err);
     return -1;
   }
   if (ctx->verify_peer) {
@@ -501,7 +528,7 @@ load_certs (struct tls_ctx *ctx, const char *dir)
      * the CertificateRequest, so name them. */
     if (names == NULL) {
       tls_openssl_reason (err, sizeof err);
-      log_error ("tls: %s: %s", ca, err);
+      ctx_log (ctx, "%s: %s", ca, err);
       return -1;
     }
     SSL_CTX_set_client_CA_list (ctx->ssl_ctx, names);
@@ -513,7 +540,7 @@ load_certs (struct tls_ctx *ctx, const char *dir)
     if (lookup == NULL ||
         X509_load_crl_file (lookup, crl, X509_FILETYPE_PEM) <= 0) {
       tls_openssl_reason (err, sizeof err);
-      log_error ("tls: %s: %s", crl, err);
+      ctx_log (ctx, "%s: %s", crl, err);
       return -1;
     }
     X509_STORE_set_flags (store, X509_V_FLAG_CRL_CHECK);
@@ -529,18 +556,19 @@ tls_ctx_new (const struct tls_config *cfg)
   char err[256];
 
   if (cfg->certs_dir == NULL && cfg->psk_file == NULL) {
-    log_error ("tls: TLS needs --tls-certs or --tls-psk");
+    tls_log (cfg->log, "TLS needs --tls-certs or --tls-psk");
     return NULL;
   }
   if ((cfg->verify_peer || cfg->authz_file) && cfg->certs_dir == NULL) {
-    log_error ("tls: checking client certificates needs --tls-certs");
+    tls_log (cfg->log, "checking client certificates needs --tls-certs");
     return NULL;
   }
   ctx = calloc (1, sizeof *ctx);
   if (ctx == NULL) {
-    log_error ("tls: out of memory");
+    tls_log (cfg->log, "out of memory");
     return NULL;
   }
+  ctx->log = cfg->log;
   ctx->verify_peer = cfg->verify_peer || cfg->authz_file != NULL
     || cfg->authz_rules != NULL;
 
@@ -582,12 +610,12 @@ tls_ctx_new (const struct tls_config *cfg)
     goto err;
   if (cfg->authz_rules) {
     ctx->authz_on = true;
-    ctx->authz_what = "the authz rules";
+    ctx->authz_qemu_words = true;
     ctx->authz_default_allow = cfg->authz_default_allow;
     ctx->authz_cert_order = cfg->authz_cert_order;
     for (size_t i = 0; i < cfg->nr_authz_rules; i++)
       if (add_authz_rule (ctx, &cfg->authz_rules[i]) == -1) {
-        log_error ("tls: out of memory");
+        ctx_log (ctx, "out of memory");
         goto err;
       }
   }
@@ -600,7 +628,7 @@ tls_ctx_new (const struct tls_config *cfg)
 
  openssl_err:
   tls_openssl_reason (err, sizeof err);
-  log_error ("tls: %s", err);
+  ctx_log (ctx, "%s", err);
  err:
   tls_ctx_free (ctx);
   return NULL;

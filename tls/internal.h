@@ -26,6 +26,7 @@ struct psk_entry {
 };
 
 struct tls_ctx {
+  void (*log) (const char *msg);  /* tls_config.log */
   SSL_CTX *ssl_ctx;
   BIO_METHOD *bio_method;       /* socket BIO that never raises SIGPIPE */
   bool verify_peer;
@@ -38,7 +39,10 @@ struct tls_ctx {
   struct tls_authz_rule *authz;  /* match strings owned */
   size_t nr_authz;
   bool authz_default_allow;
-  const char *authz_what;        /* "the authz file", for messages */
+  /* A refusal in qemu-nbd's words: the rules came from its authz
+   * objects, and scripts match what it says.  Else ours, naming the
+   * authz file. */
+  bool authz_qemu_words;
   bool authz_cert_order;         /* tls_config.authz_cert_order */
 };
 

@@ -47,6 +47,10 @@ struct tls_config {
    * (GnuTLS's gnutls_x509_crt_get_dn: RDNs in certificate order,
    * "C=GB,O=Example,CN=client"), not in RFC 4514's reversed order. */
   bool authz_cert_order;
+  /* Where tls_ctx_new says what is wrong with the credentials (and
+   * warns of an expired certificate): one line, without a newline.
+   * NULL: stderr. */
+  void (*log) (const char *msg);
 };
 
 struct tls_ctx;

@@ -288,12 +288,15 @@ sc_discard ()
   guest_ok "connect both" "g_modprobe && g_connect /dev/nbd0 $port &&
     g_connect /dev/nbd1 $qemu_nbd_port"
 
-  # measure STEP: the host sizes now, against qemu-nbd's.
+  # measure [-n] STEP: the host sizes now, against qemu-nbd's (-n: only
+  # shown, not compared).
   measure ()
   {
+    local check=1
+    if [ "$1" = -n ]; then check=0; shift; fi
     o=$(alloc_bytes "$ours") t=$(alloc_bytes "$theirs")
     echo "  $1: qcow2-nbd $(mib "$o"), qemu-nbd $(mib "$t")"
-    if [ "$o" -gt $(( t + DISCARD_SLACK )) ]; then
+    if [ "$check" -eq 1 ] && [ "$o" -gt $(( t + DISCARD_SLACK )) ]; then
       echo "FAIL: $test_name: $1: the image takes $(mib "$o")," \
            "qemu-nbd's $(mib "$t")" >&2
       bad=1
@@ -324,7 +327,10 @@ sc_discard ()
       done
       sync || exit 1
     done'
-  measure "ext4 with 48 MiB of files"
+  # Where ext4 puts the files (in clusters the blkdiscard freed, or in
+  # ones still allocated) differs from one mkfs to the next, by 10 MiB
+  # here: shown only.  fstrim then frees whatever they do not use.
+  measure -n "ext4 with 48 MiB of files"
   guest_ok "files deleted, fstrim" '
     for mnt in /mnt/a /mnt/b; do
       rm $mnt/f* && sync && /sbin/fstrim -v $mnt || exit 1

@@ -32,33 +32,13 @@
 #include <unistd.h>
 
 #include "qcow2/qcow2.h"
+#include "tests/tests.h"
 
 static struct qcow2_image *img;
 static uint64_t vsize, csize;
 static unsigned nthreads;
 static unsigned long nops;
-static atomic_int failures;
 static bool verbose;            /* COMPRESS_VERBOSE=1: log every operation */
-
-static void
-log_cb (void *opaque, enum qcow2_log_level level, const char *msg)
-{
-  if (level != QCOW2_LOG_DEBUG)
-    fprintf (stderr, "libqcow2: %s\n", msg);
-}
-
-static void __attribute__ ((format (printf, 1, 2)))
-failure (const char *fmt, ...)
-{
-  va_list ap;
-
-  va_start (ap, fmt);
-  fprintf (stderr, "FAIL: ");
-  vfprintf (stderr, fmt, ap);
-  fprintf (stderr, "\n");
-  va_end (ap);
-  atomic_fetch_add (&failures, 1);
-}
 
 /* xorshift64*: each thread its own stream. */
 static uint64_t
@@ -126,10 +106,10 @@ check_range (struct thread *t, uint64_t off, uint64_t len, const char *what)
     abort ();
   r = qcow2_pread (img, buf, len, off);
   if (r < 0)
-    failure ("thread %u: read after %s at %" PRIu64 ": %s", t->id, what,
+    test_fail ("thread %u: read after %s at %" PRIu64 ": %s", t->id, what,
              off, strerror (-r));
   else if (memcmp (buf, t->copy + (off - t->start), len) != 0)
-    failure ("thread %u: %s at %" PRIu64 "+%" PRIu64 " reads back wrong",
+    test_fail ("thread %u: %s at %" PRIu64 "+%" PRIu64 " reads back wrong",
              t->id, what, off, len);
   free (buf);
 }
@@ -163,10 +143,10 @@ zero_op (struct thread *t, uint64_t off, uint64_t len)
     mark_written (t, me, end - me);
   }
   else if (r == -EIO && (me == end || !touches_written (t, me, end - me)))
-    failure ("thread %u: zeroing at %" PRIu64 "+%" PRIu64 " refused with "
+    test_fail ("thread %u: zeroing at %" PRIu64 "+%" PRIu64 " refused with "
              "no allocated partial cluster", t->id, off, len);
   else if (r != 0 && r != -EIO)
-    failure ("thread %u: zeroing at %" PRIu64 "+%" PRIu64 ": %s", t->id,
+    test_fail ("thread %u: zeroing at %" PRIu64 "+%" PRIu64 ": %s", t->id,
              off, len, strerror (-r));
   check_range (t, off / csize * csize,
                (end + csize - 1) / csize * csize - off / csize * csize,
@@ -182,7 +162,7 @@ thread_main (void *arg)
 
   if (data == NULL)
     abort ();
-  for (unsigned long i = 0; i < nops && atomic_load (&failures) == 0; i++) {
+  for (unsigned long i = 0; i < nops && !test_failed (); i++) {
     uint64_t c = t->start / csize + rnd (&t->seed) % nclusters;
     uint64_t coff = c * csize, off, len;
     unsigned kind = rnd (&t->seed) % 8;
@@ -228,7 +208,7 @@ thread_main (void *arg)
     default:
       r = qcow2_flush (img);
       if (r < 0)
-        failure ("thread %u: flush: %s", t->id, strerror (-r));
+        test_fail ("thread %u: flush: %s", t->id, strerror (-r));
       continue;
     }
 
@@ -258,12 +238,12 @@ thread_main (void *arg)
       continue;
     }
     if (r == 0 && written && whole && compressible) {
-      failure ("thread %u: %s of text over written clusters at %" PRIu64
+      test_fail ("thread %u: %s of text over written clusters at %" PRIu64
                " was not refused", t->id, what, off);
       continue;
     }
     if (r < 0) {
-      failure ("thread %u: %s at %" PRIu64 "+%" PRIu64 " (%s): %s", t->id,
+      test_fail ("thread %u: %s at %" PRIu64 "+%" PRIu64 " (%s): %s", t->id,
                what, off, len, compressible ? "text" : "random",
                strerror (-r));
       continue;
@@ -279,7 +259,7 @@ thread_main (void *arg)
 int
 main (int argc, char **argv)
 {
-  struct qcow2_open_opts opts = { .writable = true, .log = log_cb };
+  struct qcow2_open_opts opts = { .writable = true, .log = test_log_cb };
   struct thread *th;
   int shadow, r;
 
@@ -339,9 +319,5 @@ main (int argc, char **argv)
     free (th[i].written);
   }
   free (th);
-  if (atomic_load (&failures)) {
-    fprintf (stderr, "%d failures\n", atomic_load (&failures));
-    return 1;
-  }
-  return 0;
+  return test_status ();
 }

@@ -6,29 +6,23 @@
 # nbdcopy and compare with qemu-img's own conversion, and compare
 # `nbdinfo --map` with `qemu-img map`.
 
+source "$(dirname "$0")/functions.sh"
 set -euo pipefail
 
-for t in nbdkit nbdinfo nbdcopy qemu-img qemu-io cmp; do
-  command -v "$t" >/dev/null || { echo "$0: SKIP: $t not installed"; exit 77; }
-done
-PYTHON=${PYTHON:-/usr/bin/python3}
-builddir=${abs_top_builddir:-$(cd "$(dirname "$0")/.." && pwd)}
-plugin=$builddir/plugin/.libs/nbdkit-qcow2nbd-plugin.so
-[ -f "$plugin" ] || { echo "$0: SKIP: plugin not built ($plugin)"; exit 77; }
+requires nbdkit nbdinfo nbdcopy qemu-img qemu-io cmp
+plugin=$abs_top_builddir/plugin/.libs/nbdkit-qcow2nbd-plugin.so
+[ -f "$plugin" ] || skip "plugin not built ($plugin)"
 # An ASan-instrumented plugin cannot be dlopen'ed by the distribution's
 # (uninstrumented) nbdkit.
 if [ -n "${QCOW2NBD_SANITIZERS:-}" ] || nm -D "$plugin" 2>/dev/null | grep __asan_init >/dev/null; then
-  echo "$0: SKIP: plugin built with sanitizers; nbdkit cannot load it"
-  exit 77
+  skip "plugin built with sanitizers; nbdkit cannot load it"
 fi
 
-tmp=$(mktemp -d /tmp/test-plugin.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
-cd "$tmp"
+cd "$tmpdir"
 
 # A compressed base smaller than the overlay, and an overlay with data,
 # zero clusters (over base data) and unallocated ranges.
-$PYTHON - <<'EOF'
+"$PYTHON" - <<'EOF'
 import random
 r = random.Random(3)
 with open("base.raw", "wb") as f:
@@ -53,7 +47,7 @@ run --run 'nbdinfo --can multi-conn "$uri"'
 run --run 'nbdinfo --json --map "$uri"' > nbd-map.json
 
 qemu-img map --output=json -f qcow2 top.qcow2 > qemu-map.json
-$PYTHON - <<'EOF'
+"$PYTHON" - <<'EOF'
 import json, sys
 nbd = json.load(open("nbd-map.json"))
 qemu = json.load(open("qemu-map.json"))

@@ -23,25 +23,7 @@
 
 #include "common/cleanup.h"
 #include "qcow2/internal.h"
-
-static int failures;
-
-#define CHECK(cond, ...) do {                                   \
-    if (!(cond)) {                                              \
-      fprintf (stderr, "FAIL %s:%d: ", __FILE__, __LINE__);     \
-      fprintf (stderr, __VA_ARGS__);                            \
-      fprintf (stderr, "\n");                                   \
-      failures++;                                               \
-      return -1;                                                \
-    }                                                           \
-  } while (0)
-
-static void
-log_cb (void *opaque, enum qcow2_log_level level, const char *msg)
-{
-  if (level != QCOW2_LOG_DEBUG || getenv ("QCOW2_DEBUG"))
-    fprintf (stderr, "libqcow2: %s\n", msg);
-}
+#include "tests/tests.h"
 
 static int
 run (const char *cmd)
@@ -87,7 +69,7 @@ static int
 test_one (const char *dir, unsigned cluster_size, unsigned refcount_bits)
 {
   char img[512], cmd[1024];
-  struct qcow2_open_opts opts = { .writable = true, .log = log_cb };
+  struct qcow2_open_opts opts = { .writable = true, .log = test_log_cb };
   struct qcow2_image *image;
   struct qcow2_layer *layer;
   /* 512 B clusters: enough clusters to need new refcount blocks and a
@@ -240,7 +222,7 @@ test_one (const char *dir, unsigned cluster_size, unsigned refcount_bits)
 static int
 tool (int argc, char **argv)
 {
-  struct qcow2_open_opts opts = { .writable = true, .log = log_cb };
+  struct qcow2_open_opts opts = { .writable = true, .log = test_log_cb };
   struct qcow2_image *image;
   int r;
 
@@ -268,10 +250,7 @@ main (int argc, char **argv)
 
   if (argc > 2)
     return tool (argc, argv);
-  if (run ("qemu-img --version >/dev/null 2>&1") != 0) {
-    printf ("SKIP: qemu-img not installed\n");
-    return 77;
-  }
+  test_require ("qemu-img", NULL);
   if (mkdtemp (dir) == NULL) {
     perror ("mkdtemp");
     return 1;
@@ -281,5 +260,5 @@ main (int argc, char **argv)
       test_one (dir, sizes[s], widths[w]);
   snprintf (cmd, sizeof cmd, "rm -rf '%s'", dir);
   run (cmd);
-  return failures ? 1 : 0;
+  return test_status ();
 }

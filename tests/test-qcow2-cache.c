@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "qcow2/qcow2.h"
+#include "tests/tests.h"
 
 #define NR_THREADS 4
 #define SPOT_LEN 512
@@ -36,13 +37,6 @@ struct job {
   unsigned seed;
   int errors;
 };
-
-static void
-log_cb (void *opaque, enum qcow2_log_level level, const char *msg)
-{
-  if (level != QCOW2_LOG_DEBUG)
-    fprintf (stderr, "libqcow2: %s\n", msg);
-}
 
 static void *
 reader (void *arg)
@@ -96,7 +90,7 @@ run (const char *dir, unsigned cluster_size, size_t nr_spots,
 {
   char img_path[4096], cmd_path[4096], cmd[16384];
   struct qcow2_open_opts opts = {
-    .l2_cache_size = QCOW2_MIN_L2_CACHE_SIZE, .log = log_cb,
+    .l2_cache_size = QCOW2_MIN_L2_CACHE_SIZE, .log = test_log_cb,
   };
   struct qcow2_image *img;
   struct spot *spots = calloc (nr_spots, sizeof *spots);
@@ -173,11 +167,7 @@ main (void)
   char dir[] = "/tmp/test-qcow2-cache.XXXXXX";
   int fail = 0;
 
-  if (system ("qemu-img --version >/dev/null 2>&1") != 0 ||
-      system ("qemu-io --version >/dev/null 2>&1") != 0) {
-    printf ("SKIP: qemu-img/qemu-io not installed\n");
-    return 77;
-  }
+  test_require ("qemu-img", "qemu-io", NULL);
   if (mkdtemp (dir) == NULL) {
     perror ("mkdtemp");
     return 1;

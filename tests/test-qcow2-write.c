@@ -49,12 +49,12 @@
 
 #include "common/rounding.h"
 #include "qcow2/internal.h"
+#include "tests/tests.h"
 
 static struct qcow2_image *img;
 static int shadow_fd = -1;
 static uint64_t vsize, csize;
 static bool discard_zeroes;     /* a discarded whole cluster reads 0 */
-static atomic_int failures;
 static atomic_int wakeups;
 static _Atomic uint64_t enospc_limit = UINT64_MAX;
 static bool enospc_mode;
@@ -76,29 +76,9 @@ no_punch (void *opaque, int fd, uint64_t off, uint64_t len)
 static struct qcow2_io_ops full_io;
 
 static void
-log_cb (void *opaque, enum qcow2_log_level level, const char *msg)
-{
-  if (level != QCOW2_LOG_DEBUG)
-    fprintf (stderr, "libqcow2: %s\n", msg);
-}
-
-static void
 wakeup_cb (void *opaque)
 {
   atomic_fetch_add (&wakeups, 1);
-}
-
-static void __attribute__ ((format (printf, 1, 2)))
-fail (const char *fmt, ...)
-{
-  va_list ap;
-
-  va_start (ap, fmt);
-  fprintf (stderr, "test-qcow2-write: FAIL: ");
-  vfprintf (stderr, fmt, ap);
-  fprintf (stderr, "\n");
-  va_end (ap);
-  atomic_fetch_add (&failures, 1);
 }
 
 static uint64_t
@@ -115,7 +95,7 @@ static void
 open_image (const char *path)
 {
   struct qcow2_open_opts opts = {
-    .writable = true, .log = log_cb, .wakeup = wakeup_cb,
+    .writable = true, .log = test_log_cb, .wakeup = wakeup_cb,
     /* A small cache, so dirty slices get evicted during the run. */
     .l2_cache_size = 64 << 10,
     /* Discarded clusters are punched: a punch that hit a cluster still
@@ -179,16 +159,16 @@ check_range (uint64_t off, uint64_t len, const char *what)
     abort ();
   r = qcow2_pread (img, a, len, off);
   if (r < 0)
-    fail ("%s: read back [%" PRIu64 ", +%" PRIu64 "): %s", what, off, len,
+    test_fail ("%s: read back [%" PRIu64 ", +%" PRIu64 "): %s", what, off, len,
           strerror (-r));
   else if (pread (shadow_fd, b, len, off) != (ssize_t) len)
-    fail ("shadow read");
+    test_fail ("shadow read");
   else if (memcmp (a, b, len) != 0) {
     uint64_t i = 0;
 
     while (a[i] == b[i])
       i++;
-    fail ("%s [%" PRIu64 ", +%" PRIu64 "): byte %" PRIu64 " reads %#x, "
+    test_fail ("%s [%" PRIu64 ", +%" PRIu64 "): byte %" PRIu64 " reads %#x, "
           "shadow has %#x", what, off, len, off + i, a[i], b[i]);
   }
   free (a);
@@ -220,7 +200,7 @@ worker_run (void *arg)
 
   if (buf == NULL)
     abort ();
-  for (uint64_t op = 0; op < wk->ops && atomic_load (&failures) == 0;
+  for (uint64_t op = 0; op < wk->ops && !test_failed ();
        op++) {
     uint64_t room = wk->end - wk->start;
     uint64_t off, len;
@@ -251,12 +231,12 @@ worker_run (void *arg)
         /* Undefined now: take what the image says. */
         r = qcow2_pread (img, buf, len, off);
         if (r < 0) {
-          fail ("read after ENOSPC: %s", strerror (-r));
+          test_fail ("read after ENOSPC: %s", strerror (-r));
           break;
         }
       }
       else if (r < 0) {
-        fail ("write [%" PRIu64 ", +%" PRIu64 "): %s", off, len,
+        test_fail ("write [%" PRIu64 ", +%" PRIu64 "): %s", off, len,
               strerror (-r));
         break;
       }
@@ -282,11 +262,11 @@ worker_run (void *arg)
 
         if (tmp == NULL || qcow2_pread (img, tmp, len, off) < 0 ||
             pwrite (shadow_fd, tmp, len, off) != (ssize_t) len)
-          fail ("read after ENOSPC");
+          test_fail ("read after ENOSPC");
         free (tmp);
       }
       else if (r < 0) {
-        fail ("zero [%" PRIu64 ", +%" PRIu64 "): %s", off, len,
+        test_fail ("zero [%" PRIu64 ", +%" PRIu64 "): %s", off, len,
               strerror (-r));
         break;
       }
@@ -309,7 +289,7 @@ worker_run (void *arg)
         fprintf (stderr, "discard %" PRIu64 " +%" PRIu64 ": %d\n", off, len,
                  r);
       if (r < 0) {
-        fail ("discard [%" PRIu64 ", +%" PRIu64 "): %s", off, len,
+        test_fail ("discard [%" PRIu64 ", +%" PRIu64 "): %s", off, len,
               strerror (-r));
         break;
       }
@@ -327,7 +307,7 @@ worker_run (void *arg)
     else {                      /* flush */
       r = qcow2_flush (img);
       if (r < 0 && !(r == -ENOSPC && enospc_mode)) {
-        fail ("flush: %s", strerror (-r));
+        test_fail ("flush: %s", strerror (-r));
         break;
       }
     }
@@ -370,11 +350,11 @@ run_random (const char *image, const char *shadow, uint64_t seed,
   atomic_store (&enospc_limit, UINT64_MAX);
   r = qcow2_flush (img);
   if (r < 0)
-    fail ("final flush: %s", strerror (-r));
+    test_fail ("final flush: %s", strerror (-r));
   check_range (0, vsize, "whole disk");
   qcow2_close (img);
   close (shadow_fd);
-  return atomic_load (&failures) ? 1 : 0;
+  return test_status ();
 }
 
 /* ---- race ----------------------------------------------------------- */
@@ -417,25 +397,25 @@ test_blocked (void)
 
   r = qcow2_write_begin (img, 0, 512, 0, &w, &segs, &nsegs);
   if (r != 0) {
-    fail ("write_begin: %d", r);
+    test_fail ("write_begin: %d", r);
     return -1;
   }
   r = qcow2_write_begin (img, 100, 1000, 0, &w2, &segs, &nsegs);
   if (r != QCOW2_BLOCKED)
-    fail ("overlapping write_begin returned %d, not QCOW2_BLOCKED", r);
+    test_fail ("overlapping write_begin returned %d, not QCOW2_BLOCKED", r);
   r = qcow2_zero (img, 0, csize, 0);
   if (r != QCOW2_BLOCKED)
-    fail ("overlapping zero returned %d, not QCOW2_BLOCKED", r);
+    test_fail ("overlapping zero returned %d, not QCOW2_BLOCKED", r);
   r = qcow2_discard (img, 0, csize, 0);
   if (r != QCOW2_BLOCKED)
-    fail ("overlapping discard returned %d, not QCOW2_BLOCKED", r);
+    test_fail ("overlapping discard returned %d, not QCOW2_BLOCKED", r);
   before = atomic_load (&wakeups);
   qcow2_write_end (w, -EIO);    /* a failed write: undone */
   if (atomic_load (&wakeups) == before)
-    fail ("no wakeup after the blocking write ended");
+    test_fail ("no wakeup after the blocking write ended");
   r = qcow2_write_begin (img, 100, 1000, 0, &w2, &segs, &nsegs);
   if (r != 0)
-    fail ("write_begin after the end: %d", r);
+    test_fail ("write_begin after the end: %d", r);
   else
     qcow2_write_end (w2, -EIO);
   return 0;
@@ -451,7 +431,7 @@ run_race (const char *image, uint64_t seed, uint64_t rounds)
   test_blocked ();
   pthread_barrier_init (&barrier, NULL, N);
 
-  for (uint64_t round = 0; round < rounds && !atomic_load (&failures);
+  for (uint64_t round = 0; round < rounds && !test_failed ();
        round++) {
     /* A cluster away from the edges; the window spans it and a bit of
      * its neighbours. */
@@ -464,7 +444,7 @@ run_race (const char *image, uint64_t seed, uint64_t rounds)
 
     r = qcow2_pread (img, before, wlen, wstart);
     if (r < 0)
-      fail ("read: %s", strerror (-r));
+      test_fail ("read: %s", strerror (-r));
     for (int i = 0; i < N; i++) {
       rc[i].off = wstart + rnd (&s) % wlen;
       rc[i].len = 1 + rnd (&s) % (wstart + wlen - rc[i].off);
@@ -479,11 +459,11 @@ run_race (const char *image, uint64_t seed, uint64_t rounds)
     for (int i = 0; i < N; i++) {
       pthread_join (rc[i].thread, NULL);
       if (rc[i].result != 0)
-        fail ("racer %d: %s", i, strerror (-rc[i].result));
+        test_fail ("racer %d: %s", i, strerror (-rc[i].result));
     }
     r = qcow2_pread (img, after, wlen, wstart);
     if (r < 0)
-      fail ("read: %s", strerror (-r));
+      test_fail ("read: %s", strerror (-r));
     for (uint64_t j = 0; j < wlen; j++) {
       uint64_t g = wstart + j;
       bool ok = false, covered = false;
@@ -504,7 +484,7 @@ run_race (const char *image, uint64_t seed, uint64_t rounds)
       if (!ok && !discard_zeroes)
         ok = true;      /* v2 with backing: not decidable per byte */
       if (!ok) {
-        fail ("round %" PRIu64 ": byte %" PRIu64 " is %#x: no operation "
+        test_fail ("round %" PRIu64 ": byte %" PRIu64 " is %#x: no operation "
               "that covered it wrote that", round, g, after[j]);
         break;
       }
@@ -512,12 +492,12 @@ run_race (const char *image, uint64_t seed, uint64_t rounds)
     free (before);
     free (after);
     if (round % 8 == 7 && qcow2_flush (img) < 0)
-      fail ("flush");
+      test_fail ("flush");
   }
   if (qcow2_flush (img) < 0)
-    fail ("final flush");
+    test_fail ("final flush");
   qcow2_close (img);
-  return atomic_load (&failures) ? 1 : 0;
+  return test_status ();
 }
 
 int

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -38,7 +39,7 @@
 static const char *const other_drivers[] = {
   "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "copy-before-write",
   "copy-on-read", "dmg", "ftp", "ftps", "gluster", "http", "https", "iscsi",
-  "iser", "luks", "nbd", "nfs", "null-aio", "null-co", "nvme", "parallels",
+  "iser", "luks", "nbd", "nfs", "nvme", "parallels",
   "preallocate", "qcow", "qed", "quorum", "rbd", "replication",
   "snapshot-access", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc",
   "vvfat", NULL,
@@ -59,6 +60,14 @@ is_file_driver (const char *d)
 {
   return strcmp (d, "file") == 0 || strcmp (d, "host_device") == 0
     || strcmp (d, "host_cdrom") == 0;
+}
+
+/* QEMU's null block driver: a disk of zeros whose writes go nowhere,
+ * which tests use when the contents do not matter. */
+static bool
+is_null_driver (const char *d)
+{
+  return strcmp (d, "null-co") == 0 || strcmp (d, "null-aio") == 0;
 }
 
 /* "qemu-nbd: Failed to blk_new_open 'FILE': MESSAGE". */
@@ -95,6 +104,11 @@ struct spec {
   bool direct, no_flush, discard_unmap, aio_native;
   uint64_t offset, size;        /* raw's window */
   bool has_size;
+  /* The protocol node is QEMU's null driver (null-co, null-aio) of
+   * null_size bytes, not a file: see null_file. */
+  const char *null_driver;
+  uint64_t null_size;
+  bool null_top;                /* the null node is the top node */
 };
 
 /* A size or offset option: a decimal number, as QEMU's QemuOpts size
@@ -148,6 +162,63 @@ take_bool (const struct qnbd_image_args *a, struct qdict *d, const char *key,
   return 0;
 }
 
+/* A null protocol node at PREFIX, driver DRV: its size (1 GiB unless
+ * given) and the options that change nothing here (reads are always
+ * zeros, as with read-zeroes=on; no latency is simulated). */
+static int
+null_node (const struct qnbd_image_args *a, struct qdict *d,
+           const char *prefix, const char *drv, struct spec *sp)
+{
+  static const char *const ignored[] = {
+    "read-zeroes", "latency-ns", "node-name", "read-only", "auto-read-only",
+    "discard", "detect-zeroes", "cache.direct", "cache.no-flush",
+    "force-share", NULL,
+  };
+  char key[64];
+  const char *v;
+  bool found;
+
+  sp->null_driver = drv;
+  sp->null_top = *prefix == '\0';
+  sp->null_size = UINT64_C (1) << 30;
+  snprintf (key, sizeof key, "%ssize", prefix);
+  v = qdict_take (d, key, &found);
+  if (found && parse_size_opt (v, &sp->null_size) < 0)
+    return fail (a, "Parameter 'size' expects a non-negative number below "
+                 "2^64");
+  for (size_t i = 0; ignored[i]; i++) {
+    snprintf (key, sizeof key, "%s%s", prefix, ignored[i]);
+    qdict_take (d, key, NULL);
+  }
+  return 0;
+}
+
+/* The null driver's disk, for the rest of the server to open like any
+ * raw file: a memfd of its size, whose unwritten bytes read as zeros
+ * and cost nothing.  Unlike QEMU's, it keeps what is written (in
+ * memory, at most its size), so a client reads back its own writes.
+ * Named by /proc/self/fd, which the server opens like a path. */
+static int
+null_file (const struct qnbd_image_args *a, struct spec *sp)
+{
+  static char path[64];
+  int fd = memfd_create (sp->null_driver, MFD_CLOEXEC);
+
+  if (fd == -1)
+    return fail (a, "%s: %m", sp->null_driver);
+  if (ftruncate (fd, sp->null_size) == -1) {
+    int e = errno;
+
+    close (fd);
+    return fail (a, "%s: size %" PRIu64 ": %s", sp->null_driver,
+                 sp->null_size, strerror (e));
+  }
+  /* Kept open for the program's life: the path names this fd. */
+  snprintf (path, sizeof path, "/proc/self/fd/%d", fd);
+  sp->filename = path;
+  return 0;
+}
+
 /* The "file" protocol node at PREFIX ("file." or ""): its file name and
  * options. */
 static int
@@ -160,6 +231,8 @@ file_node (const struct qnbd_image_args *a, struct qdict *d,
 
   snprintf (key, sizeof key, "%sdriver", prefix);
   v = qdict_take (d, key, &found);
+  if (found && v && is_null_driver (v))
+    return null_node (a, d, prefix, v, sp);
   if (found && v && !is_file_driver (v)) {
     if (strcmp (v, "qcow2") == 0 || strcmp (v, "raw") == 0
         || strcmp (v, "compress") == 0)
@@ -292,6 +365,10 @@ format_node (const struct qnbd_image_args *a, struct qdict *d,
     sp->driver = "raw";
     return file_node (a, d, prefix, sp);
   }
+  if (drv && is_null_driver (drv)) {
+    sp->driver = "raw";
+    return null_node (a, d, prefix, drv, sp);
+  }
   if (drv && strcmp (drv, "qcow2") != 0 && strcmp (drv, "raw") != 0)
     return unsupported_driver (a, drv);
   sp->driver = drv;
@@ -418,8 +495,13 @@ from_dict (const struct qnbd_image_args *a, struct qdict *d, struct spec *sp)
       opt = v + 5;
     }
     if (strncmp (opt, "file.", 5) == 0)
-      return fail (a, "Block protocol 'file' doesn't support the option "
-                   "'%s'", opt + 5);
+      return fail (a, "Block protocol '%s' doesn't support the option "
+                   "'%s'", sp->null_driver ? sp->null_driver : "file",
+                   opt + 5);
+    if (sp->null_top)
+      /* The null node is the top node: its options are unprefixed. */
+      return fail (a, "Block protocol '%s' doesn't support the option "
+                   "'%s'", sp->null_driver, opt);
     return fail (a, "Block format '%s' does not support the option '%s'",
                  sp->driver ? sp->driver : "raw", opt);
   }
@@ -443,10 +525,18 @@ plain_name (const struct qnbd_image_args *a, struct spec *sp)
       char proto[64];
 
       snprintf (proto, sizeof proto, "%.*s", (int) MIN (n, 63u), f);
-      if (is_other_driver (proto))
-        return fail (a, "the '%s' protocol is not supported by qcow2-nbd, "
-                     "which serves local files only", proto);
-      return fail (a, "Unknown protocol '%s'", proto);
+      if (!is_null_driver (proto)) {
+        if (is_other_driver (proto))
+          return fail (a, "the '%s' protocol is not supported by "
+                       "qcow2-nbd, which serves local files only", proto);
+        return fail (a, "Unknown protocol '%s'", proto);
+      }
+      if (strcmp (colon, "://") != 0)
+        return fail (a, "The only allowed filename for this driver is "
+                     "'%s://'", proto);
+      sp->null_driver = strcmp (proto, "null-co") == 0 ? "null-co"
+        : "null-aio";
+      sp->null_size = UINT64_C (1) << 30;
     }
   }
   if (sp->driver && is_file_driver (sp->driver))
@@ -542,6 +632,8 @@ qnbd_image_config (const struct qnbd_image_args *a,
               "which was not specified.");
   if (r == 0 && sp.read_only_opt && !a->read_only)
     r = fail (a, "Block node is read-only");
+  if (r == 0 && sp.null_driver)
+    r = null_file (a, &sp);
   if (r == 0 && sp.driver == NULL)
     r = probe (a, &sp, &probed);
   if (r < 0) {
@@ -590,7 +682,7 @@ qnbd_image_config (const struct qnbd_image_args *a,
              "         Automatically detecting the format is dangerous for "
              "raw images, write operations on block 0 will be restricted.\n"
              "         Specify the 'raw' format explicitly to remove the "
-             "restrictions.\n", sp.filename);
+             "restrictions.\n", sp.null_driver ? a->file : sp.filename);
   return 0;
 }
 

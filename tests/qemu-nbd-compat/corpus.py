@@ -598,4 +598,28 @@ PATTERNS = [
          args=["-t", "--socket", "@SOCK@", "--format", "qcow2",
                "--image-opts",
                "driver=qcow2,file.driver=file,file.filename=@IMG@"]),
+
+    # ---- QEMU's null driver (tests that need a disk, not its bytes) ----
+    # Only the handshake is compared: QEMU's null-co leaves read buffers
+    # as they were (read-zeroes=off), ours reads zeros.
+    dict(name="qemu-iotests-162-null-co-tcp",
+         source=f"{QEMU}:tests/qemu-iotests/162:61",
+         args=["-p", "@PORT@", "-f", "raw", "--fork", "null-co://"],
+         checks=["info"]),
+    dict(name="qemu-iotests-162-null-co-unix",
+         source=f"{QEMU}:tests/qemu-iotests/162:72",
+         args=["-k", "@SOCK@", "-f", "raw", "--fork", "null-co://"],
+         checks=["info"]),
+    dict(name="qemu-null-co-image-opts-size",
+         source=f"{QEMU}:tests/qemu-iotests/186:138 (the node options "
+                "driver=null-co,read-zeroes=on,size=1M of a -drive there, "
+                "given to qemu-nbd --image-opts)",
+         args=["-k", "@SOCK@", "-t", "--image-opts",
+               "driver=null-co,read-zeroes=on,size=1M"],
+         checks=["info", "read", "second"]),
+    dict(name="error-null-co-filename",
+         source=f"{QEMU}:tests/qemu-iotests/162:61 with a path after the "
+                "protocol",
+         mode="error",
+         args=["-k", "@SOCK@", "-f", "raw", "null-co://disk"]),
 ]

@@ -3,7 +3,8 @@
  * a client's bytes from memory, the way the listener feeds it from a
  * socket, and when the bytes negotiate the transmission phase, the rest
  * of them through the request parser on the connection as negotiated
- * (structured replies, meta contexts).  The first two bytes set up the
+ * (structured replies or extended headers, meta contexts).  The first
+ * two bytes set up the
  * run:
  *   byte 0, bits 0-1  --tls: off, on, require (3: on)
  *           bit 2     a STARTTLS handshake succeeds (else it fails)
@@ -136,7 +137,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   conn.fd = -1;
   strcpy (conn.peer, "fuzz");
   memset (&rp, 0, sizeof rp);
-  hs = handshake_new (&conn, &exp, modes[data[0] & 3]);
+  fuzz_source_set (&exp);
+  hs = handshake_new (&conn, &fuzz_source, modes[data[0] & 3]);
   if (hs == NULL)
     abort ();
   data += 2;
@@ -162,6 +164,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     if (st == HANDSHAKE_DONE) {
       CHECK (conn.exp == &exp);
       CHECK (conn.meta == 0 || conn.structured_replies);
+      CHECK (!conn.extended_headers || conn.structured_replies);
       fuzz_transmission (&conn, data, size);
       break;
     }
@@ -169,7 +172,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
       if (!tls_ok)
         break;                  /* the TLS handshake failed: closed */
       handshake_tls_done (hs);
-      CHECK (!conn.structured_replies && conn.meta == 0);
+      CHECK (!conn.structured_replies && !conn.extended_headers
+             && conn.meta == 0);
       continue;
     }
     buf = handshake_input_buf (hs, &len);
@@ -188,5 +192,7 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     size -= len;
   }
   handshake_free (hs);
+  /* The connection's reference, if it got one, and no other. */
+  CHECK (fuzz_source_refs () == (conn.exp != NULL));
   return 0;
 }

@@ -4,8 +4,7 @@
  * chooses:
  *   bit 0     structured replies
  *   bits 1-2  meta contexts selected (base:allocation, allocation-depth)
- *   bit 3     reserved for extended headers (issue 16): when they exist,
- *             set them on the connection here
+ *   bit 3     extended headers (which imply structured replies)
  *   bits 4-7  the export: fuzz_export's configuration bits 0-3
  * Build with clang -fsanitize=fuzzer (fuzzing/Makefile.am), or link
  * driver.c to replay files. */
@@ -31,7 +30,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
   conn.fd = -1;
   strcpy (conn.peer, "fuzz");
   conn.exp = &exp;
-  conn.structured_replies = data[0] & 1;
+  conn.extended_headers = data[0] & 8;
+  conn.structured_replies = (data[0] & 1) || conn.extended_headers;
   conn.meta = data[0] >> 1 & 3;
   if (!conn.structured_replies)
     conn.meta = 0;              /* the handshake never selects any */

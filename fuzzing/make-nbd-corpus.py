@@ -16,7 +16,7 @@ OPT = dict(EXPORT_NAME=1, ABORT=2, LIST=3, PEEK_EXPORT=4, STARTTLS=5,
            EXTENDED_HEADERS=11)
 CMD = dict(READ=0, WRITE=1, DISC=2, FLUSH=3, TRIM=4, CACHE=5,
            WRITE_ZEROES=6, BLOCK_STATUS=7, RESIZE=8)
-FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO = 1, 2, 4, 8, 16
+FUA, NO_HOLE, DF, REQ_ONE, FAST_ZERO, PAYLOAD_LEN = 1, 2, 4, 8, 16, 32
 
 
 def opt(o, payload=b""):
@@ -45,6 +45,38 @@ def meta(o, export="", queries=()):
 def req(cmd, offset=0, length=0, flags=0, cookie=1, payload=b""):
     return struct.pack(">IHHQQI", 0x25609513, flags, CMD[cmd], cookie,
                        offset, length) + payload
+
+
+def xreq(cmd, offset=0, length=0, flags=0, cookie=1, payload=b""):
+    """An extended (32-byte) request header and its payload."""
+    return struct.pack(">IHHQQQ", 0x21e41c71, flags, CMD[cmd], cookie,
+                       offset, length) + payload
+
+
+def xrequests():
+    """A session's requests with extended headers: payloads, effect
+    lengths over 4 GiB, the BLOCK_STATUS payload form and its refusals."""
+    bs = lambda eff, *ids: struct.pack(">Q", eff) + b"".join(
+        struct.pack(">I", i) for i in ids)
+    r = [xreq("READ", 0, 4096, cookie=1),
+         xreq("WRITE", 4096, 512, flags=PAYLOAD_LEN, cookie=2,
+              payload=b"\x5a" * 512),
+         xreq("WRITE", 8192, 512, cookie=3),                # no PAYLOAD_LEN
+         xreq("TRIM", 0, 5 << 30, cookie=4),
+         xreq("WRITE_ZEROES", 0, 1 << 40, flags=NO_HOLE, cookie=5),
+         xreq("CACHE", 0, (1 << 64) - 1, cookie=6),
+         xreq("BLOCK_STATUS", 0, 1 << 40, cookie=7),
+         xreq("BLOCK_STATUS", 0, 12, flags=PAYLOAD_LEN | REQ_ONE, cookie=8,
+              payload=bs(1 << 20, 1)),
+         xreq("BLOCK_STATUS", 0, 16, flags=PAYLOAD_LEN, cookie=9,
+              payload=bs(1 << 20, 2, 2)),
+         xreq("BLOCK_STATUS", 0, 10, flags=PAYLOAD_LEN, cookie=10,
+              payload=b"\0" * 10),
+         xreq("TRIM", 0, 8, flags=PAYLOAD_LEN, cookie=11, payload=b"x" * 8),
+         xreq("READ", 0, 64 << 20, cookie=12),
+         xreq("READ", 0, 8192, flags=DF, cookie=13),
+         xreq("DISC", cookie=14)]
+    return b"".join(r)
 
 
 def requests(structured=False):
@@ -137,10 +169,24 @@ handshake = {
     "abort-with-payload": hs(OFF, 0, FLAGS + opt("ABORT", b"bye")),
     "timeout-in-option": hs(OFF, 0x80, FLAGS + opt("LIST") + b"IHAVE"),
     "timeout-unread-reply": hs(NAMED, 0x80, FLAGS + opt("LIST")),
+    "go-extended-meta": hs(OFF, 0, FLAGS + opt("EXTENDED_HEADERS") +
+                           meta("SET_META", "", ["base:allocation",
+                                                 "qemu:allocation-depth"]) +
+                           go("", [3]) + xrequests()),
+    "extended-ordering": hs(OFF | BYTEWISE, 0, FLAGS +
+                            opt("STRUCTURED_REPLY") +
+                            opt("EXTENDED_HEADERS", b"x") +
+                            opt("EXTENDED_HEADERS") +
+                            opt("EXTENDED_HEADERS") +
+                            opt("STRUCTURED_REPLY") + go("", [], "INFO") +
+                            opt("EXPORT_NAME")),
+    "starttls-extended": hs(ON | TLS_OK, 0, FLAGS + opt("EXTENDED_HEADERS") +
+                            meta("SET_META", "", ["base:allocation"]) +
+                            opt("STARTTLS") + go() + requests()),
 }
 
 # Byte 0 of a request seed: bit 0 structured, bits 1-2 meta contexts,
-# bit 3 reserved (extended headers), high nibble: the export.
+# bit 3 extended headers, high nibble: the export.
 request = {}
 for cfg in (0x00, 0x01, 0x07, 0x03 | 0x40, 0x05 | 0x10, 0x01 | 0x20,
             0x01 | 0x30):
@@ -150,6 +196,13 @@ request["huge-write"] = bytes([0]) + req("WRITE", 0, 64 << 20)
 request["overflow"] = bytes([1]) + req("READ", (1 << 64) - 512, 1024) + \
     req("BLOCK_STATUS", 0, 0) + req("WRITE_ZEROES", 1 << 62, 1 << 31)
 request["short"] = bytes([0]) + req("READ", 0, 512)[:20]
+# Bit 3: extended headers.
+for cfg in (0x08, 0x0f, 0x0b | 0x40, 0x0f | 0x20):
+    request["extended-%02x" % cfg] = bytes([cfg]) + xrequests()
+request["extended-huge-payload"] = bytes([0x0f]) + \
+    xreq("WRITE", 0, 64 << 20, flags=PAYLOAD_LEN)
+request["extended-compact-magic"] = bytes([0x08]) + req("READ", 0, 512) + \
+    b"\0" * 4
 
 files = []
 for d, seeds in (("corpus-handshake", handshake), ("corpus-request", request)):

@@ -8,6 +8,8 @@ NBD_CORPUS = \
 	corpus-handshake/bad-option-magic \
 	corpus-handshake/export-name-old \
 	corpus-handshake/export-name-zeroes \
+	corpus-handshake/extended-ordering \
+	corpus-handshake/go-extended-meta \
 	corpus-handshake/go-plain \
 	corpus-handshake/go-structured-meta \
 	corpus-handshake/hang-up-in-payload \
@@ -18,6 +20,7 @@ NBD_CORPUS = \
 	corpus-handshake/list-meta-queries \
 	corpus-handshake/not-fixed \
 	corpus-handshake/pieces-of-7 \
+	corpus-handshake/starttls-extended \
 	corpus-handshake/starttls-fails \
 	corpus-handshake/starttls-refused \
 	corpus-handshake/starttls-require \
@@ -27,6 +30,12 @@ NBD_CORPUS = \
 	corpus-handshake/trickle \
 	corpus-handshake/unsupported \
 	corpus-request/bad-magic \
+	corpus-request/extended-08 \
+	corpus-request/extended-0f \
+	corpus-request/extended-2f \
+	corpus-request/extended-4b \
+	corpus-request/extended-compact-magic \
+	corpus-request/extended-huge-payload \
 	corpus-request/huge-write \
 	corpus-request/overflow \
 	corpus-request/session-00 \

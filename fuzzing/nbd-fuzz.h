@@ -16,6 +16,13 @@
  *   bit 3     name "fuzz" and a description (else "" and none) */
 void fuzz_export (struct export *exp, uint8_t cfg);
 
+/* The handshake's exports: EXP alone, found by its exact name, its
+ * references counted (a release of one not taken aborts). */
+extern const struct export_source fuzz_source;
+void fuzz_source_set (const struct export *exp);
+/* References taken and not released. */
+unsigned fuzz_source_refs (void);
+
 /* Feed DATA to the transmission phase's parser as a client of CONN would
  * send it: request headers, payloads skipped, until DISC, a bad magic,
  * an oversized payload or the end.  Every request the parser accepts is

@@ -57,6 +57,14 @@ qcow2_cluster_size (const struct qcow2_image *img)
   return top->format == LAYER_QCOW2 ? top->cluster_size : 0;
 }
 
+uint64_t
+stream_gen_next (void)
+{
+  static _Atomic uint64_t next = 1;
+
+  return atomic_fetch_add (&next, 1);
+}
+
 /* Host clusters [first, last] a stream of LEN bytes at HOST touches. */
 static void
 stream_clusters (const struct qcow2_layer *layer, uint64_t host,
@@ -133,7 +141,7 @@ alloc_bytes_locked (struct qcow2_layer *layer, uint32_t size, uint64_t *host)
 
   *host = off;
   layer->free_byte_offset = (off + size) & (cs - 1) ? off + size : 0;
-  atomic_fetch_add (&layer->stream_gen, 1);
+  atomic_store (&layer->stream_gen, stream_gen_next ());
   return 0;
 }
 

@@ -127,10 +127,12 @@ struct qcow2_layer {
    * host cluster the last one ended in (0: start a new cluster);
    * refcount.c resets it when that cluster's refcount drops to 0. */
   uint64_t free_byte_offset;   /* lock */
-  /* Bumped (with the lock held exclusively) whenever host bytes are
+  /* Set anew (with the lock held exclusively) whenever host bytes are
    * given to a compressed stream, before any L2 entry names them: a
    * cache of decompressed clusters keyed by host offset keys by this
-   * too (qcow2_extent.stream_gen). */
+   * too (qcow2_extent.stream_gen).  Values come from stream_gen_next,
+   * unique in the process, so a layer opened where a closed one was in
+   * memory never matches what was cached of the old one. */
   _Atomic uint64_t stream_gen;
   uint32_t *repair_counts;     /* header.c's repair, inside qcow2_open */
   uint64_t repair_nr;          /* (one thread); NULL/0 afterwards */
@@ -634,5 +636,9 @@ int bitmap_count_refs (struct qcow2_layer *layer, bitmap_count_fn count);
  * such snapshot; -EINVAL for a bad snapshot L1 table. */
 int snapshot_select (struct qcow2_layer *l,
                      const struct qcow2_open_opts *opts);
+
+/* compress-write.c: a stream generation never handed out before in
+ * this process (qcow2_layer.stream_gen). */
+uint64_t stream_gen_next (void);
 
 #endif /* QCOW2_INTERNAL_H */

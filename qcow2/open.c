@@ -187,6 +187,7 @@ new_layer (struct qcow2_image *img, unsigned depth,
   }
   layer->img = img;
   layer->depth = depth;
+  layer->stream_gen = stream_gen_next ();
   img->layers[img->nr_layers++] = layer;
   *layerp = layer;
   return 0;

@@ -219,7 +219,9 @@ struct qcow2_extent {
   /* COMPRESSED: host bytes that held one stream may hold another later
    * (compressed writes pack streams into space freed before), but never
    * with the same stream_gen: a cache of decompressed clusters keyed by
-   * (layer, host_offset) must key by this too. */
+   * (layer, host_offset) must key by this too.  Never reused in the
+   * process, even by a layer of another image opened at the address of
+   * a closed one. */
   uint64_t stream_gen;
 };
 

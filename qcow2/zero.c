@@ -27,7 +27,16 @@
  * Both hold an in-flight record over the whole range for the whole call,
  * so they are ordered against writes that allocate in it.  Host clusters
  * given back are released with deferred decrements: they are reusable
- * only once the L2 change is durable (qcow2/ORDERING.md). */
+ * only once the L2 change is durable (qcow2/ORDERING.md).
+ *
+ * A range may be huge (an NBD client with extended headers zeroes a
+ * 1 TiB disk in one request): the metadata lock is taken for
+ * LOCK_CHUNK_CLUSTERS clusters at a time, so readers and other writers
+ * of the image wait milliseconds, not seconds, and between chunks a
+ * grown backlog of freed clusters is committed (flush_backlog), so its
+ * memory stays bounded.  The in-flight record keeps the range to
+ * ourselves meanwhile; other requests may see it partly done, as they
+ * may see any write in progress. */
 
 #include <config.h>
 
@@ -41,6 +50,23 @@
 #include "qcow2/internal.h"
 
 #define ZERO_BITS (UINT64_C (0xffffffff) << 32)
+
+/* Clusters handled per hold of the metadata lock: 4 L2 tables of 64 KiB
+ * clusters, some 10 ms of L2 updates. */
+#define LOCK_CHUNK_CLUSTERS 32768
+
+/* Between chunks: let the others have the lock, and commit the freed
+ * clusters if many wait. */
+static void
+lock_breather (struct qcow2_image *img, struct qcow2_layer *layer)
+{
+  bool backlog = release_backlog_locked (layer);
+
+  pthread_rwlock_unlock (&layer->lock);
+  if (backlog)
+    flush_backlog (img);
+  pthread_rwlock_wrlock (&layer->lock);
+}
 
 /* A range the write path must fill with zeros. */
 struct zpiece {
@@ -247,11 +273,15 @@ zero_pass (struct qcow2_image *img, uint64_t offset, uint64_t length,
   struct qcow2_layer *layer = img->layers[0];
   const uint64_t cs = layer->cluster_size;
   const uint64_t end = offset + length;
+  uint64_t done = 0;
   int r = 0;
 
   pthread_rwlock_wrlock (&layer->lock);
   for (uint64_t pos = offset; pos < end && r == 0;) {
     uint64_t cluster = pos >> layer->cluster_bits;
+
+    if (++done % LOCK_CHUNK_CLUSTERS == 0)
+      lock_breather (img, layer);
     uint64_t gbase = cluster << layer->cluster_bits;
     uint64_t cend = MIN (gbase + cs, layer->size);
     uint64_t n = MIN (end, cend) - pos;
@@ -477,6 +507,8 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   for (uint64_t c = first; c < end && r == 0; c++) {
     uint64_t l2e, bitmap, new_l2e = 0, new_bitmap = 0;
 
+    if ((c - first + 1) % LOCK_CHUNK_CLUSTERS == 0)
+      lock_breather (img, layer);
     r = get_entry_locked (layer, c, &l2e, &bitmap);
     if (r < 0)
       break;

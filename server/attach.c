@@ -149,7 +149,7 @@ make_conns (const struct export *exp, const struct kdev *dev, unsigned n,
   unsigned i;
 
   for (i = 0; i < n; i++) {
-    char peer[32];
+    char peer[32], msg[256];
     struct conn *conn;
     int sv[2];
 
@@ -166,8 +166,15 @@ make_conns (const struct export *exp, const struct kdev *dev, unsigned n,
       break;
     }
     /* What the handshake would have set: the kernel negotiates no
-     * option, so simple replies and no meta context. */
-    conn->exp = exp;
+     * option, so simple replies and no meta context; and the reference
+     * to the export a GO takes, which conn_free drops. */
+    if (exports_source.get (exp->name, strlen (exp->name), &conn->exp,
+                            msg, sizeof msg) != 0) {
+      log_error ("%s: %s", peer, msg);
+      conn_free (conn);
+      close (sv[1]);
+      break;
+    }
     kfds[i] = sv[1];
     atomic_fetch_add (&live_conns, 1);
     workers_add_conn (conn);
@@ -199,10 +206,11 @@ int
 attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 {
   struct kdev dev;
-  struct export exp = { 0 };
+  const struct export *exp;
   int kfds[MAX_CONNECTIONS];
   unsigned nconns = opts->connections ? opts->connections : 1, made, i;
-  int ready_fd = -1, sfd = -1, status = EXIT_FAILURE, r;
+  int ready_fd = -1, sfd = -1, status = EXIT_FAILURE;
+  unsigned threads = cfg->threads ? cfg->threads : 1;
   bool detaching = false, pid_written = false;
   sigset_t set;
   pid_t owner;
@@ -249,17 +257,20 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   if (prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1)
     log_debug ("PR_SET_IO_FLUSHER: %m");
 
-  if (export_open (cfg, &exp) == -1)
-    goto out_fds;
+  /* The image, as serve's one export (exports.c): the connections take
+   * references to it as a GO would. */
+  if (exports_init (cfg, threads) == -1)
+    goto out_image;
+  exp = exports_single ();
   if (opts->qemu_compat && qemu_device_check (opts->device, &dev) == -1)
     goto out_image;
   listener_set_closed_hook (conn_closed);
-  if (workers_start (&exp, cfg->threads) == -1)
+  if (workers_start (threads) == -1)
     goto out_image;
 
-  made = make_conns (&exp, &dev, nconns, kfds);
+  made = make_conns (exp, &dev, nconns, kfds);
   if (made < nconns
-      || kdev_connect (&dev, &exp, kfds, made, !opts->use_ioctl,
+      || kdev_connect (&dev, exp, kfds, made, !opts->use_ioctl,
                        kick) == -1) {
     /* Our ends see the kernel's close and end by themselves. */
     for (i = 0; i < made; i++)
@@ -278,7 +289,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   else {
     pid_written = cfg->pid_file != NULL;
     log_info ("attached %s (%" PRIu64 " bytes) to %s through %s with %u "
-              "connection%s", cfg->image, exp.size, dev.path,
+              "connection%s", cfg->image, exp->size, dev.path,
               dev.netlink ? "netlink" : "ioctls", made,
               made == 1 ? "" : "s");
     daemon_ready (ready_fd);
@@ -337,16 +348,13 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 
  out_workers:
   workers_shutdown ();
-  /* The last flush, for its result, as serve_run makes it. */
-  if (status == EXIT_SUCCESS && !exp.read_only
-      && (r = qcow2_flush (exp.img)) < 0) {
-    log_error ("%s: the final flush failed (%s): writes not flushed "
-               "before may be lost; exiting with status 1", cfg->image,
-               strerror (-r));
+ out_image:
+  /* Flushed and closed; a failed final flush (logged) is status 1, as
+   * for serve. */
+  if (exports_shutdown () == -1 && status == EXIT_SUCCESS) {
+    log_error ("a final flush failed; exiting with status 1");
     status = EXIT_FAILURE;
   }
- out_image:
-  export_close (&exp);
   if (pid_written && !cfg->keep_pid_file)
     unlink (cfg->pid_file);
  out_fds:

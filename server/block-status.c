@@ -7,7 +7,12 @@
  * cap; a bitmap's extents are its runs of like bits, read from memory,
  * cut where qemu-nbd cuts them and capped where it caps them (1 MiB of
  * extents), so both servers give the same answer.  The reply is one
- * chunk per context, each covering a prefix of the range. */
+ * chunk per context, each covering a prefix of the range:
+ * NBD_REPLY_TYPE_BLOCK_STATUS with 32-bit extent lengths, or with
+ * extended headers NBD_REPLY_TYPE_BLOCK_STATUS_EXT with 64-bit lengths
+ * and status, where one extent may cover a whole huge range.  The
+ * contexts are those selected in the handshake, or the subset the
+ * request's payload names (NBD_FLAG_BLOCK_STAT_PAYLOAD, parse.c). */
 
 #include <config.h>
 
@@ -33,11 +38,33 @@
 
 struct bs_list {
   uint32_t id;
-  uint8_t *ents;                /* (u32 length, u32 flags) pairs, wire order */
+  /* Extents in wire order: (u32 length, u32 status) pairs, or with
+   * extended headers (u64 length, u64 status). */
+  uint8_t *ents;
+  unsigned esz;                 /* 8 or 16 bytes per extent */
   size_t n, cap, max;           /* cap grows up to max */
-  uint32_t last_len, last_flags;
+  uint64_t last_len;
+  uint32_t last_flags;
   bool full;
 };
+
+static void
+bs_put (struct bs_list *l, size_t i, uint64_t len, uint32_t flags)
+{
+  uint8_t *p = l->ents + l->esz * i;
+
+  if (l->esz == 16) {
+    /* Our contexts' status is 32 bits: the top half is zero. */
+    store_be64 (p, len);
+    store_be64 (p + 8, flags);
+  }
+  else {
+    /* Compact requests cover less than 4 GiB, and so does any sum of
+     * extents inside one. */
+    store_be32 (p, len);
+    store_be32 (p + 4, flags);
+  }
+}
 
 static void
 bs_add (struct bs_list *l, uint64_t len, uint32_t flags)
@@ -45,14 +72,13 @@ bs_add (struct bs_list *l, uint64_t len, uint32_t flags)
   if (l->full || len == 0)
     return;
   if (l->n > 0 && l->last_flags == flags) {
-    /* Lengths stay below 4 GiB: the request length is a u32. */
     l->last_len += len;
-    store_be32 (l->ents + 8 * (l->n - 1), l->last_len);
+    bs_put (l, l->n - 1, l->last_len, flags);
     return;
   }
   if (l->n == l->cap) {
     size_t cap = MIN (l->max, 4 * l->cap);
-    uint8_t *ents = cap > l->cap ? realloc (l->ents, 8 * cap) : NULL;
+    uint8_t *ents = cap > l->cap ? realloc (l->ents, l->esz * cap) : NULL;
 
     /* At the cap, or out of memory: the reply covers a prefix. */
     if (ents == NULL) {
@@ -62,8 +88,7 @@ bs_add (struct bs_list *l, uint64_t len, uint32_t flags)
     l->ents = ents;
     l->cap = cap;
   }
-  store_be32 (l->ents + 8 * l->n, len);
-  store_be32 (l->ents + 8 * l->n + 4, flags);
+  bs_put (l, l->n, len, flags);
   l->last_len = len;
   l->last_flags = flags;
   l->n++;
@@ -132,30 +157,35 @@ cmd_block_status (struct request *req)
 {
   struct conn_state *cs = req->cs;
   struct worker *w = cs->w;
+  const struct export_fds *xf = conn_fds (cs);
   const struct export *exp = cs->conn->exp;
   struct bs_list lists[META_MAX];
   size_t nlists = 0, nraw = 0;
   bool req_one = req->flags & NBD_CMD_FLAG_REQ_ONE;
   uint64_t pos = req->offset, end = req->offset + req->length;
   struct bs_list *base = NULL, *depth = NULL;
+  const bool ext = cs->conn->extended_headers;
+  const unsigned esz = ext ? 16 : 8;
+  /* Chunk header, context id (and with extended headers the count). */
+  const size_t chsz = reply_hdr_size (req) + (ext ? 8 : 4);
   /* The reply's extents go out from one pool buffer (at most 32 MiB):
-   * with more than 32 bitmaps selected each gets a share of it. */
-  unsigned nbitmaps = __builtin_popcountll (cs->conn->meta
-                                            >> META_DIRTY_BITMAP);
+   * with many bitmaps selected each gets a share of it. */
+  unsigned nbitmaps = __builtin_popcountll (req->meta >> META_DIRTY_BITMAP);
   size_t bitmap_max = MIN ((size_t) BS_MAX_BITMAP_EXTENTS,
-                           ((size_t) 32 << 20) / 8 / MAX (nbitmaps, 1u)
+                           ((size_t) 32 << 20) / esz / MAX (nbitmaps, 1u)
                            - BS_MAX_EXTENTS);
 
   memset (lists, 0, sizeof lists);
   for (unsigned m = 0; m < exp->nr_meta; m++) {
-    if (!(cs->conn->meta & (UINT64_C (1) << m)))
+    if (!(req->meta & (UINT64_C (1) << m)))
       continue;
     struct bs_list *l = &lists[nlists++];
     l->id = META_CONTEXT_ID (m);
+    l->esz = esz;
     l->max = req_one ? 1 : m >= META_DIRTY_BITMAP ? bitmap_max
       : BS_MAX_EXTENTS;
     l->cap = MIN (l->max, (size_t) 64);
-    l->ents = malloc (8 * l->cap);
+    l->ents = malloc (esz * l->cap);
     if (l->ents == NULL) {
       bs_free_lists (lists, nlists);
       reply_error (req, ENOMEM, "out of memory");
@@ -188,8 +218,8 @@ cmd_block_status (struct request *req)
         enum qcow2_host_holes hh = e->type == QCOW2_EXTENT_DATA
           ? qcow2_layer_host_holes (e->layer) : QCOW2_HOST_HOLES_DATA;
 
-        if (hh != QCOW2_HOST_HOLES_DATA && e->file < w->nr_fds)
-          bs_add_data (base, w->fds[e->file], e->host_offset, e->length,
+        if (hh != QCOW2_HOST_HOLES_DATA && e->file < xf->nr)
+          bs_add_data (base, xf->fds[e->file], e->host_offset, e->length,
                        hh == QCOW2_HOST_HOLES_ZERO ? NBD_STATE_ZERO
                        : NBD_STATE_HOLE | NBD_STATE_ZERO);
         else if (extent_is_hole (e))
@@ -211,12 +241,13 @@ cmd_block_status (struct request *req)
     return;
   }
 
-  /* One chunk per context: header + context id, then the extents. */
+  /* One chunk per context: header + context id (+ count), then the
+   * extents. */
   size_t total = 0;
   for (size_t i = 0; i < nlists; i++)
     total += lists[i].n;
-  if (reply_alloc (req, 2 * nlists, nlists * (STRUCT_HDR + 4)) == -1
-      || (req->buf = bufpool_get (w, MAX (total * 8, (size_t) 1),
+  if (reply_alloc (req, 2 * nlists, nlists * chsz) == -1
+      || (req->buf = bufpool_get (w, MAX (total * esz, (size_t) 1),
                                   &req->buf_cls)) == NULL) {
     bs_free_lists (lists, nlists);
     reply_release_iov (req);
@@ -225,22 +256,26 @@ cmd_block_status (struct request *req)
   }
   char *data = req->buf;
   for (size_t i = 0; i < nlists; i++) {
-    uint8_t *h = req->hdrs + i * (STRUCT_HDR + 4);
+    uint8_t *h = req->hdrs + i * chsz;
+    size_t elen = (size_t) esz * lists[i].n;
     uint8_t *p = reply_put_struct_hdr (h, req,
                                        i == nlists - 1
                                        ? NBD_REPLY_FLAG_DONE : 0,
-                                       NBD_REPLY_TYPE_BLOCK_STATUS,
-                                       4 + 8 * lists[i].n);
+                                       ext ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT
+                                       : NBD_REPLY_TYPE_BLOCK_STATUS,
+                                       chsz - reply_hdr_size (req) + elen);
     store_be32 (p, lists[i].id);
-    reply_put_iov (req, h, STRUCT_HDR + 4);
-    memcpy (data, lists[i].ents, 8 * lists[i].n);
-    reply_put_iov (req, data, 8 * lists[i].n);
-    data += 8 * lists[i].n;
+    if (ext)
+      store_be32 (p + 4, lists[i].n);
+    reply_put_iov (req, h, chsz);
+    memcpy (data, lists[i].ents, elen);
+    reply_put_iov (req, data, elen);
+    data += elen;
     free (lists[i].ents);
   }
   if (log_verbose >= 3)
     log_debug ("%s: BLOCK_STATUS cookie %#" PRIx64 " offset %" PRIu64
-               " length %" PRIu32 ": %zu extents", cs->conn->peer,
+               " length %" PRIu64 ": %zu extents", cs->conn->peer,
                req->cookie, req->offset, req->length, total);
   reply_enqueue (req);
 }

@@ -253,8 +253,9 @@ rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed)
     batch = x->want > 1 && !atomic_load (&rxc_off);
   }
 
-  if (batch && x->lowat != x->want * NBD_REQUEST_SIZE
-      && !set_lowat (cs, x->want * NBD_REQUEST_SIZE))
+  /* Headers are 28 or (extended) 32 bytes. */
+  size_t hsz = parse_header_size (cs->conn);
+  if (batch && x->lowat != x->want * hsz && !set_lowat (cs, x->want * hsz))
     batch = false;
   if (!batch && x->lowat > MAX (owed, 1))
     set_lowat (cs, 1);

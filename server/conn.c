@@ -123,6 +123,7 @@ conn_free (struct conn *conn)
     conn->transport->shutdown (conn);
   if (conn->fd >= 0)
     close (conn->fd);
+  exports_put (conn->exp);
   free (conn);
 }
 

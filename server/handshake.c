@@ -60,14 +60,24 @@ enum action {
 /* NBDMAGIC, IHAVEOPT, handshake flags. */
 #define GREETING_SIZE (8 + 8 + 2)
 
-/* Longest reply output of one option (LIST with a 4096-byte name and
- * description is the longest we make). */
+/* Longest reply output of one option (an export with a 4096-byte name
+ * and description is the longest we make).  LIST answers in batches of
+ * LIST_BATCH bytes at most, the next made once the last is sent, so a
+ * long list costs no more memory than a short one. */
 #define OUTPUT_MAX (32 * 1024)
+#define LIST_BATCH (16 * 1024)
 
 /* Negotiation state of one connection. */
 struct handshake {
   struct conn *conn;
-  const struct export *exp;
+  const struct export_source *src;      /* where exports are looked up */
+  /* The export of the last NBD_OPT_SET_META_CONTEXT (a reference): its
+   * contexts hold for a GO of that export only. */
+  const struct export *meta_exp;
+  /* NBD_OPT_LIST in progress: the name of the last export sent (its
+   * next batch starts after it). */
+  char *list_after;
+  bool listing;                 /* more batches to come */
   enum tls_mode tls_mode;       /* TLS_OFF when the server has no context */
   enum stage stage;
   bool fixed;                   /* client sent NBD_FLAG_C_FIXED_NEWSTYLE */
@@ -180,12 +190,6 @@ send_error (struct handshake *hs, uint32_t type, const char *fmt, ...)
   return send_reply (hs, type, msg, n);
 }
 
-static bool
-name_matches (const struct export *exp, const char *name, size_t len)
-{
-  return strlen (exp->name) == len && memcmp (exp->name, name, len) == 0;
-}
-
 uint16_t
 handshake_eflags (bool read_only)
 {
@@ -202,14 +206,17 @@ handshake_eflags (bool read_only)
 }
 
 /* Transmission flags for this connection: DF only makes sense (and the
- * spec forbids advertising it) without structured replies. */
+ * spec forbids advertising it) without structured replies;
+ * BLOCK_STAT_PAYLOAD only with extended headers and contexts. */
 static uint16_t
-conn_eflags (struct handshake *hs)
+conn_eflags (struct handshake *hs, const struct export *exp)
 {
-  uint16_t eflags = hs->exp->eflags;
+  uint16_t eflags = exp->eflags;
 
   if (!hs->conn->structured_replies)
     eflags &= ~NBD_FLAG_SEND_DF;
+  if (parse_bs_payload_ok (hs->conn))
+    eflags |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
   return eflags;
 }
 
@@ -222,43 +229,91 @@ opt_export_name (struct handshake *hs, const char *payload, uint32_t len)
 {
   char buf[8 + 2 + 124] = { 0 };
   size_t n = 8 + 2 + (hs->conn->no_zeroes ? 0 : 124);
+  const struct export *exp;
+  char msg[256];
 
-  if (!name_matches (hs->exp, payload, len)) {
-    log_info ("%s: NBD_OPT_EXPORT_NAME: unknown export '%.*s'",
-              hs->conn->peer, (int) MIN (len, 256u), payload);
+  /* "NBD_OPT_EXPORT_NAME": a client that negotiated extended headers
+   * MUST NOT use it, and it has no error reply. */
+  if (hs->conn->extended_headers) {
+    log_info ("%s: NBD_OPT_EXPORT_NAME after extended headers, dropping",
+              hs->conn->peer);
     return -1;
   }
-  store_be64 (buf, hs->exp->size);
-  store_be16 (buf + 8, conn_eflags (hs));
-  if (output (hs, buf, n) == -1)
+  if (hs->src->get (payload, len, &exp, msg, sizeof msg) != 0) {
+    log_info ("%s: NBD_OPT_EXPORT_NAME: %s", hs->conn->peer, msg);
     return -1;
-  hs->conn->exp = hs->exp;
+  }
+  store_be64 (buf, exp->size);
+  store_be16 (buf + 8, conn_eflags (hs, exp));
+  if (output (hs, buf, n) == -1) {
+    hs->src->put (exp);
+    return -1;
+  }
+  hs->conn->exp = exp;          /* its reference goes with it */
   return 1;
 }
 
-/* NBD_OPT_LIST: one NBD_REP_SERVER (name, then the description as the
- * optional details string), then ACK. */
+/* One NBD_REP_SERVER of NBD_OPT_LIST (the name, then the description as
+ * the optional details string), while the batch has room.  Returns 0
+ * for the next, 1 when the batch is full (this export not sent), -1 to
+ * drop. */
+static int
+list_one (void *opaque, const char *name, const char *description)
+{
+  struct handshake *hs = opaque;
+  size_t nlen = strlen (name);
+  size_t dlen = description ? strlen (description) : 0;
+  CLEANUP_FREE char *buf = NULL;
+  char *after;
+
+  /* The command line and exports.c refuse longer ones. */
+  if (nlen > NBD_MAX_STRING || dlen > NBD_MAX_STRING)
+    return 0;
+  if (hs->out_len > 0
+      && hs->out_len + NBD_OPTION_REPLY_SIZE + 4 + nlen + dlen > LIST_BATCH)
+    return 1;
+  buf = malloc (4 + nlen + dlen);
+  after = strdup (name);
+  if (buf == NULL || after == NULL) {
+    free (after);
+    log_error ("%s: out of memory", hs->conn->peer);
+    return -1;
+  }
+  store_be32 (buf, nlen);
+  memcpy (buf + 4, name, nlen);
+  if (dlen)
+    memcpy (buf + 4 + nlen, description, dlen);
+  free (hs->list_after);
+  hs->list_after = after;
+  return send_reply (hs, NBD_REP_SERVER, buf, 4 + nlen + dlen);
+}
+
+/* Queue the next batch of NBD_OPT_LIST replies, and the ACK after the
+ * last.  Returns 0 or -1 (drop). */
+static int
+list_batch (struct handshake *hs)
+{
+  int r = hs->src->list (hs->list_after, list_one, hs);
+
+  if (r == -1)
+    return -1;
+  if (r == 1)
+    return 0;                   /* more once this batch is sent */
+  free (hs->list_after);
+  hs->list_after = NULL;
+  hs->listing = false;
+  return send_reply (hs, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_LIST: an NBD_REP_SERVER per export, then ACK. */
 static int
 opt_list (struct handshake *hs, uint32_t len)
 {
-  const struct export *exp = hs->exp;
-  size_t nlen = strlen (exp->name);
-  size_t dlen = exp->description ? strlen (exp->description) : 0;
-  char buf[4 + NBD_MAX_STRING + NBD_MAX_STRING];
-
   if (len != 0)
     return send_error (hs, NBD_REP_ERR_INVALID,
                        "NBD_OPT_LIST must have no payload");
-  /* main() refuses longer names and descriptions. */
-  if (nlen > NBD_MAX_STRING || dlen > NBD_MAX_STRING)
-    return -1;
-  store_be32 (buf, nlen);
-  memcpy (buf + 4, exp->name, nlen);
-  if (dlen)
-    memcpy (buf + 4 + nlen, exp->description, dlen);
-  if (send_reply (hs, NBD_REP_SERVER, buf, 4 + nlen + dlen) == -1)
-    return -1;
-  return send_reply (hs, NBD_REP_ACK, NULL, 0);
+  hs->listing = true;
+  return list_batch (hs);
 }
 
 /* Send one NBD_REP_INFO of TYPE with BODY after the 16-bit type. */
@@ -275,19 +330,61 @@ send_info (struct handshake *hs, uint16_t type, const void *body, size_t len)
   return send_reply (hs, NBD_REP_INFO, buf, 2 + len);
 }
 
+/* The replies of NBD_OPT_INFO and NBD_OPT_GO for EXP, the client having
+ * asked for the WANT_* information.  Returns 1 when GO succeeded, 0 to
+ * go on negotiating, -1 to drop. */
+static int
+info_replies (struct handshake *hs, const struct export *exp,
+              bool want_name, bool want_desc, bool want_sizes)
+{
+  uint32_t min_block;
+  char body[12];
+
+  store_be64 (body, exp->size);
+  store_be16 (body + 8, conn_eflags (hs, exp));
+  if (send_info (hs, NBD_INFO_EXPORT, body, 10) == -1)
+    return -1;
+  /* The export's own name: the client may have asked for "". */
+  if (want_name
+      && send_info (hs, NBD_INFO_NAME, exp->name, strlen (exp->name)) == -1)
+    return -1;
+  if (want_desc && exp->description
+      && send_info (hs, NBD_INFO_DESCRIPTION, exp->description,
+                    strlen (exp->description)) == -1)
+    return -1;
+  /* Sent unasked, as qemu-nbd does: clients that did not ask may
+   * still use the hint, and the spec allows it.  A client that did not
+   * ask may send any alignment, so it is told so (min_block_unasked). */
+  min_block = hs->opt == NBD_OPT_INFO || want_sizes ? exp->min_block
+    : exp->min_block_unasked;
+  store_be32 (body, min_block);
+  store_be32 (body + 4, MAX (exp->pref_block, min_block));
+  store_be32 (body + 8, exp->max_block);
+  if (send_info (hs, NBD_INFO_BLOCK_SIZE, body, 12) == -1)
+    return -1;
+  /* As qemu-nbd: INFO from a client that would not hear of a minimum
+   * block size it must keep to is refused (GO is served anyway). */
+  if (hs->opt == NBD_OPT_INFO && !want_sizes && exp->min_block > 1)
+    return send_error (hs, NBD_REP_ERR_BLOCK_SIZE_REQD,
+                       "request NBD_INFO_BLOCK_SIZE to use this export");
+  if (send_reply (hs, NBD_REP_ACK, NULL, 0) == -1)
+    return -1;
+  return hs->opt == NBD_OPT_GO;
+}
+
 /* NBD_OPT_INFO and NBD_OPT_GO.  Payload: u32 name length, name, u16
  * number of requests, that many u16 info types.  Returns 1 when GO
  * succeeded, 0 to go on negotiating, -1 to drop. */
 static int
 opt_info_go (struct handshake *hs, const char *p, uint32_t len)
 {
-  const struct export *exp = hs->exp;
-  uint32_t nlen;
+  const struct export *exp;
+  uint32_t nlen, err;
   uint16_t nreq, i;
   const char *name;
   bool want_name = false, want_desc = false, want_sizes = false;
-  uint32_t min_block;
-  char body[12];
+  char msg[256];
+  int r;
 
   if (len < 4 + 2)
     return send_error (hs, NBD_REP_ERR_INVALID, "option too short");
@@ -318,44 +415,20 @@ opt_info_go (struct handshake *hs, const char *p, uint32_t len)
      * the spec asks. */
   }
 
-  if (!name_matches (exp, name, nlen))
-    return send_error (hs, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
-                       (int) MIN (nlen, 128u), name);
-
-  store_be64 (body, exp->size);
-  store_be16 (body + 8, conn_eflags (hs));
-  if (send_info (hs, NBD_INFO_EXPORT, body, 10) == -1)
-    return -1;
-  if (want_name
-      && send_info (hs, NBD_INFO_NAME, exp->name, strlen (exp->name)) == -1)
-    return -1;
-  if (want_desc && exp->description
-      && send_info (hs, NBD_INFO_DESCRIPTION, exp->description,
-                    strlen (exp->description)) == -1)
-    return -1;
-  /* Sent unasked, as qemu-nbd does: clients that did not ask may
-   * still use the hint, and the spec allows it.  A client that did not
-   * ask may send any alignment, so it is told so (min_block_unasked). */
-  min_block = hs->opt == NBD_OPT_INFO || want_sizes ? exp->min_block
-    : exp->min_block_unasked;
-  store_be32 (body, min_block);
-  store_be32 (body + 4, MAX (exp->pref_block, min_block));
-  store_be32 (body + 8, exp->max_block);
-  if (send_info (hs, NBD_INFO_BLOCK_SIZE, body, 12) == -1)
-    return -1;
-  /* As qemu-nbd: INFO from a client that would not hear of a minimum
-   * block size it must keep to is refused (GO is served anyway). */
-  if (hs->opt == NBD_OPT_INFO && !want_sizes && exp->min_block > 1)
-    return send_error (hs, NBD_REP_ERR_BLOCK_SIZE_REQD,
-                       "request NBD_INFO_BLOCK_SIZE to use this export");
-  if (send_reply (hs, NBD_REP_ACK, NULL, 0) == -1)
-    return -1;
-
-  if (hs->opt == NBD_OPT_GO) {
-    hs->conn->exp = exp;
+  err = hs->src->get (name, nlen, &exp, msg, sizeof msg);
+  if (err != 0)
+    return send_error (hs, err, "%s", msg);
+  r = info_replies (hs, exp, want_name, want_desc, want_sizes);
+  if (r == 1) {
+    /* Contexts chosen for another export mean nothing for this one
+     * (proto.md, NBD_OPT_SET_META_CONTEXT). */
+    if (hs->meta_exp != exp)
+      hs->conn->meta = 0;
+    hs->conn->exp = exp;        /* with the reference */
     return 1;
   }
-  return 0;
+  hs->src->put (exp);
+  return r;
 }
 
 static int
@@ -364,9 +437,30 @@ opt_structured_reply (struct handshake *hs, uint32_t len)
   if (len != 0)
     return send_error (hs, NBD_REP_ERR_INVALID,
                        "NBD_OPT_STRUCTURED_REPLY must have no payload");
+  /* "NBD_OPT_STRUCTURED_REPLY": no going back from extended headers. */
+  if (hs->conn->extended_headers)
+    return send_error (hs, NBD_REP_ERR_EXT_HEADER_REQD,
+                       "extended headers already negotiated");
   if (hs->conn->structured_replies)
     return send_error (hs, NBD_REP_ERR_INVALID,
                        "structured replies already negotiated");
+  hs->conn->structured_replies = true;
+  return send_reply (hs, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_EXTENDED_HEADERS: 32-byte headers both ways.  Allowed with or
+ * without structured replies before it, which it supersedes (chunks are
+ * then the only replies); meta contexts selected before it stay. */
+static int
+opt_extended_headers (struct handshake *hs, uint32_t len)
+{
+  if (len != 0)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "NBD_OPT_EXTENDED_HEADERS must have no payload");
+  if (hs->conn->extended_headers)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "extended headers already negotiated");
+  hs->conn->extended_headers = true;
   hs->conn->structured_replies = true;
   return send_reply (hs, NBD_REP_ACK, NULL, 0);
 }
@@ -400,67 +494,12 @@ match_query (const struct export *exp, const char *q, uint32_t qlen,
   return mask;
 }
 
-/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT.  Payload: u32
- * export name length, name, u32 number of queries, then each query as
- * u32 length and string. */
+/* An NBD_REP_META_CONTEXT for each context of EXP in SEL, then ACK. */
 static int
-opt_meta_context (struct handshake *hs, const char *p, uint32_t len)
+meta_replies (struct handshake *hs, const struct export *exp, uint64_t sel)
 {
-  bool list = hs->opt == NBD_OPT_LIST_META_CONTEXT;
-  uint32_t nlen, nq, i, pos;
-  uint64_t sel = 0;
-  const char *name;
-
-  if (!list && !hs->conn->structured_replies)
-    return send_error (hs, NBD_REP_ERR_INVALID,
-                       "negotiate structured replies first");
-  if (len < 4)
-    return send_error (hs, NBD_REP_ERR_INVALID, "option too short");
-  nlen = load_be32 (p);
-  if (nlen > len - 4 || len - 4 - nlen < 4)
-    return send_error (hs, NBD_REP_ERR_INVALID,
-                       "export name length exceeds the option");
-  if (nlen > NBD_MAX_STRING)
-    return send_error (hs, NBD_REP_ERR_TOO_BIG, "export name too long");
-  name = p + 4;
-  pos = 4 + nlen;
-  nq = load_be32 (p + pos);
-  pos += 4;
-
-  for (i = 0; i < nq; i++) {
-    uint32_t qlen;
-
-    if (len - pos < 4)
-      return send_error (hs, NBD_REP_ERR_INVALID,
-                         "query %u runs past the option", i);
-    qlen = load_be32 (p + pos);
-    pos += 4;
-    if (qlen > len - pos)
-      return send_error (hs, NBD_REP_ERR_INVALID,
-                         "query %u runs past the option", i);
-    if (qlen > NBD_MAX_STRING)
-      return send_error (hs, NBD_REP_ERR_TOO_BIG, "query %u too long", i);
-    log_debug ("%s: %s: query '%.*s'", hs->conn->peer, opt_name (hs->opt),
-               (int) MIN (qlen, 256u), p + pos);
-    sel |= match_query (hs->exp, p + pos, qlen, list);
-    pos += qlen;
-  }
-  if (pos != len)
-    return send_error (hs, NBD_REP_ERR_INVALID,
-                       "trailing bytes after the queries");
-  if (!name_matches (hs->exp, name, nlen))
-    return send_error (hs, NBD_REP_ERR_UNKNOWN, "no export named '%.*s'",
-                       (int) MIN (nlen, 128u), name);
-
-  if (list && nq == 0)
-    sel = hs->exp->nr_meta == META_MAX ? UINT64_MAX
-      : (UINT64_C (1) << hs->exp->nr_meta) - 1;
-  sel &= hs->exp->metas;        /* what this export offers */
-  if (!list)
-    hs->conn->meta = sel;
-
-  for (unsigned m = 0; m < hs->exp->nr_meta; m++) {
-    const char *mname = hs->exp->meta_names[m];
+  for (unsigned m = 0; m < exp->nr_meta; m++) {
+    const char *mname = exp->meta_names[m];
     size_t mlen = strlen (mname);
     CLEANUP_FREE char *buf = NULL;
 
@@ -478,6 +517,84 @@ opt_meta_context (struct handshake *hs, const char *p, uint32_t len)
       return -1;
   }
   return send_reply (hs, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT.  Payload: u32
+ * export name length, name, u32 number of queries, then each query as
+ * u32 length and string.  The queries are checked whole before the
+ * export is looked up, then matched against its contexts. */
+static int
+opt_meta_context (struct handshake *hs, const char *p, uint32_t len)
+{
+  bool list = hs->opt == NBD_OPT_LIST_META_CONTEXT;
+  uint32_t nlen, nq, i, pos, qstart, err;
+  uint64_t sel = 0;
+  const struct export *exp;
+  const char *name;
+  char msg[256];
+  int r;
+
+  if (!list && !hs->conn->structured_replies)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "negotiate structured replies first");
+  if (len < 4)
+    return send_error (hs, NBD_REP_ERR_INVALID, "option too short");
+  nlen = load_be32 (p);
+  if (nlen > len - 4 || len - 4 - nlen < 4)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "export name length exceeds the option");
+  if (nlen > NBD_MAX_STRING)
+    return send_error (hs, NBD_REP_ERR_TOO_BIG, "export name too long");
+  name = p + 4;
+  pos = 4 + nlen;
+  nq = load_be32 (p + pos);
+  pos += 4;
+  qstart = pos;
+
+  for (i = 0; i < nq; i++) {
+    uint32_t qlen;
+
+    if (len - pos < 4)
+      return send_error (hs, NBD_REP_ERR_INVALID,
+                         "query %u runs past the option", i);
+    qlen = load_be32 (p + pos);
+    pos += 4;
+    if (qlen > len - pos)
+      return send_error (hs, NBD_REP_ERR_INVALID,
+                         "query %u runs past the option", i);
+    if (qlen > NBD_MAX_STRING)
+      return send_error (hs, NBD_REP_ERR_TOO_BIG, "query %u too long", i);
+    log_debug ("%s: %s: query '%.*s'", hs->conn->peer, opt_name (hs->opt),
+               (int) MIN (qlen, 256u), p + pos);
+    pos += qlen;
+  }
+  if (pos != len)
+    return send_error (hs, NBD_REP_ERR_INVALID,
+                       "trailing bytes after the queries");
+  err = hs->src->get (name, nlen, &exp, msg, sizeof msg);
+  if (err != 0)
+    return send_error (hs, err, "%s", msg);
+
+  /* The queries, checked above. */
+  for (i = 0, pos = qstart; i < nq; i++) {
+    uint32_t qlen = load_be32 (p + pos);
+
+    sel |= match_query (exp, p + pos + 4, qlen, list);
+    pos += 4 + qlen;
+  }
+  if (list && nq == 0)
+    sel = exp->nr_meta == META_MAX ? UINT64_MAX
+      : (UINT64_C (1) << exp->nr_meta) - 1;
+  sel &= exp->metas;            /* what this export offers */
+  if (!list) {
+    hs->conn->meta = sel;
+    hs->src->put (hs->meta_exp);
+    hs->meta_exp = exp;
+    exp = NULL;                 /* kept as meta_exp */
+  }
+  r = meta_replies (hs, exp ? exp : hs->meta_exp, sel);
+  hs->src->put (exp);
+  return r;
 }
 
 /* The handlers below return one of these (or -1: drop). */
@@ -534,6 +651,8 @@ run_option (struct handshake *hs)
     return opt_list (hs, len);
   case NBD_OPT_STRUCTURED_REPLY:
     return opt_structured_reply (hs, len);
+  case NBD_OPT_EXTENDED_HEADERS:
+    return opt_extended_headers (hs, len);
   case NBD_OPT_STARTTLS:
     return opt_starttls (hs, len);
   case NBD_OPT_ABORT:
@@ -549,7 +668,7 @@ run_option (struct handshake *hs)
   case NBD_OPT_SET_META_CONTEXT:
     return opt_meta_context (hs, hs->payload, len);
   default:
-    /* PEEK_EXPORT, EXTENDED_HEADERS and anything we do not know. */
+    /* PEEK_EXPORT and anything we do not know. */
     return send_error (hs, NBD_REP_ERR_UNSUP,
                        "option %u is not supported", hs->opt);
   }
@@ -587,7 +706,8 @@ answer (struct handshake *hs)
     break;
   case OPT_TRANSMISSION:
     log_info ("%s: export '%s' in transmission phase%s%s", hs->conn->peer,
-              hs->exp->name, hs->conn->structured_replies
+              hs->conn->exp->name, hs->conn->extended_headers
+              ? ", extended headers" : hs->conn->structured_replies
               ? ", structured replies" : "", hs->tls ? ", TLS" : "");
     hs->stage = ST_DONE;
     break;
@@ -691,7 +811,7 @@ client_flags (struct handshake *hs)
 /* ---- the machine's interface ------------------------------------------ */
 
 struct handshake *
-handshake_new (struct conn *conn, const struct export *exp,
+handshake_new (struct conn *conn, const struct export_source *src,
                enum tls_mode tls_mode)
 {
   struct handshake *hs = calloc (1, sizeof *hs);
@@ -700,7 +820,7 @@ handshake_new (struct conn *conn, const struct export *exp,
   if (hs == NULL)
     return NULL;
   hs->conn = conn;
-  hs->exp = exp;
+  hs->src = src;
   hs->tls_mode = tls_mode;
   hs->stage = ST_FLAGS;
   store_be64 (greet, NBD_MAGIC);
@@ -720,6 +840,9 @@ handshake_free (struct handshake *hs)
     return;
   free (hs->payload);
   free (hs->out);
+  free (hs->list_after);
+  if (hs->meta_exp)
+    hs->src->put (hs->meta_exp);
   free (hs);
 }
 
@@ -739,7 +862,7 @@ void *
 handshake_input_buf (struct handshake *hs, size_t *len)
 {
   *len = 0;
-  if (hs->out_len > hs->out_off)
+  if (hs->out_len > hs->out_off || hs->listing)
     return NULL;                /* replies first */
   switch (hs->stage) {
   case ST_FLAGS:
@@ -841,6 +964,10 @@ handshake_output_sent (struct handshake *hs, size_t n)
     free (hs->out);
     hs->out = NULL;
     hs->out_len = hs->out_off = 0;
+    if (hs->listing && list_batch (hs) == -1) {
+      hs->listing = false;
+      hs->stage = ST_FAIL;
+    }
   }
 }
 
@@ -866,7 +993,10 @@ handshake_tls_done (struct handshake *hs)
   assert (hs->stage == ST_STARTTLS);
   hs->tls = true;
   hs->conn->structured_replies = false;
+  hs->conn->extended_headers = false;
   hs->conn->meta = 0;
+  hs->src->put (hs->meta_exp);
+  hs->meta_exp = NULL;
   log_debug ("%s: TLS established", hs->conn->peer);
   hs->stage = ST_OPTION;
 }

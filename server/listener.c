@@ -117,7 +117,6 @@ static void (*closed_hook) (void);
 
 /* The rest belongs to the listener thread. */
 static const struct server_config *config;
-static const struct export *export;
 static int epfd = -1;
 static unsigned nr_pending;          /* negotiating or held */
 static struct link lru;              /* every pending, by last activity */
@@ -333,7 +332,7 @@ run (struct pending *p)
 static void
 greet (struct pending *p)
 {
-  p->neg = negotiate_new (p->conn, export);
+  p->neg = negotiate_new (p->conn);
   if (p->neg == NULL) {
     log_error ("%s: out of memory", p->conn->peer);
     conn_ended (false);
@@ -683,8 +682,7 @@ handle_event (struct epoll_event *ev, int pipe_rd)
 }
 
 void
-listener_run (const struct server_config *cfg, const struct export *exp,
-              const int *fds, int nfds)
+listener_run (const struct server_config *cfg, const int *fds, int nfds)
 {
   int pipefd[2] = { -1, -1 };
   CLEANUP_FREE struct listen_sock *ls = NULL;
@@ -692,7 +690,6 @@ listener_run (const struct server_config *cfg, const struct export *exp,
   int i;
 
   config = cfg;
-  export = exp;
   raise_fd_limit ();
 
   ls = calloc (nfds ? nfds : 1, sizeof *ls);

@@ -26,7 +26,7 @@ main_usage (FILE *fp)
 "An NBD server for QCOW2 images.\n"
 "\n"
 "Commands:\n"
-"  serve IMAGE [OPTIONS]   export IMAGE over NBD\n"
+"  serve IMAGE [OPTIONS]   export IMAGE (or many images) over NBD\n"
 "  create IMAGE [SIZE]     make a new, empty QCOW2 image\n"
 "  attach IMAGE DEVICE     serve IMAGE to the kernel NBD device DEVICE\n"
 "  detach DEVICE           flush and disconnect DEVICE\n"
@@ -47,8 +47,10 @@ serve_usage (FILE *fp)
 {
   fprintf (fp,
 "Usage: qcow2-nbd serve IMAGE [OPTIONS]\n"
+"       qcow2-nbd serve [IMAGE] --export NAME=PATH... --export-dir DIR...\n"
 "\n"
-"Export the QCOW2 image IMAGE (with its backing chain) over NBD.\n"
+"Export the QCOW2 image IMAGE (with its backing chain) over NBD, and\n"
+"more images, each as an export of its own name.\n"
 "\n"
 "Listening:\n"
 "  -p, --port=PORT             TCP port (default " NBD_DEFAULT_PORT ")\n"
@@ -75,6 +77,24 @@ serve_usage (FILE *fp)
 "                              qemu:dirty-bitmap:NAME (repeatable)\n"
 "      --load-snapshot=ID|NAME serve that internal snapshot, read-only\n"
 "                              (also snapshot.id=ID,snapshot.name=NAME)\n"
+"  (-x, -D, --bitmap and --load-snapshot are IMAGE's; -r and --discard\n"
+"  apply to every export unless its own options say otherwise)\n"
+"\n"
+"Many exports:\n"
+"      --export=NAME=PATH[,ro|rw][,description=TEXT][,discard=unmap|ignore]\n"
+"                              [,bitmap=BITMAP]...\n"
+"                              export the qcow2 or raw image PATH as NAME,\n"
+"                              open from start to end (repeatable; ',,'\n"
+"                              is a comma in PATH or TEXT)\n"
+"      --export-dir=DIR        export every qcow2 or raw image in DIR by\n"
+"                              its file name (regular files only: no\n"
+"                              symlinks, subdirectories or hidden files),\n"
+"                              opened on first use, closed when idle\n"
+"      --idle-timeout=S        close a DIR image no client has used for S\n"
+"                              seconds (default %d; 0: at once)\n"
+"      --max-open-exports=N    DIR images open at once (default %d)\n"
+"      --default-export=NAME   the export a client asking for \"\" gets\n"
+"                              when no export is named \"\"\n"
 "\n"
 "Performance:\n"
 "      --threads=N             worker threads (default: CPU count)\n"
@@ -96,7 +116,8 @@ serve_usage (FILE *fp)
 "  -h, --help                  print this help\n"
 "  -V, --version               print the version\n",
            DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
-           DEFAULT_MAX_HANDSHAKES_PER_SOURCE);
+           DEFAULT_MAX_HANDSHAKES_PER_SOURCE, DEFAULT_EXPORT_IDLE_TIMEOUT,
+           DEFAULT_MAX_OPEN_EXPORTS);
 }
 
 static void __attribute__ ((noreturn))
@@ -132,6 +153,11 @@ enum {
   OPT_TLS_PSK,
   OPT_BITMAP,
   OPT_LOAD_SNAPSHOT,
+  OPT_EXPORT,
+  OPT_EXPORT_DIR,
+  OPT_IDLE_TIMEOUT,
+  OPT_MAX_OPEN_EXPORTS,
+  OPT_DEFAULT_EXPORT,
 };
 
 /* Leading ':' so a missing argument is told apart from an unknown
@@ -147,6 +173,11 @@ static const struct option long_opts[] = {
   { "discard", required_argument, NULL, OPT_DISCARD },
   { "bitmap", required_argument, NULL, OPT_BITMAP },
   { "load-snapshot", required_argument, NULL, OPT_LOAD_SNAPSHOT },
+  { "export", required_argument, NULL, OPT_EXPORT },
+  { "export-dir", required_argument, NULL, OPT_EXPORT_DIR },
+  { "idle-timeout", required_argument, NULL, OPT_IDLE_TIMEOUT },
+  { "max-open-exports", required_argument, NULL, OPT_MAX_OPEN_EXPORTS },
+  { "default-export", required_argument, NULL, OPT_DEFAULT_EXPORT },
   { "max-connections", required_argument, NULL, 'e' },
   { "threads", required_argument, NULL, OPT_THREADS },
   { "handshake-timeout", required_argument, NULL, OPT_HANDSHAKE_TIMEOUT },
@@ -167,10 +198,113 @@ static const struct option long_opts[] = {
   { NULL, 0, NULL, 0 },
 };
 
+static char *
+xstrndup (const char *s, size_t n)
+{
+  char *p = strndup (s, n);
+
+  if (p == NULL) {
+    perror ("qcow2-nbd");
+    exit (EXIT_FAILURE);
+  }
+  return p;
+}
+
+static char *
+xstrdup (const char *s)
+{
+  return xstrndup (s, strlen (s));
+}
+
+/* The next comma-separated field of *P (",," is a comma in it), as a
+ * new string; *P moves past it and its comma.  NULL at the end. */
+static char *
+next_field (const char **p)
+{
+  const char *s = *p;
+  char *out, *o;
+
+  if (s == NULL)
+    return NULL;
+  out = o = malloc (strlen (s) + 1);
+  if (out == NULL) {
+    perror ("qcow2-nbd");
+    exit (EXIT_FAILURE);
+  }
+  for (;;) {
+    if (*s == ',' && s[1] == ',') {
+      *o++ = ',';
+      s += 2;
+    }
+    else if (*s == ',' || *s == '\0')
+      break;
+    else
+      *o++ = *s++;
+  }
+  *o = '\0';
+  *p = *s == ',' ? s + 1 : NULL;
+  return out;
+}
+
+/* --export NAME=PATH[,OPTION]...: add it to CFG's exports. */
+static void
+parse_export (const char *arg, struct server_config *cfg)
+{
+  const char *eq = strchr (arg, '='), *p;
+  struct export_spec *sp;
+  char *f;
+
+  if (eq == NULL || eq[1] == '\0')
+    bad_usage ("--export takes NAME=PATH[,OPTIONS], not", arg);
+  if ((size_t) (eq - arg) > NBD_MAX_STRING)
+    bad_usage ("export name longer than 4096 bytes", NULL);
+  sp = realloc (cfg->exports, (cfg->nr_exports + 1) * sizeof *sp);
+  if (sp == NULL) {
+    perror ("qcow2-nbd");
+    exit (EXIT_FAILURE);
+  }
+  cfg->exports = sp;
+  sp = &cfg->exports[cfg->nr_exports++];
+  memset (sp, 0, sizeof *sp);
+  sp->name = xstrndup (arg, eq - arg);
+  sp->read_only = sp->discard_unmap = -1;
+  p = eq + 1;
+  sp->path = next_field (&p);
+  if (*sp->path == '\0')
+    bad_usage ("--export takes NAME=PATH[,OPTIONS], not", arg);
+  while ((f = next_field (&p)) != NULL) {
+    if (strcmp (f, "ro") == 0)
+      sp->read_only = 1;
+    else if (strcmp (f, "rw") == 0)
+      sp->read_only = 0;
+    else if (strncmp (f, "description=", 12) == 0) {
+      if (strlen (f + 12) > NBD_MAX_STRING)
+        bad_usage ("description longer than 4096 bytes", NULL);
+      free ((char *) sp->description);
+      sp->description = xstrdup (f + 12);
+    }
+    else if (strcmp (f, "discard=unmap") == 0)
+      sp->discard_unmap = 1;
+    else if (strcmp (f, "discard=ignore") == 0)
+      sp->discard_unmap = 0;
+    else if (strncmp (f, "bitmap=", 7) == 0) {
+      if (f[7] == '\0' || strlen (f + 7) > NBD_MAX_STRING - 18)
+        bad_usage ("invalid bitmap name", f + 7);
+      if (sp->nr_bitmaps == MAX_EXPORT_BITMAPS)
+        bad_usage ("too many bitmaps for one export (at most 62)", NULL);
+      sp->bitmaps[sp->nr_bitmaps++] = xstrdup (f + 7);
+    }
+    else
+      bad_usage ("unknown --export option", f);
+    free (f);
+  }
+}
+
 static void
 parse_serve (int argc, char **argv, struct server_config *cfg)
 {
   bool tls_given = false, port_given = false;
+  bool image_opts = false;      /* -x, -D, --bitmap, --load-snapshot */
   int c;
 
   serve_config_init (cfg);
@@ -198,11 +332,13 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       if (strlen (optarg) > NBD_MAX_STRING)
         bad_usage ("export name longer than 4096 bytes", NULL);
       cfg->export_name = optarg;
+      image_opts = true;
       break;
     case 'D':
       if (strlen (optarg) > NBD_MAX_STRING)
         bad_usage ("description longer than 4096 bytes", NULL);
       cfg->description = optarg;
+      image_opts = true;
       break;
     case 'r':
       cfg->read_only = true;
@@ -216,12 +352,38 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
         bad_usage ("too many --bitmap options (at most 62)", NULL);
       cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
+      image_opts = true;
       break;
     case OPT_LOAD_SNAPSHOT:
       if (options_parse_snapshot (optarg, cfg) == -1)
         bad_usage ("invalid --load-snapshot", optarg);
       /* A snapshot is a past state of the disk: it is never written. */
       cfg->read_only = true;
+      image_opts = true;
+      break;
+    case OPT_EXPORT:
+      parse_export (optarg, cfg);
+      break;
+    case OPT_EXPORT_DIR:
+      if (*optarg == '\0')
+        bad_usage ("empty --export-dir", NULL);
+      if (cfg->export_dir)
+        bad_usage ("--export-dir given twice", NULL);
+      cfg->export_dir = optarg;
+      break;
+    case OPT_IDLE_TIMEOUT:
+      cfg->idle_timeout = options_unsigned (bad_usage, "--idle-timeout",
+                                            optarg, 0, 86400);
+      break;
+    case OPT_MAX_OPEN_EXPORTS:
+      cfg->max_open_exports = options_unsigned (bad_usage,
+                                                "--max-open-exports",
+                                                optarg, 1, 100000);
+      break;
+    case OPT_DEFAULT_EXPORT:
+      if (strlen (optarg) > NBD_MAX_STRING)
+        bad_usage ("export name longer than 4096 bytes", NULL);
+      cfg->default_export = optarg;
       break;
     case 'e':
       cfg->max_connections = options_unsigned (bad_usage,
@@ -294,11 +456,15 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     }
   }
 
-  if (optind >= argc)
-    bad_usage ("missing IMAGE", NULL);
   if (argc - optind > 1)
     bad_usage ("unexpected argument", argv[optind + 1]);
-  cfg->image = argv[optind];
+  if (optind < argc)
+    cfg->image = argv[optind];
+  else if (cfg->nr_exports == 0 && cfg->export_dir == NULL)
+    bad_usage ("missing IMAGE", NULL);
+  else if (image_opts)
+    bad_usage ("-x, -D, --bitmap and --load-snapshot are options of IMAGE; "
+               "there is none", NULL);
 
   if (cfg->socket_path && (cfg->bind_addr || port_given))
     bad_usage ("--socket cannot be combined with --bind or --port", NULL);
@@ -316,6 +482,24 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     bad_usage ("TLS options given with --tls=off", NULL);
   if (cfg->tls.mode != TLS_OFF && !cfg->tls.certs_dir && !cfg->tls.psk_file)
     bad_usage ("--tls needs --tls-certs or --tls-psk", NULL);
+}
+
+/* Free what parse_export allocated. */
+static void
+free_exports (struct server_config *cfg)
+{
+  for (unsigned i = 0; i < cfg->nr_exports; i++) {
+    struct export_spec *sp = &cfg->exports[i];
+
+    free ((char *) sp->name);
+    free ((char *) sp->path);
+    free ((char *) sp->description);
+    for (unsigned b = 0; b < sp->nr_bitmaps; b++)
+      free ((char *) sp->bitmaps[b]);
+  }
+  free (cfg->exports);
+  cfg->exports = NULL;
+  cfg->nr_exports = 0;
 }
 
 /* Run as qemu-nbd (a link named qemu-nbd, or qemu-nbd-SOMETHING)? */
@@ -356,8 +540,12 @@ main (int argc, char **argv)
   if (strcmp (argv[1], "detach") == 0)
     return detach_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
+    int status;
+
     parse_serve (argc - 1, argv + 1, &cfg);
-    return serve_run (&cfg);
+    status = serve_run (&cfg);
+    free_exports (&cfg);
+    return status;
   }
   fprintf (stderr, "qcow2-nbd: unknown command '%s'\n"
            "Try 'qcow2-nbd --help' for more information.\n", argv[1]);

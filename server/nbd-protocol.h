@@ -50,6 +50,7 @@
 #define NBD_REP_ERR_SHUTDOWN      NBD_REP_ERR (7)
 #define NBD_REP_ERR_BLOCK_SIZE_REQD NBD_REP_ERR (8)
 #define NBD_REP_ERR_TOO_BIG       NBD_REP_ERR (9)
+#define NBD_REP_ERR_EXT_HEADER_REQD NBD_REP_ERR (10)
 
 /* "Information types" (NBD_OPT_INFO and NBD_OPT_GO) */
 #define NBD_INFO_EXPORT           0
@@ -70,11 +71,16 @@
 #define NBD_FLAG_SEND_RESIZE      (1u << 9)
 #define NBD_FLAG_SEND_CACHE       (1u << 10)
 #define NBD_FLAG_SEND_FAST_ZERO   (1u << 11)
+#define NBD_FLAG_BLOCK_STAT_PAYLOAD (1u << 12) /* extended headers only */
 
 /* "Transmission": requests and replies */
 #define NBD_REQUEST_MAGIC         UINT32_C (0x25609513)
 #define NBD_SIMPLE_REPLY_MAGIC    UINT32_C (0x67446698)
 #define NBD_STRUCTURED_REPLY_MAGIC UINT32_C (0x668e33ef)
+/* "Request message" and "Extended reply chunk message": with
+ * NBD_OPT_EXTENDED_HEADERS both directions use 32-byte headers. */
+#define NBD_EXTENDED_REQUEST_MAGIC UINT32_C (0x21e41c71)
+#define NBD_EXTENDED_REPLY_MAGIC  UINT32_C (0x6e8a278c)
 
 /* "Request types" */
 #define NBD_CMD_READ              0
@@ -93,6 +99,7 @@
 #define NBD_CMD_FLAG_DF           (1u << 2)
 #define NBD_CMD_FLAG_REQ_ONE      (1u << 3)
 #define NBD_CMD_FLAG_FAST_ZERO    (1u << 4)
+#define NBD_CMD_FLAG_PAYLOAD_LEN  (1u << 5)  /* extended headers only */
 
 /* "Structured reply flags" and "Structured reply types" */
 #define NBD_REPLY_FLAG_DONE       (1u << 0)
@@ -100,6 +107,7 @@
 #define NBD_REPLY_TYPE_OFFSET_DATA 1
 #define NBD_REPLY_TYPE_OFFSET_HOLE 2
 #define NBD_REPLY_TYPE_BLOCK_STATUS 5
+#define NBD_REPLY_TYPE_BLOCK_STATUS_EXT 6   /* extended headers only */
 #define NBD_REPLY_TYPE_ERROR      ((1u << 15) + 1)
 #define NBD_REPLY_TYPE_ERROR_OFFSET ((1u << 15) + 2)
 
@@ -128,8 +136,10 @@
 
 /* Wire sizes of fixed headers. */
 #define NBD_REQUEST_SIZE          28  /* magic, flags, type, cookie, off, len */
+#define NBD_EXTENDED_REQUEST_SIZE 32  /* ... with a 64-bit len */
 #define NBD_SIMPLE_REPLY_SIZE     16  /* magic, error, cookie */
 #define NBD_STRUCTURED_REPLY_SIZE 20  /* magic, flags, type, cookie, length */
+#define NBD_EXTENDED_REPLY_SIZE   32  /* ... offset, 64-bit length */
 #define NBD_OPTION_HEADER_SIZE    16  /* IHAVEOPT, option, length */
 #define NBD_OPTION_REPLY_SIZE     20  /* magic, option, type, length */
 

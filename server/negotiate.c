@@ -32,14 +32,14 @@ struct negotiation {
 };
 
 struct negotiation *
-negotiate_new (struct conn *conn, const struct export *exp)
+negotiate_new (struct conn *conn)
 {
   struct negotiation *n = calloc (1, sizeof *n);
 
   if (n == NULL)
     return NULL;
   n->conn = conn;
-  n->hs = handshake_new (conn, exp,
+  n->hs = handshake_new (conn, &exports_source,
                          server_tls_ctx ? server_tls_mode : TLS_OFF);
   if (n->hs == NULL) {
     free (n);
@@ -107,8 +107,9 @@ tls_step (struct negotiation *n, bool *active)
   }
 }
 
-/* Send what the machine has queued.  Returns NEGOTIATE_AGAIN when all of
- * it went, or what to do instead. */
+/* Send what the machine has queued, and what it queues as that goes (a
+ * long NBD_OPT_LIST comes in batches).  Returns NEGOTIATE_AGAIN when all
+ * of it went, or what to do instead. */
 static enum negotiate_next
 flush (struct negotiation *n, bool *active)
 {
@@ -116,14 +117,15 @@ flush (struct negotiation *n, bool *active)
   struct iovec iov;
   ssize_t r;
 
-  iov.iov_base = (void *) handshake_output (n->hs, &iov.iov_len);
-  if (iov.iov_len == 0)
-    return NEGOTIATE_AGAIN;
-  r = conn->transport->send (conn, &iov, 1, false);
-  if (r > 0) {
+  for (;;) {
+    iov.iov_base = (void *) handshake_output (n->hs, &iov.iov_len);
+    if (iov.iov_len == 0)
+      return NEGOTIATE_AGAIN;
+    r = conn->transport->send (conn, &iov, 1, false);
+    if (r <= 0)
+      break;
     handshake_output_sent (n->hs, r);
     *active = true;
-    return NEGOTIATE_AGAIN;
   }
   if (r == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
     return NEGOTIATE_WAIT_WRITE;

@@ -5,10 +5,11 @@
  * "Command flags").  Pure functions of the bytes and what the connection
  * negotiated, so request.c and the fuzz targets share them.
  *
- * Extended headers (issue 16: NBD_OPT_EXTENDED_HEADERS, 32-byte requests
- * with a 64-bit length, NBD_CMD_FLAG_PAYLOAD_LEN) belong here: a
- * connection that negotiated them gets a different header size and
- * layout in parse_request and payload rules in parse_payload_len; the
+ * Extended headers (NBD_OPT_EXTENDED_HEADERS) change the header: 32
+ * bytes with a 64-bit length, which is an effect length (TRIM,
+ * WRITE_ZEROES, CACHE and BLOCK_STATUS may cover more than 4 GiB) unless
+ * NBD_CMD_FLAG_PAYLOAD_LEN says a payload of that length follows (WRITE
+ * must, BLOCK_STATUS may, to name the contexts it wants).  The
  * rest of the server sees the same struct nbd_request. */
 
 #include <config.h>
@@ -26,7 +27,8 @@
 size_t
 parse_header_size (const struct conn *conn)
 {
-  return NBD_REQUEST_SIZE;      /* extended headers: 32 */
+  return conn->extended_headers ? NBD_EXTENDED_REQUEST_SIZE
+    : NBD_REQUEST_SIZE;
 }
 
 enum parse_result
@@ -35,27 +37,107 @@ parse_request (const struct conn *conn, const uint8_t *p, size_t avail,
 {
   if (avail < parse_header_size (conn))
     return PARSE_NEED_MORE;
-  if (load_be32 (p) != NBD_REQUEST_MAGIC)
+  /* Each side uses the one header negotiated: the other magic is as
+   * bad as any. */
+  if (load_be32 (p) != (conn->extended_headers ? NBD_EXTENDED_REQUEST_MAGIC
+                        : NBD_REQUEST_MAGIC))
     return PARSE_BAD_MAGIC;
   r->flags = load_be16 (p + 4);
   r->type = load_be16 (p + 6);
   r->cookie = load_be64 (p + 8);
   r->offset = load_be64 (p + 16);
-  r->length = load_be32 (p + 24);
+  r->length = conn->extended_headers ? load_be64 (p + 24) : load_be32 (p + 24);
+  r->meta = r->type == NBD_CMD_BLOCK_STATUS ? conn->meta : 0;
   return PARSE_OK;
 }
 
 uint64_t
 parse_payload_len (const struct conn *conn, const struct nbd_request *r)
 {
-  /* Only WRITE carries a payload. */
+  /* Compact headers: only WRITE carries a payload.  Extended: whatever
+   * says so, whether or not its command takes one ("Request message":
+   * the server consumes it and fails the command). */
+  if (conn->extended_headers)
+    return r->flags & NBD_CMD_FLAG_PAYLOAD_LEN ? r->length : 0;
   return r->type == NBD_CMD_WRITE ? r->length : 0;
 }
 
+bool
+parse_bs_payload_ok (const struct conn *conn)
+{
+  /* "Transmission flags": only with extended headers, and not worth
+   * advertising when no context was selected. */
+  return conn->extended_headers && conn->meta != 0;
+}
+
+/* The BLOCK_STATUS payload: a 64-bit effect length, then at least one
+ * 32-bit context id, none repeated, so at most META_MAX of them. */
+#define BS_PAYLOAD_MIN (8 + 4)
+#define BS_PAYLOAD_MAX (8 + 4 * META_MAX)
+
+int
+parse_check_payload (const struct conn *conn, const struct nbd_request *r,
+                     char *msg, size_t len)
+{
+  switch (r->type) {
+  case NBD_CMD_WRITE:
+    return parse_check (conn, r, msg, len);
+  case NBD_CMD_BLOCK_STATUS:
+    if (parse_bs_payload_ok (conn)) {
+      if (r->length < BS_PAYLOAD_MIN || r->length > BS_PAYLOAD_MAX
+          || (r->length - 8) % 4 != 0) {
+        snprintf (msg, len, "bad BLOCK_STATUS payload length %" PRIu64,
+                  r->length);
+        return EINVAL;
+      }
+      return 0;
+    }
+    break;
+  }
+  snprintf (msg, len, "%s takes no payload", cmd_name (r->type));
+  return EINVAL;
+}
+
+int
+parse_payload (const struct conn *conn, struct nbd_request *r,
+               const uint8_t *p, uint64_t len, char *msg, size_t msglen)
+{
+  uint64_t seen = 0;
+
+  if (r->type != NBD_CMD_BLOCK_STATUS)
+    return 0;                   /* a WRITE's payload is its data */
+  /* parse_check_payload let only a sane length through. */
+  if (len < BS_PAYLOAD_MIN || len > BS_PAYLOAD_MAX || (len - 8) % 4 != 0) {
+    snprintf (msg, msglen, "bad BLOCK_STATUS payload length %" PRIu64, len);
+    return EINVAL;
+  }
+  r->length = load_be64 (p);
+  r->meta = 0;
+  for (uint64_t i = 8; i < len; i += 4) {
+    uint32_t id = load_be32 (p + i);
+    uint64_t bit;
+
+    /* Ids are META_CONTEXT_ID (m) for the selected contexts m. */
+    if (id == 0 || id > META_MAX
+        || !(conn->meta & (bit = UINT64_C (1) << (id - 1)))) {
+      snprintf (msg, msglen, "unknown metadata context id %" PRIu32, id);
+      return EINVAL;
+    }
+    if (seen & bit) {
+      snprintf (msg, msglen, "metadata context id %" PRIu32 " repeated",
+                id);
+      return EINVAL;
+    }
+    seen |= bit;
+  }
+  r->meta = seen;
+  return 0;
+}
+
 /* What a BLOCK_STATUS holds at most until its reply is sent: 2048
- * extents of 8 bytes for each of the two contexts, and the mapping
- * batch (block-status.c). */
-#define BLOCK_STATUS_COST (64 * 1024)
+ * extents of 8 bytes (16 with extended headers) for each of the two
+ * mapped contexts, and the mapping batch (block-status.c). */
+#define BLOCK_STATUS_COST (128 * 1024)
 
 uint64_t
 parse_cost (const struct nbd_request *r)
@@ -67,7 +149,9 @@ parse_cost (const struct nbd_request *r)
     /* A READ over the limit is refused before any buffer is taken. */
     return MIN (r->length, (uint64_t) NBD_MAX_PAYLOAD);
   case NBD_CMD_WRITE:
-    return r->length;
+    /* Likewise a payload over it; and an extended WRITE without one
+     * (refused) holds nothing. */
+    return MIN (r->length, (uint64_t) NBD_MAX_PAYLOAD);
   default:
     return 0;
   }
@@ -94,6 +178,12 @@ valid_flags (const struct conn *conn, uint16_t type)
     break;
   case NBD_CMD_BLOCK_STATUS:
     f |= NBD_CMD_FLAG_REQ_ONE;
+    if (parse_bs_payload_ok (conn))
+      f |= NBD_CMD_FLAG_PAYLOAD_LEN;
+    break;
+  case NBD_CMD_WRITE:
+    if (conn->extended_headers)
+      f |= NBD_CMD_FLAG_PAYLOAD_LEN;
     break;
   }
   return f;
@@ -127,6 +217,13 @@ parse_check (const struct conn *conn, const struct nbd_request *r,
               cmd_name (r->type));
     return EINVAL;
   }
+  /* "Command flags": with extended headers a WRITE MUST say that its
+   * length is a payload; without the flag no data came. */
+  if (conn->extended_headers && r->type == NBD_CMD_WRITE
+      && !(r->flags & NBD_CMD_FLAG_PAYLOAD_LEN)) {
+    snprintf (msg, len, "WRITE without NBD_CMD_FLAG_PAYLOAD_LEN");
+    return EINVAL;
+  }
 
   switch (r->type) {
   case NBD_CMD_READ:
@@ -156,7 +253,7 @@ parse_check (const struct conn *conn, const struct nbd_request *r,
     }
     return 0;
   case NBD_CMD_BLOCK_STATUS:
-    if (conn->meta == 0) {
+    if (r->meta == 0) {
       snprintf (msg, len, "no metadata context selected");
       return EINVAL;
     }

@@ -106,6 +106,7 @@ read_done (struct request *req)
 {
   struct conn_state *cs = req->cs;
   bool df = req->flags & NBD_CMD_FLAG_DF;
+  size_t hsz = reply_hdr_size (req);
 
   if (cs->dead) {
     req_free (req);
@@ -118,7 +119,7 @@ read_done (struct request *req)
   }
   if (log_verbose >= 3)
     log_debug ("%s: READ cookie %#" PRIx64 " offset %" PRIu64 " length %"
-               PRIu32 ": %zu extents%s", cs->conn->peer, req->cookie,
+               PRIu64 ": %zu extents%s", cs->conn->peer, req->cookie,
                req->offset, req->length, req->nr_ext,
                req->zc ? ", zero-copy" : "");
 
@@ -136,13 +137,13 @@ read_done (struct request *req)
 
   if (df || req->nr_ext == 0) {
     /* One content chunk (the buffer has the zeros filled in). */
-    if (reply_alloc (req, 2, STRUCT_HDR + 8) == -1)
+    if (reply_alloc (req, 2, hsz + 8) == -1)
       goto nomem;
     uint8_t *p = reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
                                        NBD_REPLY_TYPE_OFFSET_DATA,
                                        8 + req->length);
     store_be64 (p, req->offset);
-    reply_put_iov (req, req->hdrs, STRUCT_HDR + 8);
+    reply_put_iov (req, req->hdrs, hsz + 8);
     reply_put_iov (req, data_at (req, req->offset), req->length);
     reply_enqueue (req);
     return;
@@ -156,7 +157,7 @@ read_done (struct request *req)
     if (i == 0
         || extent_is_hole (&req->ext[i]) != extent_is_hole (&req->ext[i - 1]))
       nchunks++;
-  if (reply_alloc (req, 2 * nchunks, nchunks * (STRUCT_HDR + 12)) == -1)
+  if (reply_alloc (req, 2 * nchunks, nchunks * (hsz + 12)) == -1)
     goto nomem;
 
   uint8_t *p = req->hdrs;
@@ -175,14 +176,14 @@ read_done (struct request *req)
       store_be64 (p, start);
       store_be32 (p + 8, len);
       p += 12;
-      reply_put_iov (req, chunk, STRUCT_HDR + 12);
+      reply_put_iov (req, chunk, hsz + 12);
     }
     else {
       p = reply_put_struct_hdr (p, req, flags, NBD_REPLY_TYPE_OFFSET_DATA,
                                 8 + len);
       store_be64 (p, start);
       p += 8;
-      reply_put_iov (req, chunk, STRUCT_HDR + 8);
+      reply_put_iov (req, chunk, hsz + 8);
       reply_put_iov (req, data_at (req, start), len);
     }
     i = j;
@@ -208,7 +209,7 @@ piece_submit (struct piece *pc)
   /* Chosen at each (re)submission: after a short read the rest may no
    * longer be aligned for O_DIRECT. */
   if (!pc->scratch)
-    fd = worker_data_fd (cs->w, pc->ext->file, pc->host_off + pc->done,
+    fd = worker_data_fd (conn_fds (cs), pc->ext->file, pc->host_off + pc->done,
                          pc->len - pc->done, dst + pc->done);
   io_uring_prep_read (sqe, fd, dst + pc->done, pc->len - pc->done,
                       pc->host_off + pc->done);
@@ -286,6 +287,7 @@ cmd_read (struct request *req)
 {
   struct conn_state *cs = req->cs;
   struct worker *w = cs->w;
+  const struct export_fds *xf = conn_fds (cs);
   bool zero_fill = !cs->conn->structured_replies
     || (req->flags & NBD_CMD_FLAG_DF);
   size_t npieces = 0;
@@ -333,7 +335,7 @@ cmd_read (struct request *req)
         memset (dst, 0, e->length);
       continue;
     }
-    if (e->file >= w->nr_fds) {
+    if (e->file >= xf->nr) {
       set_error (req, EIO, "bad file index in extent at %" PRIu64, e->offset);
       break;
     }
@@ -344,7 +346,7 @@ cmd_read (struct request *req)
     pc->req = req;
     pc->ext = e;
     pc->dst = dst;
-    pc->fd = w->fds[e->file];
+    pc->fd = xf->fds[e->file];
     pc->host_off = e->host_offset;
     if (e->type == QCOW2_EXTENT_DATA)
       pc->len = e->length;
@@ -394,6 +396,7 @@ void
 cmd_cache (struct request *req)
 {
   struct worker *w = req->cs->w;
+  const struct export_fds *xf = conn_fds (req->cs);
 
   /* Readahead is advice: failures are not the client's concern, and the
    * reply need not wait for it. */
@@ -402,11 +405,11 @@ cmd_cache (struct request *req)
       const struct qcow2_extent *e = &req->ext[i];
       uint64_t len;
 
-      if (extent_is_hole (e) || e->file >= w->nr_fds)
+      if (extent_is_hole (e) || e->file >= xf->nr)
         continue;
       len = e->type == QCOW2_EXTENT_DATA ? e->length : e->compressed_length;
       struct io_uring_sqe *sqe = worker_get_sqe (w);
-      io_uring_prep_fadvise (sqe, w->fds[e->file], e->host_offset, len,
+      io_uring_prep_fadvise (sqe, xf->fds[e->file], e->host_offset, len,
                              POSIX_FADV_WILLNEED);
     }
   }

@@ -97,26 +97,45 @@ reply_put_iov (struct request *req, void *base, size_t len)
   req->iovcnt++;
 }
 
+size_t
+reply_hdr_size (const struct request *req)
+{
+  return req->cs->conn->extended_headers ? NBD_EXTENDED_REPLY_SIZE
+    : NBD_STRUCTURED_REPLY_SIZE;
+}
+
 uint8_t *
 reply_put_struct_hdr (uint8_t *p, struct request *req, uint16_t flags,
                       uint16_t type, uint32_t len)
 {
+  if (req->cs->conn->extended_headers) {
+    /* The offset is the request's, whatever the chunk describes. */
+    store_be32 (p, NBD_EXTENDED_REPLY_MAGIC);
+    store_be16 (p + 4, flags);
+    store_be16 (p + 6, type);
+    store_be64 (p + 8, req->cookie);
+    store_be64 (p + 16, req->offset);
+    store_be64 (p + 24, len);
+    return p + NBD_EXTENDED_REPLY_SIZE;
+  }
   store_be32 (p, NBD_STRUCTURED_REPLY_MAGIC);
   store_be16 (p + 4, flags);
   store_be16 (p + 6, type);
   store_be64 (p + 8, req->cookie);
   store_be32 (p + 16, len);
-  return p + STRUCT_HDR;
+  return p + NBD_STRUCTURED_REPLY_SIZE;
 }
 
-/* Send a simple reply with no data, or (structured) an error chunk or a
- * bare DONE.  Used for every reply except successful READ and
- * BLOCK_STATUS.  Cannot fail: the fixed headers fit the inline room. */
+/* Send a simple reply with no data, or (structured or extended) an
+ * error chunk or a bare DONE.  Used for every reply except successful
+ * READ and BLOCK_STATUS.  Cannot fail: the fixed headers fit the inline
+ * room. */
 void
 reply_plain (struct request *req)
 {
   struct conn_state *cs = req->cs;
   size_t msglen = req->err ? strlen (req->msg) : 0;
+  size_t hsz = reply_hdr_size (req);
 
   req->iov = req->small_iov;
   req->hdrs = req->small_hdrs;
@@ -129,20 +148,20 @@ reply_plain (struct request *req)
   else if (req->err == 0) {
     reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
                           NBD_REPLY_TYPE_NONE, 0);
-    reply_put_iov (req, req->hdrs, STRUCT_HDR);
+    reply_put_iov (req, req->hdrs, hsz);
   }
   else {
     uint8_t *p = reply_put_struct_hdr (req->hdrs, req, NBD_REPLY_FLAG_DONE,
                                        NBD_REPLY_TYPE_ERROR, 6 + msglen);
     store_be32 (p, nbd_errno (req->err));
     store_be16 (p + 4, msglen);
-    reply_put_iov (req, req->hdrs, STRUCT_HDR + 6);
+    reply_put_iov (req, req->hdrs, hsz + 6);
     if (msglen)
       reply_put_iov (req, req->msg, msglen);
   }
   if (log_verbose >= 3)
     log_debug ("%s: %s cookie %#" PRIx64 " offset %" PRIu64 " length %"
-               PRIu32 ": %s%s%s", cs->conn->peer, cmd_name (req->type),
+               PRIu64 ": %s%s%s", cs->conn->peer, cmd_name (req->type),
                req->cookie, req->offset, req->length,
                req->err ? strerror (req->err) : "ok",
                msglen ? ": " : "", msglen ? req->msg : "");

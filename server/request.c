@@ -261,7 +261,7 @@ arm_recv (struct conn_state *cs, bool direct)
     if (cs->payload_req)
       owed = cs->payload_req->length - cs->payload_got;
     else if (cs->in_len > 0)
-      owed = NBD_REQUEST_SIZE - cs->in_len;
+      owed = parse_header_size (cs->conn) - cs->in_len;
     rxc_arm_recv (cs, cs->in_buf + cs->in_len, IN_BUF_SIZE - cs->in_len,
                   owed);
   }
@@ -298,7 +298,7 @@ dispatch (struct request *req)
   struct conn *conn = req->cs->conn;
   struct nbd_request hdr = {
     .flags = req->flags, .type = req->type, .cookie = req->cookie,
-    .offset = req->offset, .length = req->length,
+    .offset = req->offset, .length = req->length, .meta = req->meta,
   };
   int err;
 
@@ -306,6 +306,21 @@ dispatch (struct request *req)
     /* Failed while its payload came in (no buffer for it). */
     reply_plain (req);
     return;
+  }
+  if (req->type == NBD_CMD_BLOCK_STATUS && req->buf) {
+    /* The payload names the contexts and the effect length; its buffer
+     * is not needed again (the reply takes one of its own). */
+    err = parse_payload (conn, &hdr, (const uint8_t *) req->buf,
+                         req->length, req->msg, sizeof req->msg);
+    bufpool_put (req->cs->w, req->buf, req->buf_cls);
+    req->buf = NULL;
+    req->length = hdr.length;
+    req->meta = hdr.meta;
+    if (err) {
+      req->err = err;
+      reply_plain (req);
+      return;
+    }
   }
   err = parse_check (conn, &hdr, req->msg, sizeof req->msg);
   if (err) {
@@ -435,9 +450,10 @@ conn_read (struct conn_state *cs)
       /* Beyond the limit we cannot keep the stream in sync cheaply, and
        * no valid client sends it. */
       if (parse_payload_len (conn, &hdr) > NBD_MAX_PAYLOAD) {
-        log_info ("%s: write payload of %" PRIu64 " bytes is too large, "
-                  "disconnecting", conn->peer, hdr.length);
-        conn_kill (cs, "oversized write payload");
+        log_info ("%s: %s payload of %" PRIu64 " bytes is too large, "
+                  "disconnecting", conn->peer, cmd_name (hdr.type),
+                  hdr.length);
+        conn_kill (cs, "oversized payload");
         return;
       }
 
@@ -451,13 +467,19 @@ conn_read (struct conn_state *cs)
       req->cookie = hdr.cookie;
       req->offset = hdr.offset;
       req->length = hdr.length;
+      req->meta = hdr.meta;
 
       if (parse_payload_len (conn, &hdr) > 0) {
         uint32_t length = hdr.length;
 
-        /* Keep the payload only for a write that will be done; the
+        /* Keep the payload only for a request that will use it; the
          * payload of one refused anyway is thrown away as it comes. */
-        if (parse_check (conn, &hdr, req->msg, sizeof req->msg) == 0) {
+        int err = parse_check_payload (conn, &hdr, req->msg,
+                                       sizeof req->msg);
+
+        if (err != 0)
+          req->err = err;       /* answered once the payload is gone */
+        else {
           req->buf = bufpool_get (cs->w, length, &req->buf_cls);
           if (req->buf) {
             req->bytes = cost;
@@ -466,7 +488,7 @@ conn_read (struct conn_state *cs)
             cs->payload_got = 0;
             continue;
           }
-          set_error (req, ENOMEM, "out of memory for the write payload");
+          set_error (req, ENOMEM, "out of memory for the payload");
         }
         cs->discard_left = length;
         cs->discard_req = req;

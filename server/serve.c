@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* From a configuration to a running server, for both command lines
- * (main.c's serve and qemu-nbd.c): the one place that opens the image
- * (and, for --snapshot, its temporary overlay), builds the export from
- * the configuration, loads TLS credentials, listens, starts the workers,
+ * (main.c's serve and qemu-nbd.c): the one place that opens an image
+ * (and, for --snapshot, its temporary overlay) and builds its export
+ * from a configuration (for exports.c, which keeps the exports by name),
+ * loads TLS credentials, listens, starts the workers,
  * writes the pid file, runs the listener until the server is told to
  * stop, and then shuts everything down in order.
  *
@@ -64,16 +65,20 @@ serve_config_init (struct server_config *cfg)
   cfg->persistent = true;
   cfg->alloc_depth = true;
   cfg->tls.mode = TLS_OFF;
+  cfg->max_open_exports = DEFAULT_MAX_OPEN_EXPORTS;
+  cfg->idle_timeout = DEFAULT_EXPORT_IDLE_TIMEOUT;
 }
 
 /* ---- the library's messages ------------------------------------------- */
 
 /* While the image is being opened, its first error is kept for the
- * open_failed hook instead of being printed. */
-static const struct server_config *opening;
-static char open_msg[1024];
+ * open_failed hook instead of being printed.  Per thread: the library
+ * logs an open's errors from the opening thread, while workers may log
+ * about other images at the same time. */
+static _Thread_local const struct server_config *opening;
+static _Thread_local char open_msg[1024];
 /* Did the library say why something failed?  Then we need not. */
-static atomic_bool qcow2_logged_error;
+static _Thread_local atomic_bool qcow2_logged_error;
 
 static void
 qcow2_log (void *opaque, enum qcow2_log_level level, const char *msg)
@@ -294,48 +299,6 @@ check_compress (const struct server_config *cfg, struct qcow2_image *img)
   return -EPERM;
 }
 
-int
-export_open (const struct server_config *cfg, struct export *exp)
-{
-  struct qcow2_image *img = NULL;
-  int r;
-
-  memset (exp, 0, sizeof *exp);
-  if (open_image (cfg, &img) < 0)
-    return -1;
-  if (check_compress (cfg, img) < 0) {
-    qcow2_close (img);
-    return -1;
-  }
-  if (qcow2_is_corrupt (img))
-    log_error ("warning: %s is marked corrupt; serving it read-only",
-               cfg->image);
-  /* The library's errors about the bitmaps are the front end's to word,
-   * as for the image. */
-  opening = cfg;
-  open_msg[0] = '\0';
-  r = build_export (cfg, img, exp);
-  opening = NULL;
-  if (r == -1) {
-    if (cfg->bitmap_failed && exp->failed_bitmap)
-      cfg->bitmap_failed (cfg, exp->failed_bitmap, open_msg);
-    else if (open_msg[0])
-      log_error ("%s", open_msg);
-    export_close (exp);
-    return -1;
-  }
-  return 0;
-}
-
-void
-export_close (struct export *exp)
-{
-  if (exp->img)
-    qcow2_close (exp->img);
-  exp->img = NULL;
-  contexts_free (exp);
-}
-
 /* ---- signals and the pid file ----------------------------------------- */
 
 static void *
@@ -416,13 +379,72 @@ pid_file_write (const char *path)
 /* ---- the server's life ------------------------------------------------ */
 
 int
+serve_export_open (const struct server_config *cfg, struct export *exp)
+{
+  struct qcow2_image *img = NULL;
+  int r;
+
+  memset (exp, 0, sizeof *exp);
+  r = open_image (cfg, &img);
+  if (r < 0)
+    return r;
+  r = check_compress (cfg, img);
+  if (r < 0) {
+    qcow2_close (img);
+    return r;
+  }
+  if (qcow2_is_corrupt (img))
+    log_error ("warning: %s is marked corrupt; serving it read-only",
+               cfg->image);
+  /* The library's errors about the bitmaps are the front end's to word,
+   * as for the image. */
+  opening = cfg;
+  open_msg[0] = '\0';
+  r = build_export (cfg, img, exp);
+  opening = NULL;
+  if (r == -1) {
+    if (cfg->bitmap_failed && exp->failed_bitmap)
+      cfg->bitmap_failed (cfg, exp->failed_bitmap, open_msg);
+    else if (open_msg[0])
+      log_error ("%s", open_msg);
+    contexts_free (exp);
+    qcow2_close (img);
+    exp->img = NULL;
+    return -EINVAL;
+  }
+  return 0;
+}
+
+int
+serve_export_close (struct export *exp)
+{
+  int r = 0;
+
+  if (exp->img == NULL)
+    return 0;
+  /* The last flush, made here for its result (qcow2_close flushes
+   * again, cheaply, and marks the image clean only when it worked).
+   * When it fails - after a failed sync it always does - writes
+   * answered since the last successful FLUSH may be lost. */
+  if (!exp->read_only && (r = qcow2_flush (exp->img)) < 0)
+    log_error ("%s: the final flush failed (%s): writes not flushed "
+               "before may be lost", qcow2_file_name (exp->img, 0),
+               strerror (-r));
+  qcow2_close (exp->img);
+  exp->img = NULL;
+  contexts_free (exp);
+  return r;
+}
+
+int
 serve_run (const struct server_config *cfg)
 {
-  struct export exp = { 0 };
+  const struct export *single;
+  unsigned threads = cfg->threads ? cfg->threads : 1;
   sigset_t set;
   pthread_t sig_thread;
-  int *fds = NULL, nfds, r;
-  int status = EXIT_FAILURE;
+  int *fds = NULL, nfds;
+  int status = EXIT_FAILURE, r;
 
   log_verbose = cfg->verbose;
 
@@ -448,16 +470,17 @@ serve_run (const struct server_config *cfg)
     }
   }
 
-  /* The image first: nothing listens until it is open and checked, so a
-   * client that connects is always served. */
-  if (export_open (cfg, &exp) == -1)
+  /* The images named on the command line first: nothing listens until
+   * they are open and checked, so a client that connects is always
+   * served. */
+  if (exports_init (cfg, threads) == -1)
     goto out_tls;
 
   /* Sockets before workers: a busy port is the likeliest failure, and
    * finding it first costs no thread or ring set-up. */
   nfds = sockets_listen (cfg, &fds);
   if (nfds < 0)
-    goto out_image;
+    goto out_exports;
 
   r = pthread_create (&sig_thread, NULL, signal_thread, (void *) cfg);
   if (r != 0) {
@@ -467,20 +490,36 @@ serve_run (const struct server_config *cfg)
   }
   pthread_detach (sig_thread);
 
-  if (workers_start (&exp, cfg->threads) == -1)
+  if (workers_start (threads) == -1)
     goto out_sockets;
+  if (exports_start () == -1) {
+    workers_shutdown ();
+    goto out_sockets;
+  }
 
   if (cfg->pid_file && pid_file_write (cfg->pid_file) == -1) {
     workers_shutdown ();
     goto out_sockets;
   }
-  log_info ("serving %s (%" PRIu64 " bytes) as export '%s' with %u "
-            "thread%s", cfg->image, exp.size, exp.name, cfg->threads,
-            cfg->threads == 1 ? "" : "s");
+  single = exports_single ();
+  if (single)
+    log_info ("serving %s (%" PRIu64 " bytes) as export '%s' with %u "
+              "thread%s", cfg->image ? cfg->image
+              : qcow2_file_name (single->img, 0), single->size, single->name,
+              threads, threads == 1 ? "" : "s");
+  else {
+    unsigned n = cfg->nr_exports + (cfg->image != NULL);
+
+    log_info ("serving %u export%s%s%s with %u thread%s", n,
+              n == 1 ? "" : "s",
+              cfg->export_dir ? " and the images of " : "",
+              cfg->export_dir ? cfg->export_dir : "",
+              threads, threads == 1 ? "" : "s");
+  }
   if (cfg->ready)
     cfg->ready (cfg);
 
-  listener_run (cfg, &exp, fds, nfds);   /* closes fds */
+  listener_run (cfg, fds, nfds);   /* closes fds */
   free (fds);
   fds = NULL;
   nfds = 0;
@@ -488,16 +527,12 @@ serve_run (const struct server_config *cfg)
   workers_shutdown ();
   if (cfg->pid_file && !cfg->keep_pid_file)
     unlink (cfg->pid_file);
-  /* The last flush, made here for its result (qcow2_close flushes
-   * again, cheaply, and marks the image clean only when it worked).
-   * When it fails - after a failed sync it always does - writes
-   * answered since the last successful FLUSH may be lost, and the exit
-   * status says so. */
+  /* Every export is flushed and closed; when a final flush fails,
+   * writes answered since the last successful FLUSH may be lost, and
+   * the exit status says so. */
   status = EXIT_SUCCESS;
-  if (!exp.read_only && (r = qcow2_flush (exp.img)) < 0) {
-    log_error ("%s: the final flush failed (%s): writes not flushed "
-               "before may be lost; exiting with status 1", cfg->image,
-               strerror (-r));
+  if (exports_shutdown () == -1) {
+    log_error ("a final flush failed; exiting with status 1");
     status = EXIT_FAILURE;
   }
   log_info ("exiting");
@@ -508,8 +543,8 @@ serve_run (const struct server_config *cfg)
   free (fds);
   if (cfg->socket_path)
     unlink (cfg->socket_path);
- out_image:
-  export_close (&exp);
+ out_exports:
+  exports_shutdown ();
  out_tls:
   if (server_tls_ctx)
     tls_ctx_free (server_tls_ctx);

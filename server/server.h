@@ -58,10 +58,28 @@ enum detect_zeroes {
   DETECT_ZEROES_UNMAP,          /* zeroed, deallocated (--discard=unmap) */
 };
 
+/* One --export NAME=PATH[,OPTIONS] (main.c): an export of its own,
+ * opened at startup, with its own options over the global ones. */
+struct export_spec {
+  const char *name;
+  const char *path;
+  const char *description;      /* NULL: none */
+  int read_only;                /* -1: the global --read-only */
+  int discard_unmap;            /* -1: the global --discard */
+  const char *bitmaps[MAX_EXPORT_BITMAPS];
+  unsigned nr_bitmaps;
+};
+
+/* Exports a server keeps open at once by default (--max-open-exports),
+ * and how long one no connection uses stays open (--idle-timeout). */
+#define DEFAULT_MAX_OPEN_EXPORTS 64
+#define DEFAULT_EXPORT_IDLE_TIMEOUT 60
+
 /* Everything both command lines (main.c's serve, qemu-nbd.c) can ask
- * for; serve_run() turns it into the export and runs the server. */
+ * for; serve_run() turns it into the exports and runs the server. */
 struct server_config {
-  /* The image. */
+  /* The image: the export named export_name.  NULL when the exports
+   * are only --export and --export-dir ones. */
   const char *image;            /* path of the image */
   enum qcow2_format format;
   bool probed_raw;              /* raw by probing: guard sector 0 as QEMU */
@@ -90,6 +108,18 @@ struct server_config {
    * only when max_connections != 1, the size rounded down to 512, the
    * minimum block size 1 unless the client asks for block sizes. */
   bool qemu_export;
+
+  /* More exports (main.c's serve only; exports.c).  An --export is
+   * opened at startup and stays open; an image of export_dir is opened
+   * at its first INFO or GO and closed once no connection has used it
+   * for idle_timeout seconds, or sooner when max_open exports are open
+   * and another is wanted.  default_export: the name "" stands for. */
+  struct export_spec *exports;
+  unsigned nr_exports;
+  const char *export_dir;
+  unsigned max_open_exports;
+  unsigned idle_timeout;
+  const char *default_export;
 
   /* Listening and lifetime. */
   /* qemu-nbd's listening rules and messages (sockets.c): one socket on
@@ -145,13 +175,25 @@ struct server_config {
 #define DEFAULT_MAX_HANDSHAKES 1024
 #define DEFAULT_MAX_HANDSHAKES_PER_SOURCE 128
 
-/* Open the image, build the export, listen, serve until stopped (a
+/* Open the images, build the exports, listen, serve until stopped (a
  * signal, or the last client without persistent), then close everything
  * cleanly.  Returns the exit status.  Call before any thread exists. */
 int serve_run (const struct server_config *cfg);
 
+struct export;
+/* Open the image of CFG (cfg->image: one export's configuration) and
+ * build EXP from it.  Returns 0, or -errno after reporting why (the
+ * hooks of CFG, or the log). */
+int serve_export_open (const struct server_config *cfg, struct export *exp);
+/* Flush and close what serve_export_open opened.  Returns 0, or the
+ * -errno of the final flush (logged: unflushed writes may be lost). */
+int serve_export_close (struct export *exp);
+
 /* The server's default configuration (serve's defaults). */
 void serve_config_init (struct server_config *cfg);
+/* Write our pid to PATH as QEMU does (locked; kept open until exit).
+ * Returns 0 or -1 (logged).  attach.c writes its own with it. */
+int pid_file_write (const char *path);
 
 /* TLS for the handshake, set by main before the listener starts and
  * constant afterwards: the mode, and the context (NULL when off). */
@@ -160,7 +202,23 @@ extern struct tls_ctx *server_tls_ctx;
 /* Failed negotiations logged in qemu-nbd's words (its mode). */
 extern bool negotiate_qemu_words;
 
-/* The one export.  Constant once serving starts. */
+/* A worker's own fds of an export's files (dup()s of the image's),
+ * indexed like qcow2_file_fd(): data I/O goes through them.  With
+ * export->direct_io, dfds holds a second, O_DIRECT, open file
+ * description of each (worker_data_fd).  Set up when the export opens
+ * (exports.c), closed when it closes; only worker IDX touches
+ * no_zero_range. */
+struct export_fds {
+  int *fds;
+  int *dfds;                    /* NULL unless direct_io */
+  /* Per file: FALLOC_FL_ZERO_RANGE was refused, so zero segments are
+   * written as zeros straight away. */
+  bool *no_zero_range;
+  size_t nr;
+};
+
+/* An open export.  Constant while it is open; a connection that
+ * selected it holds a reference (exports.c) until it is freed. */
 struct export {
   const char *name;
   const char *description;
@@ -186,17 +244,58 @@ struct export {
   unsigned nr_meta;
   struct qcow2_bitmap *bitmaps[MAX_EXPORT_BITMAPS];
   const char *failed_bitmap;    /* set up only: the --bitmap refused */
+  /* The workers' fds of the image files, one set per worker. */
+  struct export_fds *wfds;
+  unsigned nr_wfds;
 };
 
-/* serve.c: the steps serve_run shares with attach (attach.c).  Open CFG's image
- * (or its --snapshot overlay) and build its export into EXP.  Returns 0,
- * or -1 (logged, saying why; nothing to close). */
-int export_open (const struct server_config *cfg, struct export *exp);
-/* Close EXP's image (flushing it: clean, when every write has ended). */
-void export_close (struct export *exp);
-/* Write our pid to PATH as QEMU does (locked; kept open until exit).
- * Returns 0 or -1 (logged). */
-int pid_file_write (const char *path);
+/* ---- exports.c: the exports by name, opened and closed on demand ------ */
+
+/* Build the exports of CFG: the positional image, each --export (both
+ * opened now: a failure is a startup error) and --export-dir (opened on
+ * demand).  NR_WORKERS: how many sets of fds each export gets.  Returns
+ * 0 or -1 (logged). */
+int exports_init (const struct server_config *cfg, unsigned nr_workers);
+/* Start closing idle exports (a thread).  Returns 0 or -1 (logged). */
+int exports_start (void);
+/* Stop that, flush and close every export.  Returns 0, or -1 when a
+ * final flush failed (logged). */
+int exports_shutdown (void);
+/* How many exports the command line named, and the one of them when
+ * there is exactly one and no directory (else NULL): for the startup
+ * message. */
+const struct export *exports_single (void);
+
+/* The exports as the handshake sees them (struct export_source): get
+ * opens an image of the directory if need be, refusing with
+ * NBD_REP_ERR_UNKNOWN a name that is not an export or an image that
+ * cannot be opened (logged), with NBD_REP_ERR_POLICY when too many
+ * exports are open and in use; list reads the directory afresh when
+ * AFTER is NULL. */
+extern const struct export_source exports_source;
+/* Drop a connection's reference (NULL: nothing). */
+void exports_put (const struct export *exp);
+
+/* ---- export-dir.c: the files of --export-dir ------------------------ */
+
+/* Can NAME be an image of the directory?  One path component, not
+ * starting with '.', UTF-8 without control characters, at most
+ * NAME_MAX bytes.  A client's name passes this before it is joined to
+ * the directory. */
+bool export_dir_name_ok (const char *name);
+/* DIR/NAME (NULL when out of memory). */
+char *export_dir_path (const char *dir, const char *name);
+/* Is PATH a regular file (lstat: a symbolic link is not)? */
+bool export_dir_file_ok (const char *path);
+/* The names of DIR that are exports, sorted (strcmp), *NR of them; each
+ * and the array are the caller's to free.  NULL when DIR cannot be read
+ * (logged). */
+char **export_dir_read (const char *dir, size_t *nr);
+/* Probe the image PATH as QEMU would and set cfg->format (and
+ * probed_raw) for it.  Returns 0, or -1 with WHY (WHYLEN bytes) saying
+ * why: it cannot be read, or its format is neither qcow2 nor raw. */
+int export_dir_probe (const char *path, struct server_config *cfg,
+                      char *why, size_t whylen);
 
 /* ---- log.c: messages to stderr ---------------------------------------- */
 
@@ -236,7 +335,12 @@ struct conn {
   /* Negotiated in the handshake, constant afterwards. */
   const struct export *exp;
   bool no_zeroes;
+  /* Replies may be chunks: NBD_OPT_STRUCTURED_REPLY, or implied by
+   * extended_headers. */
   bool structured_replies;
+  /* NBD_OPT_EXTENDED_HEADERS: 32-byte requests and reply chunks, and
+   * no simple replies. */
+  bool extended_headers;
   uint64_t meta;                /* bitmask of enum meta_context */
 
   /* Worker-owned state (request.c). */
@@ -281,10 +385,28 @@ enum handshake_status {
  * replies). */
 uint16_t handshake_eflags (bool read_only);
 
-/* Start negotiating on CONN for EXP, with the greeting queued as
- * output.  TLS_MODE is TLS_OFF unless the server can do TLS.  NULL when
- * out of memory. */
-struct handshake *handshake_new (struct conn *conn, const struct export *exp,
+/* Where the handshake finds exports: exports.c's (exports_source), or a
+ * fuzz target's.  get looks NAME (LEN bytes, "" the default export) up
+ * and takes a reference, returning 0, or the NBD_REP_ERR_* to refuse it
+ * with and (in MSG) why; put drops one (NULL: nothing); list calls FN
+ * for the exports in name order, from the first whose name sorts after
+ * AFTER (NULL: from the first), until FN returns nonzero, which it
+ * returns (0: all seen). */
+struct export_source {
+  uint32_t (*get) (const char *name, size_t len, const struct export **expp,
+                   char *msg, size_t msglen);
+  void (*put) (const struct export *exp);
+  int (*list) (const char *after,
+               int (*fn) (void *opaque, const char *name,
+                          const char *description),
+               void *opaque);
+};
+
+/* Start negotiating on CONN, with the greeting queued as output, the
+ * exports looked up in SRC.  TLS_MODE is TLS_OFF unless the server can
+ * do TLS.  NULL when out of memory. */
+struct handshake *handshake_new (struct conn *conn,
+                                 const struct export_source *src,
                                  enum tls_mode tls_mode);
 void handshake_free (struct handshake *hs);
 enum handshake_status handshake_status (const struct handshake *hs);
@@ -326,10 +448,9 @@ enum negotiate_next {
   NEGOTIATE_CLOSE,              /* close the connection (logged) */
 };
 
-/* Start negotiating on CONN (non-blocking socket) for EXP: the greeting
- * is queued.  NULL when out of memory. */
-struct negotiation *negotiate_new (struct conn *conn,
-                                   const struct export *exp);
+/* Start negotiating on CONN (non-blocking socket): the greeting is
+ * queued.  NULL when out of memory. */
+struct negotiation *negotiate_new (struct conn *conn);
 /* Free the negotiation, not the connection. */
 void negotiate_free (struct negotiation *n);
 /* Move bytes, and step the TLS handshake, until the socket would block.
@@ -372,12 +493,16 @@ void source_name (const struct source *src, char *buf, size_t len);
 
 /* ---- parse.c: transmission requests, parsed and checked -------------- */
 
-/* A request header off the wire.  The length is 64 bits for extended
- * headers (issue 16); compact headers fill 32 of them. */
+/* A request header off the wire.  The length is 64 bits with extended
+ * headers; compact headers fill 32 of them.  With
+ * NBD_CMD_FLAG_PAYLOAD_LEN it is the payload's length until
+ * parse_payload has read the payload (a BLOCK_STATUS's effect length
+ * and context ids). */
 struct nbd_request {
   uint16_t flags, type;
   uint64_t cookie, offset;
   uint64_t length;
+  uint64_t meta;                /* BLOCK_STATUS: contexts to answer */
 };
 
 enum parse_result {
@@ -394,6 +519,22 @@ enum parse_result parse_request (const struct conn *conn, const uint8_t *p,
 /* Bytes of payload that follow R's header on the wire. */
 uint64_t parse_payload_len (const struct conn *conn,
                             const struct nbd_request *r);
+/* May CONN send NBD_CMD_BLOCK_STATUS with a payload naming the context
+ * ids to answer (NBD_FLAG_BLOCK_STAT_PAYLOAD): extended headers and at
+ * least one context selected. */
+bool parse_bs_payload_ok (const struct conn *conn);
+/* R carries a payload (parse_payload_len > 0, at most NBD_MAX_PAYLOAD):
+ * is it worth receiving?  0: receive it for parse_payload (a WRITE that
+ * may run, a BLOCK_STATUS payload of a sane length); else the errno to
+ * answer with (MSG says why) once the payload has been thrown away. */
+int parse_check_payload (const struct conn *conn,
+                         const struct nbd_request *r, char *msg,
+                         size_t len);
+/* R's payload (LEN bytes at P) is in: a BLOCK_STATUS takes its effect
+ * length and context ids from it into R.  0, or the errno to answer
+ * with (MSG says why: a bad length, unknown or repeated ids). */
+int parse_payload (const struct conn *conn, struct nbd_request *r,
+                   const uint8_t *p, uint64_t len, char *msg, size_t msglen);
 /* Bytes of data R holds in the server while in flight (its READ data,
  * WRITE payload, BLOCK_STATUS extents): what backpressure counts. */
 uint64_t parse_cost (const struct nbd_request *r);
@@ -423,8 +564,8 @@ int sockets_listen (const struct server_config *cfg, int **fds);
 /* Accept on FDS until server_stop() is called, negotiating with every
  * client from one event loop (within the limits of CFG) and handing
  * those that reach the transmission phase to the workers. */
-void listener_run (const struct server_config *cfg, const struct export *exp,
-                   const int *fds, int nfds);
+void listener_run (const struct server_config *cfg, const int *fds,
+                   int nfds);
 /* Async-signal-safe: ask the listener to stop accepting. */
 void server_stop (void);
 /* Called when a connection has been freed; NEGOTIATED: it had reached
@@ -436,9 +577,9 @@ void listener_set_closed_hook (void (*fn) (void));
 
 /* ---- worker.c: worker threads, each with an io_uring ring ------------- */
 
-/* Start N workers serving EXP; each dups every image file.  Returns 0 or
- * -1 (logged). */
-int workers_start (const struct export *exp, unsigned n);
+/* Start N workers (their fds of each export's files are exports.c's).
+ * Returns 0 or -1 (logged). */
+int workers_start (unsigned n);
 /* Hand a connection in the transmission phase to the least busy worker. */
 void workers_add_conn (struct conn *conn);
 /* Stop reading new requests on every connection, answer what is in

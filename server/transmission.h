@@ -91,19 +91,15 @@ struct dcache {
 struct worker {
   unsigned idx;
   pthread_t thread;
-  const struct export *exp;
   struct io_uring ring;
   bool ring_disabled;           /* created R_DISABLED: enable in the thread */
   int efd;                      /* eventfd: hand-over and shutdown wake-up */
   uint64_t efd_val;
   struct uring_op wake_op;
 
-  /* Data I/O goes through the worker's own fds (dup()s of the image's),
-   * indexed like qcow2_file_fd().  With export->direct_io, dfds holds a
-   * second, O_DIRECT, open file description of each (worker_data_fd). */
-  int *fds;
-  int *dfds;                    /* NULL unless direct_io */
-  size_t nr_fds;
+  /* Data I/O goes through the worker's own fds of each export's files:
+   * exp->wfds[idx] (struct export_fds, set up by exports.c when the
+   * export opens, closed when it closes). */
 
   pthread_mutex_t lock;
   struct conn **handoff;        /* lock: connections not yet picked up */
@@ -126,9 +122,6 @@ struct worker {
   /* Requests the library answered with QCOW2_BLOCKED, in arrival order,
    * retried after every wake-up (request_retry_parked). */
   struct request *parked_head, *parked_tail;
-  /* Per file (indexed like fds): FALLOC_FL_ZERO_RANGE was refused, so
-   * zero segments are written as zeros straight away. */
-  bool *no_zero_range;
   struct dcache dcache;         /* decompressed clusters */
   uint64_t inline_writes_after; /* now_ns() before which writes go
                                  * through io_uring (writes.c) */
@@ -151,8 +144,6 @@ extern atomic_uint workers_wake_seq;
 
 /* ---- per-request and per-connection state ----------------------------- */
 
-/* Structured reply chunk header size ("Structured reply chunk message"). */
-#define STRUCT_HDR NBD_STRUCTURED_REPLY_SIZE
 /* Extents asked of qcow2_map per call. */
 #define MAP_BATCH 256
 /* Extents and data reads a request holds without allocating. */
@@ -223,7 +214,12 @@ struct request {
   struct request *next;         /* send queue, free list, parked list */
   uint16_t flags, type;
   uint64_t cookie, offset;
-  uint32_t length;
+  /* The effect length (the payload's length while it comes in: a
+   * BLOCK_STATUS payload gives the effect length, see dispatch). */
+  uint64_t length;
+  uint64_t meta;                /* BLOCK_STATUS: the contexts to answer */
+  uint64_t done;                /* WRITE_ZEROES, TRIM: bytes of the
+                                 * slices done (writes.c) */
   uint64_t bytes;               /* counted against server_max_inflight */
   bool queued;                  /* its reply is in the send queue */
 
@@ -364,6 +360,13 @@ struct io_uring_sqe *worker_get_sqe (struct worker *w);
  * 4096 is enough on every Linux file system and block device. */
 #define DIRECT_ALIGN 4096
 
+/* The worker's own fds of the files of the export CS is connected to. */
+static inline struct export_fds *
+conn_fds (const struct conn_state *cs)
+{
+  return &cs->conn->exp->wfds[cs->w->idx];
+}
+
 /* The fd a data read or write of LEN bytes at host offset OFF of FILE,
  * to or from BUF, goes through: the O_DIRECT one when the export wants
  * O_DIRECT (cache=none, directsync) and everything is aligned, else the
@@ -371,13 +374,13 @@ struct io_uring_sqe *worker_get_sqe (struct worker *w);
  * cache coherent with direct I/O (writing back and invalidating the
  * range), so mixing them is safe for requests NBD does not order. */
 static inline int
-worker_data_fd (const struct worker *w, unsigned file, uint64_t off,
+worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
                 uint64_t len, const void *buf)
 {
-  if (w->dfds != NULL && w->dfds[file] >= 0
+  if (xf->dfds != NULL && xf->dfds[file] >= 0
       && ((off | len | (uintptr_t) buf) & (DIRECT_ALIGN - 1)) == 0)
-    return w->dfds[file];
-  return w->fds[file];
+    return xf->dfds[file];
+  return xf->fds[file];
 }
 
 /* Make room for N SQEs that must be submitted together (a linked
@@ -460,7 +463,11 @@ int reply_alloc (struct request *req, size_t n, size_t hdr_bytes);
 void reply_release_iov (struct request *req);
 /* Append an iovec to the reply. */
 void reply_put_iov (struct request *req, void *base, size_t len);
-/* Write a structured reply chunk header at P; returns the byte after. */
+/* Bytes of a reply chunk header on REQ's connection: structured (20)
+ * or extended (32). */
+size_t reply_hdr_size (const struct request *req);
+/* Write a chunk header at P, structured or extended as negotiated;
+ * returns the byte after. */
 uint8_t *reply_put_struct_hdr (uint8_t *p, struct request *req,
                                uint16_t flags, uint16_t type, uint32_t len);
 /* Send a simple reply with no data, or (structured) an error chunk or a

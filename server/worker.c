@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* Worker threads.  Each worker owns an io_uring ring, a dup()ed fd of every
- * image file and a buffer pool, and serves many connections from one
+/* Worker threads.  Each worker owns an io_uring ring and a buffer pool
+ * (its fds of the image files are in each open export: struct
+ * export_fds, exports.c), and serves many connections from one
  * completion loop: it reaps a batch of completions, lets request.c parse
  * requests, queue data reads and send replies, and then submits all the
  * SQEs of that iteration with one io_uring_enter.  Connections arrive
@@ -341,25 +342,9 @@ ring_init (struct worker *w)
   return r;
 }
 
-/* A second open file description of file F of the image, with
- * O_DIRECT (a dup would share the buffered one's flags): through
- * /proc/self/fd, so it is the very file the library opened even if its
- * name has changed since. */
-static int
-open_direct (const struct qcow2_image *img, size_t f)
-{
-  char path[64];
-
-  snprintf (path, sizeof path, "/proc/self/fd/%d", qcow2_file_fd (img, f));
-  return open (path, (qcow2_file_writable (img, f) ? O_RDWR : O_RDONLY)
-               | O_DIRECT | O_CLOEXEC);
-}
-
 int
-workers_start (const struct export *exp, unsigned n)
+workers_start (unsigned n)
 {
-  size_t nfiles = qcow2_file_count (exp->img);
-
   if (n == 0)
     n = 1;
   workers = calloc (n, sizeof *workers);
@@ -373,38 +358,8 @@ workers_start (const struct export *exp, unsigned n)
     int r;
 
     w->idx = i;
-    w->exp = exp;
     w->wake_op.kind = OP_WAKE;
     pthread_mutex_init (&w->lock, NULL);
-
-    w->fds = calloc (nfiles ? nfiles : 1, sizeof *w->fds);
-    w->no_zero_range = calloc (nfiles ? nfiles : 1,
-                               sizeof *w->no_zero_range);
-    if (w->fds == NULL || w->no_zero_range == NULL) {
-      log_error ("worker %u: %m", i);
-      return -1;
-    }
-    if (exp->direct_io) {
-      w->dfds = calloc (nfiles ? nfiles : 1, sizeof *w->dfds);
-      if (w->dfds == NULL) {
-        log_error ("worker %u: %m", i);
-        return -1;
-      }
-    }
-    for (size_t f = 0; f < nfiles; f++) {
-      int fd = qcow2_file_fd (exp->img, f);
-      if (fd < 0 || (w->fds[f] = fcntl (fd, F_DUPFD_CLOEXEC, 0)) < 0) {
-        log_error ("worker %u: dup of %s: %m", i,
-                   qcow2_file_name (exp->img, f));
-        return -1;
-      }
-      w->nr_fds++;
-      if (w->dfds && (w->dfds[f] = open_direct (exp->img, f)) < 0) {
-        log_error ("Could not open '%s' with O_DIRECT: %m",
-                   qcow2_file_name (exp->img, f));
-        return -1;
-      }
-    }
 
     w->efd = eventfd (0, EFD_CLOEXEC);
     if (w->efd < 0) {
@@ -530,14 +485,6 @@ workers_shutdown (void)
 
     io_uring_queue_exit (&w->ring);
     close (w->efd);
-    for (size_t f = 0; f < w->nr_fds; f++) {
-      close (w->fds[f]);
-      if (w->dfds)
-        close (w->dfds[f]);
-    }
-    free (w->fds);
-    free (w->dfds);
-    free (w->no_zero_range);
     free (w->handoff);
     pthread_mutex_destroy (&w->lock);
   }

@@ -135,15 +135,15 @@ modify_done_or_park (struct request *req, int r, unsigned seq)
 static int
 wop_fd (const struct wop *wo)
 {
-  const struct worker *w = wo->req->cs->w;
+  const struct export_fds *xf = conn_fds (wo->req->cs);
 
-  if (w->dfds == NULL || wo->zero)
+  if (xf->dfds == NULL || wo->zero)
     return wo->fd;
   for (int i = 0; i < wo->iovcnt; i++)
-    if (worker_data_fd (w, wo->file, 0, wo->iov[i].iov_len,
-                        wo->iov[i].iov_base) == w->fds[wo->file])
+    if (worker_data_fd (xf, wo->file, 0, wo->iov[i].iov_len,
+                        wo->iov[i].iov_base) == xf->fds[wo->file])
       return wo->fd;
-  return worker_data_fd (w, wo->file, wo->off, wo->left, NULL);
+  return worker_data_fd (xf, wo->file, wo->off, wo->left, NULL);
 }
 
 static void
@@ -234,12 +234,12 @@ wop_complete (struct wop *wo, int res)
   if (wo->zero && !wo->write_zeros) {
     /* EINVAL too: kernels without IORING_OP_FALLOCATE say that. */
     if (res == -EOPNOTSUPP || res == -ENOSYS || res == -EINVAL) {
-      if (!cs->w->no_zero_range[wo->file])
+      if (!conn_fds (cs)->no_zero_range[wo->file])
         log_debug ("worker %u: FALLOC_FL_ZERO_RANGE on %s: %s; writing "
                    "zeros instead", cs->w->idx,
                    qcow2_file_name (cs->conn->exp->img, wo->file),
                    strerror (-res));
-      cs->w->no_zero_range[wo->file] = true;
+      conn_fds (cs)->no_zero_range[wo->file] = true;
       wo->write_zeros = true;
       wop_submit (wo);
       return;
@@ -403,7 +403,7 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
               size_t nsegs, unsigned seq)
 {
   struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
+  const struct export_fds *xf = conn_fds (cs);
   size_t nops = 0;
 
   if (r != 0)
@@ -421,7 +421,7 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
    * the wrong place: check before trusting. */
   for (size_t i = 0; i < nsegs; i++) {
     const struct qcow2_seg *sg = &segs[i];
-    bool bad = sg->file >= w->nr_fds || sg->length == 0
+    bool bad = sg->file >= xf->nr || sg->length == 0
       || sg->host_offset > UINT64_MAX - sg->length;
 
     if (sg->source == QCOW2_SEG_GUEST)
@@ -466,11 +466,11 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
       wo->op.kind = OP_WRITE;
       wo->req = req;
       wo->file = sg->file;
-      wo->fd = w->fds[sg->file];
+      wo->fd = xf->fds[sg->file];
       wo->off = sg->host_offset;
       wo->iov = iov;
       wo->zero = sg->source == QCOW2_SEG_ZERO;
-      wo->write_zeros = wo->zero && w->no_zero_range[sg->file];
+      wo->write_zeros = wo->zero && xf->no_zero_range[sg->file];
       run = 0;
     }
     run++;
@@ -502,11 +502,51 @@ cmd_write (struct request *req)
   write_start (req);
 }
 
+/* A zeroing or trim of more than SLICE bytes (extended headers allow
+ * 2^64 - 1) is done a slice per turn of the worker's loop, parked and
+ * retried at once between slices: the metadata work of zeroing 1 TiB
+ * takes seconds, which the worker's other connections would otherwise
+ * wait out.  Slices end on SLICE_ALIGN boundaries (the largest cluster),
+ * so only the request's own ends can cut a cluster.  NBD does not order
+ * concurrent requests, so others may see the range part done, as with
+ * any write in progress.  FAST_ZERO is not sliced: it must fail with
+ * nothing changed. */
+#define SLICE (UINT64_C (1) << 30)
+#define SLICE_ALIGN (UINT64_C (2) << 20)
+
+/* The next slice of REQ (all of what is left if WHOLE): its offset in
+ * *OFF, its length returned. */
+static uint64_t
+next_slice (const struct request *req, bool whole, uint64_t *off)
+{
+  uint64_t left = req->length - req->done;
+
+  *off = req->offset + req->done;
+  if (whole || left <= SLICE)
+    return left;
+  return ROUND_DOWN (*off + SLICE, SLICE_ALIGN) - *off;
+}
+
+/* A slice of N bytes ended with R: on to the next one, or as
+ * modify_done_or_park. */
+static void
+slice_done_or_park (struct request *req, int r, unsigned seq, uint64_t n)
+{
+  if (r == 0 && n < req->length - req->done) {
+    req->done += n;
+    park (req, seq);
+    worker_kick (req->cs->w);
+    return;
+  }
+  modify_done_or_park (req, r, seq);
+}
+
 void
 cmd_write_zeroes (struct request *req)
 {
   const struct export *exp = req->cs->conn->exp;
   unsigned flags = 0, seq;
+  uint64_t off, n;
   int r;
 
   if (req->length == 0) {
@@ -526,15 +566,16 @@ cmd_write_zeroes (struct request *req)
   if (exp->compress)
     flags |= QCOW2_COMPRESSED;
 
+  n = next_slice (req, flags & QCOW2_FAST_ZERO, &off);
   seq = atomic_load (&workers_wake_seq);
-  r = qcow2_zero (exp->img, req->offset, req->length, flags);
+  r = qcow2_zero (exp->img, off, n, flags);
   if (r == -ENOTSUP && (flags & QCOW2_FAST_ZERO)) {
     /* The client asked to hear at once that zeroing would be slow; it
      * will write the zeros itself. */
     reply_error (req, ENOTSUP, "fast zeroing is not possible here");
     return;
   }
-  modify_done_or_park (req, r, seq);
+  slice_done_or_park (req, r, seq, n);
 }
 
 void
@@ -542,6 +583,7 @@ cmd_trim (struct request *req)
 {
   const struct export *exp = req->cs->conn->exp;
   unsigned seq;
+  uint64_t off, n;
   int r;
 
   /* --discard=ignore (the default, as in qemu-nbd): TRIM is advice and
@@ -550,9 +592,10 @@ cmd_trim (struct request *req)
     reply_plain (req);
     return;
   }
+  n = next_slice (req, false, &off);
   seq = atomic_load (&workers_wake_seq);
-  r = qcow2_discard (exp->img, req->offset, req->length, 0);
-  modify_done_or_park (req, r, seq);
+  r = qcow2_discard (exp->img, off, n, 0);
+  slice_done_or_park (req, r, seq, n);
 }
 
 void

@@ -138,7 +138,7 @@ zc_start (struct request *req, bool zero_fill)
 
   /* cache=none: the page cache is what the user asked us to avoid. */
   if (conn->transport->splice == NULL || req->length < ZC_MIN_LENGTH
-      || w->dfds != NULL
+      || conn_fds (req->cs)->dfds != NULL
       || req->cs->zc_pipes >= ZC_CONN_PIPES
       || w->zc_pipes >= ZC_WORKER_PIPES
       || (w->zc_paused_until && now_ns () < w->zc_paused_until))
@@ -153,7 +153,7 @@ zc_start (struct request *req, bool zero_fill)
     }
     /* Bytes past the end of the file read as zeros, which would have
      * to be written into the pipe: copy such (rare) reads instead. */
-    if (e->type != QCOW2_EXTENT_DATA || e->file >= w->nr_fds
+    if (e->type != QCOW2_EXTENT_DATA || e->file >= conn_fds (req->cs)->nr
         || qcow2_file_writable (img, e->file)
         || e->host_offset + e->length > qcow2_file_size (img, e->file))
       return false;

@@ -16,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import abuse  # noqa: E402  (the raw client of test-protocol-abuse.sh)
+import rawnbd  # noqa: E402  (the protocol's constants)
 
 
 def ask(path, opt, queries):
@@ -62,8 +63,8 @@ queries = [
     ["qemu:dirty-bitmap:" + b.upper() for b in bitmaps],
 ]
 n = 0
-for opt, name in ((abuse.OPT_LIST_META, "LIST"),
-                  (abuse.OPT_SET_META, "SET")):
+for opt, name in ((rawnbd.OPT_LIST_META, "LIST"),
+                  (rawnbd.OPT_SET_META, "SET")):
     for q in queries:
         a = ask(ours, opt, q)
         b = ask(qemu, opt, q)

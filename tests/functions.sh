@@ -409,6 +409,18 @@ file_size ()
   stat -c %s "$1"
 }
 
+# unix_listening PATH: a socket bound at PATH is listening.  The file
+# appears at bind(2), before listen(2), so its existence proves nothing;
+# connecting to find out would be a client, and a qemu-nbd without -t
+# exits after its first.  /proc/net/unix flags listening sockets with
+# __SO_ACCEPTCON (00010000).
+unix_listening ()
+{
+  [ -S "$1" ] &&
+    awk -v p="$1" '$4 == "00010000" && $NF == p { found = 1 }
+                   END { exit !found }' /proc/net/unix
+}
+
 # wait_for_file FILE WHAT: wait (30 s at most) until a background client
 # creates FILE to say it is ready; fail with WHAT otherwise.
 wait_for_file ()
@@ -421,12 +433,13 @@ wait_for_file ()
   fail "$2"
 }
 
-# wait_log COUNT PATTERN: wait (10 s at most) until the server log has
-# COUNT lines matching PATTERN (grep -c, so a count at least COUNT).
+# wait_log COUNT PATTERN [SECONDS]: wait (SECONDS, default 10, at most)
+# until the server log has COUNT lines matching PATTERN (grep -c, so a
+# count at least COUNT).
 wait_log ()
 {
   local i
-  for (( i = 0; i < 100; i++ )); do
+  for (( i = 0; i < ${3:-10} * 10; i++ )); do
     [ "$(grep -c -- "$2" "$server_log")" -ge "$1" ] && return 0
     sleep 0.1
   done

@@ -77,7 +77,7 @@ qnbd_start ()
   cleanup_fn _kill_server "$qnbd_pid"
   for (( i = 0; i < 300; i++ )); do
     _alive "$qnbd_pid" || fail "qemu-nbd ($who $*) exited before serving"
-    [ -S "$sock" ] && return 0
+    unix_listening "$sock" && return 0
     sleep 0.1
   done
   fail "qemu-nbd ($who $*) not serving after 30 s"

@@ -1,22 +1,59 @@
 # SPDX-License-Identifier: MIT
-# The few pieces of the NBD protocol that the raw-socket load tools
-# (flood.py, memload.py, storm.py) share: constants, whole reads, option
-# and request framing, and NBD_OPT_GO on the default export with simple
-# replies (fixed newstyle, no zeroes).
+# The few pieces of the NBD protocol that the raw-socket tools
+# (flood.py, memload.py, storm.py, exthdr.py) share: constants, whole
+# reads, option and request framing, and NBD_OPT_GO on the default export
+# with simple replies (fixed newstyle, no zeroes).
 
 import struct
 
 NBD_MAGIC = 0x4e42444d41474943
 IHAVEOPT = 0x49484156454F5054
+REP_MAGIC = 0x0003e889045565a9
+OPT_EXPORT_NAME = 1
+OPT_ABORT = 2
 OPT_LIST = 3
 OPT_STARTTLS = 5
+OPT_INFO = 6
 OPT_GO = 7
+OPT_STRUCTURED_REPLY = 8
+OPT_LIST_META = 9
+OPT_SET_META = 10
+OPT_EXTENDED_HEADERS = 11
 REP_ACK = 1
+REP_SERVER = 2
+REP_INFO = 3
+REP_META = 4
+ERR = 1 << 31
+REP_ERR_UNSUP = ERR | 1
+REP_ERR_POLICY = ERR | 2
+REP_ERR_INVALID = ERR | 3
+REP_ERR_TLS_REQD = ERR | 5
+REP_ERR_UNKNOWN = ERR | 6
+REP_ERR_TOO_BIG = ERR | 9
+REP_ERR_EXT_HEADER_REQD = ERR | 10
+INFO_EXPORT = 0
+INFO_BLOCK_SIZE = 3
 REQ_MAGIC = 0x25609513
+EXT_REQ_MAGIC = 0x21e41c71
 SIMPLE_MAGIC = 0x67446698
+STRUCT_MAGIC = 0x668e33ef
+EXT_REPLY_MAGIC = 0x6e8a278c
 CMD_READ = 0
 CMD_WRITE = 1
 CMD_DISC = 2
+CMD_FLUSH = 3
+CMD_TRIM = 4
+CMD_CACHE = 5
+CMD_WRITE_ZEROES = 6
+CMD_BLOCK_STATUS = 7
+REPLY_FLAG_DONE = 1
+TYPE_NONE = 0
+TYPE_OFFSET_DATA = 1
+TYPE_OFFSET_HOLE = 2
+TYPE_BLOCK_STATUS = 5
+TYPE_BLOCK_STATUS_EXT = 6
+TYPE_ERROR = (1 << 15) + 1
+TYPE_ERROR_OFFSET = (1 << 15) + 2
 CLIENT_FLAGS = struct.pack(">I", 3)     # fixed newstyle, no zeroes
 
 

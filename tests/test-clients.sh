@@ -177,8 +177,8 @@ if command -v fio >/dev/null 2>&1 &&
   qemu-nbd -t -f qcow2 -k "$qsock" "$fimg" 2>"$tmpdir/qemu-nbd.log" &
   qpid=$!
   cleanup_fn _kill_server "$qpid"
-  for (( i = 0; i < 100; i++ )); do [ -S "$qsock" ] && break; sleep 0.1; done
-  [ -S "$qsock" ] || fail "qemu-nbd did not start: $(cat "$tmpdir/qemu-nbd.log")"
+  for (( i = 0; i < 100; i++ )); do unix_listening "$qsock" && break; sleep 0.1; done
+  unix_listening "$qsock" || fail "qemu-nbd did not start: $(cat "$tmpdir/qemu-nbd.log")"
   fio_job=(--name=verify --ioengine=nbd --bs=4k --size=32M
            --verify=crc32c --randrepeat=1 --iodepth=8 --verify_state_save=0)
   run_timeout 300 fio "${fio_job[@]}" --rw=randwrite --do_verify=0 \

@@ -62,10 +62,10 @@ oracle_ops ()
   qemu-nbd -t -f qcow2 $opts -k "$sock" "$img" 2>"$tmpdir/qemu-nbd.log" &
   pid=$!
   for (( i = 0; i < 300; i++ )); do
-    [ -S "$sock" ] && break
+    unix_listening "$sock" && break
     sleep 0.1
   done
-  [ -S "$sock" ] || fail "qemu-nbd did not start: $(cat "$tmpdir/qemu-nbd.log")"
+  unix_listening "$sock" || fail "qemu-nbd did not start: $(cat "$tmpdir/qemu-nbd.log")"
   $ops "nbd+unix:///?socket=$sock" "$@" || fail "nbd-ops on qemu-nbd: $*"
   kill -TERM "$pid"
   wait "$pid" || :

@@ -112,6 +112,9 @@ static atomic_int wake_fd = -1;      /* write end of the self-pipe */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned nr_conns;            /* lock */
 
+/* Set before serving starts (listener_set_closed_hook). */
+static void (*closed_hook) (void);
+
 /* The rest belongs to the listener thread. */
 static const struct server_config *config;
 static int epfd = -1;
@@ -173,6 +176,14 @@ listener_conn_closed (bool negotiated)
   /* Only held clients need the listener woken. */
   if (conn_ended (negotiated))
     wake ();
+  if (closed_hook)
+    closed_hook ();
+}
+
+void
+listener_set_closed_hook (void (*fn) (void))
+{
+  closed_hook = fn;
 }
 
 /* Count a connection that is about to be greeted, unless at the limit. */

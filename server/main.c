@@ -17,8 +17,6 @@
 #include "server/server.h"
 #include "tls/tls.h"
 
-#define MAX_THREADS 1024
-
 static void
 main_usage (FILE *fp)
 {
@@ -30,17 +28,18 @@ main_usage (FILE *fp)
 "Commands:\n"
 "  serve IMAGE [OPTIONS]   export IMAGE (or many images) over NBD\n"
 "  create IMAGE [SIZE]     make a new, empty QCOW2 image\n"
+"  attach IMAGE DEVICE     serve IMAGE to the kernel NBD device DEVICE\n"
+"  detach DEVICE           flush and disconnect DEVICE\n"
 "\n"
 "Options:\n"
 "  -h, --help              print this help\n"
 "  -V, --version           print the version\n"
 "\n"
-"Run 'qcow2-nbd serve --help' or 'qcow2-nbd create --help' for the\n"
-"options of each command.\n"
+"Run 'qcow2-nbd COMMAND --help' for the options of each command.\n"
 "\n"
 "Run under the name qemu-nbd (a link), the program takes qemu-nbd 7.2's\n"
-"command line instead: 'qemu-nbd --help', and qcow2-nbd(8), section\n"
-"QEMU-NBD COMPATIBILITY.\n");
+"command line instead, -c/--connect and -d/--disconnect included:\n"
+"'qemu-nbd --help', and qcow2-nbd(8), section QEMU-NBD COMPATIBILITY.\n");
 }
 
 static void
@@ -125,25 +124,6 @@ static void __attribute__ ((noreturn))
 bad_usage (const char *msg, const char *arg)
 {
   options_usage_error ("", "serve", msg, arg);
-}
-
-/* Parse a decimal unsigned in [MIN, MAX]; exits on error. */
-static unsigned
-parse_unsigned (const char *opt, const char *s, unsigned min, unsigned max)
-{
-  char *end;
-  unsigned long v;
-
-  errno = 0;
-  if (*s < '0' || *s > '9')
-    bad_usage ("invalid number for", opt);
-  v = strtoul (s, &end, 10);
-  if (errno || *end || v < min || v > max) {
-    fprintf (stderr, "qcow2-nbd: %s: '%s' must be a number from %u to %u\n",
-             opt, s, min, max);
-    bad_usage (NULL, NULL);
-  }
-  return v;
 }
 
 /* A size with an optional binary suffix K, M, G or T (either case). */
@@ -334,7 +314,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1) {
     switch (c) {
     case 'p':
-      parse_unsigned ("--port", optarg, 1, 65535);
+      options_unsigned (bad_usage, "--port", optarg, 1, 65535);
       cfg->port = optarg;
       port_given = true;
       break;
@@ -364,13 +344,7 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       cfg->read_only = true;
       break;
     case OPT_DISCARD:
-      /* qemu-nbd's names; "off" is its synonym of "ignore". */
-      if (strcmp (optarg, "ignore") == 0 || strcmp (optarg, "off") == 0)
-        cfg->discard_unmap = false;
-      else if (strcmp (optarg, "unmap") == 0 || strcmp (optarg, "on") == 0)
-        cfg->discard_unmap = true;
-      else
-        bad_usage ("--discard must be ignore or unmap, not", optarg);
+      cfg->discard_unmap = options_discard (bad_usage, optarg);
       break;
     case OPT_BITMAP:
       if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
@@ -398,12 +372,13 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       cfg->export_dir = optarg;
       break;
     case OPT_IDLE_TIMEOUT:
-      cfg->idle_timeout = parse_unsigned ("--idle-timeout", optarg,
-                                          0, 86400);
+      cfg->idle_timeout = options_unsigned (bad_usage, "--idle-timeout",
+                                            optarg, 0, 86400);
       break;
     case OPT_MAX_OPEN_EXPORTS:
-      cfg->max_open_exports = parse_unsigned ("--max-open-exports", optarg,
-                                              1, 100000);
+      cfg->max_open_exports = options_unsigned (bad_usage,
+                                                "--max-open-exports",
+                                                optarg, 1, 100000);
       break;
     case OPT_DEFAULT_EXPORT:
       if (strlen (optarg) > NBD_MAX_STRING)
@@ -411,29 +386,30 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
       cfg->default_export = optarg;
       break;
     case 'e':
-      cfg->max_connections = parse_unsigned ("--max-connections", optarg,
-                                             0, 1000000);
+      cfg->max_connections = options_unsigned (bad_usage,
+                                               "--max-connections", optarg,
+                                               0, 1000000);
       break;
     case OPT_THREADS:
-      cfg->threads = parse_unsigned ("--threads", optarg, 1, MAX_THREADS);
+      cfg->threads = options_unsigned (bad_usage, "--threads", optarg, 1,
+                                       OPTIONS_MAX_THREADS);
       break;
     case OPT_HANDSHAKE_TIMEOUT:
-      cfg->handshake_timeout = parse_unsigned ("--handshake-timeout",
-                                               optarg, 0, 86400);
+      cfg->handshake_timeout = options_unsigned (bad_usage,
+                                                 "--handshake-timeout",
+                                                 optarg, 0, 86400);
       break;
     case OPT_MAX_HANDSHAKES:
-      cfg->max_handshakes = parse_unsigned ("--max-handshakes", optarg,
-                                            1, 1000000);
+      cfg->max_handshakes = options_unsigned (bad_usage, "--max-handshakes",
+                                              optarg, 1, 1000000);
       break;
     case OPT_MAX_HANDSHAKES_PER_SOURCE:
       cfg->max_handshakes_per_source =
-        parse_unsigned ("--max-handshakes-per-source", optarg, 1, 1000000);
+        options_unsigned (bad_usage, "--max-handshakes-per-source", optarg,
+                          1, 1000000);
       break;
     case OPT_L2_CACHE_SIZE:
-      cfg->l2_cache_size = parse_size ("--l2-cache-size", optarg);
-      if (cfg->l2_cache_size != 0
-          && cfg->l2_cache_size < QCOW2_MIN_L2_CACHE_SIZE)
-        bad_usage ("--l2-cache-size is below the minimum of 64K", NULL);
+      cfg->l2_cache_size = options_l2_cache_size (bad_usage, optarg);
       break;
     case OPT_MAX_INFLIGHT_BYTES:
       cfg->max_inflight_bytes = parse_size ("--max-inflight-bytes", optarg);
@@ -559,6 +535,10 @@ main (int argc, char **argv)
   }
   if (strcmp (argv[1], "create") == 0)
     return create_main (argc - 1, argv + 1);
+  if (strcmp (argv[1], "attach") == 0)
+    return attach_main (argc - 1, argv + 1);
+  if (strcmp (argv[1], "detach") == 0)
+    return detach_main (argc - 1, argv + 1);
   if (strcmp (argv[1], "serve") == 0) {
     int status;
 

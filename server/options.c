@@ -11,11 +11,13 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "qcow2/qcow2.h"
 #include "server/server.h"
 
 int
@@ -125,4 +127,46 @@ options_getopt_error (options_bad_usage_fn bad_usage, int c, char **argv)
     bad_usage ("unknown option", opt);
   }
   bad_usage ("unknown option", argv[optind - 1]);
+}
+
+unsigned
+options_unsigned (options_bad_usage_fn bad_usage, const char *opt,
+                  const char *s, unsigned min, unsigned max)
+{
+  char *end;
+  unsigned long v;
+
+  errno = 0;
+  if (*s < '0' || *s > '9')
+    bad_usage ("invalid number for", opt);
+  v = strtoul (s, &end, 10);
+  if (errno || *end || v < min || v > max) {
+    fprintf (stderr, "qcow2-nbd: %s: '%s' must be a number from %u to %u\n",
+             opt, s, min, max);
+    bad_usage (NULL, NULL);
+  }
+  return v;
+}
+
+uint64_t
+options_l2_cache_size (options_bad_usage_fn bad_usage, const char *s)
+{
+  uint64_t v;
+
+  if (options_parse_size (s, &v) == -1)
+    bad_usage ("invalid size for", "--l2-cache-size");
+  if (v != 0 && v < QCOW2_MIN_L2_CACHE_SIZE)
+    bad_usage ("--l2-cache-size is below the minimum of 64K", NULL);
+  return v;
+}
+
+bool
+options_discard (options_bad_usage_fn bad_usage, const char *s)
+{
+  /* qemu-nbd's names; "off" is its synonym of "ignore". */
+  if (strcmp (s, "ignore") == 0 || strcmp (s, "off") == 0)
+    return false;
+  if (strcmp (s, "unmap") == 0 || strcmp (s, "on") == 0)
+    return true;
+  bad_usage ("--discard must be ignore or unmap, not", s);
 }

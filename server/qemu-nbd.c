@@ -6,12 +6,14 @@
  * then runs the server through serve_run() with qemu-nbd's lifecycle:
  * exit after the last client unless -t, one client at a time unless -e,
  * --fork returning once a connect would be served, the pid file left at
- * exit, SIGHUP stopping like SIGTERM.
+ * exit, SIGHUP stopping like SIGTERM.  -c DEV serves the image to the
+ * local kernel device through attach_serve() instead (in the background
+ * once the device is up, unless -v), and -d DEV disconnects one.
  *
  * Differences from qemu-nbd are the ones the manual lists (qemu-nbd
  * compatibility in qcow2-nbd(8)); in short: only qcow2 and raw images,
- * the image is opened before anything listens, -c and -d are refused
- * until they arrive, and -T is accepted but traces nothing. */
+ * the image is opened before anything listens, -c listens on no socket,
+ * and -T is accepted but traces nothing. */
 
 #include <config.h>
 
@@ -212,6 +214,21 @@ ready (const struct server_config *cfg)
   }
   if (forked)
     dup2 (STDOUT_FILENO, STDERR_FILENO);
+}
+
+/* -c: the device is up.  -v says so, as qemu-nbd's client thread does
+ * (in the foreground only: a daemon's words would make the waiting
+ * parent exit 1). */
+static const char *connect_device;
+static int connect_verbose;
+
+static void
+device_ready (const struct server_config *cfg)
+{
+  if (connect_verbose && !forked)
+    fprintf (stderr, "NBD device %s is now connected to %s\n",
+             connect_device, qnbd_image_arg);
+  ready (cfg);
 }
 
 /* --fork: the parent waits, copying what the server says to its own
@@ -679,16 +696,9 @@ qemu_nbd_main (int argc, char **argv)
                       c.tlshostname ? c.tlshostname : c.bindto,
                       c.tlscredsid ? qnbd_tls_username (c.tlscredsid) : NULL);
 
-  /* Not here yet: kernel attach comes with its own work.  Refused by
-   * name, before anything starts. */
-  if (c.disconnect) {
-    qnbd_error ("--disconnect is not supported yet by qcow2-nbd");
-    exit (EXIT_FAILURE);
-  }
-  if (c.device) {
-    qnbd_error ("--connect is not supported yet by qcow2-nbd");
-    exit (EXIT_FAILURE);
-  }
+  /* -d DEV (FILE is the device), before anything else starts. */
+  if (c.disconnect)
+    return attach_qemu_disconnect (argv[optind]);
   if (c.img.image_opts && c.img.format) {
     qnbd_error ("--image-opts and -f are mutually exclusive");
     exit (EXIT_FAILURE);
@@ -740,6 +750,23 @@ qemu_nbd_main (int argc, char **argv)
   cfg.open_failed = qnbd_open_failed;
   cfg.bitmap_failed = qnbd_bitmap_failed;
 
+  if (c.device) {
+    /* qemu-nbd -c daemonises unless -v, and with --fork; either way the
+     * parent returns once the device is up (with --fork qemu-nbd's may
+     * return before), or with the daemon's messages and status 1. */
+    struct attach_opts ao = {
+      .device = c.device,
+      .connections = 1,
+      .qemu_compat = true,
+    };
+
+    connect_device = c.device;
+    connect_verbose = c.verbose;
+    cfg.ready = device_ready;
+    if (!c.verbose || c.fork_process)
+      do_fork (cfg.probed_raw && !cfg.read_only && !cfg.overlay);
+    return attach_serve (&cfg, &ao);
+  }
   if (c.fork_process)
     do_fork (cfg.probed_raw && !cfg.read_only && !cfg.overlay);
   return serve_run (&cfg);

@@ -92,6 +92,7 @@ req_new (struct conn_state *cs)
   memset (req, 0, sizeof *req);
   req->cs = cs;
   cs->nr_reqs++;
+  cs->nr_total++;
   return req;
 }
 
@@ -615,8 +616,8 @@ conn_close (struct conn_state *cs)
   if (cs->next)
     cs->next->prev = cs->prev;
 
-  log_info ("%s: connection closed: %s", conn->peer,
-            cs->close_reason ? cs->close_reason : "unknown");
+  log_info ("%s: connection closed: %s (%" PRIu64 " requests)", conn->peer,
+            cs->close_reason ? cs->close_reason : "unknown", cs->nr_total);
   free (cs->in_buf);
   free (cs);
   conn_release (w, conn);

@@ -336,8 +336,8 @@ signal_thread (void *arg)
  * second server given the same file fails), checked to be the file now
  * at PATH, then truncated and written.  The fd stays open (and the lock
  * held) until exit. */
-static int
-write_pid_file (const char *path)
+int
+pid_file_write (const char *path)
 {
   char buf[32];
   int fd, n;
@@ -497,7 +497,7 @@ serve_run (const struct server_config *cfg)
     goto out_sockets;
   }
 
-  if (cfg->pid_file && write_pid_file (cfg->pid_file) == -1) {
+  if (cfg->pid_file && pid_file_write (cfg->pid_file) == -1) {
     workers_shutdown ();
     goto out_sockets;
   }

@@ -17,6 +17,7 @@
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -190,6 +191,9 @@ int serve_export_close (struct export *exp);
 
 /* The server's default configuration (serve's defaults). */
 void serve_config_init (struct server_config *cfg);
+/* Write our pid to PATH as QEMU does (locked; kept open until exit).
+ * Returns 0 or -1 (logged).  attach.c writes its own with it. */
+int pid_file_write (const char *path);
 
 /* TLS for the handshake, set by main before the listener starts and
  * constant afterwards: the mode, and the context (NULL when off). */
@@ -567,6 +571,9 @@ void server_stop (void);
 /* Called when a connection has been freed; NEGOTIATED: it had reached
  * the transmission phase (a worker served it). */
 void listener_conn_closed (bool negotiated);
+/* Also call FN (from a worker thread) whenever a connection is freed:
+ * how attach.c, which has no listener, learns its last one is gone. */
+void listener_set_closed_hook (void (*fn) (void));
 
 /* ---- worker.c: worker threads, each with an io_uring ring ------------- */
 
@@ -613,6 +620,18 @@ void options_usage_error (const char *prefix, const char *subcmd,
 typedef void (*options_bad_usage_fn) (const char *msg, const char *arg)
   __attribute__ ((noreturn));
 
+/* The value of option OPT, S: a decimal number in [MIN, MAX], or
+ * BAD_USAGE is called (it does not return). */
+unsigned options_unsigned (options_bad_usage_fn bad_usage, const char *opt,
+                           const char *s, unsigned min, unsigned max);
+/* --l2-cache-size S: a size (0, or at least QCOW2_MIN_L2_CACHE_SIZE). */
+uint64_t options_l2_cache_size (options_bad_usage_fn bad_usage,
+                                const char *s);
+/* --discard S, with qemu-nbd's names: true for unmap (or on), false for
+ * ignore (or off). */
+bool options_discard (options_bad_usage_fn bad_usage, const char *s);
+#define OPTIONS_MAX_THREADS 1024
+
 /* getopt_long returned C, ':' (missing argument) or '?' (unknown
  * option; the option string must start with ':'): report it with
  * BAD_USAGE, which does not return. */
@@ -636,6 +655,71 @@ void contexts_free (struct export *exp);
  * named FILENAME (may be NULL): "qcow2", "raw", or the name of a format
  * we do not serve ("vmdk", "vdi", "qcow", "luks", ...). */
 const char *probe_format (const uint8_t *b, size_t len, const char *filename);
+
+/* ---- kdev.c: the kernel's NBD driver (nbd.ko) ------------------------- */
+
+/* A kernel NBD device, /dev/nbdN. */
+struct kdev {
+  const char *path;
+  unsigned index;               /* N */
+  bool netlink;                 /* connected through generic netlink */
+  /* The ioctl interface: the open device and the thread in NBD_DO_IT,
+   * which sets ENDED and calls ON_END when the device goes down. */
+  int fd;
+  pthread_t thread;
+  bool has_thread;
+  atomic_bool ended;
+  void (*on_end) (void);
+};
+
+/* Check that PATH is a whole NBD device and find its index.  Returns 0,
+ * or -1 (logged unless QUIET: no such device, and whether nbd.ko is
+ * loaded; not an NBD device; a partition). */
+int kdev_lookup (const char *path, struct kdev *dev, bool quiet);
+/* The process that has the device attached, or 0 when it is not. */
+pid_t kdev_owner (const struct kdev *dev);
+/* Hand the device the N sockets FDS of EXP, already in the transmission
+ * phase: by generic netlink where the kernel offers it and USE_NETLINK,
+ * by the ioctls otherwise (ON_END is then called, from another thread,
+ * once the device is down).  Returns 0 once the device is up, or -1
+ * (logged; a busy device says so). */
+int kdev_connect (struct kdev *dev, const struct export *exp, const int *fds,
+                  unsigned n, bool use_netlink, void (*on_end) (void));
+/* Flush the device, then tell the kernel to disconnect it (it sends
+ * NBD_CMD_DISC and shuts its sockets down).  Returns 0 or -1 (logged). */
+int kdev_disconnect (struct kdev *dev);
+/* After the device went down: the ioctl thread joined, the sockets
+ * cleared. */
+void kdev_release (struct kdev *dev);
+
+/* ---- attach.c: the attach and detach subcommands ---------------------- */
+
+struct attach_opts {
+  const char *device;           /* /dev/nbdN */
+  unsigned connections;         /* sockets to the device; default 1 */
+  bool fork;                    /* background once the device is up */
+  bool use_ioctl;               /* never netlink */
+  /* qemu-nbd -c: the device looked at once the image is open, and
+   * refused with qemu-nbd's messages. */
+  bool qemu_compat;
+};
+
+/* Serve CFG's image (as export_open opens it; threads, pid_file,
+ * keep_pid_file, verbose, sighup_stops, ready) to the kernel device
+ * OPTS->device until it is detached or a SIGINT/SIGTERM comes (then:
+ * flush, detach, close the image clean).  Returns the exit status. */
+int attach_serve (const struct server_config *cfg,
+                  const struct attach_opts *opts);
+/* Flush and disconnect DEVICE, and wait for a qcow2-nbd serving it to
+ * close its image.  Returns the exit status. */
+int attach_detach (const char *device);
+/* qemu-nbd -d DEVICE: the same where DEVICE is attached; "DEVICE
+ * disconnected" and status 0 whenever it can be opened, as qemu-nbd. */
+int attach_qemu_disconnect (const char *device);
+/* Run "qcow2-nbd attach ..." and "qcow2-nbd detach ..." (ARGV[0] is the
+ * subcommand); return the exit status. */
+int attach_main (int argc, char **argv);
+int detach_main (int argc, char **argv);
 
 /* ---- create.c: the create subcommand ---------------------------------- */
 

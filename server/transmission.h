@@ -328,6 +328,7 @@ struct conn_state {
 
   /* In flight */
   unsigned nr_reqs;             /* parsed and not yet sent or dropped */
+  uint64_t nr_total;            /* every request parsed, for the log */
   unsigned nr_queued;           /* ... of which answered, in the send queue */
   uint64_t bytes;
   unsigned ops;                 /* polls, reads and writes in the kernel */

@@ -62,8 +62,11 @@ is_file_driver (const char *d)
     || strcmp (d, "host_cdrom") == 0;
 }
 
-/* QEMU's null block driver: a disk of zeros whose writes go nowhere,
- * which tests use when the contents do not matter. */
+/* QEMU's null block driver (a disk of zeros whose writes go nowhere in
+ * QEMU; see null_file for ours), which tests use when the contents do
+ * not matter.  Its size unless "size" says otherwise, as in QEMU. */
+#define NULL_DEFAULT_SIZE (UINT64_C (1) << 30)
+
 static bool
 is_null_driver (const char *d)
 {
@@ -180,7 +183,7 @@ null_node (const struct qnbd_image_args *a, struct qdict *d,
 
   sp->null_driver = drv;
   sp->null_top = *prefix == '\0';
-  sp->null_size = UINT64_C (1) << 30;
+  sp->null_size = NULL_DEFAULT_SIZE;
   snprintf (key, sizeof key, "%ssize", prefix);
   v = qdict_take (d, key, &found);
   if (found && parse_size_opt (v, &sp->null_size) < 0)
@@ -536,7 +539,7 @@ plain_name (const struct qnbd_image_args *a, struct spec *sp)
                      "'%s://'", proto);
       sp->null_driver = strcmp (proto, "null-co") == 0 ? "null-co"
         : "null-aio";
-      sp->null_size = UINT64_C (1) << 30;
+      sp->null_size = NULL_DEFAULT_SIZE;
     }
   }
   if (sp->driver && is_file_driver (sp->driver))

@@ -622,7 +622,7 @@ conn_close (struct conn_state *cs)
   free (cs);
   conn_release (w, conn);
   if (w->conns == NULL)
-    worker_idle (w);
+    bufpool_shrink (w);
 }
 
 /* Deferred work of one connection; returns true when it was freed. */

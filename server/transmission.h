@@ -56,6 +56,7 @@ struct uring_op {
 #define BUFPOOL_MIN_SHIFT 12
 #define BUFPOOL_CLASSES 14
 
+/* A worker's free buffers by class (owned by bufpool.c). */
 struct bufpool {
   void **free[BUFPOOL_CLASSES];
   unsigned nfree[BUFPOOL_CLASSES];
@@ -350,6 +351,18 @@ struct conn_state {
   struct iovec send_iov[64];
 };
 
+/* ---- bufpool.c: the worker's buffer pool ------------------------------ */
+
+/* Buffers of at least SIZE bytes (SIZE <= 32 MiB), page aligned.  *CLS
+ * receives the class to give back to bufpool_put. */
+void *bufpool_get (struct worker *w, size_t size, unsigned *cls);
+void bufpool_put (struct worker *w, void *buf, unsigned cls);
+/* W's last connection has closed: give back cached memory (the pool's,
+ * and what malloc keeps). */
+void bufpool_shrink (struct worker *w);
+/* Free the whole pool at thread exit. */
+void bufpool_destroy (struct worker *w);
+
 /* ---- worker.c --------------------------------------------------------- */
 
 /* An SQE from W's ring, submitting queued ones first if the ring is full.
@@ -387,13 +400,6 @@ worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
  * pair): submits queued ones if fewer are free. */
 void worker_reserve_sqes (struct worker *w, unsigned n);
 
-/* Buffers of at least SIZE bytes (SIZE <= 32 MiB), page aligned.  *CLS
- * receives the class to give back to bufpool_put. */
-void *bufpool_get (struct worker *w, size_t size, unsigned *cls);
-void bufpool_put (struct worker *w, void *buf, unsigned cls);
-
-/* W's last connection has closed: give back cached memory. */
-void worker_idle (struct worker *w);
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);
 /* Kick one worker other than W (round robin), if there is one. */

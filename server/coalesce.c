@@ -264,8 +264,8 @@ rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed)
   bool timed = batch || x->lowat > MAX (owed, 1);
 
   if (timed)
-    worker_reserve_sqes (w, 2);
-  struct io_uring_sqe *sqe = worker_get_sqe (w);
+    ring_reserve_sqes (w, 2);
+  struct io_uring_sqe *sqe = ring_get_sqe (w);
   io_uring_prep_recv (sqe, cs->conn->fd, buf, len, 0);
   cs->recv_slot ^= 1;
   io_uring_sqe_set_data (sqe, &cs->recv_op[cs->recv_slot]);
@@ -285,7 +285,7 @@ rxc_arm_recv (struct conn_state *cs, void *buf, size_t len, size_t owed)
   x->limit.tv_sec = 0;
   x->limit.tv_nsec = limit;
   x->timeout_op.kind = OP_RECV_TIMEOUT;
-  sqe = worker_get_sqe (w);
+  sqe = ring_get_sqe (w);
   io_uring_prep_link_timeout (sqe, &x->limit, 0);
   io_uring_sqe_set_data (sqe, &x->timeout_op);
   cs->ops++;

@@ -203,7 +203,7 @@ piece_submit (struct piece *pc)
 {
   struct conn_state *cs = pc->req->cs;
   char *dst = pc->scratch ? pc->scratch : pc->dst;
-  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
   int fd = pc->fd;
 
   /* Chosen at each (re)submission: after a short read the rest may no
@@ -408,7 +408,7 @@ cmd_cache (struct request *req)
       if (extent_is_hole (e) || e->file >= xf->nr)
         continue;
       len = e->type == QCOW2_EXTENT_DATA ? e->length : e->compressed_length;
-      struct io_uring_sqe *sqe = worker_get_sqe (w);
+      struct io_uring_sqe *sqe = ring_get_sqe (w);
       io_uring_prep_fadvise (sqe, xf->fds[e->file], e->host_offset, len,
                              POSIX_FADV_WILLNEED);
     }

@@ -241,7 +241,7 @@ send_failed (struct conn_state *cs, int err)
 static void
 ring_send (struct conn_state *cs, const struct iovec *iov, int n, bool more)
 {
-  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
 
   memcpy (cs->send_iov, iov, n * sizeof *iov);
   cs->send_msg = (struct msghdr) { .msg_iov = cs->send_iov,

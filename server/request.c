@@ -232,7 +232,7 @@ conn_stop_reading (struct conn_state *cs, const char *reason)
 void
 arm_poll (struct conn_state *cs, bool out)
 {
-  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
   struct uring_op *op = out ? &cs->poll_out : &cs->poll_in;
 
   io_uring_prep_poll_add (sqe, cs->conn->fd, out ? POLLOUT : POLLIN);
@@ -273,7 +273,7 @@ arm_recv (struct conn_state *cs, bool direct)
 static void
 cancel_op (struct conn_state *cs, struct uring_op *op)
 {
-  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
 
   io_uring_prep_cancel (sqe, op, 0);
   io_uring_sqe_set_data64 (sqe, 0);

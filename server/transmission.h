@@ -351,6 +351,21 @@ struct conn_state {
   struct iovec send_iov[64];
 };
 
+/* ---- ring.c: the worker's io_uring ring -------------------------------- */
+
+/* Set up W's ring (created disabled where the kernel can, see
+ * ring_enable).  0 or -errno. */
+int ring_init (struct worker *w);
+/* In W's own thread, before its first submission: enable the ring,
+ * making this thread its only submitter. */
+void ring_enable (struct worker *w);
+/* An SQE from W's ring, submitting queued ones first if the ring is full.
+ * Never NULL; its user_data is 0 (a completion nobody looks at). */
+struct io_uring_sqe *ring_get_sqe (struct worker *w);
+/* Make room for N SQEs that must be submitted together (a linked
+ * pair): submits queued ones if fewer are free. */
+void ring_reserve_sqes (struct worker *w, unsigned n);
+
 /* ---- bufpool.c: the worker's buffer pool ------------------------------ */
 
 /* Buffers of at least SIZE bytes (SIZE <= 32 MiB), page aligned.  *CLS
@@ -365,9 +380,6 @@ void bufpool_destroy (struct worker *w);
 
 /* ---- worker.c --------------------------------------------------------- */
 
-/* An SQE from W's ring, submitting queued ones first if the ring is full.
- * Never NULL. */
-struct io_uring_sqe *worker_get_sqe (struct worker *w);
 
 /* O_DIRECT needs the file offset, the length and the memory aligned:
  * 4096 is enough on every Linux file system and block device. */
@@ -396,9 +408,6 @@ worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
   return xf->fds[file];
 }
 
-/* Make room for N SQEs that must be submitted together (a linked
- * pair): submits queued ones if fewer are free. */
-void worker_reserve_sqes (struct worker *w, unsigned n);
 
 /* Make W's loop run a wake-up (and so retry its parked requests). */
 void worker_kick (struct worker *w);

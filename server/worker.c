@@ -28,11 +28,6 @@
 #include "server/server.h"
 #include "server/transmission.h"
 
-/* Ring sizes: the SQ is refilled many times per iteration when needed
- * (worker_get_sqe submits on overflow); the CQ is larger so a burst of
- * completions does not spill into the kernel's overflow list. */
-#define RING_ENTRIES 256
-#define RING_CQ_ENTRIES 4096
 /* After workers_shutdown(), connections get this long to take their last
  * replies; a client that stopped reading must not hold the exit up. */
 #define SHUTDOWN_GRACE_NS (10 * UINT64_C (1000000000))
@@ -46,42 +41,12 @@ static atomic_uint nr_wakeable;
 
 atomic_uint workers_wake_seq;
 
-/* ---- ring helpers ----------------------------------------------------- */
-
-/* Submit what is queued, to make room in the SQ. */
-static void
-submit_queued (struct worker *w)
-{
-  int r = io_uring_submit (&w->ring);
-
-  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
-    log_error ("worker %u: io_uring_submit: %s", w->idx, strerror (-r));
-    abort ();
-  }
-}
-
-void
-worker_reserve_sqes (struct worker *w, unsigned n)
-{
-  while (io_uring_sq_space_left (&w->ring) < n)
-    submit_queued (w);
-}
-
-struct io_uring_sqe *
-worker_get_sqe (struct worker *w)
-{
-  struct io_uring_sqe *sqe;
-
-  while ((sqe = io_uring_get_sqe (&w->ring)) == NULL)
-    submit_queued (w);
-  io_uring_sqe_set_data64 (sqe, 0);
-  return sqe;
-}
+/* ---- the loop ------------------------------------------------------- */
 
 static void
 arm_wake (struct worker *w)
 {
-  struct io_uring_sqe *sqe = worker_get_sqe (w);
+  struct io_uring_sqe *sqe = ring_get_sqe (w);
 
   io_uring_prep_read (sqe, w->efd, &w->efd_val, sizeof w->efd_val, 0);
   io_uring_sqe_set_data (sqe, &w->wake_op);
@@ -122,19 +87,7 @@ worker_thread (void *arg)
 {
   struct worker *w = arg;
 
-  if (w->ring_disabled) {
-    /* With IORING_SETUP_SINGLE_ISSUER the task that enables the ring
-     * becomes its only submitter: this thread.  (liburing 2.3's shared
-     * library does not export io_uring_enable_rings, hence the raw
-     * register call.) */
-    int r = io_uring_register (w->ring.ring_fd,
-                               IORING_REGISTER_ENABLE_RINGS, NULL, 0);
-    if (r < 0) {
-      log_error ("worker %u: io_uring_enable_rings: %s", w->idx,
-                 strerror (-r));
-      abort ();
-    }
-  }
+  ring_enable (w);
   arm_wake (w);
 
   for (;;) {
@@ -210,34 +163,6 @@ worker_thread (void *arg)
 }
 
 /* ---- public ----------------------------------------------------------- */
-
-static int
-ring_init (struct worker *w)
-{
-  struct io_uring_params p;
-  int r;
-
-  /* SINGLE_ISSUER + DEFER_TASKRUN: completions are run only when this
-   * worker enters the kernel to wait, which it does once per iteration
-   * anyway, saving the task-work interruptions. */
-  memset (&p, 0, sizeof p);
-  p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER
-    | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
-  p.cq_entries = RING_CQ_ENTRIES;
-  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring, &p);
-  if (r == 0) {
-    w->ring_disabled = true;
-    return 0;
-  }
-
-  /* Older kernels: plain ring. */
-  memset (&p, 0, sizeof p);
-  p.flags = IORING_SETUP_CQSIZE;
-  p.cq_entries = RING_CQ_ENTRIES;
-  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring, &p);
-  w->ring_disabled = false;
-  return r;
-}
 
 int
 workers_start (unsigned n)

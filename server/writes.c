@@ -150,7 +150,7 @@ static void
 wop_submit (struct wop *wo)
 {
   struct conn_state *cs = wo->req->cs;
-  struct io_uring_sqe *sqe = worker_get_sqe (cs->w);
+  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
   int fd = wop_fd (wo);
 
   if (wo->zero && !wo->write_zeros)

@@ -177,7 +177,7 @@ void
 zc_submit (struct piece *pc)
 {
   struct request *req = pc->req;
-  struct io_uring_sqe *sqe = worker_get_sqe (req->cs->w);
+  struct io_uring_sqe *sqe = ring_get_sqe (req->cs->w);
 
   io_uring_prep_splice (sqe, pc->fd, pc->host_off + pc->done,
                         req->zp.wfd, -1, pc->len - pc->done,

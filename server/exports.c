@@ -74,7 +74,7 @@ struct entry {
 };
 
 /* Lock order: the lock, then the library's image locks (never the other
- * way: the library calls us back only through workers_wakeup). */
+ * way: the library calls us back only through wakeup_all). */
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond;     /* a state changed, a reference dropped */
 static struct entry **entries;  /* lock: sorted by name (strcmp) */

@@ -40,7 +40,7 @@ jobs_submit (struct worker *w, struct djob *j)
 {
   j->owner = w;
   j->next = NULL;
-  j->defer = j->defer && workers_can_help ();
+  j->defer = j->defer && wakeup_has_peers ();
   if (j->defer) {
     j->queued_at = now_ns ();
     atomic_fetch_add (&w->deferred_jobs, 1);
@@ -56,7 +56,7 @@ jobs_submit (struct worker *w, struct djob *j)
   }
   w->jobs_queued = true;
   if (j->defer)
-    workers_kick_other (w);
+    wakeup_kick_other (w);
 }
 
 /* The next job W may take: not one of its own deferred ones, while
@@ -101,7 +101,7 @@ job_run (struct worker *w, struct djob *j)
   do
     j->next = head;
   while (!atomic_compare_exchange_weak (&owner->done_jobs, &head, j));
-  worker_kick (owner);
+  wakeup_kick (owner);
 }
 
 void
@@ -124,7 +124,7 @@ jobs_run (struct worker *w)
   if (w->jobs_queued) {
     w->jobs_queued = false;
     if (atomic_load (&queue_len) > 0)
-      workers_kick_other (w);
+      wakeup_kick_other (w);
   }
   while ((j = queue_pop (w)) != NULL)
     job_run (w, j);

@@ -116,7 +116,7 @@ open_opts (const struct server_config *cfg, struct qcow2_open_opts *opts,
     .l2_cache_size = cfg->l2_cache_size,
     .log = qcow2_log,
     /* Requests parked on QCOW2_BLOCKED are retried by their worker. */
-    .wakeup = workers_wakeup,
+    .wakeup = wakeup_all,
     .format = cfg->format,
     .no_backing = cfg->no_backing,
     .no_locks = cfg->no_locks,

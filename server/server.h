@@ -585,10 +585,13 @@ void workers_add_conn (struct conn *conn);
 /* Stop reading new requests on every connection, answer what is in
  * flight, close every connection and join the threads. */
 void workers_shutdown (void);
+
+/* ---- wakeup.c: waking the workers ------------------------------------- */
+
 /* The qcow2_open_opts.wakeup callback: an in-flight allocation ended, so
  * every worker retries the requests it parked on QCOW2_BLOCKED.  Safe
  * from any thread, before workers_start and after workers_shutdown. */
-void workers_wakeup (void *opaque);
+void wakeup_all (void *opaque);
 
 /* ---- reply.c: replies in the transmission phase ----------------------- */
 

@@ -94,9 +94,11 @@ struct worker {
   pthread_t thread;
   struct io_uring ring;
   bool ring_disabled;           /* created R_DISABLED: enable in the thread */
-  int efd;                      /* eventfd: hand-over and shutdown wake-up */
-  uint64_t efd_val;
-  struct uring_op wake_op;
+  struct {                      /* wakeup.c */
+    int efd;                    /* eventfd: any thread's wake-up */
+    uint64_t val;               /* what the armed read reads */
+    struct uring_op op;
+  } wake;
 
   /* Data I/O goes through the worker's own fds of each export's files:
    * exp->wfds[idx] (struct export_fds, set up by exports.c when the
@@ -137,11 +139,6 @@ struct worker {
   atomic_uint deferred_jobs;
 };
 
-/* Bumped by workers_wakeup() before it kicks the workers.  A request
- * that gets QCOW2_BLOCKED compares it with the value read before the
- * call: if it moved, the wake-up may have been consumed before the
- * request was parked, so the worker kicks itself. */
-extern atomic_uint workers_wake_seq;
 
 /* ---- per-request and per-connection state ----------------------------- */
 
@@ -253,7 +250,7 @@ struct request {
   struct djob wjob;
   const struct qcow2_seg *wsegs;
   size_t nwsegs;
-  unsigned wseq;                /* workers_wake_seq before the call */
+  unsigned wseq;                /* wakeup_seq before the call */
 
   /* Inline room for the extents and pieces of a small READ. */
   struct qcow2_extent small_ext[SMALL_EXT];
@@ -378,6 +375,32 @@ void bufpool_shrink (struct worker *w);
 /* Free the whole pool at thread exit. */
 void bufpool_destroy (struct worker *w);
 
+/* ---- wakeup.c: waking a worker through its eventfd ------------------- */
+
+/* Bumped by wakeup_all() before it kicks the workers.  A request that
+ * gets QCOW2_BLOCKED compares it with the value read before the call:
+ * if it moved, the wake-up may have been consumed before the request was
+ * parked, so the worker kicks itself. */
+extern atomic_uint wakeup_seq;
+
+/* Create W's eventfd.  0, or -1 (logged). */
+int wakeup_init (struct worker *w);
+/* Arm the read on W's eventfd in its ring (its completion is OP_WAKE). */
+void wakeup_arm (struct worker *w);
+/* Close W's eventfd (its thread joined). */
+void wakeup_fini (struct worker *w);
+/* The N workers at WS all run: wakeup_kick_other and wakeup_all may
+ * reach them from now on ... */
+void wakeup_enable (struct worker *ws, unsigned n);
+/* ... until this, once every worker thread has been joined. */
+void wakeup_disable (void);
+/* Make W's loop run a wake-up (and so retry its parked requests). */
+void wakeup_kick (struct worker *w);
+/* Kick one worker other than W (round robin), if there is one. */
+void wakeup_kick_other (struct worker *w);
+/* Are there workers to share jobs with (more than one running)? */
+bool wakeup_has_peers (void);
+
 /* ---- worker.c --------------------------------------------------------- */
 
 
@@ -409,12 +432,6 @@ worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
 }
 
 
-/* Make W's loop run a wake-up (and so retry its parked requests). */
-void worker_kick (struct worker *w);
-/* Kick one worker other than W (round robin), if there is one. */
-void workers_kick_other (struct worker *w);
-/* Are there workers to share jobs with (more than one running)? */
-bool workers_can_help (void);
 
 /* ---- request.c: parsing, dispatch, connection lifetime ---------------- */
 

@@ -7,7 +7,7 @@
  * SQEs of that iteration with one io_uring_enter.  Connections arrive
  * through a mutex-protected queue and an eventfd the ring always has a
  * read armed on, so the listener never touches a worker's ring.  The same
- * eventfd carries the library's wake-ups (workers_wakeup): an ended
+ * eventfd carries the library's wake-ups (wakeup_all): an ended
  * allocation makes every worker retry the requests it parked; and
  * CPU-heavy jobs (decompression, compression), which any worker may do
  * (jobs.c). */
@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/eventfd.h>
 
 #include "common/cleanup.h"
 #include "common/rounding.h"
@@ -34,23 +33,8 @@
 
 static struct worker *workers;
 static unsigned nr_workers;
-/* Workers that workers_wakeup() may kick: set once every worker runs,
- * cleared only after every thread has been joined, so a wake-up from a
- * worker's last write never pokes a closed eventfd. */
-static atomic_uint nr_wakeable;
-
-atomic_uint workers_wake_seq;
 
 /* ---- the loop ------------------------------------------------------- */
-
-static void
-arm_wake (struct worker *w)
-{
-  struct io_uring_sqe *sqe = ring_get_sqe (w);
-
-  io_uring_prep_read (sqe, w->efd, &w->efd_val, sizeof w->efd_val, 0);
-  io_uring_sqe_set_data (sqe, &w->wake_op);
-}
 
 /* Pick up handed-over connections and notice shutdown. */
 static void
@@ -88,7 +72,7 @@ worker_thread (void *arg)
   struct worker *w = arg;
 
   ring_enable (w);
-  arm_wake (w);
+  wakeup_arm (w);
 
   for (;;) {
     struct io_uring_cqe *cqe;
@@ -142,7 +126,7 @@ worker_thread (void *arg)
         if (res < 0 && res != -EINTR && res != -EAGAIN)
           log_error ("worker %u: eventfd read: %s", w->idx, strerror (-res));
         woke = true;
-        arm_wake (w);
+        wakeup_arm (w);
       }
       else
         request_complete (w, op, res);
@@ -180,14 +164,9 @@ workers_start (unsigned n)
     int r;
 
     w->idx = i;
-    w->wake_op.kind = OP_WAKE;
     pthread_mutex_init (&w->lock, NULL);
-
-    w->efd = eventfd (0, EFD_CLOEXEC);
-    if (w->efd < 0) {
-      log_error ("worker %u: eventfd: %m", i);
+    if (wakeup_init (w) < 0)
       return -1;
-    }
     r = ring_init (w);
     if (r < 0) {
       log_error ("worker %u: io_uring_queue_init: %s", i, strerror (-r));
@@ -201,37 +180,8 @@ workers_start (unsigned n)
     }
     nr_workers++;
   }
-  atomic_store (&nr_wakeable, nr_workers);
+  wakeup_enable (workers, nr_workers);
   return 0;
-}
-
-void
-worker_kick (struct worker *w)
-{
-  uint64_t one = 1;
-
-  /* An eventfd write fails only if the counter would overflow, which
-   * means the worker has a wake-up pending anyway. */
-  if (write (w->efd, &one, sizeof one) != sizeof one && errno != EAGAIN)
-    log_error ("worker %u: eventfd write: %m", w->idx);
-}
-
-bool
-workers_can_help (void)
-{
-  return atomic_load (&nr_wakeable) >= 2;
-}
-
-void
-workers_kick_other (struct worker *w)
-{
-  static atomic_uint next;
-  unsigned n = atomic_load (&nr_wakeable);
-
-  if (n < 2)
-    return;
-  unsigned i = atomic_fetch_add (&next, 1) % (n - 1);
-  worker_kick (&workers[i < w->idx ? i : i + 1]);
 }
 
 void
@@ -275,17 +225,7 @@ workers_add_conn (struct conn *conn)
     w->handoff[w->nr_handoff++] = conn;
     atomic_fetch_add (&w->nr_conns, 1);
   }
-  worker_kick (w);
-}
-
-void
-workers_wakeup (void *opaque)
-{
-  unsigned n = atomic_load (&nr_wakeable);
-
-  atomic_fetch_add (&workers_wake_seq, 1);
-  for (unsigned i = 0; i < n; i++)
-    worker_kick (&workers[i]);
+  wakeup_kick (w);
 }
 
 void
@@ -293,7 +233,7 @@ workers_shutdown (void)
 {
   for (unsigned i = 0; i < nr_workers; i++) {
     atomic_store (&workers[i].stop, true);
-    worker_kick (&workers[i]);
+    wakeup_kick (&workers[i]);
   }
   /* A worker leaves only when its connections have no request left, so
    * every write has ended (qcow2_write_end) once all are joined.  Join
@@ -301,12 +241,12 @@ workers_shutdown (void)
    * the others through their eventfds. */
   for (unsigned i = 0; i < nr_workers; i++)
     pthread_join (workers[i].thread, NULL);
-  atomic_store (&nr_wakeable, 0);
+  wakeup_disable ();
   for (unsigned i = 0; i < nr_workers; i++) {
     struct worker *w = &workers[i];
 
     io_uring_queue_exit (&w->ring);
-    close (w->efd);
+    wakeup_fini (w);
     free (w->handoff);
     pthread_mutex_destroy (&w->lock);
   }

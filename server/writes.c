@@ -54,7 +54,7 @@ static void write_start (struct request *req);
 
 /* The library said QCOW2_BLOCKED: an overlapping allocation is in
  * flight, maybe one of this very loop's, so the worker must not wait for
- * it.  Park the request until the next wake-up.  SEQ is workers_wake_seq
+ * it.  Park the request until the next wake-up.  SEQ is wakeup_seq
  * as read before the library call: if it has moved, the wake-up that
  * ended the blocking allocation may already have been consumed, so make
  * sure another one comes. */
@@ -69,8 +69,8 @@ park (struct request *req, unsigned seq)
   else
     w->parked_head = req;
   w->parked_tail = req;
-  if (atomic_load (&workers_wake_seq) != seq)
-    worker_kick (w);
+  if (atomic_load (&wakeup_seq) != seq)
+    wakeup_kick (w);
 }
 
 void
@@ -119,7 +119,7 @@ modify_done (struct request *req, int err)
   reply_plain (req);
 }
 
-/* A synchronous library call, made when workers_wake_seq was SEQ,
+/* A synchronous library call, made when wakeup_seq was SEQ,
  * returned R: park the request on QCOW2_BLOCKED, else answer it. */
 static void
 modify_done_or_park (struct request *req, int r, unsigned seq)
@@ -338,7 +338,7 @@ cwrite_run (struct djob *j)
     flags |= QCOW2_DETECT_ZEROES;
   if (exp->detect_zeroes == DETECT_ZEROES_UNMAP && exp->discard_unmap)
     flags |= QCOW2_MAY_UNMAP;
-  req->wseq = atomic_load (&workers_wake_seq);
+  req->wseq = atomic_load (&wakeup_seq);
   j->result = qcow2_write_compressed_begin (exp->img, req->offset,
                                             req->length, req->buf, flags,
                                             &req->qw, &req->wsegs,
@@ -365,7 +365,7 @@ write_start (struct request *req)
   struct conn_state *cs = req->cs;
   const struct qcow2_seg *segs;
   size_t nsegs = 0;
-  unsigned seq = atomic_load (&workers_wake_seq);
+  unsigned seq = atomic_load (&wakeup_seq);
   const struct export *exp = cs->conn->exp;
   int r;
 
@@ -396,7 +396,7 @@ write_start (struct request *req)
   write_submit (req, r, segs, nsegs, seq);
 }
 
-/* The library answered a WRITE's begin (made when workers_wake_seq was
+/* The library answered a WRITE's begin (made when wakeup_seq was
  * SEQ) with R and SEGS: park it, fail it, or submit its host writes. */
 static void
 write_submit (struct request *req, int r, const struct qcow2_seg *segs,
@@ -535,7 +535,7 @@ slice_done_or_park (struct request *req, int r, unsigned seq, uint64_t n)
   if (r == 0 && n < req->length - req->done) {
     req->done += n;
     park (req, seq);
-    worker_kick (req->cs->w);
+    wakeup_kick (req->cs->w);
     return;
   }
   modify_done_or_park (req, r, seq);
@@ -567,7 +567,7 @@ cmd_write_zeroes (struct request *req)
     flags |= QCOW2_COMPRESSED;
 
   n = next_slice (req, flags & QCOW2_FAST_ZERO, &off);
-  seq = atomic_load (&workers_wake_seq);
+  seq = atomic_load (&wakeup_seq);
   r = qcow2_zero (exp->img, off, n, flags);
   if (r == -ENOTSUP && (flags & QCOW2_FAST_ZERO)) {
     /* The client asked to hear at once that zeroing would be slow; it
@@ -593,7 +593,7 @@ cmd_trim (struct request *req)
     return;
   }
   n = next_slice (req, false, &off);
-  seq = atomic_load (&workers_wake_seq);
+  seq = atomic_load (&wakeup_seq);
   r = qcow2_discard (exp->img, off, n, 0);
   slice_done_or_park (req, r, seq, n);
 }

@@ -225,7 +225,9 @@ advance (struct conn_state *cs, size_t sent)
   }
 }
 
-static void
+/* The socket failed with ERR: say so, and let the caller drop the
+ * connection (request.c owns its life). */
+static int
 send_failed (struct conn_state *cs, int err)
 {
   if (err == EPIPE || err == ECONNRESET)
@@ -233,7 +235,7 @@ send_failed (struct conn_state *cs, int err)
               cs->conn->peer);
   else
     log_info ("%s: send: %s", cs->conn->peer, strerror (err));
-  conn_kill (cs, "send error");
+  return -1;
 }
 
 /* Queue a sendmsg of IOV[0..N) in the ring.  The kernel sends what fits
@@ -253,32 +255,31 @@ ring_send (struct conn_state *cs, const struct iovec *iov, int n, bool more)
   cs->ops++;
 }
 
-void
+int
 reply_send_complete (struct conn_state *cs, int res)
 {
   cs->send_armed = false;
   cs->ops--;
   if (cs->dead) {
-    reply_drop_queue (cs);      /* deferred by conn_kill */
-    return;
+    reply_drop_queue (cs);      /* deferred by the connection's kill */
+    return 0;
   }
   if (res == -EINTR)
-    return;                     /* reply_send tries again */
+    return 0;                   /* reply_send tries again */
   if (res == -EAGAIN) {
     /* A kernel that hands EAGAIN back instead of waiting for room:
      * wait with a poll before the next try, never spin. */
     if (!cs->poll_out_armed)
       arm_poll (cs, true);
-    return;
+    return 0;
   }
-  if (res < 0) {
-    send_failed (cs, -res);
-    return;
-  }
+  if (res < 0)
+    return send_failed (cs, -res);
   advance (cs, res);
+  return 0;
 }
 
-void
+int
 reply_send (struct conn_state *cs)
 {
   struct conn *conn = cs->conn;
@@ -350,7 +351,7 @@ reply_send (struct conn_state *cs)
 
     if (cs->ring_send) {
       ring_send (cs, iov, n, more);
-      return;
+      return 0;
     }
     r = conn->transport->send (conn, iov, n, more);
   sent:
@@ -360,10 +361,9 @@ reply_send (struct conn_state *cs)
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (!cs->poll_out_armed)
           arm_poll (cs, true);
-        return;
+        return 0;
       }
-      send_failed (cs, errno);
-      return;
+      return send_failed (cs, errno);
     }
 
     advance (cs, r);
@@ -371,7 +371,8 @@ reply_send (struct conn_state *cs)
       /* The socket buffer is full: wait for room rather than retry. */
       if (!cs->poll_out_armed)
         arm_poll (cs, true);
-      return;
+      return 0;
     }
   }
+  return 0;
 }

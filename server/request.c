@@ -630,7 +630,8 @@ static bool
 conn_service (struct conn_state *cs)
 {
   for (;;) {
-    reply_send (cs);
+    if (reply_send (cs) < 0)
+      conn_kill (cs, "send error");
     if (cs->paused && !cs->stop_read && fits (cs, cs->paused_cost)) {
       /* Resuming: the transport may hold buffered input (TLS), so read
        * before deciding to poll. */
@@ -725,7 +726,8 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     break;
   case OP_SEND:
     cs = container_of (op, struct conn_state, send_op);
-    reply_send_complete (cs, res);
+    if (reply_send_complete (cs, res) < 0)
+      conn_kill (cs, "send error");
     mark_dirty (cs);
     break;
   case OP_RECV:

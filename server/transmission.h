@@ -509,10 +509,12 @@ void reply_plain (struct request *req);
 void reply_error (struct request *req, int err, const char *fmt, ...)
   __attribute__ ((format (printf, 3, 4)));
 /* Send queued replies until the queue is empty or the socket is full
- * (or, on a plain connection, queue a sendmsg of them in the ring). */
-void reply_send (struct conn_state *cs);
-/* The ring's sendmsg completed with RES. */
-void reply_send_complete (struct conn_state *cs, int res);
+ * (or, on a plain connection, queue a sendmsg of them in the ring).
+ * Returns 0, or -1 when the socket failed (logged): the caller drops
+ * the connection. */
+int reply_send (struct conn_state *cs);
+/* The ring's sendmsg completed with RES.  Returns as reply_send. */
+int reply_send_complete (struct conn_state *cs, int res);
 /* Drop every queued reply unsent. */
 void reply_drop_queue (struct conn_state *cs);
 

@@ -200,20 +200,7 @@ conn_kill (struct conn_state *cs, const char *reason)
   }
   reply_drop_queue (cs);
   drop_incoming (cs);
-  /* Parked requests have not touched the image yet: drop them. */
-  struct request **pp = &cs->w->parked_head;
-  cs->w->parked_tail = NULL;
-  while (*pp) {
-    struct request *req = *pp;
-    if (req->cs == cs) {
-      *pp = req->next;
-      req_free (req);
-    }
-    else {
-      cs->w->parked_tail = req;
-      pp = &req->next;
-    }
-  }
+  writes_drop_parked (cs);
   mark_dirty (cs);
 }
 

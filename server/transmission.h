@@ -123,7 +123,7 @@ struct worker {
   unsigned nr_free_reqs;
   struct bufpool pool;
   /* Requests the library answered with QCOW2_BLOCKED, in arrival order,
-   * retried after every wake-up (request_retry_parked). */
+   * retried after every wake-up (writes.c: writes_retry_parked). */
   struct request *parked_head, *parked_tail;
   struct dcache dcache;         /* decompressed clusters */
   uint64_t inline_writes_after; /* now_ns() before which writes go
@@ -592,6 +592,9 @@ void cmd_flush (struct request *req);
 /* A host write of a WRITE completed with RES. */
 void wop_complete (struct wop *wo, int res);
 /* After a wake-up: retry the parked requests, in arrival order. */
-void request_retry_parked (struct worker *w);
+void writes_retry_parked (struct worker *w);
+/* CS is being dropped: free its parked requests, which have not touched
+ * the image yet. */
+void writes_drop_parked (struct conn_state *cs);
 
 #endif /* SERVER_TRANSMISSION_H */

@@ -57,7 +57,7 @@ wake (struct worker *w)
 
   /* The eventfd does not say who kicked it: an ended allocation may have
    * unblocked parked requests, so try them whatever the reason. */
-  request_retry_parked (w);
+  writes_retry_parked (w);
 
   if (atomic_load (&w->stop) && !w->stopping) {
     w->stopping = true;

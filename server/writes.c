@@ -74,7 +74,7 @@ park (struct request *req, unsigned seq)
 }
 
 void
-request_retry_parked (struct worker *w)
+writes_retry_parked (struct worker *w)
 {
   struct request *req = w->parked_head;
 
@@ -90,6 +90,26 @@ request_retry_parked (struct worker *w)
     default: abort ();
     }
     req = next;
+  }
+}
+
+void
+writes_drop_parked (struct conn_state *cs)
+{
+  struct worker *w = cs->w;
+  struct request **pp = &w->parked_head;
+
+  w->parked_tail = NULL;
+  while (*pp) {
+    struct request *req = *pp;
+    if (req->cs == cs) {
+      *pp = req->next;
+      req_free (req);
+    }
+    else {
+      w->parked_tail = req;
+      pp = &req->next;
+    }
   }
 }
 

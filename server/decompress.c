@@ -134,12 +134,10 @@ decompress_cache_free (struct worker *w)
 
 /* ---- jobs ------------------------------------------------------------- */
 
-/* The owner's side of a finished job: copy the piece out, cache the
- * cluster, and let read.c complete the piece. */
-static void
-job_finish (struct djob *j)
+void
+decompress_finish (struct piece *pc)
 {
-  struct piece *pc = container_of (j, struct piece, job);
+  struct djob *j = &pc->job;
   struct request *req = pc->req;
   struct worker *w = req->cs->w;
   const struct qcow2_extent *e = pc->ext;
@@ -161,7 +159,6 @@ job_finish (struct djob *j)
     bufpool_put (w, j->out, j->out_cls);
   j->out = NULL;
   req->cs->ops--;               /* taken by decompress_submit */
-  piece_done (pc);
 }
 
 static void
@@ -172,7 +169,7 @@ job_run (struct djob *j)
 }
 
 int
-decompress_submit (struct piece *pc)
+decompress_submit (struct piece *pc, void (*finish) (struct djob *j))
 {
   struct request *req = pc->req;
   struct worker *w = req->cs->w;
@@ -210,7 +207,7 @@ decompress_submit (struct piece *pc)
   }
 
   j->run = job_run;
-  j->finish = job_finish;
+  j->finish = finish;
   req->cs->ops++;
   jobs_submit (w, j);
   return 1;

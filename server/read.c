@@ -217,6 +217,29 @@ piece_submit (struct piece *pc)
   cs->ops++;
 }
 
+/* A data read of PC failed with ERR (ENODATA: the file ended before
+ * the extent did). */
+static void
+read_failed (struct piece *pc, int err)
+{
+  if (err == ENODATA)
+    set_error (pc->req, EIO, "read error at offset %" PRIu64 ": the "
+               "image file ends early", pc->ext->offset);
+  else
+    set_error (pc->req, err, "read error at offset %" PRIu64 ": %s",
+               pc->ext->offset, strerror (err));
+}
+
+/* A decompression job of PC is done (on this, its owner's worker). */
+static void
+piece_decompressed (struct djob *j)
+{
+  struct piece *pc = container_of (j, struct piece, job);
+
+  decompress_finish (pc);
+  piece_done (pc);
+}
+
 void
 piece_complete (struct piece *pc, int res)
 {
@@ -225,8 +248,12 @@ piece_complete (struct piece *pc, int res)
 
   cs->ops--;
   if (req->zc) {
-    if (zc_piece_complete (pc, res))
-      piece_done (pc);
+    int r = zc_piece_complete (pc, res);
+    if (r == 1)
+      return;                   /* resubmitted */
+    if (r < 0)
+      read_failed (pc, -r);
+    piece_done (pc);
     return;
   }
   if (res < 0) {
@@ -234,8 +261,7 @@ piece_complete (struct piece *pc, int res)
       piece_submit (pc);
       return;
     }
-    set_error (req, -res, "read error at offset %" PRIu64 ": %s",
-               pc->ext->offset, strerror (-res));
+    read_failed (pc, -res);
   }
   else if (res > 0 && (size_t) res < pc->len - pc->done) {
     /* Short read: go on from there; a read at EOF returns 0 next. */
@@ -251,7 +277,7 @@ piece_complete (struct piece *pc, int res)
     /* Past the end of the file reads as zeros. */
     memset (dst + pc->done, 0, pc->len - pc->done);
     if (pc->scratch && !req->err && !cs->dead
-        && decompress_submit (pc) == 1)
+        && decompress_submit (pc, piece_decompressed) == 1)
       return;                   /* piece_done follows */
   }
   piece_done (pc);

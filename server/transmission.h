@@ -546,10 +546,13 @@ void piece_done (struct piece *pc);
 bool decompress_cached (struct worker *w, const struct qcow2_extent *e,
                         char *dst);
 /* The compressed stream of PC is in pc->scratch: decompress PC's bytes
- * into pc->dst.  Returns 0 when done on the spot, 1 when queued
- * (piece_done follows, from decompress_run), -1 on error (the
- * request's error set). */
-int decompress_submit (struct piece *pc);
+ * into pc->dst.  Returns 0 when done on the spot, 1 when queued (FINISH
+ * follows on this worker, with &pc->job, and calls decompress_finish),
+ * -1 on error (the request's error set). */
+int decompress_submit (struct piece *pc, void (*finish) (struct djob *j));
+/* The owner's side of PC's finished job: copy its bytes out (or set
+ * the request's error) and cache the cluster. */
+void decompress_finish (struct piece *pc);
 /* Free W's cache at thread exit. */
 void decompress_cache_free (struct worker *w);
 
@@ -571,9 +574,10 @@ void jobs_run (struct worker *w);
 bool zc_start (struct request *req, bool zero_fill);
 /* Splice the next piece of a zero-copy READ into its pipe. */
 void zc_submit (struct piece *pc);
-/* A splice into the pipe completed with RES: returns true when the piece
- * is done (error set on failure), false when it was resubmitted. */
-bool zc_piece_complete (struct piece *pc, int res);
+/* A splice into the pipe completed with RES: returns 0 when the piece
+ * is done, 1 when it was resubmitted, -errno when it failed (-ENODATA:
+ * the file ended before the extent). */
+int zc_piece_complete (struct piece *pc, int res);
 /* Give back (or close, if not empty) the request's pipe. */
 void zc_release (struct request *req);
 /* Close W's idle pipes at thread exit. */

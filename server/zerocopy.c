@@ -27,7 +27,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -186,36 +185,30 @@ zc_submit (struct piece *pc)
   req->cs->ops++;
 }
 
-bool
+int
 zc_piece_complete (struct piece *pc, int res)
 {
   struct request *req = pc->req;
 
   if (res == -EINTR) {
     zc_submit (pc);
-    return false;
+    return 1;
   }
   /* -EAGAIN: the pipe is full, which zc_start's count rules out; fail
    * the read rather than wait for room that never comes. */
-  if (res < 0) {
-    set_error (req, -res, "read error at offset %" PRIu64 ": %s",
-               pc->ext->offset, strerror (-res));
-    return true;
-  }
-  if (res == 0) {
-    /* zc_start checked the extent against the file size, which does not
-     * change for a file we don't write: someone truncated it. */
-    set_error (req, EIO, "read error at offset %" PRIu64 ": the image "
-               "file ends early", pc->ext->offset);
-    return true;
-  }
+  if (res < 0)
+    return res;
+  /* zc_start checked the extent against the file size, which does not
+   * change for a file we don't write: someone truncated it. */
+  if (res == 0)
+    return -ENODATA;
   pc->done += res;
   req->zc_held += res;
   if (pc->done < pc->len) {
     zc_submit (pc);
-    return false;
+    return 1;
   }
-  return true;
+  return 0;
 }
 
 void

@@ -143,8 +143,8 @@ decompress_finish (struct piece *pc)
   const struct qcow2_extent *e = pc->ext;
 
   if (j->result < 0)
-    set_error (req, -j->result, "cannot decompress cluster at offset %"
-               PRIu64 ": %s", e->offset, strerror (-j->result));
+    session_set_error (req, -j->result, "cannot decompress cluster at offset %"
+                       PRIu64 ": %s", e->offset, strerror (-j->result));
   else if (j->out != pc->dst)
     memcpy (pc->dst, (char *) j->out + e->cluster_offset, e->length);
 
@@ -180,8 +180,8 @@ decompress_submit (struct piece *pc, void (*finish) (struct djob *j))
 
   if (csize == 0 || e->cluster_offset > csize
       || e->length > csize - e->cluster_offset) {
-    set_error (req, EIO, "bad compressed extent at offset %" PRIu64,
-               e->offset);
+    session_set_error (req, EIO, "bad compressed extent at offset %" PRIu64,
+                       e->offset);
     return -1;
   }
 
@@ -201,7 +201,7 @@ decompress_submit (struct piece *pc, void (*finish) (struct djob *j))
     j->out_len = ce ? csize : e->cluster_offset + e->length;
     j->out = bufpool_get (w, csize, &j->out_cls);
     if (j->out == NULL) {
-      set_error (req, ENOMEM, "out of memory decompressing");
+      session_set_error (req, ENOMEM, "out of memory decompressing");
       return -1;
     }
   }

@@ -58,7 +58,7 @@ read_map_range (struct request *req, uint64_t offset, uint64_t length,
       else
         p = realloc (req->ext, cap * sizeof *p);
       if (p == NULL) {
-        set_error (req, ENOMEM, "out of memory mapping the range");
+        session_set_error (req, ENOMEM, "out of memory mapping the range");
         return -ENOMEM;
       }
       req->ext = p;
@@ -67,20 +67,22 @@ read_map_range (struct request *req, uint64_t offset, uint64_t length,
     r = qcow2_map (img, pos, end - pos, req->ext + req->nr_ext,
                    MIN (req->cap_ext - req->nr_ext, (size_t) MAP_BATCH), &got);
     if (r < 0) {
-      set_error (req, -r, "cannot map offset %" PRIu64 ": %s", pos,
-                 strerror (-r));
+      session_set_error (req, -r, "cannot map offset %" PRIu64 ": %s", pos,
+                         strerror (-r));
       return r;
     }
     /* The library promises contiguous, non-empty extents covering a
      * prefix; a broken promise must not loop forever or overrun. */
     if (got == 0 || got > req->cap_ext - req->nr_ext) {
-      set_error (req, EIO, "internal error mapping offset %" PRIu64, pos);
+      session_set_error (req, EIO, "internal error mapping offset %" PRIu64,
+                         pos);
       return -EIO;
     }
     for (size_t i = 0; i < got; i++) {
       struct qcow2_extent *e = &req->ext[req->nr_ext + i];
       if (e->offset != pos || e->length == 0 || e->length > end - pos) {
-        set_error (req, EIO, "internal error mapping offset %" PRIu64, pos);
+        session_set_error (req, EIO, "internal error mapping offset %"
+                           PRIu64, pos);
         return -EIO;
       }
       pos += e->length;
@@ -109,8 +111,8 @@ read_done (struct request *req)
   size_t hsz = reply_hdr_size (req);
 
   if (cs->dead) {
-    req_free (req);
-    mark_dirty (cs);
+    session_req_free (req);
+    session_mark_dirty (cs);
     return;
   }
   if (req->err) {
@@ -223,11 +225,11 @@ static void
 read_failed (struct piece *pc, int err)
 {
   if (err == ENODATA)
-    set_error (pc->req, EIO, "read error at offset %" PRIu64 ": the "
-               "image file ends early", pc->ext->offset);
+    session_set_error (pc->req, EIO, "read error at offset %" PRIu64 ": the "
+                       "image file ends early", pc->ext->offset);
   else
-    set_error (pc->req, err, "read error at offset %" PRIu64 ": %s",
-               pc->ext->offset, strerror (err));
+    session_set_error (pc->req, err, "read error at offset %" PRIu64 ": %s",
+                       pc->ext->offset, strerror (err));
 }
 
 /* A decompression job of PC is done (on this, its owner's worker). */
@@ -305,7 +307,7 @@ piece_done (struct piece *pc)
   }
   if (req->pending == 0)
     read_done (req);
-  mark_dirty (cs);
+  session_mark_dirty (cs);
 }
 
 void
@@ -347,8 +349,8 @@ cmd_read (struct request *req)
     }
     /* A fragmented read keeps a piece per extent: counted with its
      * data, so many of them make the connection wait too. */
-    req_hold (req, npieces * sizeof *req->pieces
-              + req->nr_ext * sizeof *req->ext);
+    session_req_hold (req, npieces * sizeof *req->pieces
+                      + req->nr_ext * sizeof *req->ext);
   }
 
   for (size_t i = 0; i < req->nr_ext; i++) {
@@ -362,7 +364,8 @@ cmd_read (struct request *req)
       continue;
     }
     if (e->file >= xf->nr) {
-      set_error (req, EIO, "bad file index in extent at %" PRIu64, e->offset);
+      session_set_error (req, EIO, "bad file index in extent at %" PRIu64,
+                         e->offset);
       break;
     }
     if (e->type == QCOW2_EXTENT_COMPRESSED && decompress_cached (w, e, dst))
@@ -381,15 +384,15 @@ cmd_read (struct request *req)
       if (e->compressed_length == 0
           || e->compressed_length > 2 * qcow2_layer_cluster_size (e->layer)
                                     + 1024) {
-        set_error (req, EIO, "bad compressed length at offset %" PRIu64,
-                   e->offset);
+        session_set_error (req, EIO, "bad compressed length at offset %"
+                           PRIu64, e->offset);
         req->nr_pieces--;
         break;
       }
       pc->len = e->compressed_length;
       pc->scratch = bufpool_get (w, pc->len, &pc->scratch_cls);
       if (pc->scratch == NULL) {
-        set_error (req, ENOMEM, "out of memory");
+        session_set_error (req, ENOMEM, "out of memory");
         req->nr_pieces--;
         break;
       }

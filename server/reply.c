@@ -48,8 +48,8 @@ reply_enqueue (struct request *req)
   struct conn_state *cs = req->cs;
 
   if (cs->dead) {
-    req_free (req);
-    mark_dirty (cs);
+    session_req_free (req);
+    session_mark_dirty (cs);
     return;
   }
   req->next = NULL;
@@ -60,7 +60,7 @@ reply_enqueue (struct request *req)
   else
     cs->sq_head = req;
   cs->sq_tail = req;
-  mark_dirty (cs);
+  session_mark_dirty (cs);
 }
 
 int
@@ -192,7 +192,7 @@ reply_drop_queue (struct conn_state *cs)
   while (cs->sq_head) {
     struct request *req = cs->sq_head;
     cs->sq_head = req->next;
-    req_free (req);
+    session_req_free (req);
   }
   cs->sq_tail = NULL;
 }
@@ -209,7 +209,7 @@ advance (struct conn_state *cs, size_t sent)
       cs->sq_head = req->next;
       if (cs->sq_head == NULL)
         cs->sq_tail = NULL;
-      req_free (req);
+      session_req_free (req);
       continue;
     }
     size_t left = req->iov[req->iov_idx].iov_len - req->iov_off;
@@ -270,7 +270,7 @@ reply_send_complete (struct conn_state *cs, int res)
     /* A kernel that hands EAGAIN back instead of waiting for room:
      * wait with a poll before the next try, never spin. */
     if (!cs->poll_out_armed)
-      arm_poll (cs, true);
+      session_arm_poll (cs, true);
     return 0;
   }
   if (res < 0)
@@ -360,7 +360,7 @@ reply_send (struct conn_state *cs)
         continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         if (!cs->poll_out_armed)
-          arm_poll (cs, true);
+          session_arm_poll (cs, true);
         return 0;
       }
       return send_failed (cs, errno);
@@ -370,7 +370,7 @@ reply_send (struct conn_state *cs)
     if ((size_t) r < want) {
       /* The socket buffer is full: wait for room rather than retry. */
       if (!cs->poll_out_armed)
-        arm_poll (cs, true);
+        session_arm_poll (cs, true);
       return 0;
     }
   }

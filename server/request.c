@@ -47,117 +47,14 @@
 uint64_t server_max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
 /* Receive buffer: many small requests per recv. */
 #define IN_BUF_SIZE (64 * 1024)
-/* Recycled request structs kept per worker. */
-#define MAX_FREE_REQS 256
 /* Write payloads at least this big are received straight into their
  * buffer; smaller ones go through the input buffer with the headers
  * around them, so a burst of small writes costs few recv calls. */
 #define DIRECT_PAYLOAD (IN_BUF_SIZE / 4)
 
-static void conn_read (struct conn_state *cs);
-static void cancel_op (struct conn_state *cs, struct uring_op *op);
-
-/* ---- errors ---------------------------------------------------------- */
-
-void
-set_error (struct request *req, int err, const char *fmt, ...)
-{
-  va_list ap;
-
-  if (req->err)
-    return;                     /* keep the first error */
-  req->err = err;
-  va_start (ap, fmt);
-  vsnprintf (req->msg, sizeof req->msg, fmt, ap);
-  va_end (ap);
-}
-
-/* ---- request structs -------------------------------------------------- */
-
-static struct request *
-req_new (struct conn_state *cs)
-{
-  struct worker *w = cs->w;
-  struct request *req = w->free_reqs;
-
-  if (req) {
-    w->free_reqs = req->next;
-    w->nr_free_reqs--;
-  }
-  else {
-    req = malloc (sizeof *req);
-    if (req == NULL)
-      return NULL;
-  }
-  memset (req, 0, sizeof *req);
-  req->cs = cs;
-  cs->nr_reqs++;
-  cs->nr_total++;
-  return req;
-}
-
-void
-req_hold (struct request *req, uint64_t bytes)
-{
-  req->bytes += bytes;
-  req->cs->bytes += bytes;
-}
-
-void
-req_free (struct request *req)
-{
-  struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
-
-  for (size_t i = 0; i < req->nr_pieces; i++)
-    bufpool_put (w, req->pieces[i].scratch, req->pieces[i].scratch_cls);
-  if (req->pieces != req->small_pieces)
-    free (req->pieces);
-  if (req->qw) {
-    /* Never reached (a write ends before its request is answered), but
-     * an in-flight allocation left behind would block its range for
-     * good: end it as failed. */
-    log_error ("%s: internal error: write freed before it ended",
-               cs->conn->peer);
-    qcow2_write_end (req->qw, -EIO);
-    req->qw = NULL;
-  }
-  free (req->wops);
-  free (req->wiov);
-  if (req->ext != req->small_ext)
-    free (req->ext);
-  bufpool_put (w, req->buf, req->buf_cls);
-  zc_release (req);
-  if (req->iov != req->small_iov)
-    free (req->iov);
-  if (req->hdrs != req->small_hdrs)
-    free (req->hdrs);
-
-  cs->nr_reqs--;
-  if (req->queued)
-    cs->nr_queued--;
-  cs->bytes -= req->bytes;
-
-  if (w->nr_free_reqs < MAX_FREE_REQS) {
-    req->next = w->free_reqs;
-    w->free_reqs = req;
-    w->nr_free_reqs++;
-  }
-  else
-    free (req);
-}
+static void read_requests (struct conn_state *cs);
 
 /* ---- connection bookkeeping ------------------------------------------- */
-
-void
-mark_dirty (struct conn_state *cs)
-{
-  if (!cs->in_dirty) {
-    cs->in_dirty = true;
-    cs->dirty_next = cs->w->dirty;
-    cs->w->dirty = cs;
-  }
-}
 
 /* Drop the request whose payload is still coming in (kept or thrown
  * away): it will not be answered. */
@@ -165,7 +62,7 @@ static void
 drop_incoming (struct conn_state *cs)
 {
   if (cs->discard_req) {
-    req_free (cs->discard_req);
+    session_req_free (cs->discard_req);
     cs->discard_req = NULL;
   }
   if (cs->payload_req) {
@@ -178,15 +75,15 @@ drop_incoming (struct conn_state *cs)
       cs->recv_orphan_cls = req->buf_cls;
       req->buf = NULL;
     }
-    req_free (req);
+    session_req_free (req);
     cs->payload_req = NULL;
   }
 }
 
 /* Stop using the socket for good (client gone, protocol violation):
  * queued replies are dropped, reads in the kernel are waited for. */
-void
-conn_kill (struct conn_state *cs, const char *reason)
+static void
+kill_conn (struct conn_state *cs, const char *reason)
 {
   if (!cs->close_reason)
     cs->close_reason = reason;
@@ -196,16 +93,16 @@ conn_kill (struct conn_state *cs, const char *reason)
    * take it back, so a client that stopped reading cannot hold them. */
   if (cs->send_armed && !cs->send_cancelled) {
     cs->send_cancelled = true;
-    cancel_op (cs, &cs->send_op);
+    session_cancel_op (cs, &cs->send_op);
   }
   reply_drop_queue (cs);
   drop_incoming (cs);
   writes_drop_parked (cs);
-  mark_dirty (cs);
+  session_mark_dirty (cs);
 }
 
 static void
-conn_stop_reading (struct conn_state *cs, const char *reason)
+stop_reading (struct conn_state *cs, const char *reason)
 {
   if (!cs->close_reason)
     cs->close_reason = reason;
@@ -213,22 +110,7 @@ conn_stop_reading (struct conn_state *cs, const char *reason)
   /* A payload cut short by EOF or shutdown: nobody waits for the answer
    * to a request we never fully received. */
   drop_incoming (cs);
-  mark_dirty (cs);
-}
-
-void
-arm_poll (struct conn_state *cs, bool out)
-{
-  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
-  struct uring_op *op = out ? &cs->poll_out : &cs->poll_in;
-
-  io_uring_prep_poll_add (sqe, cs->conn->fd, out ? POLLOUT : POLLIN);
-  io_uring_sqe_set_data (sqe, op);
-  if (out)
-    cs->poll_out_armed = true;
-  else
-    cs->poll_in_armed = true;
-  cs->ops++;
+  session_mark_dirty (cs);
 }
 
 /* Receive through the ring into the input buffer or (DIRECT) into the
@@ -255,15 +137,6 @@ arm_recv (struct conn_state *cs, bool direct)
   cs->recv_armed = true;
   cs->recv_direct = direct;
   cs->ops++;
-}
-
-static void
-cancel_op (struct conn_state *cs, struct uring_op *op)
-{
-  struct io_uring_sqe *sqe = ring_get_sqe (cs->w);
-
-  io_uring_prep_cancel (sqe, op, 0);
-  io_uring_sqe_set_data64 (sqe, 0);
 }
 
 /* May CS take a request that holds COST bytes? */
@@ -345,26 +218,26 @@ dispatch (struct request *req)
 
 /* The client closed its end. */
 static void
-conn_hung_up (struct conn_state *cs)
+hung_up (struct conn_state *cs)
 {
   if (cs->in_len > 0 || cs->discard_left > 0 || cs->payload_req)
-    conn_stop_reading (cs, "client hung up in the middle of a request");
+    stop_reading (cs, "client hung up in the middle of a request");
   else
-    conn_stop_reading (cs, "client hung up without NBD_CMD_DISC");
+    stop_reading (cs, "client hung up without NBD_CMD_DISC");
 }
 
 static void
-conn_recv_failed (struct conn_state *cs, int err)
+recv_failed (struct conn_state *cs, int err)
 {
   log_info ("%s: recv: %s", cs->conn->peer, strerror (err));
-  conn_kill (cs, "receive error");
+  kill_conn (cs, "receive error");
 }
 
 /* Parse requests out of the input buffer; receive more (on a plain
  * connection: arm the recv) while there is room in the in-flight
  * bounds. */
 static void
-conn_read (struct conn_state *cs)
+read_requests (struct conn_state *cs)
 {
   struct conn *conn = cs->conn;
 
@@ -417,7 +290,7 @@ conn_read (struct conn_state *cs)
       if (parse_request (conn, p, avail, &hdr) == PARSE_BAD_MAGIC) {
         log_info ("%s: bad request magic %#" PRIx32 ", disconnecting",
                   conn->peer, load_be32 (p));
-        conn_kill (cs, "bad request magic");
+        kill_conn (cs, "bad request magic");
         return;
       }
       cost = parse_cost (&hdr);
@@ -431,7 +304,7 @@ conn_read (struct conn_state *cs)
       rxc_count (cs, MIN (hdr.length, (uint64_t) UINT32_MAX));
 
       if (hdr.type == NBD_CMD_DISC) {
-        conn_stop_reading (cs, "client sent NBD_CMD_DISC");
+        stop_reading (cs, "client sent NBD_CMD_DISC");
         return;
       }
       /* Beyond the limit we cannot keep the stream in sync cheaply, and
@@ -440,13 +313,13 @@ conn_read (struct conn_state *cs)
         log_info ("%s: %s payload of %" PRIu64 " bytes is too large, "
                   "disconnecting", conn->peer, cmd_name (hdr.type),
                   hdr.length);
-        conn_kill (cs, "oversized payload");
+        kill_conn (cs, "oversized payload");
         return;
       }
 
-      req = req_new (cs);
+      req = session_req_new (cs);
       if (req == NULL) {
-        conn_kill (cs, "out of memory");
+        kill_conn (cs, "out of memory");
         return;
       }
       req->flags = hdr.flags;
@@ -475,7 +348,7 @@ conn_read (struct conn_state *cs)
             cs->payload_got = 0;
             continue;
           }
-          set_error (req, ENOMEM, "out of memory for the payload");
+          session_set_error (req, ENOMEM, "out of memory for the payload");
         }
         cs->discard_left = length;
         cs->discard_req = req;
@@ -518,17 +391,17 @@ conn_read (struct conn_state *cs)
       }
     }
     if (r == 0) {
-      conn_hung_up (cs);
+      hung_up (cs);
       return;
     }
     if (errno == EINTR)
       continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
       if (!cs->poll_in_armed)
-        arm_poll (cs, false);
+        session_arm_poll (cs, false);
       return;
     }
-    conn_recv_failed (cs, errno);
+    recv_failed (cs, errno);
     return;
   }
 }
@@ -554,27 +427,27 @@ recv_complete (struct conn_state *cs, int res)
       cs->payload_got += res;
     else
       cs->in_len += res;
-    conn_read (cs);
+    read_requests (cs);
   }
   else if (res == 0)
-    conn_hung_up (cs);
+    hung_up (cs);
   else if (res == -EINTR || rearm)
-    conn_read (cs);             /* arms it again */
+    read_requests (cs);             /* arms it again */
   else if (res == -EAGAIN) {
     /* A kernel that hands EAGAIN back rather than waiting for input:
      * wait with a poll, whose completion arms the recv again. */
     if (!cs->poll_in_armed)
-      arm_poll (cs, false);
+      session_arm_poll (cs, false);
   }
   else
-    conn_recv_failed (cs, -res);
+    recv_failed (cs, -res);
 }
 
 /* ---- connection life -------------------------------------------------- */
 
 /* The connection is gone from W: free it and tell the counts. */
 static void
-conn_release (struct worker *w, struct conn *conn)
+release_conn (struct worker *w, struct conn *conn)
 {
   conn_free (conn);
   atomic_fetch_sub (&w->nr_conns, 1);
@@ -582,20 +455,14 @@ conn_release (struct worker *w, struct conn *conn)
 }
 
 static void
-conn_close (struct conn_state *cs)
+close_conn (struct conn_state *cs)
 {
   struct worker *w = cs->w;
   struct conn *conn = cs->conn;
 
   /* Closing can happen while servicing a connection that re-marked
    * itself dirty: unlink it from that list too. */
-  if (cs->in_dirty) {
-    struct conn_state **pp = &w->dirty;
-    while (*pp != cs)
-      pp = &(*pp)->dirty_next;
-    *pp = cs->dirty_next;
-    cs->in_dirty = false;
-  }
+  session_unmark_dirty (cs);
   if (cs->prev)
     cs->prev->next = cs->next;
   else
@@ -607,23 +474,23 @@ conn_close (struct conn_state *cs)
             cs->close_reason ? cs->close_reason : "unknown", cs->nr_total);
   free (cs->in_buf);
   free (cs);
-  conn_release (w, conn);
+  release_conn (w, conn);
   if (w->conns == NULL)
     bufpool_shrink (w);
 }
 
 /* Deferred work of one connection; returns true when it was freed. */
 static bool
-conn_service (struct conn_state *cs)
+service_conn (struct conn_state *cs)
 {
   for (;;) {
     if (reply_send (cs) < 0)
-      conn_kill (cs, "send error");
+      kill_conn (cs, "send error");
     if (cs->paused && !cs->stop_read && fits (cs, cs->paused_cost)) {
       /* Resuming: the transport may hold buffered input (TLS), so read
        * before deciding to poll. */
       cs->paused = false;
-      conn_read (cs);
+      read_requests (cs);
       if (cs->sq_head && !cs->dead && !cs->poll_out_armed)
         continue;
     }
@@ -638,15 +505,15 @@ conn_service (struct conn_state *cs)
       && !cs->cancelled) {
     cs->cancelled = true;
     if (cs->poll_in_armed)
-      cancel_op (cs, &cs->poll_in);
+      session_cancel_op (cs, &cs->poll_in);
     if (cs->poll_out_armed)
-      cancel_op (cs, &cs->poll_out);
+      session_cancel_op (cs, &cs->poll_out);
     if (cs->recv_armed)
-      cancel_op (cs, &cs->recv_op[cs->recv_slot]);
+      session_cancel_op (cs, &cs->recv_op[cs->recv_slot]);
   }
   if (cs->ops > 0)
     return false;
-  conn_close (cs);
+  close_conn (cs);
   return true;
 }
 
@@ -657,14 +524,14 @@ request_conn_start (struct worker *w, struct conn *conn)
 
   if (w->stopping) {
     log_info ("%s: connection closed: server shutting down", conn->peer);
-    conn_release (w, conn);
+    release_conn (w, conn);
     return;
   }
   cs = calloc (1, sizeof *cs);
   if (cs == NULL || (cs->in_buf = malloc (IN_BUF_SIZE)) == NULL) {
     log_error ("%s: out of memory", conn->peer);
     free (cs);
-    conn_release (w, conn);
+    release_conn (w, conn);
     return;
   }
   cs->conn = conn;
@@ -685,8 +552,8 @@ request_conn_start (struct worker *w, struct conn *conn)
   w->conns = cs;
   log_info ("%s: serving on worker %u", conn->peer, w->idx);
 
-  conn_read (cs);
-  mark_dirty (cs);
+  read_requests (cs);
+  session_mark_dirty (cs);
 }
 
 void
@@ -702,45 +569,45 @@ request_complete (struct worker *w, struct uring_op *op, int res)
     /* Any result (readable, error, hang-up, cancelled) is settled by the
      * recv itself. */
     if (!cs->stop_read && !cs->paused && res != -ECANCELED)
-      conn_read (cs);
-    mark_dirty (cs);
+      read_requests (cs);
+    session_mark_dirty (cs);
     break;
   case OP_POLL_OUT:
     cs = container_of (op, struct conn_state, poll_out);
     cs->poll_out_armed = false;
     cs->ops--;
-    mark_dirty (cs);
+    session_mark_dirty (cs);
     break;
   case OP_SEND:
     cs = container_of (op, struct conn_state, send_op);
     if (reply_send_complete (cs, res) < 0)
-      conn_kill (cs, "send error");
-    mark_dirty (cs);
+      kill_conn (cs, "send error");
+    session_mark_dirty (cs);
     break;
   case OP_RECV:
   case OP_RECV_2:
     cs = container_of (op - (op->kind == OP_RECV_2), struct conn_state,
                        recv_op);
     recv_complete (cs, res);
-    mark_dirty (cs);
+    session_mark_dirty (cs);
     break;
   case OP_RECV_TIMEOUT:
     cs = container_of (op, struct conn_state, rxc.timeout_op);
     rxc_timeout_complete (cs, res);
-    mark_dirty (cs);
+    session_mark_dirty (cs);
     break;
   case OP_PIECE: {
     struct piece *pc = container_of (op, struct piece, op);
     cs = pc->req->cs;
     piece_complete (pc, res);
-    mark_dirty (cs);
+    session_mark_dirty (cs);
     break;
   }
   case OP_WRITE: {
     struct wop *wo = container_of (op, struct wop, op);
     cs = wo->req->cs;
     wop_complete (wo, res);
-    mark_dirty (cs);
+    session_mark_dirty (cs);
     break;
   }
   default:
@@ -751,12 +618,10 @@ request_complete (struct worker *w, struct uring_op *op, int res)
 void
 request_service (struct worker *w)
 {
-  while (w->dirty) {
-    struct conn_state *cs = w->dirty;
-    w->dirty = cs->dirty_next;
-    cs->in_dirty = false;
-    conn_service (cs);
-  }
+  struct conn_state *cs;
+
+  while ((cs = session_take_dirty (w)) != NULL)
+    service_conn (cs);
 }
 
 void
@@ -764,7 +629,7 @@ request_stop_all (struct worker *w)
 {
   for (struct conn_state *cs = w->conns; cs; cs = cs->next) {
     if (!cs->stop_read)
-      conn_stop_reading (cs, "server shutting down");
+      stop_reading (cs, "server shutting down");
   }
 }
 
@@ -774,18 +639,7 @@ request_kill_all (struct worker *w)
   for (struct conn_state *cs = w->conns; cs; cs = cs->next) {
     if (!cs->dead) {
       log_info ("%s: not taking its replies, dropping it", cs->conn->peer);
-      conn_kill (cs, "server shutting down, client not reading");
+      kill_conn (cs, "server shutting down, client not reading");
     }
   }
-}
-
-void
-request_worker_cleanup (struct worker *w)
-{
-  while (w->free_reqs) {
-    struct request *req = w->free_reqs;
-    w->free_reqs = req->next;
-    free (req);
-  }
-  w->nr_free_reqs = 0;
 }

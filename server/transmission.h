@@ -118,9 +118,11 @@ struct worker {
   uint64_t stop_time;           /* now_ns() when 'stopping' was set */
   bool killed;                  /* grace period over: connections dropped */
   struct conn_state *conns;     /* live connections */
-  struct conn_state *dirty;     /* connections needing conn_service */
-  struct request *free_reqs;    /* recycled request structs */
-  unsigned nr_free_reqs;
+  struct {                      /* session.c */
+    struct conn_state *dirty;   /* connections with deferred work */
+    struct request *free_reqs;  /* recycled request structs */
+    unsigned nr_free_reqs;
+  } session;
   struct bufpool pool;
   /* Requests the library answered with QCOW2_BLOCKED, in arrival order,
    * retried after every wake-up (writes.c: writes_retry_parked). */
@@ -433,6 +435,34 @@ worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
 
 
 
+/* ---- session.c: request structs and connection bookkeeping ----------- */
+
+/* Record the request's error (errno ERR and a message) unless it has one
+ * already: the first error is the one reported. */
+void session_set_error (struct request *req, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+/* A zeroed request of CS, counted in its requests; NULL when out of
+ * memory. */
+struct request *session_req_new (struct conn_state *cs);
+/* The request holds BYTES more until it is freed (counted by
+ * backpressure: memory it needed beyond its parse_cost). */
+void session_req_hold (struct request *req, uint64_t bytes);
+/* The request is finished: sent, or dropped with its connection. */
+void session_req_free (struct request *req);
+/* Free W's recycled request structs at thread exit. */
+void session_worker_cleanup (struct worker *w);
+/* Queue the connection for request_service. */
+void session_mark_dirty (struct conn_state *cs);
+/* The next connection marked dirty, taken off the list; NULL if none. */
+struct conn_state *session_take_dirty (struct worker *w);
+/* Take CS off the dirty list if it is on it (it is being freed). */
+void session_unmark_dirty (struct conn_state *cs);
+/* Poll the socket for input, or (OUT) for room to send. */
+void session_arm_poll (struct conn_state *cs, bool out);
+/* Ask the kernel to cancel CS's operation OP (its completion still
+ * comes, with -ECANCELED or its result). */
+void session_cancel_op (struct conn_state *cs, struct uring_op *op);
+
 /* ---- request.c: parsing, dispatch, connection lifetime ---------------- */
 
 /* Take over a connection in the transmission phase. */
@@ -447,25 +477,6 @@ void request_service (struct worker *w);
 void request_stop_all (struct worker *w);
 /* Shutdown grace period over: drop every connection, answered or not. */
 void request_kill_all (struct worker *w);
-/* Free per-worker caches at thread exit. */
-void request_worker_cleanup (struct worker *w);
-
-/* Record the request's error (errno ERR and a message) unless it has one
- * already: the first error is the one reported. */
-void set_error (struct request *req, int err, const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
-/* The request holds BYTES more until it is freed (counted by
- * backpressure: memory it needed beyond its parse_cost). */
-void req_hold (struct request *req, uint64_t bytes);
-/* The request is finished: sent, or dropped with its connection. */
-void req_free (struct request *req);
-/* Queue the connection for request_service. */
-void mark_dirty (struct conn_state *cs);
-/* Stop using the socket for good (client gone, protocol violation):
- * queued replies are dropped, reads in the kernel are waited for. */
-void conn_kill (struct conn_state *cs, const char *reason);
-/* Poll the socket for input, or (OUT) for room to send. */
-void arm_poll (struct conn_state *cs, bool out);
 
 /* ---- coalesce.c: receiving a deep client's requests in batches ------- */
 

@@ -139,7 +139,7 @@ worker_thread (void *arg)
     request_service (w);
   }
 
-  request_worker_cleanup (w);
+  session_worker_cleanup (w);
   decompress_cache_free (w);
   zc_worker_cleanup (w);
   bufpool_destroy (w);

@@ -104,7 +104,7 @@ writes_drop_parked (struct conn_state *cs)
     struct request *req = *pp;
     if (req->cs == cs) {
       *pp = req->next;
-      req_free (req);
+      session_req_free (req);
     }
     else {
       w->parked_tail = req;
@@ -265,16 +265,16 @@ wop_complete (struct wop *wo, int res)
       return;
     }
     if (res < 0)
-      set_error (req, -res, "zeroing host offset %" PRIu64 ": %s",
-                 wo->off, strerror (-res));
+      session_set_error (req, -res, "zeroing host offset %" PRIu64 ": %s",
+                         wo->off, strerror (-res));
     wo->left = 0;
   }
   else if (res < 0)
-    set_error (req, -res, "write at host offset %" PRIu64 ": %s",
-               wo->off, strerror (-res));
+    session_set_error (req, -res, "write at host offset %" PRIu64 ": %s",
+                       wo->off, strerror (-res));
   else if (res == 0)
-    set_error (req, EIO, "write at host offset %" PRIu64
-               " made no progress", wo->off);
+    session_set_error (req, EIO, "write at host offset %" PRIu64
+                       " made no progress", wo->off);
   else {
     /* A short write goes on where it stopped. */
     uint64_t n = res;
@@ -451,7 +451,7 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
     else if (sg->source != QCOW2_SEG_ZERO)
       bad = true;
     if (bad) {
-      set_error (req, EIO, "internal error: bad write segment %zu", i);
+      session_set_error (req, EIO, "internal error: bad write segment %zu", i);
       write_done (req);
       return;
     }
@@ -469,7 +469,7 @@ write_submit (struct request *req, int r, const struct qcow2_seg *segs,
     req->wops = calloc (nops, sizeof *req->wops);
     req->wiov = calloc (nsegs, sizeof *req->wiov);
     if (req->wops == NULL || req->wiov == NULL) {
-      set_error (req, ENOMEM, "out of memory for the write");
+      session_set_error (req, ENOMEM, "out of memory for the write");
       write_done (req);
       return;
     }

@@ -43,7 +43,7 @@ jobs_submit (struct worker *w, struct djob *j)
   j->defer = j->defer && wakeup_has_peers ();
   if (j->defer) {
     j->queued_at = now_ns ();
-    atomic_fetch_add (&w->deferred_jobs, 1);
+    atomic_fetch_add (&w->jobs.deferred, 1);
   }
   {
     LOCK_FOR_SCOPE (&queue_lock);
@@ -54,7 +54,7 @@ jobs_submit (struct worker *w, struct djob *j)
     queue_tail = j;
     atomic_fetch_add (&queue_len, 1);
   }
-  w->jobs_queued = true;
+  w->jobs.queued = true;
   if (j->defer)
     wakeup_kick_other (w);
 }
@@ -79,7 +79,7 @@ queue_pop (struct worker *w)
       queue_tail = NULL;
     atomic_fetch_sub (&queue_len, 1);
     if (j->defer)
-      atomic_fetch_sub (&j->owner->deferred_jobs, 1);
+      atomic_fetch_sub (&j->owner->jobs.deferred, 1);
   }
   return j;
 }
@@ -97,10 +97,10 @@ job_run (struct worker *w, struct djob *j)
   }
   /* Once on the done list the job may be finished and its request
    * recycled at any moment: touch it no more. */
-  head = atomic_load (&owner->done_jobs);
+  head = atomic_load (&owner->jobs.done);
   do
     j->next = head;
-  while (!atomic_compare_exchange_weak (&owner->done_jobs, &head, j));
+  while (!atomic_compare_exchange_weak (&owner->jobs.done, &head, j));
   wakeup_kick (owner);
 }
 
@@ -112,7 +112,7 @@ jobs_run (struct worker *w)
   /* Jobs others did for us: taking the whole list at once, so the
    * push's compare-and-swap never races with a pop.  This runs every
    * loop iteration, hence no lock. */
-  done = atomic_load (&w->done_jobs) ? atomic_exchange (&w->done_jobs, NULL)
+  done = atomic_load (&w->jobs.done) ? atomic_exchange (&w->jobs.done, NULL)
                                      : NULL;
   while ((j = done) != NULL) {
     done = j->next;
@@ -121,8 +121,8 @@ jobs_run (struct worker *w)
 
   /* Our jobs and anyone's: wake one helper if we queued more than one,
    * then work through the queue ourselves. */
-  if (w->jobs_queued) {
-    w->jobs_queued = false;
+  if (w->jobs.queued) {
+    w->jobs.queued = false;
     if (atomic_load (&queue_len) > 0)
       wakeup_kick_other (w);
   }

@@ -35,9 +35,9 @@ ring_init (struct worker *w)
   p.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER
     | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED;
   p.cq_entries = RING_CQ_ENTRIES;
-  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring, &p);
+  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring.uring, &p);
   if (r == 0) {
-    w->ring_disabled = true;
+    w->ring.disabled = true;
     return 0;
   }
 
@@ -45,20 +45,26 @@ ring_init (struct worker *w)
   memset (&p, 0, sizeof p);
   p.flags = IORING_SETUP_CQSIZE;
   p.cq_entries = RING_CQ_ENTRIES;
-  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring, &p);
-  w->ring_disabled = false;
+  r = io_uring_queue_init_params (RING_ENTRIES, &w->ring.uring, &p);
+  w->ring.disabled = false;
   return r;
+}
+
+void
+ring_exit (struct worker *w)
+{
+  io_uring_queue_exit (&w->ring.uring);
 }
 
 void
 ring_enable (struct worker *w)
 {
-  if (w->ring_disabled) {
+  if (w->ring.disabled) {
     /* With IORING_SETUP_SINGLE_ISSUER the task that enables the ring
      * becomes its only submitter: this thread.  (liburing 2.3's shared
      * library does not export io_uring_enable_rings, hence the raw
      * register call.) */
-    int r = io_uring_register (w->ring.ring_fd,
+    int r = io_uring_register (w->ring.uring.ring_fd,
                                IORING_REGISTER_ENABLE_RINGS, NULL, 0);
     if (r < 0) {
       log_error ("worker %u: io_uring_enable_rings: %s", w->idx,
@@ -68,11 +74,29 @@ ring_enable (struct worker *w)
   }
 }
 
+void
+ring_wait (struct worker *w, struct __kernel_timespec *ts)
+{
+  struct io_uring_cqe *unused;
+  int r;
+
+  if (ts)
+    r = io_uring_submit_and_wait_timeout (&w->ring.uring, &unused, 1, ts,
+                                          NULL);
+  else
+    r = io_uring_submit_and_wait (&w->ring.uring, 1);
+  if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
+    log_error ("worker %u: io_uring_submit_and_wait: %s", w->idx,
+               strerror (-r));
+    abort ();
+  }
+}
+
 /* Submit what is queued, to make room in the SQ. */
 static void
 submit_queued (struct worker *w)
 {
-  int r = io_uring_submit (&w->ring);
+  int r = io_uring_submit (&w->ring.uring);
 
   if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY) {
     log_error ("worker %u: io_uring_submit: %s", w->idx, strerror (-r));
@@ -83,7 +107,7 @@ submit_queued (struct worker *w)
 void
 ring_reserve_sqes (struct worker *w, unsigned n)
 {
-  while (io_uring_sq_space_left (&w->ring) < n)
+  while (io_uring_sq_space_left (&w->ring.uring) < n)
     submit_queued (w);
 }
 
@@ -92,7 +116,7 @@ ring_get_sqe (struct worker *w)
 {
   struct io_uring_sqe *sqe;
 
-  while ((sqe = io_uring_get_sqe (&w->ring)) == NULL)
+  while ((sqe = io_uring_get_sqe (&w->ring.uring)) == NULL)
     submit_queued (w);
   io_uring_sqe_set_data64 (sqe, 0);
   return sqe;

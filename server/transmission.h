@@ -1,13 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/* Private interface of the transmission phase: between the worker threads
- * (worker.c) and the per-connection request code, which is split by
- * concern into request.c (parsing, dispatch, connection lifetime),
- * reply.c (reply building, the send queue), read.c (READ, CACHE),
- * block-status.c and writes.c (WRITE, WRITE_ZEROES, TRIM, FLUSH).  It
- * holds the worker struct with its ring, its dup()ed image fds and its
- * buffer pool, the tags that every io_uring user_data points at so one
- * completion loop can dispatch them, and the request and connection state
- * those files share.
+/* Private interface of the transmission phase, in layers: each file
+ * calls only the files below it (docs/architecture.md draws them).
+ *
+ *   worker.c        the threads and their event loop (top)
+ *   request.c       reading and dispatching requests, connection life
+ *   read.c, block-status.c, writes.c       the commands
+ *   decompress.c, jobs.c, coalesce.c       their helpers
+ *   reply.c         reply building, the send queue
+ *   session.c       request structs, connection bookkeeping
+ *   zerocopy.c      zero-copy pipes and splices
+ *   ring.c, bufpool.c, wakeup.c            a worker's services (bottom)
+ *
+ * It holds the worker struct, the tags that every io_uring user_data
+ * points at so one completion loop can dispatch them, and the request
+ * and connection state those files share.
  *
  * Everything here belongs to one worker thread, except the fields marked
  * "lock" (the hand-over queue, filled by the listener) and the atomics. */
@@ -89,13 +95,32 @@ struct dcache {
   size_t bytes;                 /* in buffers */
 };
 
+/* A worker.  Each group of fields has one owner file, named beside it:
+ * only that file changes them (others may read what its comment says).
+ * Everything belongs to the worker's own thread except the fields marked
+ * "lock" (the hand-over queue, filled by the listener) and the atomics. */
 struct worker {
+  /* worker.c: the thread, its loop, the hand-over queue, shutdown. */
   unsigned idx;
   pthread_t thread;
-  struct io_uring ring;
-  bool ring_disabled;           /* created R_DISABLED: enable in the thread */
-  struct {                      /* wakeup.c */
-    int efd;                    /* eventfd: any thread's wake-up */
+  pthread_mutex_t lock;
+  struct conn **handoff;        /* lock: connections not yet picked up */
+  size_t nr_handoff, cap_handoff; /* lock */
+  atomic_uint nr_conns;         /* handed over and not yet freed */
+  atomic_bool stop;             /* workers_shutdown() was called */
+  bool stopping;                /* saw 'stop' and told the connections */
+  uint64_t stop_time;           /* now_ns() when 'stopping' was set */
+  bool killed;                  /* grace period over: connections dropped */
+
+  /* ring.c: the io_uring ring (worker.c's loop reaps its completions). */
+  struct {
+    struct io_uring uring;
+    bool disabled;              /* created R_DISABLED: enable in the thread */
+  } ring;
+
+  /* wakeup.c: the eventfd other threads wake this worker through. */
+  struct {
+    int efd;
     uint64_t val;               /* what the armed read reads */
     struct uring_op op;
   } wake;
@@ -104,41 +129,51 @@ struct worker {
    * exp->wfds[idx] (struct export_fds, set up by exports.c when the
    * export opens, closed when it closes). */
 
-  pthread_mutex_t lock;
-  struct conn **handoff;        /* lock: connections not yet picked up */
-  /* Our jobs done by other workers: a lock-free stack they push on,
-   * which we take whole (jobs.c). */
-  struct djob *_Atomic done_jobs;
-  size_t nr_handoff, cap_handoff; /* lock */
-  atomic_uint nr_conns;         /* handed over and not yet freed */
-  atomic_bool stop;             /* workers_shutdown() was called */
+  /* request.c: live connections (worker.c reads it to know when a
+   * stopping worker may leave). */
+  struct conn_state *conns;
 
-  /* Worker thread only. */
-  bool stopping;                /* saw 'stop' and told the connections */
-  uint64_t stop_time;           /* now_ns() when 'stopping' was set */
-  bool killed;                  /* grace period over: connections dropped */
-  struct conn_state *conns;     /* live connections */
-  struct {                      /* session.c */
-    struct conn_state *dirty;   /* connections with deferred work */
-    struct request *free_reqs;  /* recycled request structs */
+  /* session.c: connections with deferred work, recycled requests. */
+  struct {
+    struct conn_state *dirty;
+    struct request *free_reqs;
     unsigned nr_free_reqs;
   } session;
+
+  /* bufpool.c */
   struct bufpool pool;
-  /* Requests the library answered with QCOW2_BLOCKED, in arrival order,
-   * retried after every wake-up (writes.c: writes_retry_parked). */
-  struct request *parked_head, *parked_tail;
-  struct dcache dcache;         /* decompressed clusters */
-  uint64_t inline_writes_after; /* now_ns() before which writes go
-                                 * through io_uring (writes.c) */
-  struct zpipe *pipes;          /* idle pipes for zero-copy reads */
-  unsigned nr_pipes;
-  unsigned zc_pipes;            /* pipes held by requests */
-  uint64_t zc_paused_until;     /* now_ns() before which reads are copied
+
+  /* writes.c */
+  struct {
+    /* Requests the library answered with QCOW2_BLOCKED, in arrival
+     * order, retried after every wake-up (writes_retry_parked). */
+    struct request *parked_head, *parked_tail;
+    uint64_t inline_after;      /* now_ns() before which writes go
+                                 * through io_uring */
+  } writes;
+
+  /* decompress.c: decompressed clusters. */
+  struct dcache dcache;
+
+  /* zerocopy.c */
+  struct {
+    struct zpipe *pipes;        /* idle pipes for zero-copy reads */
+    unsigned nr_pipes;
+    unsigned held;              /* pipes held by requests */
+    uint64_t paused_until;      /* now_ns() before which reads are copied
                                  * (pipes could not be had) */
-  bool jobs_queued;             /* queued jobs this iteration */
-  /* Our deferred jobs still in the queue: the loop's wait is then
-   * bounded, so that we take them ourselves if nobody else does. */
-  atomic_uint deferred_jobs;
+  } zc;
+
+  /* jobs.c */
+  struct {
+    /* Our jobs done by other workers: a lock-free stack they push on,
+     * which we take whole. */
+    struct djob *_Atomic done;
+    bool queued;                /* queued jobs this iteration */
+    /* Our deferred jobs still in the queue: the loop's wait is then
+     * bounded, so that we take them ourselves if nobody else does. */
+    atomic_uint deferred;
+  } jobs;
 };
 
 
@@ -355,9 +390,14 @@ struct conn_state {
 /* Set up W's ring (created disabled where the kernel can, see
  * ring_enable).  0 or -errno. */
 int ring_init (struct worker *w);
+/* Tear W's ring down (its thread joined, or never started). */
+void ring_exit (struct worker *w);
 /* In W's own thread, before its first submission: enable the ring,
  * making this thread its only submitter. */
 void ring_enable (struct worker *w);
+/* Submit what W's loop queued and wait for at least one completion, at
+ * most TS (NULL: no limit). */
+void ring_wait (struct worker *w, struct __kernel_timespec *ts);
 /* An SQE from W's ring, submitting queued ones first if the ring is full.
  * Never NULL; its user_data is 0 (a completion nobody looks at). */
 struct io_uring_sqe *ring_get_sqe (struct worker *w);

@@ -1,16 +1,17 @@
 /* SPDX-License-Identifier: MIT */
-/* Worker threads.  Each worker owns an io_uring ring and a buffer pool
- * (its fds of the image files are in each open export: struct
- * export_fds, exports.c), and serves many connections from one
- * completion loop: it reaps a batch of completions, lets request.c parse
- * requests, queue data reads and send replies, and then submits all the
- * SQEs of that iteration with one io_uring_enter.  Connections arrive
- * through a mutex-protected queue and an eventfd the ring always has a
- * read armed on, so the listener never touches a worker's ring.  The same
- * eventfd carries the library's wake-ups (wakeup_all): an ended
- * allocation makes every worker retry the requests it parked; and
- * CPU-heavy jobs (decompression, compression), which any worker may do
- * (jobs.c). */
+/* Worker threads and their event loop: the top of the transmission
+ * phase.  Each worker owns an io_uring ring (ring.c), a buffer pool
+ * (bufpool.c) and the connections handed to it (its fds of the image
+ * files are in each open export: struct export_fds, exports.c), and
+ * serves them all from one completion loop: it submits the SQEs of an
+ * iteration and waits with one io_uring_enter, hands each completion to
+ * its owner (request.c), runs queued jobs (jobs.c) and the deferred
+ * work of every connection that has some (request.c).  Connections
+ * arrive through a mutex-protected queue and the worker's eventfd
+ * (wakeup.c), so the listener never touches a worker's ring.  The same
+ * eventfd carries the library's wake-ups, after which the worker
+ * retries the requests it parked (writes.c), and the job wake-ups.
+ * Nothing below calls back into this file. */
 
 #include <config.h>
 
@@ -66,6 +67,74 @@ wake (struct worker *w)
   }
 }
 
+/* May a stopping W leave its loop?  Connections handed over after
+ * shutdown started are closed by wake(); only leave once none can
+ * arrive unseen. */
+static bool
+may_leave (struct worker *w)
+{
+  if (!w->stopping || w->conns != NULL)
+    return false;
+  LOCK_FOR_SCOPE (&w->lock);
+  return w->nr_handoff == 0;
+}
+
+/* Submit this iteration's SQEs and wait for a completion: for as long
+ * as it takes, unless jobs of ours wait for other workers or shutdown
+ * has a grace period to watch. */
+static void
+wait_for_work (struct worker *w)
+{
+  if (atomic_load (&w->jobs.deferred) > 0) {
+    /* Jobs of ours wait for other workers: come back for them if
+     * nobody has taken them by then (jobs.c). */
+    struct __kernel_timespec ts = { .tv_nsec = JOB_DEFER_NS };
+
+    ring_wait (w, &ts);
+  }
+  else if (!w->stopping)
+    ring_wait (w, NULL);
+  else {
+    struct __kernel_timespec ts = { .tv_sec = 1 };
+
+    if (!w->killed && now_ns () - w->stop_time > SHUTDOWN_GRACE_NS) {
+      w->killed = true;
+      request_kill_all (w);
+      request_service (w);
+    }
+    ring_wait (w, &ts);
+  }
+}
+
+/* Hand every completion to its owner; returns true if the eventfd's
+ * read completed (someone woke us). */
+static bool
+reap (struct worker *w)
+{
+  struct io_uring_cqe *cqe;
+  unsigned head, seen = 0;
+  bool woke = false;
+
+  io_uring_for_each_cqe (&w->ring.uring, head, cqe) {
+    struct uring_op *op = io_uring_cqe_get_data (cqe);
+    int res = cqe->res;
+
+    seen++;
+    if (op == NULL)
+      continue;
+    if (op->kind == OP_WAKE) {
+      if (res < 0 && res != -EINTR && res != -EAGAIN)
+        log_error ("worker %u: eventfd read: %s", w->idx, strerror (-res));
+      woke = true;
+      wakeup_arm (w);
+    }
+    else
+      request_complete (w, op, res);
+  }
+  io_uring_cq_advance (&w->ring.uring, seen);
+  return woke;
+}
+
 static void *
 worker_thread (void *arg)
 {
@@ -74,66 +143,9 @@ worker_thread (void *arg)
   ring_enable (w);
   wakeup_arm (w);
 
-  for (;;) {
-    struct io_uring_cqe *cqe;
-    unsigned head, seen = 0;
-    bool woke = false;
-
-    if (w->stopping && w->conns == NULL) {
-      /* Connections handed over after shutdown started are closed by
-       * wake(); only leave once none can arrive unseen. */
-      LOCK_FOR_SCOPE (&w->lock);
-      if (w->nr_handoff == 0)
-        break;
-    }
-
-    int r;
-    if (atomic_load (&w->deferred_jobs) > 0) {
-      /* Jobs of ours wait for other workers: come back for them if
-       * nobody has taken them by then (jobs.c). */
-      struct __kernel_timespec ts = { .tv_nsec = JOB_DEFER_NS };
-      struct io_uring_cqe *unused;
-
-      r = io_uring_submit_and_wait_timeout (&w->ring, &unused, 1, &ts, NULL);
-    }
-    else if (!w->stopping)
-      r = io_uring_submit_and_wait (&w->ring, 1);
-    else {
-      struct __kernel_timespec ts = { .tv_sec = 1 };
-      struct io_uring_cqe *unused;
-
-      if (!w->killed && now_ns () - w->stop_time > SHUTDOWN_GRACE_NS) {
-        w->killed = true;
-        request_kill_all (w);
-        request_service (w);
-      }
-      r = io_uring_submit_and_wait_timeout (&w->ring, &unused, 1, &ts, NULL);
-    }
-    if (r < 0 && r != -EINTR && r != -EAGAIN && r != -EBUSY && r != -ETIME) {
-      log_error ("worker %u: io_uring_submit_and_wait: %s", w->idx,
-                 strerror (-r));
-      abort ();
-    }
-
-    io_uring_for_each_cqe (&w->ring, head, cqe) {
-      struct uring_op *op = io_uring_cqe_get_data (cqe);
-      int res = cqe->res;
-
-      seen++;
-      if (op == NULL)
-        continue;
-      if (op->kind == OP_WAKE) {
-        if (res < 0 && res != -EINTR && res != -EAGAIN)
-          log_error ("worker %u: eventfd read: %s", w->idx, strerror (-res));
-        woke = true;
-        wakeup_arm (w);
-      }
-      else
-        request_complete (w, op, res);
-    }
-    io_uring_cq_advance (&w->ring, seen);
-
-    if (woke)
+  while (!may_leave (w)) {
+    wait_for_work (w);
+    if (reap (w))
       wake (w);
     jobs_run (w);
     request_service (w);
@@ -175,7 +187,7 @@ workers_start (unsigned n)
     r = pthread_create (&w->thread, NULL, worker_thread, w);
     if (r != 0) {
       log_error ("worker %u: pthread_create: %s", i, strerror (r));
-      io_uring_queue_exit (&w->ring);
+      ring_exit (w);
       return -1;
     }
     nr_workers++;
@@ -245,7 +257,7 @@ workers_shutdown (void)
   for (unsigned i = 0; i < nr_workers; i++) {
     struct worker *w = &workers[i];
 
-    io_uring_queue_exit (&w->ring);
+    ring_exit (w);
     wakeup_fini (w);
     free (w->handoff);
     pthread_mutex_destroy (&w->lock);

@@ -64,11 +64,11 @@ park (struct request *req, unsigned seq)
   struct worker *w = req->cs->w;
 
   req->next = NULL;
-  if (w->parked_tail)
-    w->parked_tail->next = req;
+  if (w->writes.parked_tail)
+    w->writes.parked_tail->next = req;
   else
-    w->parked_head = req;
-  w->parked_tail = req;
+    w->writes.parked_head = req;
+  w->writes.parked_tail = req;
   if (atomic_load (&wakeup_seq) != seq)
     wakeup_kick (w);
 }
@@ -76,10 +76,10 @@ park (struct request *req, unsigned seq)
 void
 writes_retry_parked (struct worker *w)
 {
-  struct request *req = w->parked_head;
+  struct request *req = w->writes.parked_head;
 
   /* Requests blocked again are parked anew, so the order holds. */
-  w->parked_head = w->parked_tail = NULL;
+  w->writes.parked_head = w->writes.parked_tail = NULL;
   while (req) {
     struct request *next = req->next;
 
@@ -97,9 +97,9 @@ void
 writes_drop_parked (struct conn_state *cs)
 {
   struct worker *w = cs->w;
-  struct request **pp = &w->parked_head;
+  struct request **pp = &w->writes.parked_head;
 
-  w->parked_tail = NULL;
+  w->writes.parked_tail = NULL;
   while (*pp) {
     struct request *req = *pp;
     if (req->cs == cs) {
@@ -107,7 +107,7 @@ writes_drop_parked (struct conn_state *cs)
       session_req_free (req);
     }
     else {
-      w->parked_tail = req;
+      w->writes.parked_tail = req;
       pp = &req->next;
     }
   }
@@ -207,7 +207,7 @@ wop_write_inline (struct wop *wo)
   if (wop_fd (wo) != wo->fd)
     return false;
   t0 = now_ns ();
-  if (t0 < w->inline_writes_after)
+  if (t0 < w->writes.inline_after)
     return false;
   n = pwritev (wo->fd, wo->iov, wo->iovcnt, wo->off);
   t1 = now_ns ();
@@ -216,7 +216,7 @@ wop_write_inline (struct wop *wo)
       log_debug ("worker %u: a %" PRIu64 "-byte write took %" PRIu64
                  " µs: writing through io_uring for a while", w->idx,
                  wo->left, (t1 - t0) / 1000);
-    w->inline_writes_after = t1 + INLINE_WRITE_BACKOFF_NS;
+    w->writes.inline_after = t1 + INLINE_WRITE_BACKOFF_NS;
   }
   cs->ops++;                    /* wop_complete takes it back */
   wop_complete (wo, n < 0 ? -errno : (int) n);

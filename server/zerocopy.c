@@ -82,13 +82,13 @@ pipe_get (struct worker *w, struct zpipe *zp)
 {
   int fds[2], size;
 
-  if (w->nr_pipes > 0) {
-    *zp = w->pipes[--w->nr_pipes];
+  if (w->zc.nr_pipes > 0) {
+    *zp = w->zc.pipes[--w->zc.nr_pipes];
     return true;
   }
-  if (w->pipes == NULL) {
-    w->pipes = calloc (ZC_KEEP_PIPES, sizeof *w->pipes);
-    if (w->pipes == NULL)
+  if (w->zc.pipes == NULL) {
+    w->zc.pipes = calloc (ZC_KEEP_PIPES, sizeof *w->zc.pipes);
+    if (w->zc.pipes == NULL)
       return false;
   }
   /* A blocking pipe, so io_uring's worker never sees EAGAIN from a full
@@ -112,15 +112,15 @@ pipe_get (struct worker *w, struct zpipe *zp)
  fail:
   log_info ("worker %u: no pipe for zero-copy reads (%m); copying for "
             "a while", w->idx);
-  w->zc_paused_until = now_ns () + ZC_BACKOFF_NS;
+  w->zc.paused_until = now_ns () + ZC_BACKOFF_NS;
   return false;
 }
 
 static void
 pipe_put (struct worker *w, struct zpipe *zp, bool empty)
 {
-  if (empty && w->pipes && w->nr_pipes < ZC_KEEP_PIPES) {
-    w->pipes[w->nr_pipes++] = *zp;
+  if (empty && w->zc.pipes && w->zc.nr_pipes < ZC_KEEP_PIPES) {
+    w->zc.pipes[w->zc.nr_pipes++] = *zp;
     zp->rfd = zp->wfd = -1;
   }
   else
@@ -139,8 +139,8 @@ zc_start (struct request *req, bool zero_fill)
   if (conn->transport->splice == NULL || req->length < ZC_MIN_LENGTH
       || conn_fds (req->cs)->dfds != NULL
       || req->cs->zc_pipes >= ZC_CONN_PIPES
-      || w->zc_pipes >= ZC_WORKER_PIPES
-      || (w->zc_paused_until && now_ns () < w->zc_paused_until))
+      || w->zc.held >= ZC_WORKER_PIPES
+      || (w->zc.paused_until && now_ns () < w->zc.paused_until))
     return false;
   for (size_t i = 0; i < req->nr_ext; i++) {
     const struct qcow2_extent *e = &req->ext[i];
@@ -165,9 +165,9 @@ zc_start (struct request *req, bool zero_fill)
 
   if (pages * page_size () > ZC_PIPE_SIZE || !pipe_get (w, &req->zp))
     return false;
-  w->zc_paused_until = 0;
+  w->zc.paused_until = 0;
   req->cs->zc_pipes++;
-  w->zc_pipes++;
+  w->zc.held++;
   req->zc = true;
   return true;
 }
@@ -217,7 +217,7 @@ zc_release (struct request *req)
   if (req->zc) {
     pipe_put (req->cs->w, &req->zp, req->zc_held == 0);
     req->cs->zc_pipes--;
-    req->cs->w->zc_pipes--;
+    req->cs->w->zc.held--;
     req->zc = false;
   }
 }
@@ -225,8 +225,8 @@ zc_release (struct request *req)
 void
 zc_worker_cleanup (struct worker *w)
 {
-  while (w->nr_pipes > 0)
-    pipe_close (&w->pipes[--w->nr_pipes]);
-  free (w->pipes);
-  w->pipes = NULL;
+  while (w->zc.nr_pipes > 0)
+    pipe_close (&w->zc.pipes[--w->zc.nr_pipes]);
+  free (w->zc.pipes);
+  w->zc.pipes = NULL;
 }

@@ -54,7 +54,19 @@ uint64_t server_max_inflight = SERVER_DEFAULT_MAX_INFLIGHT;
 
 static void read_requests (struct conn_state *cs);
 
-/* ---- connection bookkeeping ------------------------------------------- */
+/* ---- backpressure ----------------------------------------------------- */
+
+/* May CS take a request that holds COST bytes? */
+static bool
+fits (const struct conn_state *cs, uint64_t cost)
+{
+  if (cs->nr_reqs >= MAX_INFLIGHT_REQS)
+    return false;
+  return cs->bytes == 0
+    || cost <= server_max_inflight - MIN (cs->bytes, server_max_inflight);
+}
+
+/* ---- stopping a connection -------------------------------------------- */
 
 /* Drop the request whose payload is still coming in (kept or thrown
  * away): it will not be answered. */
@@ -113,43 +125,24 @@ stop_reading (struct conn_state *cs, const char *reason)
   session_mark_dirty (cs);
 }
 
-/* Receive through the ring into the input buffer or (DIRECT) into the
- * payload buffer; coalesce.c decides whether to wait for a batch. */
+/* The client closed its end. */
 static void
-arm_recv (struct conn_state *cs, bool direct)
+hung_up (struct conn_state *cs)
 {
-  if (direct) {
-    struct request *req = cs->payload_req;
-    size_t left = req->length - cs->payload_got;
-    rxc_arm_recv (cs, req->buf + cs->payload_got, left, left);
-  }
-  else {
-    /* Whatever is owed (the rest of a payload, a discarded payload or a
-     * header) is not in the buffer: everything there is parsed. */
-    size_t owed = cs->discard_left;
-    if (cs->payload_req)
-      owed = cs->payload_req->length - cs->payload_got;
-    else if (cs->in_len > 0)
-      owed = parse_header_size (cs->conn) - cs->in_len;
-    rxc_arm_recv (cs, cs->in_buf + cs->in_len, IN_BUF_SIZE - cs->in_len,
-                  owed);
-  }
-  cs->recv_armed = true;
-  cs->recv_direct = direct;
-  cs->ops++;
+  if (cs->in_len > 0 || cs->discard_left > 0 || cs->payload_req)
+    stop_reading (cs, "client hung up in the middle of a request");
+  else
+    stop_reading (cs, "client hung up without NBD_CMD_DISC");
 }
 
-/* May CS take a request that holds COST bytes? */
-static bool
-fits (const struct conn_state *cs, uint64_t cost)
+static void
+recv_failed (struct conn_state *cs, int err)
 {
-  if (cs->nr_reqs >= MAX_INFLIGHT_REQS)
-    return false;
-  return cs->bytes == 0 || cost <= server_max_inflight - MIN (cs->bytes,
-                                                             server_max_inflight);
+  log_info ("%s: recv: %s", cs->conn->peer, strerror (err));
+  kill_conn (cs, "receive error");
 }
 
-/* ---- parsing ---------------------------------------------------------- */
+/* ---- dispatch --------------------------------------------------------- */
 
 /* Handle a fully received request (payload, if any, discarded). */
 static void
@@ -216,21 +209,206 @@ dispatch (struct request *req)
   }
 }
 
-/* The client closed its end. */
+/* ---- reading ---------------------------------------------------------- */
+
+/* Receive through the ring into the input buffer or (DIRECT) into the
+ * payload buffer; coalesce.c decides whether to wait for a batch. */
 static void
-hung_up (struct conn_state *cs)
+arm_recv (struct conn_state *cs, bool direct)
 {
-  if (cs->in_len > 0 || cs->discard_left > 0 || cs->payload_req)
-    stop_reading (cs, "client hung up in the middle of a request");
-  else
-    stop_reading (cs, "client hung up without NBD_CMD_DISC");
+  if (direct) {
+    struct request *req = cs->payload_req;
+    size_t left = req->length - cs->payload_got;
+    rxc_arm_recv (cs, req->buf + cs->payload_got, left, left);
+  }
+  else {
+    /* Whatever is owed (the rest of a payload, a discarded payload or a
+     * header) is not in the buffer: everything there is parsed. */
+    size_t owed = cs->discard_left;
+    if (cs->payload_req)
+      owed = cs->payload_req->length - cs->payload_got;
+    else if (cs->in_len > 0)
+      owed = parse_header_size (cs->conn) - cs->in_len;
+    rxc_arm_recv (cs, cs->in_buf + cs->in_len, IN_BUF_SIZE - cs->in_len,
+                  owed);
+  }
+  cs->recv_armed = true;
+  cs->recv_direct = direct;
+  cs->ops++;
 }
 
-static void
-recv_failed (struct conn_state *cs, int err)
+/* Move what the input buffer holds of the incoming payload into the
+ * request's buffer, and dispatch the request once all of it is in.
+ * Returns false when there is nothing to move: more must be received. */
+static bool
+take_payload (struct conn_state *cs)
 {
-  log_info ("%s: recv: %s", cs->conn->peer, strerror (err));
-  kill_conn (cs, "receive error");
+  struct request *req = cs->payload_req;
+  size_t avail = cs->in_len - cs->in_pos;
+  size_t need = req->length - cs->payload_got;
+  size_t n = MIN (avail, need);
+
+  if (avail == 0 && need > 0)
+    return false;
+  memcpy (req->buf + cs->payload_got, cs->in_buf + cs->in_pos, n);
+  cs->in_pos += n;
+  cs->payload_got += n;
+  if (cs->payload_got == req->length) {
+    cs->payload_req = NULL;
+    dispatch (req);
+  }
+  return true;
+}
+
+/* Throw away what the input buffer holds of a payload nobody will use;
+ * once all of it is gone, answer its request (with its error). */
+static void
+skip_discarded (struct conn_state *cs)
+{
+  size_t n = MIN ((uint64_t) (cs->in_len - cs->in_pos), cs->discard_left);
+
+  cs->in_pos += n;
+  cs->discard_left -= n;
+  if (cs->discard_left == 0 && cs->discard_req) {
+    struct request *req = cs->discard_req;
+    cs->discard_req = NULL;
+    dispatch (req);
+  }
+}
+
+/* REQ (of header HDR, holding COST bytes) comes with a payload: receive
+ * it into a pool buffer if the request will use it; the payload of one
+ * refused anyway is thrown away as it comes, and the request answered
+ * once it is gone. */
+static void
+start_payload (struct conn_state *cs, struct request *req,
+               const struct nbd_request *hdr, uint64_t cost)
+{
+  uint32_t length = hdr->length;
+  int err = parse_check_payload (cs->conn, hdr, req->msg, sizeof req->msg);
+
+  if (err != 0)
+    req->err = err;
+  else {
+    req->buf = bufpool_get (cs->w, length, &req->buf_cls);
+    if (req->buf) {
+      req->bytes = cost;
+      cs->bytes += req->bytes;
+      cs->payload_req = req;
+      cs->payload_got = 0;
+      return;
+    }
+    session_set_error (req, ENOMEM, "out of memory for the payload");
+  }
+  cs->discard_left = length;
+  cs->discard_req = req;
+}
+
+/* Parse the request header at the front of the input buffer and start
+ * its request: dispatch it, or start on its payload.  Returns false when
+ * reading stops here: the connection is over its in-flight bounds (the
+ * header stays where it is until replies make room), disconnecting, or
+ * killed for a protocol violation. */
+static bool
+take_request (struct conn_state *cs)
+{
+  struct conn *conn = cs->conn;
+  const uint8_t *p = cs->in_buf + cs->in_pos;
+  struct nbd_request hdr;
+  struct request *req;
+  uint64_t cost;
+
+  if (parse_request (conn, p, cs->in_len - cs->in_pos, &hdr)
+      == PARSE_BAD_MAGIC) {
+    log_info ("%s: bad request magic %#" PRIx32 ", disconnecting",
+              conn->peer, load_be32 (p));
+    kill_conn (cs, "bad request magic");
+    return false;
+  }
+  cost = parse_cost (&hdr);
+  if (!fits (cs, cost)) {
+    cs->paused = true;
+    cs->paused_cost = cost;
+    return false;
+  }
+  cs->in_pos += parse_header_size (conn);
+  rxc_count (cs, MIN (hdr.length, (uint64_t) UINT32_MAX));
+
+  if (hdr.type == NBD_CMD_DISC) {
+    stop_reading (cs, "client sent NBD_CMD_DISC");
+    return false;
+  }
+  /* Beyond the limit we cannot keep the stream in sync cheaply, and no
+   * valid client sends it. */
+  if (parse_payload_len (conn, &hdr) > NBD_MAX_PAYLOAD) {
+    log_info ("%s: %s payload of %" PRIu64 " bytes is too large, "
+              "disconnecting", conn->peer, cmd_name (hdr.type), hdr.length);
+    kill_conn (cs, "oversized payload");
+    return false;
+  }
+
+  req = session_req_new (cs);
+  if (req == NULL) {
+    kill_conn (cs, "out of memory");
+    return false;
+  }
+  req->flags = hdr.flags;
+  req->type = hdr.type;
+  req->cookie = hdr.cookie;
+  req->offset = hdr.offset;
+  req->length = hdr.length;
+  req->meta = hdr.meta;
+
+  if (parse_payload_len (conn, &hdr) > 0)
+    start_payload (cs, req, &hdr, cost);
+  else {
+    req->bytes = cost;
+    cs->bytes += req->bytes;
+    dispatch (req);
+  }
+  return true;
+}
+
+/* Receive more input through the transport (a TLS connection): into the
+ * payload buffer when DIRECT, else into the input buffer.  Returns true
+ * to parse on, false when reading stops here: nothing more yet (a POLLIN
+ * is armed), EOF or an error. */
+static bool
+recv_more (struct conn_state *cs, bool direct)
+{
+  struct conn *conn = cs->conn;
+  ssize_t r;
+
+  if (direct) {
+    struct request *req = cs->payload_req;
+    r = conn->transport->recv (conn, req->buf + cs->payload_got,
+                               req->length - cs->payload_got);
+    if (r > 0) {
+      cs->payload_got += r;
+      return true;              /* dispatched by take_payload when complete */
+    }
+  }
+  else {
+    r = conn->transport->recv (conn, cs->in_buf + cs->in_len,
+                               IN_BUF_SIZE - cs->in_len);
+    if (r > 0) {
+      cs->in_len += r;
+      return true;
+    }
+  }
+  if (r == 0) {
+    hung_up (cs);
+    return false;
+  }
+  if (errno == EINTR)
+    return true;
+  if (errno == EAGAIN || errno == EWOULDBLOCK) {
+    if (!cs->poll_in_armed)
+      session_arm_poll (cs, false);
+    return false;
+  }
+  recv_failed (cs, errno);
+  return false;
 }
 
 /* Parse requests out of the input buffer; receive more (on a plain
@@ -239,8 +417,6 @@ recv_failed (struct conn_state *cs, int err)
 static void
 read_requests (struct conn_state *cs)
 {
-  struct conn *conn = cs->conn;
-
   /* An armed recv means everything received so far is parsed, and its
    * buffer must stay put: its completion carries on from here. */
   if (cs->recv_armed)
@@ -248,122 +424,27 @@ read_requests (struct conn_state *cs)
 
   while (!cs->stop_read) {
     size_t avail = cs->in_len - cs->in_pos;
-    uint8_t *p = cs->in_buf + cs->in_pos;
     bool direct = false;
 
     if (cs->payload_req) {
-      struct request *req = cs->payload_req;
-      size_t need = req->length - cs->payload_got;
-
-      if (avail > 0 || need == 0) {
-        size_t n = MIN (avail, need);
-        memcpy (req->buf + cs->payload_got, p, n);
-        cs->in_pos += n;
-        cs->payload_got += n;
-        if (cs->payload_got == req->length) {
-          cs->payload_req = NULL;
-          dispatch (req);
-        }
+      if (take_payload (cs))
         continue;
-      }
       /* The input buffer is empty: a big payload skips it. */
-      direct = need >= DIRECT_PAYLOAD;
+      direct = cs->payload_req->length - cs->payload_got >= DIRECT_PAYLOAD;
     }
-
     if (cs->discard_left > 0 && avail > 0) {
-      size_t n = MIN ((uint64_t) avail, cs->discard_left);
-      cs->in_pos += n;
-      cs->discard_left -= n;
-      if (cs->discard_left == 0 && cs->discard_req) {
-        struct request *req = cs->discard_req;
-        cs->discard_req = NULL;
-        dispatch (req);
-      }
+      skip_discarded (cs);
       continue;
     }
-
-    if (cs->discard_left == 0 && avail >= parse_header_size (conn)) {
-      struct nbd_request hdr;
-      struct request *req;
-      uint64_t cost;
-
-      if (parse_request (conn, p, avail, &hdr) == PARSE_BAD_MAGIC) {
-        log_info ("%s: bad request magic %#" PRIx32 ", disconnecting",
-                  conn->peer, load_be32 (p));
-        kill_conn (cs, "bad request magic");
+    if (cs->discard_left == 0 && avail >= parse_header_size (cs->conn)) {
+      if (!take_request (cs))
         return;
-      }
-      cost = parse_cost (&hdr);
-      if (!fits (cs, cost)) {
-        /* Left where it is until replies make room. */
-        cs->paused = true;
-        cs->paused_cost = cost;
-        return;
-      }
-      cs->in_pos += parse_header_size (conn);
-      rxc_count (cs, MIN (hdr.length, (uint64_t) UINT32_MAX));
-
-      if (hdr.type == NBD_CMD_DISC) {
-        stop_reading (cs, "client sent NBD_CMD_DISC");
-        return;
-      }
-      /* Beyond the limit we cannot keep the stream in sync cheaply, and
-       * no valid client sends it. */
-      if (parse_payload_len (conn, &hdr) > NBD_MAX_PAYLOAD) {
-        log_info ("%s: %s payload of %" PRIu64 " bytes is too large, "
-                  "disconnecting", conn->peer, cmd_name (hdr.type),
-                  hdr.length);
-        kill_conn (cs, "oversized payload");
-        return;
-      }
-
-      req = session_req_new (cs);
-      if (req == NULL) {
-        kill_conn (cs, "out of memory");
-        return;
-      }
-      req->flags = hdr.flags;
-      req->type = hdr.type;
-      req->cookie = hdr.cookie;
-      req->offset = hdr.offset;
-      req->length = hdr.length;
-      req->meta = hdr.meta;
-
-      if (parse_payload_len (conn, &hdr) > 0) {
-        uint32_t length = hdr.length;
-
-        /* Keep the payload only for a request that will use it; the
-         * payload of one refused anyway is thrown away as it comes. */
-        int err = parse_check_payload (conn, &hdr, req->msg,
-                                       sizeof req->msg);
-
-        if (err != 0)
-          req->err = err;       /* answered once the payload is gone */
-        else {
-          req->buf = bufpool_get (cs->w, length, &req->buf_cls);
-          if (req->buf) {
-            req->bytes = cost;
-            cs->bytes += req->bytes;
-            cs->payload_req = req;
-            cs->payload_got = 0;
-            continue;
-          }
-          session_set_error (req, ENOMEM, "out of memory for the payload");
-        }
-        cs->discard_left = length;
-        cs->discard_req = req;
-      }
-      else {
-        req->bytes = cost;
-        cs->bytes += req->bytes;
-        dispatch (req);
-      }
       continue;
     }
 
     /* Need more bytes: keep the partial header at the front. */
     if (avail > 0 && cs->in_pos > 0)
-      memmove (cs->in_buf, p, avail);
+      memmove (cs->in_buf, cs->in_buf + cs->in_pos, avail);
     cs->in_pos = 0;
     cs->in_len = avail;
 
@@ -371,38 +452,8 @@ read_requests (struct conn_state *cs)
       arm_recv (cs, direct);
       return;
     }
-
-    ssize_t r;
-    if (direct) {
-      struct request *req = cs->payload_req;
-      r = conn->transport->recv (conn, req->buf + cs->payload_got,
-                                 req->length - cs->payload_got);
-      if (r > 0) {
-        cs->payload_got += r;
-        continue;               /* dispatched at the top when complete */
-      }
-    }
-    else {
-      r = conn->transport->recv (conn, cs->in_buf + cs->in_len,
-                                 IN_BUF_SIZE - cs->in_len);
-      if (r > 0) {
-        cs->in_len += r;
-        continue;
-      }
-    }
-    if (r == 0) {
-      hung_up (cs);
+    if (!recv_more (cs, direct))
       return;
-    }
-    if (errno == EINTR)
-      continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!cs->poll_in_armed)
-        session_arm_poll (cs, false);
-      return;
-    }
-    recv_failed (cs, errno);
-    return;
   }
 }
 

@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/rounding.h"
@@ -23,15 +22,6 @@
 
 /* Unsent bytes a connection that splices keeps in its socket at most. */
 #define SPLICE_NOTSENT_LOWAT (16 * 1024)
-
-uint64_t
-now_ns (void)
-{
-  struct timespec ts;
-
-  clock_gettime (CLOCK_MONOTONIC, &ts);
-  return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
-}
 
 static ssize_t
 plain_recv (struct conn *conn, void *buf, size_t len)

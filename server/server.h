@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 #include <sys/uio.h>
 
 #include "common/list.h"
@@ -48,6 +49,19 @@ enum meta_context {
 #define MAX_EXPORT_BITMAPS (META_MAX - META_DIRTY_BITMAP)
 /* The context ID sent in NBD_REP_META_CONTEXT and BLOCK_STATUS chunks. */
 #define META_CONTEXT_ID(m) ((uint32_t) (m) + 1)
+
+/* ---- the clock -------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in nanoseconds.  Inline, so that every file may use it
+ * without depending on another. */
+static inline uint64_t
+now_ns (void)
+{
+  struct timespec ts;
+
+  clock_gettime (CLOCK_MONOTONIC, &ts);
+  return (uint64_t) ts.tv_sec * 1000000000 + (uint64_t) ts.tv_nsec;
+}
 
 /* ---- serve.c: the server's configuration and life ------------------- */
 
@@ -360,8 +374,6 @@ void conn_free (struct conn *conn);
  * conn_free closes it. */
 void conn_start_tls (struct conn *conn, struct tls_session *s);
 
-/* CLOCK_MONOTONIC in nanoseconds. */
-uint64_t now_ns (void);
 
 /* ---- handshake.c: fixed newstyle negotiation, as a state machine ----- */
 

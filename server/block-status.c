@@ -152,30 +152,25 @@ bs_free_lists (struct bs_list *lists, size_t nlists)
     free (lists[i].ents);
 }
 
-void
-cmd_block_status (struct request *req)
+/* Set up a list for each context REQ asks for, in LISTS (META_MAX of
+ * them, zeroed); bitmaps are filled at once, the contexts that come
+ * from the mapping (*BASE, *DEPTH, or NULL) by bs_map.  Returns how
+ * many, or -1 when out of memory (what was set up is freed). */
+static int
+bs_setup_lists (struct request *req, struct bs_list *lists,
+                struct bs_list **base, struct bs_list **depth)
 {
-  struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
-  const struct export_fds *xf = conn_fds (cs);
-  const struct export *exp = cs->conn->exp;
-  struct bs_list lists[META_MAX];
-  size_t nlists = 0, nraw = 0;
+  const struct export *exp = req->cs->conn->exp;
   bool req_one = req->flags & NBD_CMD_FLAG_REQ_ONE;
-  uint64_t pos = req->offset, end = req->offset + req->length;
-  struct bs_list *base = NULL, *depth = NULL;
-  const bool ext = cs->conn->extended_headers;
-  const unsigned esz = ext ? 16 : 8;
-  /* Chunk header, context id (and with extended headers the count). */
-  const size_t chsz = reply_hdr_size (req) + (ext ? 8 : 4);
+  const unsigned esz = req->cs->conn->extended_headers ? 16 : 8;
   /* The reply's extents go out from one pool buffer (at most 32 MiB):
    * with many bitmaps selected each gets a share of it. */
   unsigned nbitmaps = __builtin_popcountll (req->meta >> META_DIRTY_BITMAP);
   size_t bitmap_max = MIN ((size_t) BS_MAX_BITMAP_EXTENTS,
                            ((size_t) 32 << 20) / esz / MAX (nbitmaps, 1u)
                            - BS_MAX_EXTENTS);
+  size_t nlists = 0;
 
-  memset (lists, 0, sizeof lists);
   for (unsigned m = 0; m < exp->nr_meta; m++) {
     if (!(req->meta & (UINT64_C (1) << m)))
       continue;
@@ -188,22 +183,32 @@ cmd_block_status (struct request *req)
     l->ents = malloc (esz * l->cap);
     if (l->ents == NULL) {
       bs_free_lists (lists, nlists);
-      reply_error (req, ENOMEM, "out of memory");
-      return;
+      return -1;
     }
     if (m == META_BASE_ALLOCATION)
-      base = l;
+      *base = l;
     else if (m == META_ALLOCATION_DEPTH)
-      depth = l;
+      *depth = l;
     else
       bs_bitmap (l, exp->bitmaps[m - META_DIRTY_BITMAP], req->offset,
                  req->length);
   }
+  return nlists;
+}
 
-  /* Map batch by batch, feeding the mapped contexts, until the range is
-   * covered, they are full (with REQ_ONE: their one extent has ended)
-   * or the work cap is reached.  Each context's reply then covers a
-   * prefix of the range, which the protocol allows. */
+/* Map REQ's range batch by batch, feeding the mapped contexts (BASE,
+ * DEPTH: either may be NULL), until the range is covered, they are full
+ * (with REQ_ONE: their one extent has ended) or the work cap is
+ * reached.  Each context's reply then covers a prefix of the range,
+ * which the protocol allows.  A mapping failure sets the request's
+ * error. */
+static void
+bs_map (struct request *req, struct bs_list *base, struct bs_list *depth)
+{
+  const struct export_fds *xf = conn_fds (req->cs);
+  uint64_t pos = req->offset, end = req->offset + req->length;
+  size_t nraw = 0;
+
   while ((base || depth) && pos < end && nraw < BS_MAX_RAW) {
     if ((!base || base->full) && (!depth || depth->full))
       break;
@@ -234,20 +239,25 @@ cmd_block_status (struct request *req)
     }
     nraw += req->nr_ext;
   }
+}
 
-  if (req->err) {
-    bs_free_lists (lists, nlists);
-    reply_plain (req);
-    return;
-  }
-
-  /* One chunk per context: header + context id (+ count), then the
-   * extents. */
+/* Build and queue the reply: one chunk per context (header, context id
+ * and with extended headers the count, then the extents), the extents
+ * copied into one pool buffer.  The lists are freed either way. */
+static void
+bs_reply (struct request *req, struct bs_list *lists, size_t nlists)
+{
+  struct conn_state *cs = req->cs;
+  const bool ext = cs->conn->extended_headers;
+  const unsigned esz = ext ? 16 : 8;
+  /* Chunk header, context id (and with extended headers the count). */
+  const size_t chsz = reply_hdr_size (req) + (ext ? 8 : 4);
   size_t total = 0;
+
   for (size_t i = 0; i < nlists; i++)
     total += lists[i].n;
   if (reply_alloc (req, 2 * nlists, nlists * chsz) == -1
-      || (req->buf = bufpool_get (w, MAX (total * esz, (size_t) 1),
+      || (req->buf = bufpool_get (cs->w, MAX (total * esz, (size_t) 1),
                                   &req->buf_cls)) == NULL) {
     bs_free_lists (lists, nlists);
     reply_release_iov (req);
@@ -278,4 +288,26 @@ cmd_block_status (struct request *req)
                " length %" PRIu64 ": %zu extents", cs->conn->peer,
                req->cookie, req->offset, req->length, total);
   reply_enqueue (req);
+}
+
+void
+cmd_block_status (struct request *req)
+{
+  struct bs_list lists[META_MAX];
+  struct bs_list *base = NULL, *depth = NULL;
+  int nlists;
+
+  memset (lists, 0, sizeof lists);
+  nlists = bs_setup_lists (req, lists, &base, &depth);
+  if (nlists < 0) {
+    reply_error (req, ENOMEM, "out of memory");
+    return;
+  }
+  bs_map (req, base, depth);
+  if (req->err) {
+    bs_free_lists (lists, nlists);
+    reply_plain (req);
+    return;
+  }
+  bs_reply (req, lists, nlists);
 }

@@ -310,15 +310,101 @@ piece_done (struct piece *pc)
   session_mark_dirty (cs);
 }
 
+/* Room for a piece per data extent of REQ: inline for a few, else
+ * allocated.  0, or -1 when out of memory. */
+static int
+alloc_pieces (struct request *req)
+{
+  size_t npieces = 0;
+
+  for (size_t i = 0; i < req->nr_ext; i++)
+    if (!extent_is_hole (&req->ext[i]))
+      npieces++;
+  if (npieces <= SMALL_PIECES) {
+    req->pieces = req->small_pieces;    /* zeroed by session_req_new */
+    return 0;
+  }
+  req->pieces = calloc (npieces, sizeof *req->pieces);
+  if (req->pieces == NULL)
+    return -1;
+  /* A fragmented read keeps a piece per extent: counted with its data,
+   * so many of them make the connection wait too. */
+  session_req_hold (req, npieces * sizeof *req->pieces
+                    + req->nr_ext * sizeof *req->ext);
+  return 0;
+}
+
+/* Add the piece that reads extent E (DATA, or COMPRESSED and not
+ * cached) of REQ for DST.  0, or -1 with the request's error set. */
+static int
+add_piece (struct request *req, const struct qcow2_extent *e, char *dst)
+{
+  struct piece *pc = &req->pieces[req->nr_pieces];
+
+  pc->op.kind = OP_PIECE;
+  pc->req = req;
+  pc->ext = e;
+  pc->dst = dst;
+  pc->fd = conn_fds (req->cs)->fds[e->file];
+  pc->host_off = e->host_offset;
+  if (e->type == QCOW2_EXTENT_DATA)
+    pc->len = e->length;
+  else {
+    /* A compressed stream is at most a little over one cluster. */
+    if (e->compressed_length == 0
+        || e->compressed_length > 2 * qcow2_layer_cluster_size (e->layer)
+                                  + 1024) {
+      session_set_error (req, EIO, "bad compressed length at offset %"
+                         PRIu64, e->offset);
+      return -1;
+    }
+    pc->len = e->compressed_length;
+    pc->scratch = bufpool_get (req->cs->w, pc->len, &pc->scratch_cls);
+    if (pc->scratch == NULL) {
+      session_set_error (req, ENOMEM, "out of memory");
+      return -1;
+    }
+  }
+  req->nr_pieces++;
+  return 0;
+}
+
+/* Go through REQ's extents: holes are zeroed in place when the reply
+ * carries zeros (ZERO_FILL), compressed clusters in the worker's cache
+ * are copied at once, the rest become pieces.  Stops at the first error
+ * (the request's error set). */
+static void
+plan_pieces (struct request *req, bool zero_fill)
+{
+  struct worker *w = req->cs->w;
+
+  for (size_t i = 0; i < req->nr_ext; i++) {
+    const struct qcow2_extent *e = &req->ext[i];
+    char *dst = data_at (req, e->offset);
+
+    if (extent_is_hole (e)) {
+      if (zero_fill)
+        memset (dst, 0, e->length);
+      continue;
+    }
+    if (e->file >= conn_fds (req->cs)->nr) {
+      session_set_error (req, EIO, "bad file index in extent at %" PRIu64,
+                         e->offset);
+      break;
+    }
+    if (e->type == QCOW2_EXTENT_COMPRESSED && decompress_cached (w, e, dst))
+      continue;
+    if (add_piece (req, e, dst) < 0)
+      break;
+  }
+}
+
 void
 cmd_read (struct request *req)
 {
   struct conn_state *cs = req->cs;
-  struct worker *w = cs->w;
-  const struct export_fds *xf = conn_fds (cs);
   bool zero_fill = !cs->conn->structured_replies
     || (req->flags & NBD_CMD_FLAG_DF);
-  size_t npieces = 0;
 
   if (req->length == 0) {
     reply_plain (req);
@@ -329,75 +415,17 @@ cmd_read (struct request *req)
     return;
   }
   if (!zc_start (req, zero_fill)) {
-    req->buf = bufpool_get (w, req->length, &req->buf_cls);
+    req->buf = bufpool_get (cs->w, req->length, &req->buf_cls);
     if (req->buf == NULL) {
       reply_error (req, ENOMEM, "out of memory for the read buffer");
       return;
     }
   }
-
-  for (size_t i = 0; i < req->nr_ext; i++)
-    if (!extent_is_hole (&req->ext[i]))
-      npieces++;
-  if (npieces <= SMALL_PIECES)
-    req->pieces = req->small_pieces;    /* zeroed by req_new */
-  else {
-    req->pieces = calloc (npieces, sizeof *req->pieces);
-    if (req->pieces == NULL) {
-      reply_error (req, ENOMEM, "out of memory");
-      return;
-    }
-    /* A fragmented read keeps a piece per extent: counted with its
-     * data, so many of them make the connection wait too. */
-    session_req_hold (req, npieces * sizeof *req->pieces
-                      + req->nr_ext * sizeof *req->ext);
+  if (alloc_pieces (req) < 0) {
+    reply_error (req, ENOMEM, "out of memory");
+    return;
   }
-
-  for (size_t i = 0; i < req->nr_ext; i++) {
-    const struct qcow2_extent *e = &req->ext[i];
-    char *dst = data_at (req, e->offset);
-    struct piece *pc;
-
-    if (extent_is_hole (e)) {
-      if (zero_fill)
-        memset (dst, 0, e->length);
-      continue;
-    }
-    if (e->file >= xf->nr) {
-      session_set_error (req, EIO, "bad file index in extent at %" PRIu64,
-                         e->offset);
-      break;
-    }
-    if (e->type == QCOW2_EXTENT_COMPRESSED && decompress_cached (w, e, dst))
-      continue;
-    pc = &req->pieces[req->nr_pieces++];
-    pc->op.kind = OP_PIECE;
-    pc->req = req;
-    pc->ext = e;
-    pc->dst = dst;
-    pc->fd = xf->fds[e->file];
-    pc->host_off = e->host_offset;
-    if (e->type == QCOW2_EXTENT_DATA)
-      pc->len = e->length;
-    else {
-      /* A compressed stream is at most a little over one cluster. */
-      if (e->compressed_length == 0
-          || e->compressed_length > 2 * qcow2_layer_cluster_size (e->layer)
-                                    + 1024) {
-        session_set_error (req, EIO, "bad compressed length at offset %"
-                           PRIu64, e->offset);
-        req->nr_pieces--;
-        break;
-      }
-      pc->len = e->compressed_length;
-      pc->scratch = bufpool_get (w, pc->len, &pc->scratch_cls);
-      if (pc->scratch == NULL) {
-        session_set_error (req, ENOMEM, "out of memory");
-        req->nr_pieces--;
-        break;
-      }
-    }
-  }
+  plan_pieces (req, zero_fill);
 
   /* Submit only once every piece is set up, so an error part-way never
    * leaves reads in the kernel for a request we are answering now. */

@@ -202,41 +202,36 @@ qemu_device_check (const char *device, struct kdev *dev)
   return 0;
 }
 
-int
-attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
+/* The device OPTS names, found and not attached already.  0 (DEV set),
+ * or -1 (logged). */
+static int
+device_free (const struct attach_opts *opts, struct kdev *dev)
 {
-  struct kdev dev;
-  const struct export *exp;
-  int kfds[MAX_CONNECTIONS];
-  unsigned nconns = opts->connections ? opts->connections : 1, made, i;
-  int ready_fd = -1, sfd = -1, status = EXIT_FAILURE;
-  unsigned threads = cfg->threads ? cfg->threads : 1;
-  bool detaching = false, pid_written = false;
-  sigset_t set;
   pid_t owner;
 
-  log_verbose = cfg->verbose;
-  if (nconns > MAX_CONNECTIONS)
-    nconns = MAX_CONNECTIONS;
-
-  /* qemu-nbd looks at the device once the image is open. */
-  if (!opts->qemu_compat) {
-    if (kdev_lookup (opts->device, &dev, false) == -1)
-      return EXIT_FAILURE;
-    /* The kernel has the last word (connecting a busy device fails),
-     * but saying so before the image is opened costs nothing. */
-    owner = kdev_owner (&dev);
-    if (owner > 0) {
-      log_error ("%s is busy: already attached (by process %ld); detach "
-                 "it first or pick another device", dev.path, (long) owner);
-      return EXIT_FAILURE;
-    }
+  if (kdev_lookup (opts->device, dev, false) == -1)
+    return -1;
+  /* The kernel has the last word (connecting a busy device fails), but
+   * saying so before the image is opened costs nothing. */
+  owner = kdev_owner (dev);
+  if (owner > 0) {
+    log_error ("%s is busy: already attached (by process %ld); detach "
+               "it first or pick another device", dev->path, (long) owner);
+    return -1;
   }
+  return 0;
+}
 
-  if (opts->fork && (ready_fd = fork_and_wait ()) == -1)
-    return EXIT_FAILURE;
+/* Take SIGINT, SIGTERM and SIGHUP through a signalfd (blocked before
+ * any thread exists, so every thread inherits the mask), and make the
+ * eventfd the workers kick (wake_fd).  Returns the signalfd; either may
+ * be -1 (errno set). */
+static int
+take_signals (void)
+{
+  sigset_t set;
+  int sfd;
 
-  /* Before any thread exists, so every thread inherits the mask. */
   signal (SIGPIPE, SIG_IGN);
   sigemptyset (&set);
   sigaddset (&set, SIGINT);
@@ -245,61 +240,41 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   pthread_sigmask (SIG_BLOCK, &set, NULL);
   sfd = signalfd (-1, &set, SFD_CLOEXEC);
   wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (sfd == -1 || wake_fd == -1) {
-    log_error ("signalfd/eventfd: %m");
-    goto out_fds;
-  }
+  return sfd;
+}
 
-  /* We serve a device that the kernel may be writing back to under
-   * memory pressure: allocations of ours must not wait for that same
-   * writeback (PR_SET_IO_FLUSHER, meant for userspace block drivers;
-   * threads created from now on inherit it). */
-  if (prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1)
-    log_debug ("PR_SET_IO_FLUSHER: %m");
+/* Hand NCONNS connections to EXP to the workers, and their other ends
+ * to the kernel as DEV's sockets.  Returns how many, or -1 (DEV
+ * released; our ends see the kernel's close and end by themselves). */
+static int
+connect_device (struct kdev *dev, const struct export *exp, unsigned nconns,
+                bool netlink)
+{
+  int kfds[MAX_CONNECTIONS];
+  unsigned made = make_conns (exp, dev, nconns, kfds);
+  int r = 0;
 
-  /* The image, as serve's one export (exports.c): the connections take
-   * references to it as a GO would. */
-  if (exports_init (cfg, threads) == -1)
-    goto out_image;
-  exp = exports_single ();
-  if (opts->qemu_compat && qemu_device_check (opts->device, &dev) == -1)
-    goto out_image;
-  listener_set_closed_hook (conn_closed);
-  if (workers_start (threads) == -1)
-    goto out_image;
-
-  made = make_conns (exp, &dev, nconns, kfds);
   if (made < nconns
-      || kdev_connect (&dev, exp, kfds, made, !opts->use_ioctl,
-                       kick) == -1) {
-    /* Our ends see the kernel's close and end by themselves. */
-    for (i = 0; i < made; i++)
-      close (kfds[i]);
-    kdev_release (&dev);
-    goto out_workers;
-  }
+      || kdev_connect (dev, exp, kfds, made, netlink, kick) == -1)
+    r = -1;
   /* The kernel holds its own references to its ends. */
-  for (i = 0; i < made; i++)
+  for (unsigned i = 0; i < made; i++)
     close (kfds[i]);
-
-  if (cfg->pid_file && pid_file_write (cfg->pid_file) == -1) {
-    kdev_disconnect (&dev);
-    detaching = true;
+  if (r == -1) {
+    kdev_release (dev);
+    return -1;
   }
-  else {
-    pid_written = cfg->pid_file != NULL;
-    log_info ("attached %s (%" PRIu64 " bytes) to %s through %s with %u "
-              "connection%s", cfg->image, exp->size, dev.path,
-              dev.netlink ? "netlink" : "ioctls", made,
-              made == 1 ? "" : "s");
-    daemon_ready (ready_fd);
-    ready_fd = -1;
-    if (cfg->ready)
-      cfg->ready (cfg);
-    status = EXIT_SUCCESS;
-  }
+  return made;
+}
 
-  /* Serve until every connection has ended. */
+/* Serve until every connection has ended, detaching DEV at the first
+ * signal (SIGHUP only with sighup_stops), exiting at once at a second.
+ * DETACHING: a detach is under way already.  Returns STATUS, or
+ * EXIT_FAILURE if the detach failed. */
+static int
+serve_until_detached (const struct server_config *cfg, struct kdev *dev,
+                      int sfd, bool detaching, int status)
+{
   while (atomic_load (&live_conns) > 0) {
     struct pollfd pfd[2] = {
       { .fd = sfd, .events = POLLIN },
@@ -330,12 +305,82 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
         log_error ("second signal %u: exiting now", si.ssi_signo);
         _exit (EXIT_FAILURE);
       }
-      log_info ("signal %u: detaching %s", si.ssi_signo, dev.path);
+      log_info ("signal %u: detaching %s", si.ssi_signo, dev->path);
       detaching = true;
-      if (kdev_disconnect (&dev) == -1)
+      if (kdev_disconnect (dev) == -1)
         status = EXIT_FAILURE;
     }
   }
+  return status;
+}
+
+int
+attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
+{
+  struct kdev dev;
+  const struct export *exp;
+  unsigned nconns = opts->connections ? opts->connections : 1;
+  int made, ready_fd = -1, sfd = -1, status = EXIT_FAILURE;
+  unsigned threads = cfg->threads ? cfg->threads : 1;
+  bool detaching = false, pid_written = false;
+
+  log_verbose = cfg->verbose;
+  if (nconns > MAX_CONNECTIONS)
+    nconns = MAX_CONNECTIONS;
+
+  /* qemu-nbd looks at the device once the image is open. */
+  if (!opts->qemu_compat && device_free (opts, &dev) == -1)
+    return EXIT_FAILURE;
+
+  if (opts->fork && (ready_fd = fork_and_wait ()) == -1)
+    return EXIT_FAILURE;
+
+  sfd = take_signals ();
+  if (sfd == -1 || wake_fd == -1) {
+    log_error ("signalfd/eventfd: %m");
+    goto out_fds;
+  }
+
+  /* We serve a device that the kernel may be writing back to under
+   * memory pressure: allocations of ours must not wait for that same
+   * writeback (PR_SET_IO_FLUSHER, meant for userspace block drivers;
+   * threads created from now on inherit it). */
+  if (prctl (PR_SET_IO_FLUSHER, 1, 0, 0, 0) == -1)
+    log_debug ("PR_SET_IO_FLUSHER: %m");
+
+  /* The image, as serve's one export (exports.c): the connections take
+   * references to it as a GO would. */
+  if (exports_init (cfg, threads) == -1)
+    goto out_image;
+  exp = exports_single ();
+  if (opts->qemu_compat && qemu_device_check (opts->device, &dev) == -1)
+    goto out_image;
+  listener_set_closed_hook (conn_closed);
+  if (workers_start (threads) == -1)
+    goto out_image;
+
+  made = connect_device (&dev, exp, nconns, !opts->use_ioctl);
+  if (made == -1)
+    goto out_workers;
+
+  if (cfg->pid_file && pid_file_write (cfg->pid_file) == -1) {
+    kdev_disconnect (&dev);
+    detaching = true;
+  }
+  else {
+    pid_written = cfg->pid_file != NULL;
+    log_info ("attached %s (%" PRIu64 " bytes) to %s through %s with %d "
+              "connection%s", cfg->image, exp->size, dev.path,
+              dev.netlink ? "netlink" : "ioctls", made,
+              made == 1 ? "" : "s");
+    daemon_ready (ready_fd);
+    ready_fd = -1;
+    if (cfg->ready)
+      cfg->ready (cfg);
+    status = EXIT_SUCCESS;
+  }
+
+  status = serve_until_detached (cfg, &dev, sfd, detaching, status);
 
   /* Without a detach of ours, the connections end when the kernel
    * disconnects the device (detach, nbd-client -d, qemu-nbd -d from

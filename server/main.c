@@ -300,11 +300,216 @@ parse_export (const char *arg, struct server_config *cfg)
   }
 }
 
+/* What parse_serve remembers between options, for the checks at the
+ * end. */
+struct serve_args {
+  bool tls_given, port_given;
+  bool image_opts;              /* -x, -D, --bitmap, --load-snapshot */
+};
+
+/* The option groups of "serve": each takes option C (its argument in
+ * optarg) into CFG and returns true, or returns false if C is none of
+ * its own. */
+
+/* Where to listen. */
+static bool
+listen_option (int c, struct server_config *cfg, struct serve_args *a)
+{
+  switch (c) {
+  case 'p':
+    options_unsigned (bad_usage, "--port", optarg, 1, 65535);
+    cfg->port = optarg;
+    a->port_given = true;
+    return true;
+  case 'b':
+    if (*optarg == '\0')
+      bad_usage ("empty --bind address", NULL);
+    cfg->bind_addr = optarg;
+    return true;
+  case 'k':
+    if (*optarg == '\0')
+      bad_usage ("empty --socket path", NULL);
+    cfg->socket_path = optarg;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* How the positional IMAGE is exported. */
+static bool
+image_option (int c, struct server_config *cfg, struct serve_args *a)
+{
+  switch (c) {
+  case 'x':
+    if (strlen (optarg) > NBD_MAX_STRING)
+      bad_usage ("export name longer than 4096 bytes", NULL);
+    cfg->export_name = optarg;
+    a->image_opts = true;
+    return true;
+  case 'D':
+    if (strlen (optarg) > NBD_MAX_STRING)
+      bad_usage ("description longer than 4096 bytes", NULL);
+    cfg->description = optarg;
+    a->image_opts = true;
+    return true;
+  case 'r':
+    cfg->read_only = true;
+    return true;
+  case OPT_DISCARD:
+    cfg->discard_unmap = options_discard (bad_usage, optarg);
+    return true;
+  case OPT_BITMAP:
+    if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
+      bad_usage ("invalid bitmap name", optarg);
+    if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
+      bad_usage ("too many --bitmap options (at most 62)", NULL);
+    cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
+    a->image_opts = true;
+    return true;
+  case OPT_LOAD_SNAPSHOT:
+    if (options_parse_snapshot (optarg, cfg) == -1)
+      bad_usage ("invalid --load-snapshot", optarg);
+    /* A snapshot is a past state of the disk: it is never written. */
+    cfg->read_only = true;
+    a->image_opts = true;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* More exports: --export, --export-dir and what goes with them. */
+static bool
+exports_option (int c, struct server_config *cfg)
+{
+  switch (c) {
+  case OPT_EXPORT:
+    parse_export (optarg, cfg);
+    return true;
+  case OPT_EXPORT_DIR:
+    if (*optarg == '\0')
+      bad_usage ("empty --export-dir", NULL);
+    if (cfg->export_dir)
+      bad_usage ("--export-dir given twice", NULL);
+    cfg->export_dir = optarg;
+    return true;
+  case OPT_IDLE_TIMEOUT:
+    cfg->idle_timeout = options_unsigned (bad_usage, "--idle-timeout",
+                                          optarg, 0, 86400);
+    return true;
+  case OPT_MAX_OPEN_EXPORTS:
+    cfg->max_open_exports = options_unsigned (bad_usage,
+                                              "--max-open-exports",
+                                              optarg, 1, 100000);
+    return true;
+  case OPT_DEFAULT_EXPORT:
+    if (strlen (optarg) > NBD_MAX_STRING)
+      bad_usage ("export name longer than 4096 bytes", NULL);
+    cfg->default_export = optarg;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Limits and sizes. */
+static bool
+limits_option (int c, struct server_config *cfg)
+{
+  switch (c) {
+  case 'e':
+    cfg->max_connections = options_unsigned (bad_usage,
+                                             "--max-connections", optarg,
+                                             0, 1000000);
+    return true;
+  case OPT_THREADS:
+    cfg->threads = options_unsigned (bad_usage, "--threads", optarg, 1,
+                                     OPTIONS_MAX_THREADS);
+    return true;
+  case OPT_HANDSHAKE_TIMEOUT:
+    cfg->handshake_timeout = options_unsigned (bad_usage,
+                                               "--handshake-timeout",
+                                               optarg, 0, 86400);
+    return true;
+  case OPT_MAX_HANDSHAKES:
+    cfg->max_handshakes = options_unsigned (bad_usage, "--max-handshakes",
+                                            optarg, 1, 1000000);
+    return true;
+  case OPT_MAX_HANDSHAKES_PER_SOURCE:
+    cfg->max_handshakes_per_source =
+      options_unsigned (bad_usage, "--max-handshakes-per-source", optarg,
+                        1, 1000000);
+    return true;
+  case OPT_L2_CACHE_SIZE:
+    cfg->l2_cache_size = options_l2_cache_size (bad_usage, optarg);
+    return true;
+  case OPT_MAX_INFLIGHT_BYTES:
+    cfg->max_inflight_bytes = parse_size ("--max-inflight-bytes", optarg);
+    if (cfg->max_inflight_bytes < 4096)
+      bad_usage ("--max-inflight-bytes is below the minimum of 4K", NULL);
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* TLS. */
+static bool
+tls_option (int c, struct server_config *cfg, struct serve_args *a)
+{
+  switch (c) {
+  case OPT_TLS:
+    if (strcmp (optarg, "off") == 0)
+      cfg->tls.mode = TLS_OFF;
+    else if (strcmp (optarg, "on") == 0)
+      cfg->tls.mode = TLS_ON;
+    else if (strcmp (optarg, "require") == 0)
+      cfg->tls.mode = TLS_REQUIRE;
+    else
+      bad_usage ("--tls must be off, on or require, not", optarg);
+    a->tls_given = true;
+    return true;
+  case OPT_TLS_CERTS:
+    cfg->tls.certs_dir = optarg;
+    return true;
+  case OPT_TLS_VERIFY_PEER:
+    cfg->tls.verify_peer = true;
+    return true;
+  case OPT_TLS_AUTHZ_FILE:
+    cfg->tls.authz_file = optarg;
+    return true;
+  case OPT_TLS_PSK:
+    cfg->tls.psk_file = optarg;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* The TLS options taken together. */
+static void
+check_tls (struct server_config *cfg, const struct serve_args *a)
+{
+  /* Credentials without --tls mean the user wants TLS: the safe
+   * reading is "require". */
+  if (!a->tls_given && (cfg->tls.certs_dir || cfg->tls.psk_file))
+    cfg->tls.mode = TLS_REQUIRE;
+  if ((cfg->tls.verify_peer || cfg->tls.authz_file) && !cfg->tls.certs_dir)
+    bad_usage ("--tls-verify-peer and --tls-authz-file need --tls-certs",
+               NULL);
+  if (cfg->tls.mode == TLS_OFF
+      && (cfg->tls.certs_dir || cfg->tls.psk_file || cfg->tls.verify_peer
+          || cfg->tls.authz_file))
+    bad_usage ("TLS options given with --tls=off", NULL);
+  if (cfg->tls.mode != TLS_OFF && !cfg->tls.certs_dir && !cfg->tls.psk_file)
+    bad_usage ("--tls needs --tls-certs or --tls-psk", NULL);
+}
+
 static void
 parse_serve (int argc, char **argv, struct server_config *cfg)
 {
-  bool tls_given = false, port_given = false;
-  bool image_opts = false;      /* -x, -D, --bitmap, --load-snapshot */
+  struct serve_args a = { 0 };
   int c;
 
   serve_config_init (cfg);
@@ -312,138 +517,16 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
   opterr = 0;
   optind = 1;
   while ((c = getopt_long (argc, argv, short_opts, long_opts, NULL)) != -1) {
+    if (listen_option (c, cfg, &a) || image_option (c, cfg, &a)
+        || exports_option (c, cfg) || limits_option (c, cfg)
+        || tls_option (c, cfg, &a))
+      continue;
     switch (c) {
-    case 'p':
-      options_unsigned (bad_usage, "--port", optarg, 1, 65535);
-      cfg->port = optarg;
-      port_given = true;
-      break;
-    case 'b':
-      if (*optarg == '\0')
-        bad_usage ("empty --bind address", NULL);
-      cfg->bind_addr = optarg;
-      break;
-    case 'k':
-      if (*optarg == '\0')
-        bad_usage ("empty --socket path", NULL);
-      cfg->socket_path = optarg;
-      break;
-    case 'x':
-      if (strlen (optarg) > NBD_MAX_STRING)
-        bad_usage ("export name longer than 4096 bytes", NULL);
-      cfg->export_name = optarg;
-      image_opts = true;
-      break;
-    case 'D':
-      if (strlen (optarg) > NBD_MAX_STRING)
-        bad_usage ("description longer than 4096 bytes", NULL);
-      cfg->description = optarg;
-      image_opts = true;
-      break;
-    case 'r':
-      cfg->read_only = true;
-      break;
-    case OPT_DISCARD:
-      cfg->discard_unmap = options_discard (bad_usage, optarg);
-      break;
-    case OPT_BITMAP:
-      if (*optarg == '\0' || strlen (optarg) > NBD_MAX_STRING - 18)
-        bad_usage ("invalid bitmap name", optarg);
-      if (cfg->nr_bitmaps == MAX_EXPORT_BITMAPS)
-        bad_usage ("too many --bitmap options (at most 62)", NULL);
-      cfg->bitmaps[cfg->nr_bitmaps++] = optarg;
-      image_opts = true;
-      break;
-    case OPT_LOAD_SNAPSHOT:
-      if (options_parse_snapshot (optarg, cfg) == -1)
-        bad_usage ("invalid --load-snapshot", optarg);
-      /* A snapshot is a past state of the disk: it is never written. */
-      cfg->read_only = true;
-      image_opts = true;
-      break;
-    case OPT_EXPORT:
-      parse_export (optarg, cfg);
-      break;
-    case OPT_EXPORT_DIR:
-      if (*optarg == '\0')
-        bad_usage ("empty --export-dir", NULL);
-      if (cfg->export_dir)
-        bad_usage ("--export-dir given twice", NULL);
-      cfg->export_dir = optarg;
-      break;
-    case OPT_IDLE_TIMEOUT:
-      cfg->idle_timeout = options_unsigned (bad_usage, "--idle-timeout",
-                                            optarg, 0, 86400);
-      break;
-    case OPT_MAX_OPEN_EXPORTS:
-      cfg->max_open_exports = options_unsigned (bad_usage,
-                                                "--max-open-exports",
-                                                optarg, 1, 100000);
-      break;
-    case OPT_DEFAULT_EXPORT:
-      if (strlen (optarg) > NBD_MAX_STRING)
-        bad_usage ("export name longer than 4096 bytes", NULL);
-      cfg->default_export = optarg;
-      break;
-    case 'e':
-      cfg->max_connections = options_unsigned (bad_usage,
-                                               "--max-connections", optarg,
-                                               0, 1000000);
-      break;
-    case OPT_THREADS:
-      cfg->threads = options_unsigned (bad_usage, "--threads", optarg, 1,
-                                       OPTIONS_MAX_THREADS);
-      break;
-    case OPT_HANDSHAKE_TIMEOUT:
-      cfg->handshake_timeout = options_unsigned (bad_usage,
-                                                 "--handshake-timeout",
-                                                 optarg, 0, 86400);
-      break;
-    case OPT_MAX_HANDSHAKES:
-      cfg->max_handshakes = options_unsigned (bad_usage, "--max-handshakes",
-                                              optarg, 1, 1000000);
-      break;
-    case OPT_MAX_HANDSHAKES_PER_SOURCE:
-      cfg->max_handshakes_per_source =
-        options_unsigned (bad_usage, "--max-handshakes-per-source", optarg,
-                          1, 1000000);
-      break;
-    case OPT_L2_CACHE_SIZE:
-      cfg->l2_cache_size = options_l2_cache_size (bad_usage, optarg);
-      break;
-    case OPT_MAX_INFLIGHT_BYTES:
-      cfg->max_inflight_bytes = parse_size ("--max-inflight-bytes", optarg);
-      if (cfg->max_inflight_bytes < 4096)
-        bad_usage ("--max-inflight-bytes is below the minimum of 4K", NULL);
-      break;
     case OPT_PID_FILE:
       cfg->pid_file = optarg;
       break;
     case 'v':
       cfg->verbose++;
-      break;
-    case OPT_TLS:
-      if (strcmp (optarg, "off") == 0)
-        cfg->tls.mode = TLS_OFF;
-      else if (strcmp (optarg, "on") == 0)
-        cfg->tls.mode = TLS_ON;
-      else if (strcmp (optarg, "require") == 0)
-        cfg->tls.mode = TLS_REQUIRE;
-      else
-        bad_usage ("--tls must be off, on or require, not", optarg);
-      tls_given = true;
-      break;
-    case OPT_TLS_CERTS:
-      cfg->tls.certs_dir = optarg;
-      break;
-    case OPT_TLS_VERIFY_PEER:
-      cfg->tls.verify_peer = true;
-      break;
-    case OPT_TLS_AUTHZ_FILE:
-      cfg->tls.authz_file = optarg;
-      break;
-    case OPT_TLS_PSK:
-      cfg->tls.psk_file = optarg;
       break;
     case 'V':
       printf ("qcow2-nbd %s\n", PACKAGE_VERSION);
@@ -462,26 +545,13 @@ parse_serve (int argc, char **argv, struct server_config *cfg)
     cfg->image = argv[optind];
   else if (cfg->nr_exports == 0 && cfg->export_dir == NULL)
     bad_usage ("missing IMAGE", NULL);
-  else if (image_opts)
+  else if (a.image_opts)
     bad_usage ("-x, -D, --bitmap and --load-snapshot are options of IMAGE; "
                "there is none", NULL);
 
-  if (cfg->socket_path && (cfg->bind_addr || port_given))
+  if (cfg->socket_path && (cfg->bind_addr || a.port_given))
     bad_usage ("--socket cannot be combined with --bind or --port", NULL);
-
-  /* Credentials without --tls mean the user wants TLS: the safe
-   * reading is "require". */
-  if (!tls_given && (cfg->tls.certs_dir || cfg->tls.psk_file))
-    cfg->tls.mode = TLS_REQUIRE;
-  if ((cfg->tls.verify_peer || cfg->tls.authz_file) && !cfg->tls.certs_dir)
-    bad_usage ("--tls-verify-peer and --tls-authz-file need --tls-certs",
-               NULL);
-  if (cfg->tls.mode == TLS_OFF
-      && (cfg->tls.certs_dir || cfg->tls.psk_file || cfg->tls.verify_peer
-          || cfg->tls.authz_file))
-    bad_usage ("TLS options given with --tls=off", NULL);
-  if (cfg->tls.mode != TLS_OFF && !cfg->tls.certs_dir && !cfg->tls.psk_file)
-    bad_usage ("--tls needs --tls-certs or --tls-psk", NULL);
+  check_tls (cfg, &a);
 }
 
 /* Free what parse_export allocated. */

@@ -357,6 +357,261 @@ struct cmdline {
   int shared, verbose;
 };
 
+/* The option groups of qemu-nbd's command line: each takes option CH
+ * (its argument in optarg) into C and returns true, or returns false if
+ * CH is none of its own.  Errors exit, with qemu-nbd's messages. */
+
+static void
+take_aio (struct cmdline *c, const char *arg)
+{
+  if (c->seen_aio) {
+    qnbd_error ("--aio can only be specified once");
+    exit (EXIT_FAILURE);
+  }
+  c->seen_aio = true;
+  if (strcmp (arg, "native") == 0)
+    c->img.aio_native = true;
+  else if (strcmp (arg, "threads") == 0 || strcmp (arg, "io_uring") == 0)
+    c->img.aio_native = false;
+  else {
+    qnbd_error ("Invalid aio mode '%s'", arg);
+    exit (EXIT_FAILURE);
+  }
+}
+
+static void
+take_discard (struct cmdline *c, const char *arg)
+{
+  if (c->seen_discard) {
+    qnbd_error ("--discard can only be specified once");
+    exit (EXIT_FAILURE);
+  }
+  c->seen_discard = true;
+  if (strcmp (arg, "off") == 0 || strcmp (arg, "ignore") == 0)
+    c->img.discard_unmap = false;
+  else if (strcmp (arg, "on") == 0 || strcmp (arg, "unmap") == 0)
+    c->img.discard_unmap = true;
+  else {
+    qnbd_error ("Invalid discard mode `%s'", arg);
+    exit (EXIT_FAILURE);
+  }
+}
+
+static void
+take_detect_zeroes (struct cmdline *c, const char *arg)
+{
+  if (strcmp (arg, "off") == 0)
+    c->img.detect_zeroes = DETECT_ZEROES_OFF;
+  else if (strcmp (arg, "on") == 0)
+    c->img.detect_zeroes = DETECT_ZEROES_ON;
+  else if (strcmp (arg, "unmap") == 0)
+    c->img.detect_zeroes = DETECT_ZEROES_UNMAP;
+  else {
+    qnbd_error ("Failed to parse detect_zeroes mode: invalid parameter "
+                "value: %s", arg);
+    exit (EXIT_FAILURE);
+  }
+  /* Checked here, so the order of the options matters, as in
+   * qemu-nbd. */
+  if (c->img.detect_zeroes == DETECT_ZEROES_UNMAP && !c->img.discard_unmap) {
+    qnbd_error ("setting detect-zeroes to unmap is not allowed "
+                "without setting discard operation to unmap");
+    exit (EXIT_FAILURE);
+  }
+}
+
+/* -l: the internal snapshot to export (read-only). */
+static void
+take_snapshot (struct cmdline *c, const char *arg)
+{
+  if (options_parse_snapshot (arg, &c->sn) == -1) {
+    const char *bad = arg;
+
+    /* Name the first key that is not snapshot.id or snapshot.name. */
+    while (strncmp (bad, "snapshot.id=", 12) == 0
+           || strncmp (bad, "snapshot.name=", 14) == 0) {
+      bad = strchr (bad, ',');
+      while (bad && bad[1] == ',')
+        bad = strchr (bad + 2, ',');
+      bad = bad ? bad + 1 : "";
+    }
+    qnbd_error ("Invalid parameter '%.*s'", (int) strcspn (bad, "=,"), bad);
+    qnbd_error ("Failed in parsing snapshot param `%s'", arg);
+    exit (EXIT_FAILURE);
+  }
+  c->load_snapshot = true;
+  if (c->sn.snapshot)
+    c->sn_id_or_name = arg;
+}
+
+/* How the image is opened and accessed. */
+static bool
+image_option (int ch, struct cmdline *c)
+{
+  unsigned long long v;
+
+  switch (ch) {
+  case 's':
+    c->img.overlay = true;
+    return true;
+  case 'n':
+    optarg = (char *) "none";
+    /* fallthrough */
+  case OPT_CACHE:
+    if (c->seen_cache) {
+      qnbd_error ("-n and --cache can only be specified once");
+      exit (EXIT_FAILURE);
+    }
+    c->seen_cache = true;
+    if (parse_cache (optarg, &c->img) == -1) {
+      qnbd_error ("Invalid cache mode `%s'", optarg);
+      exit (EXIT_FAILURE);
+    }
+    return true;
+  case OPT_AIO:
+    take_aio (c, optarg);
+    return true;
+  case OPT_DISCARD:
+    take_discard (c, optarg);
+    return true;
+  case OPT_DETECT_ZEROES:
+    take_detect_zeroes (c, optarg);
+    return true;
+  case 'o':
+    if (parse_num (optarg, 0, &v, true) == -1) {
+      qnbd_error ("Invalid offset '%s'", optarg);
+      exit (EXIT_FAILURE);
+    }
+    c->dev_offset = v;
+    return true;
+  case 'f':
+    c->img.format = optarg;
+    return true;
+  case OPT_IMAGE_OPTS:
+    c->img.image_opts = true;
+    return true;
+  case 'l':
+    take_snapshot (c, optarg);
+    /* fallthrough */
+  case 'r':
+    c->img.read_only = true;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* What the export shows its clients. */
+static bool
+export_option (int ch, struct cmdline *c)
+{
+  switch (ch) {
+  case 'A':
+    c->alloc_depth = true;
+    return true;
+  case 'B':
+    if (c->nr_bitmaps == MAX_EXPORT_BITMAPS) {
+      qnbd_error ("at most %d --bitmap options", MAX_EXPORT_BITMAPS);
+      exit (EXIT_FAILURE);
+    }
+    c->bitmaps[c->nr_bitmaps++] = optarg;
+    return true;
+  case 'x':
+    c->export_name = optarg;
+    if (strlen (optarg) > NBD_MAX_STRING) {
+      qnbd_error ("export name '%s' too long", optarg);
+      exit (EXIT_FAILURE);
+    }
+    return true;
+  case 'D':
+    c->description = optarg;
+    if (strlen (optarg) > NBD_MAX_STRING) {
+      qnbd_error ("export description '%s' too long", optarg);
+      exit (EXIT_FAILURE);
+    }
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Where and how it is served: a socket, or a kernel device (-c, -d), or
+ * a listing (-L); and the process around it. */
+static bool
+serving_option (int ch, struct cmdline *c)
+{
+  unsigned long long v;
+
+  switch (ch) {
+  case 'b':
+    c->bindto = optarg;
+    return true;
+  case 'p':
+    c->port = optarg;
+    return true;
+  case 'k':
+    c->sockpath = optarg;
+    if (optarg[0] != '/') {
+      qnbd_error ("socket path must be absolute");
+      exit (EXIT_FAILURE);
+    }
+    return true;
+  case 'e':
+    if (parse_num (optarg, 0, &v, false) == -1 || v > INT_MAX) {
+      qnbd_error ("Invalid shared device number '%s'", optarg);
+      exit (EXIT_FAILURE);
+    }
+    c->shared = (int) v;
+    return true;
+  case 't':
+    c->persistent = true;
+    return true;
+  case 'd':
+    c->disconnect = true;
+    return true;
+  case 'c':
+    c->device = optarg;
+    return true;
+  case 'L':
+    c->list = true;
+    return true;
+  case OPT_FORK:
+    c->fork_process = true;
+    return true;
+  case OPT_PID_FILE:
+    c->pid_file = optarg;
+    return true;
+  case OPT_SELINUX_LABEL:
+    c->selinux_label = optarg;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* TLS and the objects (credentials, authorization) it names. */
+static bool
+tls_option (int ch, struct cmdline *c)
+{
+  switch (ch) {
+  case OPT_OBJECT:
+    if (qnbd_object_add (optarg) == -1)
+      exit (EXIT_FAILURE);
+    return true;
+  case OPT_TLSCREDS:
+    c->tlscredsid = optarg;
+    return true;
+  case OPT_TLSHOSTNAME:
+    c->tlshostname = optarg;
+    return true;
+  case OPT_TLSAUTHZ:
+    c->tlsauthz = optarg;
+    return true;
+  default:
+    return false;
+  }
+}
+
 static void
 parse (int argc, char **argv, struct cmdline *c)
 {
@@ -364,165 +619,10 @@ parse (int argc, char **argv, struct cmdline *c)
 
   c->shared = 1;
   while ((ch = getopt_long (argc, argv, sopt, lopt, NULL)) != -1) {
-    unsigned long long v;
-
+    if (image_option (ch, c) || export_option (ch, c)
+        || serving_option (ch, c) || tls_option (ch, c))
+      continue;
     switch (ch) {
-    case 's':
-      c->img.overlay = true;
-      break;
-    case 'n':
-      optarg = (char *) "none";
-      /* fallthrough */
-    case OPT_CACHE:
-      if (c->seen_cache) {
-        qnbd_error ("-n and --cache can only be specified once");
-        exit (EXIT_FAILURE);
-      }
-      c->seen_cache = true;
-      if (parse_cache (optarg, &c->img) == -1) {
-        qnbd_error ("Invalid cache mode `%s'", optarg);
-        exit (EXIT_FAILURE);
-      }
-      break;
-    case OPT_AIO:
-      if (c->seen_aio) {
-        qnbd_error ("--aio can only be specified once");
-        exit (EXIT_FAILURE);
-      }
-      c->seen_aio = true;
-      if (strcmp (optarg, "native") == 0)
-        c->img.aio_native = true;
-      else if (strcmp (optarg, "threads") == 0
-               || strcmp (optarg, "io_uring") == 0)
-        c->img.aio_native = false;
-      else {
-        qnbd_error ("Invalid aio mode '%s'", optarg);
-        exit (EXIT_FAILURE);
-      }
-      break;
-    case OPT_DISCARD:
-      if (c->seen_discard) {
-        qnbd_error ("--discard can only be specified once");
-        exit (EXIT_FAILURE);
-      }
-      c->seen_discard = true;
-      if (strcmp (optarg, "off") == 0 || strcmp (optarg, "ignore") == 0)
-        c->img.discard_unmap = false;
-      else if (strcmp (optarg, "on") == 0 || strcmp (optarg, "unmap") == 0)
-        c->img.discard_unmap = true;
-      else {
-        qnbd_error ("Invalid discard mode `%s'", optarg);
-        exit (EXIT_FAILURE);
-      }
-      break;
-    case OPT_DETECT_ZEROES:
-      if (strcmp (optarg, "off") == 0)
-        c->img.detect_zeroes = DETECT_ZEROES_OFF;
-      else if (strcmp (optarg, "on") == 0)
-        c->img.detect_zeroes = DETECT_ZEROES_ON;
-      else if (strcmp (optarg, "unmap") == 0)
-        c->img.detect_zeroes = DETECT_ZEROES_UNMAP;
-      else {
-        qnbd_error ("Failed to parse detect_zeroes mode: invalid parameter "
-                    "value: %s", optarg);
-        exit (EXIT_FAILURE);
-      }
-      /* Checked here, so the order of the options matters, as in
-       * qemu-nbd. */
-      if (c->img.detect_zeroes == DETECT_ZEROES_UNMAP
-          && !c->img.discard_unmap) {
-        qnbd_error ("setting detect-zeroes to unmap is not allowed "
-                    "without setting discard operation to unmap");
-        exit (EXIT_FAILURE);
-      }
-      break;
-    case 'b':
-      c->bindto = optarg;
-      break;
-    case 'p':
-      c->port = optarg;
-      break;
-    case 'o':
-      if (parse_num (optarg, 0, &v, true) == -1) {
-        qnbd_error ("Invalid offset '%s'", optarg);
-        exit (EXIT_FAILURE);
-      }
-      c->dev_offset = v;
-      break;
-    case 'l':
-      if (options_parse_snapshot (optarg, &c->sn) == -1) {
-        const char *bad = optarg;
-
-        /* Name the first key that is not snapshot.id or snapshot.name. */
-        while (strncmp (bad, "snapshot.id=", 12) == 0
-               || strncmp (bad, "snapshot.name=", 14) == 0) {
-          bad = strchr (bad, ',');
-          while (bad && bad[1] == ',')
-            bad = strchr (bad + 2, ',');
-          bad = bad ? bad + 1 : "";
-        }
-        qnbd_error ("Invalid parameter '%.*s'", (int) strcspn (bad, "=,"),
-                    bad);
-        qnbd_error ("Failed in parsing snapshot param `%s'", optarg);
-        exit (EXIT_FAILURE);
-      }
-      c->load_snapshot = true;
-      if (c->sn.snapshot)
-        c->sn_id_or_name = optarg;
-      /* fallthrough */
-    case 'r':
-      c->img.read_only = true;
-      break;
-    case 'A':
-      c->alloc_depth = true;
-      break;
-    case 'B':
-      if (c->nr_bitmaps == MAX_EXPORT_BITMAPS) {
-        qnbd_error ("at most %d --bitmap options", MAX_EXPORT_BITMAPS);
-        exit (EXIT_FAILURE);
-      }
-      c->bitmaps[c->nr_bitmaps++] = optarg;
-      break;
-    case 'k':
-      c->sockpath = optarg;
-      if (optarg[0] != '/') {
-        qnbd_error ("socket path must be absolute");
-        exit (EXIT_FAILURE);
-      }
-      break;
-    case 'd':
-      c->disconnect = true;
-      break;
-    case 'c':
-      c->device = optarg;
-      break;
-    case 'e':
-      if (parse_num (optarg, 0, &v, false) == -1 || v > INT_MAX) {
-        qnbd_error ("Invalid shared device number '%s'", optarg);
-        exit (EXIT_FAILURE);
-      }
-      c->shared = (int) v;
-      break;
-    case 'f':
-      c->img.format = optarg;
-      break;
-    case 't':
-      c->persistent = true;
-      break;
-    case 'x':
-      c->export_name = optarg;
-      if (strlen (optarg) > NBD_MAX_STRING) {
-        qnbd_error ("export name '%s' too long", optarg);
-        exit (EXIT_FAILURE);
-      }
-      break;
-    case 'D':
-      c->description = optarg;
-      if (strlen (optarg) > NBD_MAX_STRING) {
-        qnbd_error ("export description '%s' too long", optarg);
-        exit (EXIT_FAILURE);
-      }
-      break;
     case 'v':
       c->verbose++;
       break;
@@ -535,36 +635,8 @@ parse (int argc, char **argv, struct cmdline *c)
     case '?':
       qnbd_error ("Try `%s --help' for more information.", argv[0]);
       exit (EXIT_FAILURE);
-    case OPT_OBJECT:
-      if (qnbd_object_add (optarg) == -1)
-        exit (EXIT_FAILURE);
-      break;
-    case OPT_TLSCREDS:
-      c->tlscredsid = optarg;
-      break;
-    case OPT_TLSHOSTNAME:
-      c->tlshostname = optarg;
-      break;
-    case OPT_IMAGE_OPTS:
-      c->img.image_opts = true;
-      break;
     case 'T':
       /* Accepted: there are no trace events to enable here. */
-      break;
-    case OPT_TLSAUTHZ:
-      c->tlsauthz = optarg;
-      break;
-    case OPT_FORK:
-      c->fork_process = true;
-      break;
-    case 'L':
-      c->list = true;
-      break;
-    case OPT_PID_FILE:
-      c->pid_file = optarg;
-      break;
-    case OPT_SELINUX_LABEL:
-      c->selinux_label = optarg;
       break;
     }
   }

@@ -305,12 +305,106 @@ print_types (void)
     printf ("  %s\n", qemu_types[i]);
 }
 
+/* The object type named TYPE, in *T.  0, or -1 (qemu-nbd's message
+ * for a type it does not know, or one we do not support). */
+static int
+object_type (const char *type, enum obj_type *t)
+{
+  bool known = false;
+
+  if (strcmp (type, "secret") == 0)
+    *t = OBJ_SECRET;
+  else if (strcmp (type, "tls-creds-x509") == 0)
+    *t = OBJ_X509;
+  else if (strcmp (type, "tls-creds-psk") == 0)
+    *t = OBJ_PSK;
+  else if (strcmp (type, "authz-simple") == 0
+           || strcmp (type, "authz-list") == 0
+           || strcmp (type, "authz-list-file") == 0)
+    *t = OBJ_AUTHZ;
+  else if (strcmp (type, "authz-listfile") == 0) {
+    /* QEMU 7.2's QAPI name of authz-list-file, which it cannot create. */
+    qnbd_error ("invalid object type: %s", type);
+    return -1;
+  }
+  else {
+    for (size_t i = 0; qemu_types[i]; i++)
+      known |= strcmp (type, qemu_types[i]) == 0;
+    if (known)
+      qnbd_error ("object type '%s' is not supported by qcow2-nbd", type);
+    else
+      qnbd_error ("Parameter 'qom-type' does not accept value '%s'", type);
+    return -1;
+  }
+  return 0;
+}
+
+/* The properties of an authz-* object of TYPE from D into O; an
+ * authz-list-file's file name in *RULES_FILE, read once every property
+ * is known.  0, or -1 (logged). */
+static int
+authz_props (struct qdict *d, const char *type, struct object *o,
+             const char **rules_file)
+{
+  if (strcmp (type, "authz-simple") == 0) {
+    struct tls_authz_rule rule = { .allow = true };
+    const char *v = qdict_take (d, "identity", NULL);
+
+    if (v == NULL) {
+      qnbd_error ("Parameter 'identity' is missing");
+      return -1;
+    }
+    rule.match = strdup (v);
+    o->rules = malloc (sizeof *o->rules);
+    if (rule.match == NULL || o->rules == NULL) {
+      free ((char *) rule.match);
+      return -1;
+    }
+    o->rules[0] = rule;
+    o->nr_rules = 1;
+    return 0;
+  }
+  if (strcmp (type, "authz-list") == 0)
+    return parse_rules (d, o);
+  *rules_file = qdict_take (d, "filename", NULL);
+  qdict_take (d, "refresh", NULL);
+  if (*rules_file == NULL) {
+    qnbd_error ("Parameter 'filename' is missing");
+    return -1;
+  }
+  return 0;
+}
+
+/* Every property is known: what they name must be usable (the secret's
+ * file readable, the credentials complete, the rules file loaded), and
+ * the id new.  0, or -1 (logged). */
+static int
+object_check (struct object *o, const char *id, const char *secret_file,
+              const char *rules_file)
+{
+  if (secret_file && access (secret_file, R_OK) == -1) {
+    qnbd_error ("Unable to read %s: %m", secret_file);
+    return -1;
+  }
+  if ((o->type == OBJ_X509 || o->type == OBJ_PSK)
+      && tls_creds_complete (o) < 0)
+    return -1;
+  if (rules_file && load_rules_file (rules_file, o) < 0)
+    return -1;
+  if (find (id)) {
+    qnbd_error ("attempt to add duplicate property '%s' to object (type "
+                "'container')", id);
+    return -1;
+  }
+  return 0;
+}
+
 int
 qnbd_object_add (const char *arg)
 {
   struct qdict d = { 0 };
   struct object o = { 0 }, *grown;
-  const char *type, *id, *v, *secret_file = NULL, *rules_file = NULL;
+  const char *type, *id, *secret_file = NULL, *rules_file = NULL;
   bool found;
   char err[256];
   int r = -1;
@@ -329,32 +423,8 @@ qnbd_object_add (const char *arg)
     qnbd_error ("Parameter 'qom-type' is missing");
     goto out;
   }
-  if (strcmp (type, "secret") == 0)
-    o.type = OBJ_SECRET;
-  else if (strcmp (type, "tls-creds-x509") == 0)
-    o.type = OBJ_X509;
-  else if (strcmp (type, "tls-creds-psk") == 0)
-    o.type = OBJ_PSK;
-  else if (strcmp (type, "authz-simple") == 0
-           || strcmp (type, "authz-list") == 0
-           || strcmp (type, "authz-list-file") == 0)
-    o.type = OBJ_AUTHZ;
-  else if (strcmp (type, "authz-listfile") == 0) {
-    /* QEMU 7.2's QAPI name of authz-list-file, which it cannot create. */
-    qnbd_error ("invalid object type: %s", type);
+  if (object_type (type, &o.type) == -1)
     goto out;
-  }
-  else {
-    bool known = false;
-
-    for (size_t i = 0; qemu_types[i]; i++)
-      known |= strcmp (type, qemu_types[i]) == 0;
-    if (known)
-      qnbd_error ("object type '%s' is not supported by qcow2-nbd", type);
-    else
-      qnbd_error ("Parameter 'qom-type' does not accept value '%s'", type);
-    goto out;
-  }
   id = qdict_take (&d, "id", &found);
   if (!found || id == NULL) {
     qnbd_error ("Parameter 'id' is missing");
@@ -376,34 +446,7 @@ qnbd_object_add (const char *arg)
     r = tls_creds (&d, &o, o.type == OBJ_X509);
     break;
   case OBJ_AUTHZ:
-    if (strcmp (type, "authz-simple") == 0) {
-      struct tls_authz_rule rule = { .allow = true };
-
-      v = qdict_take (&d, "identity", NULL);
-      if (v == NULL) {
-        qnbd_error ("Parameter 'identity' is missing");
-        break;
-      }
-      rule.match = strdup (v);
-      o.rules = malloc (sizeof *o.rules);
-      if (rule.match == NULL || o.rules == NULL) {
-        free ((char *) rule.match);
-        break;
-      }
-      o.rules[0] = rule;
-      o.nr_rules = 1;
-      r = 0;
-    }
-    else if (strcmp (type, "authz-list") == 0)
-      r = parse_rules (&d, &o);
-    else {
-      rules_file = qdict_take (&d, "filename", NULL);
-      qdict_take (&d, "refresh", NULL);
-      if (rules_file == NULL)
-        qnbd_error ("Parameter 'filename' is missing");
-      else
-        r = 0;
-    }
+    r = authz_props (&d, type, &o, &rules_file);
     break;
   }
   if (r < 0)
@@ -413,20 +456,8 @@ qnbd_object_add (const char *arg)
     qnbd_error ("Parameter '%s' is unexpected", qdict_unused (&d));
     goto out;
   }
-  /* Every property known: now what they name must be usable. */
-  if (secret_file && access (secret_file, R_OK) == -1) {
-    qnbd_error ("Unable to read %s: %m", secret_file);
+  if (object_check (&o, id, secret_file, rules_file) == -1)
     goto out;
-  }
-  if ((o.type == OBJ_X509 || o.type == OBJ_PSK) && tls_creds_complete (&o) < 0)
-    goto out;
-  if (rules_file && load_rules_file (rules_file, &o) < 0)
-    goto out;
-  if (find (id)) {
-    qnbd_error ("attempt to add duplicate property '%s' to object (type "
-                "'container')", id);
-    goto out;
-  }
   o.id = strdup (id);
   grown = realloc (objects, (nr_objects + 1) * sizeof *objects);
   if (o.id == NULL || grown == NULL) {

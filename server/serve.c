@@ -436,19 +436,13 @@ serve_export_close (struct export *exp)
   return r;
 }
 
-int
-serve_run (const struct server_config *cfg)
+/* Block the signals the signal thread waits for, and ignore SIGPIPE,
+ * before any thread exists, so every thread inherits the mask. */
+static void
+block_signals (void)
 {
-  const struct export *single;
-  unsigned threads = cfg->threads ? cfg->threads : 1;
   sigset_t set;
-  pthread_t sig_thread;
-  int *fds = NULL, nfds;
-  int status = EXIT_FAILURE, r;
 
-  log_verbose = cfg->verbose;
-
-  /* Before any thread exists, so every thread inherits the mask. */
   signal (SIGPIPE, SIG_IGN);
   sigemptyset (&set);
   sigaddset (&set, SIGINT);
@@ -456,8 +450,12 @@ serve_run (const struct server_config *cfg)
   sigaddset (&set, SIGHUP);
   sigaddset (&set, SIGPIPE);
   pthread_sigmask (SIG_BLOCK, &set, NULL);
+}
 
-  server_max_inflight = cfg->max_inflight_bytes;
+/* The TLS context CFG asks for, if any.  0, or -1 (logged). */
+static int
+start_tls (const struct server_config *cfg)
+{
   server_tls_mode = cfg->tls.mode;
   if (cfg->tls.mode != TLS_OFF) {
     struct tls_config tls = cfg->tls;
@@ -466,9 +464,47 @@ serve_run (const struct server_config *cfg)
     server_tls_ctx = tls_ctx_new (&tls);
     if (server_tls_ctx == NULL) {
       log_error ("cannot set up TLS");
-      return EXIT_FAILURE;
+      return -1;
     }
   }
+  return 0;
+}
+
+/* Say what is served, once it is. */
+static void
+log_serving (const struct server_config *cfg, unsigned threads)
+{
+  const struct export *single = exports_single ();
+
+  if (single)
+    log_info ("serving %s (%" PRIu64 " bytes) as export '%s' with %u "
+              "thread%s", cfg->image ? cfg->image
+              : qcow2_file_name (single->img, 0), single->size, single->name,
+              threads, threads == 1 ? "" : "s");
+  else {
+    unsigned n = cfg->nr_exports + (cfg->image != NULL);
+
+    log_info ("serving %u export%s%s%s with %u thread%s", n,
+              n == 1 ? "" : "s",
+              cfg->export_dir ? " and the images of " : "",
+              cfg->export_dir ? cfg->export_dir : "",
+              threads, threads == 1 ? "" : "s");
+  }
+}
+
+int
+serve_run (const struct server_config *cfg)
+{
+  unsigned threads = cfg->threads ? cfg->threads : 1;
+  pthread_t sig_thread;
+  int *fds = NULL, nfds;
+  int status = EXIT_FAILURE, r;
+
+  log_verbose = cfg->verbose;
+  block_signals ();
+  server_max_inflight = cfg->max_inflight_bytes;
+  if (start_tls (cfg) == -1)
+    return EXIT_FAILURE;
 
   /* The images named on the command line first: nothing listens until
    * they are open and checked, so a client that connects is always
@@ -501,21 +537,7 @@ serve_run (const struct server_config *cfg)
     workers_shutdown ();
     goto out_sockets;
   }
-  single = exports_single ();
-  if (single)
-    log_info ("serving %s (%" PRIu64 " bytes) as export '%s' with %u "
-              "thread%s", cfg->image ? cfg->image
-              : qcow2_file_name (single->img, 0), single->size, single->name,
-              threads, threads == 1 ? "" : "s");
-  else {
-    unsigned n = cfg->nr_exports + (cfg->image != NULL);
-
-    log_info ("serving %u export%s%s%s with %u thread%s", n,
-              n == 1 ? "" : "s",
-              cfg->export_dir ? " and the images of " : "",
-              cfg->export_dir ? cfg->export_dir : "",
-              threads, threads == 1 ? "" : "s");
-  }
+  log_serving (cfg, threads);
   if (cfg->ready)
     cfg->ready (cfg);
 

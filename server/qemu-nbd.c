@@ -642,10 +642,9 @@ parse (int argc, char **argv, struct cmdline *c)
   }
 }
 
-/* What qemu-nbd checks after the options, in its order, up to the
- * point where it would start serving. */
+/* The positional arguments, and what list mode (-L) refuses. */
 static void
-check (int argc, char **argv, struct cmdline *c, unsigned activation)
+check_args (int argc, char **argv, struct cmdline *c)
 {
   if (c->list) {
     if (argc != optind) {
@@ -671,6 +670,14 @@ check (int argc, char **argv, struct cmdline *c, unsigned activation)
   }
   else if (!c->export_name)
     c->export_name = "";
+}
+
+/* Where to listen: the defaults, or with socket activation (ACTIVATION
+ * sockets handed over) no address of our own. */
+static void
+check_activation (struct cmdline *c, unsigned activation)
+{
+  const char *msg = NULL;
 
   if (activation == 0) {
     if (!c->sockpath) {
@@ -679,33 +686,35 @@ check (int argc, char **argv, struct cmdline *c, unsigned activation)
       if (!c->port)
         c->port = NBD_DEFAULT_PORT;
     }
+    return;
   }
-  else {
-    const char *msg = NULL;
-
-    if (c->device)
-      msg = "NBD device can't be set when using socket activation";
-    else if (c->sockpath)
-      msg = "Unix socket can't be set when using socket activation";
-    else if (c->bindto)
-      msg = "The interface can't be set when using socket activation";
-    else if (c->port)
-      msg = "TCP port number can't be set when using socket activation";
-    else if (c->selinux_label)
-      msg = "SELinux label can't be set when using socket activation";
-    else if (c->list)
-      msg = "List mode is incompatible with socket activation";
-    if (msg) {
-      qnbd_error ("%s", msg);
-      exit (EXIT_FAILURE);
-    }
-    if (activation > 1) {
-      qnbd_error ("qemu-nbd does not support socket activation with %s > 1",
-                  "LISTEN_FDS");
-      exit (EXIT_FAILURE);
-    }
+  if (c->device)
+    msg = "NBD device can't be set when using socket activation";
+  else if (c->sockpath)
+    msg = "Unix socket can't be set when using socket activation";
+  else if (c->bindto)
+    msg = "The interface can't be set when using socket activation";
+  else if (c->port)
+    msg = "TCP port number can't be set when using socket activation";
+  else if (c->selinux_label)
+    msg = "SELinux label can't be set when using socket activation";
+  else if (c->list)
+    msg = "List mode is incompatible with socket activation";
+  if (msg) {
+    qnbd_error ("%s", msg);
+    exit (EXIT_FAILURE);
   }
+  if (activation > 1) {
+    qnbd_error ("qemu-nbd does not support socket activation with %s > 1",
+                "LISTEN_FDS");
+    exit (EXIT_FAILURE);
+  }
+}
 
+/* The TLS options together. */
+static void
+check_tls (const struct cmdline *c)
+{
   if (c->tlscredsid) {
     if (c->device) {
       qnbd_error ("TLS is not supported with a host device");
@@ -730,6 +739,62 @@ check (int argc, char **argv, struct cmdline *c, unsigned activation)
       exit (EXIT_FAILURE);
     }
   }
+}
+
+/* What qemu-nbd checks after the options, in its order, up to the
+ * point where it would start serving. */
+static void
+check (int argc, char **argv, struct cmdline *c, unsigned activation)
+{
+  check_args (argc, argv, c);
+  check_activation (c, activation);
+  check_tls (c);
+}
+
+/* The serving configuration qemu-nbd's command line C asks for, into
+ * CFG; TLS: the credentials it names, or NULL.  Exits (logged) if the
+ * image options are refused. */
+static void
+make_config (struct cmdline *c, const struct tls_config *tls,
+             struct server_config *cfg)
+{
+  serve_config_init (cfg);
+  c->img.offset = c->dev_offset;
+  if (qnbd_image_config (&c->img, cfg) == -1)
+    exit (EXIT_FAILURE);
+
+  memcpy (cfg->bitmaps, c->bitmaps, sizeof cfg->bitmaps);
+  cfg->nr_bitmaps = c->nr_bitmaps;
+  if (c->load_snapshot) {
+    cfg->snapshot = c->sn.snapshot;
+    cfg->snapshot_id = c->sn.snapshot_id;
+    cfg->snapshot_name = c->sn.snapshot_name;
+  }
+  cfg->export_name = c->export_name;
+  cfg->description = c->description;
+  cfg->alloc_depth = c->alloc_depth;
+  cfg->qemu_export = true;
+  cfg->qemu_compat = true;
+  cfg->socket_path = c->sockpath;
+  cfg->bind_addr = c->sockpath ? NULL : c->bindto;
+  cfg->port = c->sockpath ? NULL : c->port;
+  cfg->max_connections = c->shared;
+  /* qemu-nbd's listen backlog: the clients it will serve at once. */
+  cfg->backlog = c->persistent || c->shared == 0 ? SOMAXCONN
+    : c->shared < SOMAXCONN ? c->shared : SOMAXCONN;
+  cfg->persistent = c->persistent;
+  cfg->sighup_stops = true;
+  cfg->handshake_timeout = 10;   /* NBD_DEFAULT_HANDSHAKE_MAX_SECS */
+  cfg->pid_file = c->pid_file;
+  cfg->keep_pid_file = true;
+  /* -v means little to qemu-nbd's server; our own messages come from
+   * the second -v on. */
+  cfg->verbose = c->verbose > 0 ? c->verbose - 1 : 0;
+  if (tls)
+    cfg->tls = *tls;
+  cfg->ready = ready;
+  cfg->open_failed = qnbd_open_failed;
+  cfg->bitmap_failed = qnbd_bitmap_failed;
 }
 
 int
@@ -783,44 +848,8 @@ qemu_nbd_main (int argc, char **argv)
     exit (EXIT_FAILURE);
   }
 
-  serve_config_init (&cfg);
   qnbd_image_arg = c.img.file = argv[optind];
-  c.img.offset = c.dev_offset;
-  if (qnbd_image_config (&c.img, &cfg) == -1)
-    exit (EXIT_FAILURE);
-
-  memcpy (cfg.bitmaps, c.bitmaps, sizeof cfg.bitmaps);
-  cfg.nr_bitmaps = c.nr_bitmaps;
-  if (c.load_snapshot) {
-    cfg.snapshot = c.sn.snapshot;
-    cfg.snapshot_id = c.sn.snapshot_id;
-    cfg.snapshot_name = c.sn.snapshot_name;
-  }
-  cfg.export_name = c.export_name;
-  cfg.description = c.description;
-  cfg.alloc_depth = c.alloc_depth;
-  cfg.qemu_export = true;
-  cfg.qemu_compat = true;
-  cfg.socket_path = c.sockpath;
-  cfg.bind_addr = c.sockpath ? NULL : c.bindto;
-  cfg.port = c.sockpath ? NULL : c.port;
-  cfg.max_connections = c.shared;
-  /* qemu-nbd's listen backlog: the clients it will serve at once. */
-  cfg.backlog = c.persistent || c.shared == 0 ? SOMAXCONN
-    : c.shared < SOMAXCONN ? c.shared : SOMAXCONN;
-  cfg.persistent = c.persistent;
-  cfg.sighup_stops = true;
-  cfg.handshake_timeout = 10;   /* NBD_DEFAULT_HANDSHAKE_MAX_SECS */
-  cfg.pid_file = c.pid_file;
-  cfg.keep_pid_file = true;
-  /* -v means little to qemu-nbd's server; our own messages come from
-   * the second -v on. */
-  cfg.verbose = c.verbose > 0 ? c.verbose - 1 : 0;
-  if (c.tlscredsid)
-    cfg.tls = tls;
-  cfg.ready = ready;
-  cfg.open_failed = qnbd_open_failed;
-  cfg.bitmap_failed = qnbd_bitmap_failed;
+  make_config (&c, c.tlscredsid ? &tls : NULL, &cfg);
 
   if (c.device) {
     /* qemu-nbd -c daemonises unless -v, and with --fork; either way the

@@ -444,6 +444,110 @@ connect_to (struct lister *l, const char *sock, const char *host,
                strerror (err));
 }
 
+/* Connect, and take the server's greeting as QEMU's client does,
+ * answering with our flags.  0, or -1 (L's error set). */
+static int
+greet (struct lister *l, const char *socket_path, const char *bind,
+       const char *port)
+{
+  char greet[18];
+  uint32_t cflags;
+
+  if (connect_to (l, socket_path, bind ? bind : "0.0.0.0",
+                  port ? port : NBD_DEFAULT_PORT) < 0)
+    return -1;
+  if (read_full (l, greet, sizeof greet, "initial magic") < 0)
+    return -1;
+  if (load_be64 (greet) != NBD_MAGIC) {
+    fail (l, "Bad initial magic received: 0x%" PRIx64, load_be64 (greet));
+    return -1;
+  }
+  if (load_be64 (greet + 8) != NBD_IHAVEOPT) {
+    fail (l, "Server does not support export lists");
+    return -1;
+  }
+  if (!(load_be16 (greet + 16) & NBD_FLAG_FIXED_NEWSTYLE)) {
+    fail (l, "Server does not support export lists");
+    return -1;
+  }
+  cflags = NBD_FLAG_C_FIXED_NEWSTYLE;
+  if (load_be16 (greet + 16) & NBD_FLAG_NO_ZEROES)
+    cflags |= NBD_FLAG_C_NO_ZEROES;
+  store_be32 (greet, cflags);
+  return write_full (l, greet, 4) < 0 ? -1 : 0;
+}
+
+/* QEMU's client: STARTTLS first, everything else inside.  0, or -1
+ * (L's error set). */
+static int
+starttls (struct lister *l, const struct tls_config *tls,
+          const char *tls_hostname, const char *tls_username)
+{
+  uint32_t type, len;
+  int r;
+
+  if (send_opt (l, NBD_OPT_STARTTLS, NULL, 0) < 0)
+    return -1;
+  r = reply (l, NBD_OPT_STARTTLS, &type, &len);
+  if (r == 0 || (r == 1 && (type != NBD_REP_ACK || len != 0))) {
+    fail (l, "Server don't support STARTTLS option");
+    return -1;
+  }
+  if (r < 0)
+    return -1;
+  l->tls = tls_client_new (l->fd, tls, tls_hostname, tls_username, l->err,
+                           sizeof l->err);
+  return l->tls == NULL ? -1 : 0;
+}
+
+/* Ask for structured replies, politely, as QEMU's client does: an error
+ * reply of any kind (a server that wants TLS first included) only means
+ * no structured replies, and the error that counts comes with the
+ * listing.  0 (*STRUCTURED set), or -1 (L's error set). */
+static int
+ask_structured (struct lister *l, bool *structured)
+{
+  uint32_t type, len;
+  int r;
+
+  if (send_opt (l, NBD_OPT_STRUCTURED_REPLY, NULL, 0) < 0)
+    return -1;
+  r = reply (l, NBD_OPT_STRUCTURED_REPLY, &type, &len);
+  if (r < 0 && l->err_reply) {
+    l->err[0] = '\0';
+    r = 0;
+  }
+  if (r < 0)
+    return -1;
+  if (r == 1) {
+    if (type != NBD_REP_ACK || len != 0) {
+      fail (l, "server sent invalid structured reply answer");
+      return -1;
+    }
+    *structured = true;
+  }
+  return 0;
+}
+
+/* Ask about each of the N exports at A (and, with STRUCTURED replies,
+ * their meta contexts), until the server has no more to say.  0, or -1
+ * (L's error set). */
+static int
+describe (struct lister *l, struct export_info *a, int n, bool structured)
+{
+  for (int i = 0; i < n; i++) {
+    int r = info (l, &a[i]);
+
+    if (r < 0)
+      return -1;
+    if (r == 0)
+      break;
+    if (structured && meta_contexts (l, &a[i]) < 0)
+      return -1;
+  }
+  return 0;
+}
+
 int
 qnbd_list (const char *socket_path, const char *bind, const char *port,
            const struct tls_config *tls, const char *tls_hostname,
@@ -451,86 +555,19 @@ qnbd_list (const char *socket_path, const char *bind, const char *port,
 {
   struct lister l = { .fd = -1 };
   struct export_info *a = NULL;
-  char greet[18];
-  uint32_t type, len, cflags;
   bool structured = false;
-  int n = -1, count = 0, r;
+  int n = -1, count = 0;
 
-  if (connect_to (&l, socket_path, bind ? bind : "0.0.0.0",
-                  port ? port : NBD_DEFAULT_PORT) < 0)
+  if (greet (&l, socket_path, bind, port) < 0
+      || (tls && starttls (&l, tls, tls_hostname, tls_username) < 0)
+      || ask_structured (&l, &structured) < 0)
     goto out;
-  if (read_full (&l, greet, sizeof greet, "initial magic") < 0)
-    goto out;
-  if (load_be64 (greet) != NBD_MAGIC) {
-    fail (&l, "Bad initial magic received: 0x%" PRIx64, load_be64 (greet));
-    goto out;
-  }
-  if (load_be64 (greet + 8) != NBD_IHAVEOPT) {
-    fail (&l, "Server does not support export lists");
-    goto out;
-  }
-  if (!(load_be16 (greet + 16) & NBD_FLAG_FIXED_NEWSTYLE)) {
-    fail (&l, "Server does not support export lists");
-    goto out;
-  }
-  cflags = NBD_FLAG_C_FIXED_NEWSTYLE;
-  if (load_be16 (greet + 16) & NBD_FLAG_NO_ZEROES)
-    cflags |= NBD_FLAG_C_NO_ZEROES;
-  store_be32 (greet, cflags);
-  if (write_full (&l, greet, 4) < 0)
-    goto out;
-  if (tls) {
-    /* QEMU's client: STARTTLS first, everything else inside. */
-    if (send_opt (&l, NBD_OPT_STARTTLS, NULL, 0) < 0)
-      goto out;
-    r = reply (&l, NBD_OPT_STARTTLS, &type, &len);
-    if (r == 0 || (r == 1 && (type != NBD_REP_ACK || len != 0))) {
-      fail (&l, "Server don't support STARTTLS option");
-      goto out;
-    }
-    if (r < 0)
-      goto out;
-    l.tls = tls_client_new (l.fd, tls, tls_hostname, tls_username, l.err,
-                            sizeof l.err);
-    if (l.tls == NULL)
-      goto out;
-  }
-  /* Asked for politely, as QEMU's client does: an error reply of any
-   * kind (a server that wants TLS first included) only means no
-   * structured replies, and the error that counts comes with the
-   * listing. */
-  if (send_opt (&l, NBD_OPT_STRUCTURED_REPLY, NULL, 0) < 0)
-    goto out;
-  r = reply (&l, NBD_OPT_STRUCTURED_REPLY, &type, &len);
-  if (r < 0 && l.err_reply) {
-    l.err[0] = '\0';
-    r = 0;
-  }
-  if (r < 0)
-    goto out;
-  if (r == 1) {
-    if (type != NBD_REP_ACK || len != 0) {
-      fail (&l, "server sent invalid structured reply answer");
-      goto out;
-    }
-    structured = true;
-  }
-
   n = list (&l, &a, &count);
   if (n < 0)
     goto out;
-  for (int i = 0; i < n; i++) {
-    r = info (&l, &a[i]);
-    if (r < 0) {
-      n = -1;
-      goto out;
-    }
-    if (r == 0)
-      break;
-    if (structured && meta_contexts (&l, &a[i]) < 0) {
-      n = -1;
-      goto out;
-    }
+  if (describe (&l, a, n, structured) < 0) {
+    n = -1;
+    goto out;
   }
   send_opt (&l, NBD_OPT_ABORT, NULL, 0);
 

@@ -115,63 +115,96 @@ created_size (const char *path, uint64_t asked)
   return size;
 }
 
+/* Take option C (its argument in optarg), one of the image's format,
+ * into O and return true; false if C is not one of them. */
+static bool
+format_option (int c, struct qcow2_create_opts *o)
+{
+  uint64_t v;
+
+  switch (c) {
+  case 'b':
+    o->backing_file = optarg;
+    return true;
+  case 'F':
+    o->backing_format = optarg;
+    return true;
+  case OPT_CLUSTER_SIZE:
+    if (options_parse_size (optarg, &v) == -1 || v > UINT32_MAX)
+      create_bad_usage ("invalid --cluster-size", optarg);
+    if (v == 0)
+      create_bad_usage ("--cluster-size must not be 0", NULL);
+    o->cluster_size = v;
+    return true;
+  case OPT_COMPAT:
+    if (strcmp (optarg, "0.10") == 0 || strcmp (optarg, "v2") == 0)
+      o->version = 2;
+    else if (strcmp (optarg, "1.1") == 0 || strcmp (optarg, "v3") == 0)
+      o->version = 3;
+    else
+      create_bad_usage ("--compat must be 0.10 or 1.1, not", optarg);
+    return true;
+  case OPT_COMPRESSION_TYPE:
+    o->compression_type = optarg;
+    return true;
+  case OPT_EXTENDED_L2:
+    o->extended_l2 = true;
+    return true;
+  case OPT_REFCOUNT_BITS: {
+    char *end;
+    unsigned long n;
+
+    errno = 0;
+    n = strtoul (optarg, &end, 10);
+    if (*optarg < '0' || *optarg > '9' || errno || *end || n == 0 ||
+        n > 64)
+      create_bad_usage ("--refcount-bits must be 1, 2, 4, 8, 16, 32 or "
+                        "64, not", optarg);
+    o->refcount_bits = n;
+    return true;
+  }
+  case OPT_LAZY_REFCOUNTS:
+    o->lazy_refcounts = true;
+    return true;
+  default:
+    return false;
+  }
+}
+
+/* Say what was created at PATH, in qemu-img create's words. */
+static void
+print_created (const char *path, const struct qcow2_create_opts *o)
+{
+  printf ("Formatting '%s', fmt=qcow2 cluster_size=%" PRIu32
+          " extended_l2=%s compression_type=%s size=%" PRIu64,
+          path, o->cluster_size ? o->cluster_size : 65536,
+          o->extended_l2 ? "on" : "off",
+          o->compression_type ? o->compression_type : "zlib",
+          created_size (path, o->size));
+  if (o->backing_file)
+    printf (" backing_file=%s backing_fmt=%s", o->backing_file,
+            o->backing_format);
+  printf (" compat=%s lazy_refcounts=%s refcount_bits=%" PRIu32 "\n",
+          o->version == 2 ? "0.10" : "1.1",
+          o->lazy_refcounts ? "on" : "off",
+          o->refcount_bits ? o->refcount_bits : 16);
+}
+
 int
 create_main (int argc, char **argv)
 {
   struct qcow2_create_opts o = { .version = 3 };
   const char *path;
   bool quiet = false;
-  uint64_t v;
   int c, r;
 
   opterr = 0;
   optind = 1;
   while ((c = getopt_long (argc, argv, create_short_opts, create_long_opts,
                            NULL)) != -1) {
+    if (format_option (c, &o))
+      continue;
     switch (c) {
-    case 'b':
-      o.backing_file = optarg;
-      break;
-    case 'F':
-      o.backing_format = optarg;
-      break;
-    case OPT_CLUSTER_SIZE:
-      if (options_parse_size (optarg, &v) == -1 || v > UINT32_MAX)
-        create_bad_usage ("invalid --cluster-size", optarg);
-      if (v == 0)
-        create_bad_usage ("--cluster-size must not be 0", NULL);
-      o.cluster_size = v;
-      break;
-    case OPT_COMPAT:
-      if (strcmp (optarg, "0.10") == 0 || strcmp (optarg, "v2") == 0)
-        o.version = 2;
-      else if (strcmp (optarg, "1.1") == 0 || strcmp (optarg, "v3") == 0)
-        o.version = 3;
-      else
-        create_bad_usage ("--compat must be 0.10 or 1.1, not", optarg);
-      break;
-    case OPT_COMPRESSION_TYPE:
-      o.compression_type = optarg;
-      break;
-    case OPT_EXTENDED_L2:
-      o.extended_l2 = true;
-      break;
-    case OPT_REFCOUNT_BITS: {
-      char *end;
-      unsigned long n;
-
-      errno = 0;
-      n = strtoul (optarg, &end, 10);
-      if (*optarg < '0' || *optarg > '9' || errno || *end || n == 0 ||
-          n > 64)
-        create_bad_usage ("--refcount-bits must be 1, 2, 4, 8, 16, 32 or "
-                          "64, not", optarg);
-      o.refcount_bits = n;
-      break;
-    }
-    case OPT_LAZY_REFCOUNTS:
-      o.lazy_refcounts = true;
-      break;
     case 'q':
       quiet = true;
       break;
@@ -204,21 +237,7 @@ create_main (int argc, char **argv)
       log_error ("%s: cannot create image: %s", path, strerror (-r));
     return EXIT_FAILURE;
   }
-
-  if (!quiet) {
-    printf ("Formatting '%s', fmt=qcow2 cluster_size=%" PRIu32
-            " extended_l2=%s compression_type=%s size=%" PRIu64,
-            path, o.cluster_size ? o.cluster_size : 65536,
-            o.extended_l2 ? "on" : "off",
-            o.compression_type ? o.compression_type : "zlib",
-            created_size (path, o.size));
-    if (o.backing_file)
-      printf (" backing_file=%s backing_fmt=%s", o.backing_file,
-              o.backing_format);
-    printf (" compat=%s lazy_refcounts=%s refcount_bits=%" PRIu32 "\n",
-            o.version == 2 ? "0.10" : "1.1",
-            o.lazy_refcounts ? "on" : "off",
-            o.refcount_bits ? o.refcount_bits : 16);
-  }
+  if (!quiet)
+    print_created (path, &o);
   return EXIT_SUCCESS;
 }

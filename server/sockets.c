@@ -208,6 +208,75 @@ static const struct addrinfo listen_hints = {
   .ai_socktype = SOCK_STREAM,
 };
 
+/* Is AI's address earlier in RES too (some resolvers list one twice)? */
+static bool
+listed_before (const struct addrinfo *res, const struct addrinfo *ai)
+{
+  for (const struct addrinfo *prev = res; prev != ai; prev = prev->ai_next)
+    if (prev->ai_addrlen == ai->ai_addrlen
+        && memcmp (prev->ai_addr, ai->ai_addr, ai->ai_addrlen) == 0)
+      return true;
+  return false;
+}
+
+/* What listen_on returns for an address that can be done without. */
+#define SKIP_ADDRESS (-2)
+
+/* A socket listening on address AI of the list RES (HAVE_V4: the list
+ * has an IPv4 address; N: sockets open so far).  Returns it,
+ * SKIP_ADDRESS, or -1 (logged). */
+static int
+listen_on (const struct server_config *cfg, const struct addrinfo *res,
+           const struct addrinfo *ai, bool have_v4, int n)
+{
+  char host[NI_MAXHOST], serv[NI_MAXSERV];
+  int fd, one = 1;
+
+  if (getnameinfo (ai->ai_addr, ai->ai_addrlen, host, sizeof host,
+                   serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV))
+    strcpy (host, "?"), strcpy (serv, "?");
+  fd = socket (ai->ai_family,
+               ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
+               ai->ai_protocol);
+  if (fd == -1) {
+    /* A kernel without IPv6 still serves IPv4. */
+    if (errno == EAFNOSUPPORT)
+      return SKIP_ADDRESS;
+    log_error ("socket: %m");
+    return -1;
+  }
+  setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (ai->ai_family == AF_INET6 && have_v4
+      && setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+                     sizeof one) == -1) {
+    log_error ("setsockopt IPV6_V6ONLY: %m");
+    close (fd);
+    return -1;
+  }
+  if (bind (fd, ai->ai_addr, ai->ai_addrlen) == -1) {
+    /* The same address twice in the list, or IPv6 disabled by sysctl
+     * (the wildcard v4 socket still serves). */
+    if ((errno == EADDRINUSE && n > 0 && listed_before (res, ai))
+        || (errno == EADDRNOTAVAIL && cfg->bind_addr == NULL
+            && ai->ai_family == AF_INET6)) {
+      close (fd);
+      return SKIP_ADDRESS;
+    }
+    log_error ("bind %s port %s: %m", host, serv);
+    close (fd);
+    return -1;
+  }
+  if (listen (fd, cfg->backlog > 0 ? cfg->backlog : SOMAXCONN) == -1) {
+    log_error ("listen %s port %s: %m", host, serv);
+    close (fd);
+    return -1;
+  }
+  log_info ("listening on %s%s%s port %s",
+            ai->ai_family == AF_INET6 ? "[" : "", host,
+            ai->ai_family == AF_INET6 ? "]" : "", serv);
+  return fd;
+}
+
 static int
 tcp_sockets (const struct server_config *cfg, int **fds)
 {
@@ -235,63 +304,12 @@ tcp_sockets (const struct server_config *cfg, int **fds)
   }
 
   for (ai = res; ai; ai = ai->ai_next) {
-    char host[NI_MAXHOST], serv[NI_MAXSERV];
-    int fd, one = 1;
+    int fd = listen_on (cfg, res, ai, have_v4, n);
 
-    if (getnameinfo (ai->ai_addr, ai->ai_addrlen, host, sizeof host,
-                     serv, sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV))
-      strcpy (host, "?"), strcpy (serv, "?");
-    fd = socket (ai->ai_family,
-                 ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-                 ai->ai_protocol);
-    if (fd == -1) {
-      /* A kernel without IPv6 still serves IPv4. */
-      if (errno == EAFNOSUPPORT)
-        continue;
-      log_error ("socket: %m");
+    if (fd == SKIP_ADDRESS)
+      continue;
+    if (fd == -1)
       goto fail;
-    }
-    setsockopt (fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (ai->ai_family == AF_INET6 && have_v4
-        && setsockopt (fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
-                       sizeof one) == -1) {
-      log_error ("setsockopt IPV6_V6ONLY: %m");
-      close (fd);
-      goto fail;
-    }
-    if (bind (fd, ai->ai_addr, ai->ai_addrlen) == -1) {
-      /* The same address twice in the list (some resolvers do that). */
-      if (errno == EADDRINUSE && n > 0) {
-        bool dup = false;
-        struct addrinfo *prev;
-
-        for (prev = res; prev != ai; prev = prev->ai_next)
-          if (prev->ai_addrlen == ai->ai_addrlen
-              && memcmp (prev->ai_addr, ai->ai_addr, ai->ai_addrlen) == 0)
-            dup = true;
-        if (dup) {
-          close (fd);
-          continue;
-        }
-      }
-      /* IPv6 disabled by sysctl: the wildcard v4 socket still serves. */
-      if (errno == EADDRNOTAVAIL && cfg->bind_addr == NULL
-          && ai->ai_family == AF_INET6) {
-        close (fd);
-        continue;
-      }
-      log_error ("bind %s port %s: %m", host, serv);
-      close (fd);
-      goto fail;
-    }
-    if (listen (fd, cfg->backlog > 0 ? cfg->backlog : SOMAXCONN) == -1) {
-      log_error ("listen %s port %s: %m", host, serv);
-      close (fd);
-      goto fail;
-    }
-    log_info ("listening on %s%s%s port %s",
-              ai->ai_family == AF_INET6 ? "[" : "", host,
-              ai->ai_family == AF_INET6 ? "]" : "", serv);
     (*fds)[n++] = fd;
   }
   freeaddrinfo (res);

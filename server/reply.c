@@ -279,6 +279,63 @@ reply_send_complete (struct conn_state *cs, int res)
   return 0;
 }
 
+/* Send the bytes at the head of REQ's reply that wait in its pipe (a
+ * zero-copy READ's data), straight from the pipe to the socket: the
+ * transport's result, *WANT set to what was asked. */
+static ssize_t
+send_from_pipe (struct conn_state *cs, struct request *req, size_t *want)
+{
+  struct conn *conn = cs->conn;
+  int idx = req->iov_idx;
+  bool more = idx + 1 < req->iovcnt || req->next;
+  ssize_t r;
+
+  *want = req->iov[idx].iov_len - req->iov_off;
+  r = conn->transport->splice (conn, req->zp.rfd, *want, more);
+  if (r > 0)
+    req->zc_held -= r;
+  return r;
+}
+
+/* Gather into IOV (room for MAX) the bytes of as many queued replies
+ * from REQ on as fit, up to the next bytes that come from a pipe: one
+ * syscall for a burst of small replies.  Returns how many iovecs, with
+ * *WANT their bytes and *MORE whether more bytes follow them. */
+static int
+gather (struct request *req, struct iovec *iov, int max, size_t *want,
+        bool *more)
+{
+  int idx = req->iov_idx, n = 0;
+  size_t off = req->iov_off;
+
+  while (req && n < max) {
+    if (idx >= req->iovcnt) {
+      req = req->next;
+      idx = 0;
+      off = 0;
+      continue;
+    }
+    if (req->iov[idx].iov_base == NULL)
+      break;
+    if (req->iov[idx].iov_len > off) {
+      iov[n].iov_base = (char *) req->iov[idx].iov_base + off;
+      iov[n].iov_len = req->iov[idx].iov_len - off;
+      *want += iov[n].iov_len;
+      n++;
+    }
+    idx++;
+    off = 0;
+  }
+  /* MSG_MORE only if bytes really follow: TCP holds a segment sent
+   * with it until more come or a timer fires. */
+  while (req && idx >= req->iovcnt) {
+    req = req->next;
+    idx = 0;
+  }
+  *more = req != NULL;
+  return n;
+}
+
 int
 reply_send (struct conn_state *cs)
 {
@@ -288,12 +345,9 @@ reply_send (struct conn_state *cs)
    * last sendmsg found no room: wait for it. */
   while (cs->sq_head && !cs->dead && !cs->send_armed
          && !(cs->ring_send && cs->poll_out_armed)) {
-    struct iovec iov[64];
-    int n = 0;
-    size_t want = 0;
-    bool more;
-
     struct request *req = cs->sq_head;
+    struct iovec iov[64];
+    size_t want = 0;
     ssize_t r;
 
     /* Step over empty iovecs, so the head is the next byte to send. */
@@ -302,59 +356,25 @@ reply_send (struct conn_state *cs)
       req->iov_idx++;
       req->iov_off = 0;
     }
-    int idx = req->iov_idx;
-    size_t off = req->iov_off;
 
-    if (idx < req->iovcnt && req->iov[idx].iov_base == NULL) {
-      /* Bytes of a zero-copy read: from its pipe to the socket. */
-      want = req->iov[idx].iov_len - off;
-      more = idx + 1 < req->iovcnt || req->next;
-      r = conn->transport->splice (conn, req->zp.rfd, want, more);
-      if (r > 0)
-        req->zc_held -= r;
-      goto sent;
-    }
+    if (req->iov_idx < req->iovcnt && req->iov[req->iov_idx].iov_base == NULL)
+      r = send_from_pipe (cs, req, &want);
+    else {
+      bool more;
+      int n = gather (req, iov, sizeof iov / sizeof iov[0], &want, &more);
 
-    /* Gather from as many queued replies as fit, up to the next bytes
-     * that come from a pipe: one syscall for a burst of small replies. */
-    while (req && n < (int) (sizeof iov / sizeof iov[0])) {
-      if (idx >= req->iovcnt) {
-        req = req->next;
-        idx = 0;
-        off = 0;
-        continue;
-      }
-      if (req->iov[idx].iov_base == NULL)
+      if (n == 0) {
+        /* Only empty iovecs left (cannot happen: every reply has a
+         * header); drop them rather than spin. */
+        reply_drop_queue (cs);
         break;
-      if (req->iov[idx].iov_len > off) {
-        iov[n].iov_base = (char *) req->iov[idx].iov_base + off;
-        iov[n].iov_len = req->iov[idx].iov_len - off;
-        want += iov[n].iov_len;
-        n++;
       }
-      idx++;
-      off = 0;
+      if (cs->ring_send) {
+        ring_send (cs, iov, n, more);
+        return 0;
+      }
+      r = conn->transport->send (conn, iov, n, more);
     }
-    /* MSG_MORE only if bytes really follow: TCP holds a segment sent
-     * with it until more come or a timer fires. */
-    while (req && idx >= req->iovcnt) {
-      req = req->next;
-      idx = 0;
-    }
-    more = req != NULL;
-    if (n == 0) {
-      /* Only empty iovecs left (cannot happen: every reply has a
-       * header); drop them rather than spin. */
-      reply_drop_queue (cs);
-      break;
-    }
-
-    if (cs->ring_send) {
-      ring_send (cs, iov, n, more);
-      return 0;
-    }
-    r = conn->transport->send (conn, iov, n, more);
-  sent:
     if (r < 0) {
       if (errno == EINTR)
         continue;

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* A worker's io_uring ring: setting it up, and handing out the SQEs that
  * every user of the ring (the request code, the command handlers, the
- * loop itself) prepares.  Prepared SQEs reach the kernel with the loop's
- * next io_uring_enter (worker.c, which also reaps the completions), or
- * earlier when the submission queue fills up.  The ring fields of
- * struct worker are owned by this file; only the worker's own thread
- * submits. */
+ * loop itself) prepares.  Prepared SQEs reach the kernel when the loop
+ * next waits (ring_wait, from worker.c, which then reaps the
+ * completions), or earlier when the submission queue fills up.  The
+ * ring fields of struct worker are owned by this file; only the
+ * worker's own thread submits. */
 
 #include <config.h>
 

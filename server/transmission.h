@@ -443,8 +443,7 @@ void wakeup_kick_other (struct worker *w);
 /* Are there workers to share jobs with (more than one running)? */
 bool wakeup_has_peers (void);
 
-/* ---- worker.c --------------------------------------------------------- */
-
+/* ---- a worker's data fds (inline: struct export_fds, exports.c) ------ */
 
 /* O_DIRECT needs the file offset, the length and the memory aligned:
  * 4096 is enough on every Linux file system and block device. */
@@ -472,8 +471,6 @@ worker_data_fd (const struct export_fds *xf, unsigned file, uint64_t off,
     return xf->dfds[file];
   return xf->fds[file];
 }
-
-
 
 /* ---- session.c: request structs and connection bookkeeping ----------- */
 

@@ -59,6 +59,9 @@ negotiate_free (struct negotiation *n)
 }
 
 bool negotiate_qemu_words;
+/* Set by serve.c before the listener starts (server.h). */
+enum tls_mode server_tls_mode = TLS_OFF;
+struct tls_ctx *server_tls_ctx;
 
 /* Say why a TLS handshake failed.  qemu-nbd reports every failure of
  * the negotiation as "option negotiation failed: REASON" and scripts

@@ -35,10 +35,6 @@
 #include "server/server.h"
 #include "tls/tls.h"
 
-/* Read by the handshake (server.h). */
-enum tls_mode server_tls_mode = TLS_OFF;
-struct tls_ctx *server_tls_ctx;
-
 static unsigned
 cpu_count (void)
 {

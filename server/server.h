@@ -209,13 +209,6 @@ void serve_config_init (struct server_config *cfg);
  * Returns 0 or -1 (logged).  attach.c writes its own with it. */
 int pid_file_write (const char *path);
 
-/* TLS for the handshake, set by main before the listener starts and
- * constant afterwards: the mode, and the context (NULL when off). */
-extern enum tls_mode server_tls_mode;
-extern struct tls_ctx *server_tls_ctx;
-/* Failed negotiations logged in qemu-nbd's words (its mode). */
-extern bool negotiate_qemu_words;
-
 /* A worker's own fds of an export's files (dup()s of the image's),
  * indexed like qcow2_file_fd(): data I/O goes through them.  With
  * export->direct_io, dfds holds a second, O_DIRECT, open file
@@ -448,6 +441,13 @@ void handshake_output_error (struct handshake *hs, int err);
 void handshake_tls_done (struct handshake *hs);
 
 /* ---- negotiate.c: one handshake's bytes, moved without blocking ------ */
+
+/* TLS for the handshake, set by serve.c before the listener starts and
+ * constant afterwards: the mode, and the context (NULL when off). */
+extern enum tls_mode server_tls_mode;
+extern struct tls_ctx *server_tls_ctx;
+/* Failed negotiations logged in qemu-nbd's words (its mode). */
+extern bool negotiate_qemu_words;
 
 struct negotiation;
 

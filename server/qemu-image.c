@@ -351,30 +351,17 @@ qcow2_opts (struct qdict *d, const char *prefix)
       d->e[i].used = true;
 }
 
-/* The format node at PREFIX ("", or "file." under the compress filter)
- * whose driver is DRV (NULL: probe): its file node and its own
- * options. */
+/* The file under the format node at PREFIX: "filename" (only the top
+ * node's names a file node), or a "file." node.  0, or -1 (logged). */
 static int
-format_node (const struct qnbd_image_args *a, struct qdict *d,
-             const char *prefix, const char *drv, struct spec *sp)
+format_file (const struct qnbd_image_args *a, struct qdict *d,
+             const char *prefix, struct spec *sp)
 {
   const char *v;
   bool found;
   char key[64];
 
 #define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
-  if (drv && is_file_driver (drv)) {
-    /* A bare protocol node: the file's bytes, as raw. */
-    sp->driver = "raw";
-    return file_node (a, d, prefix, sp);
-  }
-  if (drv && is_null_driver (drv)) {
-    sp->driver = "raw";
-    return null_node (a, d, prefix, drv, sp);
-  }
-  if (drv && strcmp (drv, "qcow2") != 0 && strcmp (drv, "raw") != 0)
-    return unsupported_driver (a, drv);
-  sp->driver = drv;
   v = qdict_take (d, KEY ("file"), &found);
   if (found)
     return fail (a, "Cannot find device='%s' nor node-name='%s'",
@@ -397,7 +384,21 @@ format_node (const struct qnbd_image_args *a, struct qdict *d,
     if (file_node (a, d, fprefix, sp) < 0)
       return -1;
   }
+#undef KEY
+  return 0;
+}
 
+/* The options of the format node at PREFIX for its driver (raw: offset
+ * and size; qcow2 or probed: backing).  0, or -1 (logged). */
+static int
+format_opts (const struct qnbd_image_args *a, struct qdict *d,
+             const char *prefix, struct spec *sp)
+{
+  const char *v;
+  bool found;
+  char key[64];
+
+#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
   if (sp->driver && strcmp (sp->driver, "raw") == 0) {
     v = qdict_take (d, KEY ("offset"), &found);
     if (found && parse_size_opt (v, &sp->offset) < 0)
@@ -424,6 +425,30 @@ format_node (const struct qnbd_image_args *a, struct qdict *d,
   }
 #undef KEY
   return 0;
+}
+
+/* The format node at PREFIX ("", or "file." under the compress filter)
+ * whose driver is DRV (NULL: probe): its file node and its own
+ * options. */
+static int
+format_node (const struct qnbd_image_args *a, struct qdict *d,
+             const char *prefix, const char *drv, struct spec *sp)
+{
+  if (drv && is_file_driver (drv)) {
+    /* A bare protocol node: the file's bytes, as raw. */
+    sp->driver = "raw";
+    return file_node (a, d, prefix, sp);
+  }
+  if (drv && is_null_driver (drv)) {
+    sp->driver = "raw";
+    return null_node (a, d, prefix, drv, sp);
+  }
+  if (drv && strcmp (drv, "qcow2") != 0 && strcmp (drv, "raw") != 0)
+    return unsupported_driver (a, drv);
+  sp->driver = drv;
+  if (format_file (a, d, prefix, sp) < 0)
+    return -1;
+  return format_opts (a, d, prefix, sp);
 }
 
 /* The compress filter: its "file" child must be a qcow2 node, which

@@ -31,30 +31,9 @@
 
 #include "server/qemu-nbd.h"
 
-/* The FILE argument as given, for messages. */
-const char *qnbd_image_arg;
-
-/* error_report()'s prefix: the base name of argv[0]. */
-static const char *progname = "qemu-nbd";
-
 /* --fork: we are the daemon, whose stderr is the parent's pipe until
  * the server is ready. */
 static bool forked;
-
-void
-qnbd_error (const char *fmt, ...)
-{
-  char buf[8192];
-  va_list ap;
-  int n;
-
-  va_start (ap, fmt);
-  n = vsnprintf (buf, sizeof buf, fmt, ap);
-  va_end (ap);
-  if (n < 0)
-    n = 0;
-  fprintf (stderr, "%s: %s\n", progname, buf);
-}
 
 static void
 usage (const char *name)
@@ -807,8 +786,8 @@ qemu_nbd_main (int argc, char **argv)
   unsigned activation;
   char err[512];
 
-  progname = slash ? slash + 1 : argv[0];
-  log_program = progname;
+  qnbd_progname = slash ? slash + 1 : argv[0];
+  log_program = qnbd_progname;
   negotiate_qemu_words = true;
   parse (argc, argv, &c);
   activation = socket_activation ();

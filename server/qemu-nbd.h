@@ -25,8 +25,12 @@
 /* Run as qemu-nbd; returns the exit status (or exits). */
 int qemu_nbd_main (int argc, char **argv);
 
+/* ---- qemu-error.c: error_report() ------------------------------------ */
+
 /* The FILE argument as given, for messages ("Failed to blk_new_open"). */
 extern const char *qnbd_image_arg;
+/* The NAME of messages: the base name of argv[0] (qemu_nbd_main). */
+extern const char *qnbd_progname;
 
 /* error_report(): "NAME: MESSAGE\n" on stderr. */
 void qnbd_error (const char *fmt, ...) __attribute__ ((format (printf, 1, 2)));

@@ -322,7 +322,7 @@ entry_open (struct entry *e, char *why, size_t whylen)
     snprintf (why, whylen, "out of memory");
     return -1;
   }
-  if (serve_export_open (&cfg, exp) < 0) {
+  if (export_open (&cfg, exp) < 0) {
     snprintf (why, whylen, "%s", open_why[0] ? open_why
               : "the image cannot be opened");
     free (exp);
@@ -330,7 +330,7 @@ entry_open (struct entry *e, char *why, size_t whylen)
   }
   if (fds_open (exp) == -1) {
     snprintf (why, whylen, "cannot set up its file descriptors");
-    serve_export_close (exp);
+    export_close (exp);
     free (exp);
     return -1;
   }
@@ -349,7 +349,7 @@ entry_close (struct entry *e)
   int r;
 
   fds_close (e->exp);
-  r = serve_export_close (e->exp);
+  r = export_close (e->exp);
   free (e->exp);
   e->exp = NULL;
   if (e->from_dir)

@@ -194,15 +194,6 @@ struct server_config {
  * cleanly.  Returns the exit status.  Call before any thread exists. */
 int serve_run (const struct server_config *cfg);
 
-struct export;
-/* Open the image of CFG (cfg->image: one export's configuration) and
- * build EXP from it.  Returns 0, or -errno after reporting why (the
- * hooks of CFG, or the log). */
-int serve_export_open (const struct server_config *cfg, struct export *exp);
-/* Flush and close what serve_export_open opened.  Returns 0, or the
- * -errno of the final flush (logged: unflushed writes may be lost). */
-int serve_export_close (struct export *exp);
-
 /* The server's default configuration (serve's defaults). */
 void serve_config_init (struct server_config *cfg);
 /* Write our pid to PATH as QEMU does (locked; kept open until exit).
@@ -255,6 +246,17 @@ struct export {
   struct export_fds *wfds;
   unsigned nr_wfds;
 };
+
+/* ---- export-open.c: opening an export's image ------------------------ */
+
+struct export;
+/* Open the image of CFG (cfg->image: one export's configuration) and
+ * build EXP from it.  Returns 0, or -errno after reporting why (the
+ * hooks of CFG, or the log). */
+int export_open (const struct server_config *cfg, struct export *exp);
+/* Flush and close what export_open opened.  Returns 0, or the
+ * -errno of the final flush (logged: unflushed writes may be lost). */
+int export_close (struct export *exp);
 
 /* ---- exports.c: the exports by name, opened and closed on demand ------ */
 

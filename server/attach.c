@@ -182,6 +182,14 @@ make_conns (const struct export *exp, const struct kdev *dev, unsigned n,
   return i;
 }
 
+/* A connection the workers served is gone: as serve does, tell the
+ * listener's count, which calls conn_closed (its closed hook). */
+static void
+listener_closed (void)
+{
+  listener_conn_closed (true);
+}
+
 /* qemu-nbd -c's view of DEVICE, with its messages: one it cannot open,
  * then one the kernel refuses the socket for (no NBD device, or a busy
  * one).  Returns 0 (DEV found), or -1 (logged). */
@@ -356,7 +364,7 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
   if (opts->qemu_compat && qemu_device_check (opts->device, &dev) == -1)
     goto out_image;
   listener_set_closed_hook (conn_closed);
-  if (workers_start (threads) == -1)
+  if (workers_start (threads, listener_closed) == -1)
     goto out_image;
 
   made = connect_device (&dev, exp, nconns, !opts->use_ioctl);

@@ -502,7 +502,7 @@ release_conn (struct worker *w, struct conn *conn)
 {
   conn_free (conn);
   atomic_fetch_sub (&w->nr_conns, 1);
-  listener_conn_closed (true);
+  w->conn_closed ();
 }
 
 static void

@@ -142,6 +142,13 @@ pid_file_write (const char *path)
 
 /* ---- the server's life ------------------------------------------------ */
 
+/* A connection the workers served is gone: the listener counts it. */
+static void
+conn_closed (void)
+{
+  listener_conn_closed (true);
+}
+
 /* Block the signals the signal thread waits for, and ignore SIGPIPE,
  * before any thread exists, so every thread inherits the mask. */
 static void
@@ -232,7 +239,7 @@ serve_run (const struct server_config *cfg)
   }
   pthread_detach (sig_thread);
 
-  if (workers_start (threads) == -1)
+  if (workers_start (threads, conn_closed) == -1)
     goto out_sockets;
   if (exports_start () == -1) {
     workers_shutdown ();

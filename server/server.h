@@ -592,8 +592,11 @@ void listener_set_closed_hook (void (*fn) (void));
 /* ---- worker.c: worker threads, each with an io_uring ring ------------- */
 
 /* Start N workers (their fds of each export's files are exports.c's).
- * Returns 0 or -1 (logged). */
-int workers_start (unsigned n);
+ * CONN_CLOSED is called each time a connection handed over
+ * (workers_add_conn) has been freed, from a worker or from the caller of
+ * workers_add_conn: whoever hands connections over hears of their end
+ * without the workers knowing who that is.  Returns 0 or -1 (logged). */
+int workers_start (unsigned n, void (*conn_closed) (void));
 /* Hand a connection in the transmission phase to the least busy worker. */
 void workers_add_conn (struct conn *conn);
 /* Stop reading new requests on every connection, answer what is in

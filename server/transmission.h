@@ -111,6 +111,9 @@ struct worker {
   bool stopping;                /* saw 'stop' and told the connections */
   uint64_t stop_time;           /* now_ns() when 'stopping' was set */
   bool killed;                  /* grace period over: connections dropped */
+  /* workers_start's hook, called (request.c) when a connection of
+   * ours has been freed; constant. */
+  void (*conn_closed) (void);
 
   /* ring.c: the io_uring ring (worker.c's loop reaps its completions). */
   struct {

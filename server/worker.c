@@ -34,6 +34,9 @@
 
 static struct worker *workers;
 static unsigned nr_workers;
+/* workers_start's CONN_CLOSED, for connections never handed to a
+ * worker (each worker has it too, for request.c). */
+static void (*closed_hook) (void);
 
 /* ---- the loop ------------------------------------------------------- */
 
@@ -161,8 +164,9 @@ worker_thread (void *arg)
 /* ---- public ----------------------------------------------------------- */
 
 int
-workers_start (unsigned n)
+workers_start (unsigned n, void (*conn_closed) (void))
 {
+  closed_hook = conn_closed;
   if (n == 0)
     n = 1;
   workers = calloc (n, sizeof *workers);
@@ -176,6 +180,7 @@ workers_start (unsigned n)
     int r;
 
     w->idx = i;
+    w->conn_closed = conn_closed;
     pthread_mutex_init (&w->lock, NULL);
     if (wakeup_init (w) < 0)
       return -1;
@@ -206,7 +211,7 @@ workers_add_conn (struct conn *conn)
   if (flags == -1 || fcntl (conn->fd, F_SETFL, flags | O_NONBLOCK) == -1) {
     log_error ("%s: O_NONBLOCK: %m", conn->peer);
     conn_free (conn);
-    listener_conn_closed (true);
+    closed_hook ();
     return;
   }
 
@@ -216,7 +221,7 @@ workers_add_conn (struct conn *conn)
       w = &workers[i];
   if (w == NULL) {
     conn_free (conn);
-    listener_conn_closed (true);
+    closed_hook ();
     return;
   }
 
@@ -228,7 +233,7 @@ workers_add_conn (struct conn *conn)
       if (p == NULL) {
         log_error ("%s: %m", conn->peer);
         conn_free (conn);
-        listener_conn_closed (true);
+        closed_hook ();
         return;
       }
       w->handoff = p;

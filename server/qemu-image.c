@@ -281,6 +281,10 @@ file_node (const struct qnbd_image_args *a, struct qdict *d,
   return 0;
 }
 
+/* KEY ("name"): the option NAME of the node at PREFIX ("file.name"
+ * under "file."), written into the caller's char key[64]. */
+#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
+
 /* The options common to every node (bdrv's "common" options) of the
  * node at PREFIX: the top node, or the qcow2 node under the compress
  * filter. */
@@ -292,7 +296,6 @@ common_opts (const struct qnbd_image_args *a, struct qdict *d,
   bool found, force_share = false;
   char key[64];
 
-#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
   qdict_take (d, KEY ("node-name"), NULL);
   qdict_take (d, KEY ("auto-read-only"), NULL);
   if (take_bool (a, d, KEY ("read-only"), &sp->read_only_opt) < 0
@@ -312,7 +315,6 @@ common_opts (const struct qnbd_image_args *a, struct qdict *d,
   /* Checked, but qemu-nbd then sets the node's detect-zeroes from its
    * own --detect-zeroes (default off), so the option has no effect. */
   v = qdict_take (d, KEY ("detect-zeroes"), &found);
-#undef KEY
   if (found) {
     if (!v || (strcmp (v, "off") && strcmp (v, "on") && strcmp (v, "unmap")))
       return fail (a, "Parameter 'detect-zeroes' does not accept value '%s'",
@@ -361,7 +363,6 @@ format_file (const struct qnbd_image_args *a, struct qdict *d,
   bool found;
   char key[64];
 
-#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
   v = qdict_take (d, KEY ("file"), &found);
   if (found)
     return fail (a, "Cannot find device='%s' nor node-name='%s'",
@@ -384,7 +385,6 @@ format_file (const struct qnbd_image_args *a, struct qdict *d,
     if (file_node (a, d, fprefix, sp) < 0)
       return -1;
   }
-#undef KEY
   return 0;
 }
 
@@ -398,7 +398,6 @@ format_opts (const struct qnbd_image_args *a, struct qdict *d,
   bool found;
   char key[64];
 
-#define KEY(k) (snprintf (key, sizeof key, "%s%s", prefix, k), key)
   if (sp->driver && strcmp (sp->driver, "raw") == 0) {
     v = qdict_take (d, KEY ("offset"), &found);
     if (found && parse_size_opt (v, &sp->offset) < 0)
@@ -423,7 +422,6 @@ format_opts (const struct qnbd_image_args *a, struct qdict *d,
     if (sp->driver)
       qcow2_opts (d, prefix);
   }
-#undef KEY
   return 0;
 }
 

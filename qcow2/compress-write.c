@@ -301,9 +301,10 @@ compressed_held (struct qcow2_image *img, uint64_t offset,
     memcpy ((uint8_t *) cp[i].stream, scratch, r);
   }
 
-  pthread_rwlock_wrlock (&layer->lock);
-  r = plan_clusters_locked (layer, w, astart, n, cp);
-  pthread_rwlock_unlock (&layer->lock);
+  {
+    WRLOCK_FOR_SCOPE (&layer->lock);
+    r = plan_clusters_locked (layer, w, astart, n, cp);
+  }
   if (r == 0)
     r = write_finish_plan (w, segs, nsegs);
   if (r < 0) {

@@ -46,6 +46,7 @@
 
 #include "common/byteorder.h"
 #include "common/checked-overflow.h"
+#include "common/cleanup.h"
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
@@ -62,10 +63,10 @@ lock_breather (struct qcow2_image *img, struct qcow2_layer *layer)
 {
   bool backlog = release_backlog_locked (layer);
 
-  pthread_rwlock_unlock (&layer->lock);
+  rwlock_unlock_checked (&layer->lock);
   if (backlog)
     flush_backlog (img);
-  pthread_rwlock_wrlock (&layer->lock);
+  rwlock_wrlock_checked (&layer->lock);
 }
 
 /* A range the write path must fill with zeros. */
@@ -276,43 +277,45 @@ zero_pass (struct qcow2_image *img, uint64_t offset, uint64_t length,
   uint64_t done = 0;
   int r = 0;
 
-  pthread_rwlock_wrlock (&layer->lock);
-  for (uint64_t pos = offset; pos < end && r == 0;) {
-    uint64_t cluster = pos >> layer->cluster_bits;
+  {
+    WRLOCK_FOR_SCOPE (&layer->lock);
 
-    if (++done % LOCK_CHUNK_CLUSTERS == 0)
-      lock_breather (img, layer);
-    uint64_t gbase = cluster << layer->cluster_bits;
-    uint64_t cend = MIN (gbase + cs, layer->size);
-    uint64_t n = MIN (end, cend) - pos;
+    for (uint64_t pos = offset; pos < end && r == 0;) {
+      uint64_t cluster = pos >> layer->cluster_bits;
 
-    if (pos == gbase && pos + n == cend)
-      r = zero_cluster_locked (layer, cluster, gbase, n, flags, dry_run, zp);
-    else if (layer->extended_l2) {
-      /* Whole subclusters by metadata, the edges by writing. */
-      const uint64_t sc = UINT64_C (1) << layer->subcluster_bits;
-      uint64_t a = ROUND_UP (pos, sc);
-      uint64_t b = pos + n == cend ? cend : ROUND_DOWN (pos + n, sc);
+      if (++done % LOCK_CHUNK_CLUSTERS == 0)
+        lock_breather (img, layer);
+      uint64_t gbase = cluster << layer->cluster_bits;
+      uint64_t cend = MIN (gbase + cs, layer->size);
+      uint64_t n = MIN (end, cend) - pos;
 
-      if (a < b) {
-        r = add_zpiece (zp, pos, a - pos);
-        if (r == 0)
-          r = zero_subclusters_locked (layer, cluster,
-                                       (a - gbase) >> layer->subcluster_bits,
-                                       (b - 1 - gbase)
-                                       >> layer->subcluster_bits,
-                                       dry_run, zp);
-        if (r == 0)
-          r = add_zpiece (zp, b, pos + n - b);
+      if (pos == gbase && pos + n == cend)
+        r = zero_cluster_locked (layer, cluster, gbase, n, flags, dry_run, zp);
+      else if (layer->extended_l2) {
+        /* Whole subclusters by metadata, the edges by writing. */
+        const uint64_t sc = UINT64_C (1) << layer->subcluster_bits;
+        uint64_t a = ROUND_UP (pos, sc);
+        uint64_t b = pos + n == cend ? cend : ROUND_DOWN (pos + n, sc);
+
+        if (a < b) {
+          r = add_zpiece (zp, pos, a - pos);
+          if (r == 0)
+            r = zero_subclusters_locked (layer, cluster,
+                                         (a - gbase) >> layer->subcluster_bits,
+                                         (b - 1 - gbase)
+                                         >> layer->subcluster_bits,
+                                         dry_run, zp);
+          if (r == 0)
+            r = add_zpiece (zp, b, pos + n - b);
+        }
+        else
+          r = add_zpiece (zp, pos, n);
       }
       else
         r = add_zpiece (zp, pos, n);
+      pos += n;
     }
-    else
-      r = add_zpiece (zp, pos, n);
-    pos += n;
   }
-  pthread_rwlock_unlock (&layer->lock);
   return r;
 }
 
@@ -503,35 +506,37 @@ qcow2_discard (struct qcow2_image *img, uint64_t offset, uint64_t length,
   r = inflight_enter (img, offset, length, flags, &rec);
   if (r != 0)
     return r;
-  pthread_rwlock_wrlock (&layer->lock);
-  for (uint64_t c = first; c < end && r == 0; c++) {
-    uint64_t l2e, bitmap, new_l2e = 0, new_bitmap = 0;
+  {
+    WRLOCK_FOR_SCOPE (&layer->lock);
 
-    if ((c - first + 1) % LOCK_CHUNK_CLUSTERS == 0)
-      lock_breather (img, layer);
-    r = get_entry_locked (layer, c, &l2e, &bitmap);
-    if (r < 0)
-      break;
-    /* As QEMU: a cluster that was allocated, or that would let a
-     * backing file show through, becomes a zero cluster (all its
-     * subclusters zero); one that was not stays as it is.  Version 2
-     * has no zero flag (and returned above when a backing file would
-     * show through). */
-    if (layer->version < 3)
-      new_l2e = new_bitmap = 0;
-    else if (layer->backing != NULL || has_host (l2e)) {
-      if (layer->extended_l2)
-        new_bitmap = ZERO_BITS;
+    for (uint64_t c = first; c < end && r == 0; c++) {
+      uint64_t l2e, bitmap, new_l2e = 0, new_bitmap = 0;
+
+      if ((c - first + 1) % LOCK_CHUNK_CLUSTERS == 0)
+        lock_breather (img, layer);
+      r = get_entry_locked (layer, c, &l2e, &bitmap);
+      if (r < 0)
+        break;
+      /* As QEMU: a cluster that was allocated, or that would let a
+       * backing file show through, becomes a zero cluster (all its
+       * subclusters zero); one that was not stays as it is.  Version 2
+       * has no zero flag (and returned above when a backing file would
+       * show through). */
+      if (layer->version < 3)
+        new_l2e = new_bitmap = 0;
+      else if (layer->backing != NULL || has_host (l2e)) {
+        if (layer->extended_l2)
+          new_bitmap = ZERO_BITS;
+        else
+          new_l2e = QCOW_OFLAG_ZERO;
+      }
       else
-        new_l2e = QCOW_OFLAG_ZERO;
+        continue;
+      r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
+                            has_host (l2e));
     }
-    else
-      continue;
-    r = set_entry_locked (layer, c, l2e, bitmap, new_l2e, new_bitmap,
-                          has_host (l2e));
+    backlog = release_backlog_locked (layer);
   }
-  backlog = release_backlog_locked (layer);
-  pthread_rwlock_unlock (&layer->lock);
   inflight_leave (img, rec);
   if (backlog)
     flush_backlog (img);

@@ -1018,12 +1018,26 @@ chain_next (struct qcow2_image *img, struct qcow2_layer *l, const char *cur,
   return 0;
 }
 
+/* An image qcow2_open has not handed on yet: closing it frees every
+ * layer and file opened so far, and a half-built layer too (new_layer
+ * puts it in the image before anything else).  The caller's error
+ * struct is not written after qcow2_open returned. */
+static void
+close_half_open (struct qcow2_image **imgp)
+{
+  if (*imgp) {
+    (*imgp)->open_error = NULL;
+    qcow2_close (*imgp);
+  }
+}
+#define CLEANUP_HALF_OPEN __attribute__ ((cleanup (close_half_open)))
+
 int
 qcow2_open (const char *path, const struct qcow2_open_opts *opts,
             struct qcow2_image **imgp)
 {
   static const struct qcow2_open_opts defaults = { 0 };
-  struct qcow2_image *img;
+  CLEANUP_HALF_OPEN struct qcow2_image *img = NULL;
   struct qcow2_layer *prev = NULL;
   CLEANUP_FREE char *owned_path = NULL;
   enum layer_format format;
@@ -1057,35 +1071,31 @@ qcow2_open (const char *path, const struct qcow2_open_opts *opts,
 
     r = new_layer (img, depth, &l);
     if (r < 0)
-      goto err;
+      return r;
     if (prev)
       prev->backing = l;
     prev = l;
 
     r = open_layer (img, l, cur, format, prev_name, opts, cache_size);
     if (r < 0)
-      goto err;
+      return r;
     if (l->format == LAYER_RAW || !l->backing_name ||
         (depth == 1 && opts->no_backing))
       break;
     r = chain_next (img, l, cur, max_depth, &next, &format);
     if (r < 0)
-      goto err;
+      return r;
     free (owned_path);     /* cur may point here: resolved first */
     cur = owned_path = next;
   }
 
   r = set_window (img, opts);
   if (r < 0)
-    goto err;
+    return r;
   img->open_error = NULL;
   *imgp = img;
+  img = NULL;
   return 0;
-
- err:
-  img->open_error = NULL;
-  qcow2_close (img);
-  return r;
 }
 
 void

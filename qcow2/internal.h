@@ -184,6 +184,33 @@ struct qcow2_image {
 
 /* ---- io.c: qcow2_posix_io, the default I/O ops (qcow2.h) ------------- */
 
+/* ---- log.c: messages to the caller's log callback -------------------- */
+
+/* Send a formatted message to the image's log callback. */
+void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
+                const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* The same, PREFIX first, from a va_list; one line of at most 1023
+ * bytes (longer ones are cut). */
+void qcow2_vlog (struct qcow2_image *img, enum qcow2_log_level level,
+                 const char *prefix, const char *fmt, va_list ap)
+  __attribute__ ((format (printf, 4, 0)));
+
+/* Log "<file of LAYER>: <message>" as an error and return ERR, so
+ * callers can 'return qcow2_error (...)'. */
+int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Log the message as an error and return ERR, so open-time checks can
+ * 'return qcow2_fail (img, -EINVAL, ...)'. */
+int qcow2_fail (struct qcow2_image *img, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Copy S into BUF (of size N) replacing bytes that could upset a
+ * terminal or a log parser (names come from the file); returns BUF. */
+const char *qcow2_printable (const char *s, char *buf, size_t n);
+
 /* ---- corrupt.c: the one path for corruption; the sync and its failure */
 
 /* Log "<file of LAYER>: corruption: <message>", mark the image corrupt
@@ -198,20 +225,6 @@ int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
  * refcounts; after it no sync is even tried (-EIO).  May be called
  * holding the layer lock (takes only header.c's mutex). */
 int sync_layer (struct qcow2_layer *layer);
-
-/* Send a formatted message to the image's log callback. */
-void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
-                const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
-
-/* Log "<file of LAYER>: <message>" as an error and return ERR, so
- * callers can 'return qcow2_error (...)'. */
-int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
-
-/* Copy S into BUF (of size N) replacing bytes that could upset a
- * terminal or a log parser (names come from the file); returns BUF. */
-const char *qcow2_printable (const char *s, char *buf, size_t n);
 
 /* ---- open.c: header parsing, validation, backing chain --------------- */
 

@@ -60,21 +60,8 @@ free_parse_state (struct parse_state *ps)
 }
 #define CLEANUP_PARSE_STATE __attribute__ ((cleanup (free_parse_state)))
 
-/* Log an error and return ERR. */
-static int __attribute__ ((format (printf, 3, 4)))
-fail (struct qcow2_image *img, int err, const char *fmt, ...)
-{
-  char buf[1024];
-  va_list ap;
-
-  va_start (ap, fmt);
-  vsnprintf (buf, sizeof buf, fmt, ap);
-  va_end (ap);
-  qcow2_log (img, QCOW2_LOG_ERROR, "%s", buf);
-  return err;
-}
-
-/* Names from the file go into messages through corrupt.c's helper. */
+/* Open-time refusals and names from the file, in messages (log.c). */
+#define fail qcow2_fail
 #define printable qcow2_printable
 
 /* Copy LEN bytes of a name stored on disk into a NUL-terminated string.

@@ -226,7 +226,18 @@ int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
  * holding the layer lock (takes only header.c's mutex). */
 int sync_layer (struct qcow2_layer *layer);
 
-/* ---- open.c: header parsing, validation, backing chain --------------- */
+/* ---- header-parse.c: a qcow2 layer's header, checked ----------------- */
+
+/* Read and check the header of qcow2 layer L (its file open, named NAME
+ * for messages) into L: the fixed header, the rest of cluster 0 (backing
+ * file name and format, header extensions, bitmaps), the feature bits
+ * (WRITABLE: refuse a corrupt image), the L2 entry layout, and the place
+ * of every table it names.  Sets *L1_BYTES, the L1 table's size.  0, or
+ * -EINVAL/-ENOTSUP/-errno, logged. */
+int header_parse (struct qcow2_image *img, struct qcow2_layer *l,
+                  const char *name, bool writable, uint64_t *l1_bytes);
+
+/* ---- open.c: opening the files, the backing chain, the writable open -- */
 
 /* Resolve NAME, found in the image at REFERRER (a backing file or
  * external data file name), as QEMU does: absolute names as they are,

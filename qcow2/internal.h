@@ -47,7 +47,7 @@ struct qcow2_file {
   bool writable;              /* const: opened for writing */
   uint64_t size;              /* size at open time; const, except the
                                * metadata file of a writable top layer:
-                               * grown by alloc_note_end_locked under
+                               * grown by refcount_note_end_locked under
                                * that layer's lock (exclusive), so the
                                * L2 offset checks of l2-cache.c accept new
                                * tables */
@@ -250,7 +250,7 @@ char *open_resolve_name (const char *referrer, const char *name);
  * writes take another when they change a layer's streams. */
 uint64_t stream_gen_next (void);
 
-/* ---- refcount.c: refcounts, their cache and deferred decrements ------ */
+/* ---- refcount.c: refcounts, their cache, the end of the file -------- */
 
 /* Decide layer->metadata_prealloc from the refcounts and the host file's
  * allocated size.  Returns 0 or -errno (a refcount block that cannot be
@@ -262,6 +262,10 @@ int refcount_detect_metadata_prealloc (struct qcow2_layer *layer);
  * 0: default).  Destroy does not write anything back. */
 int refcount_init (struct qcow2_layer *layer, uint64_t cache_size);
 void refcount_destroy (struct qcow2_layer *layer);
+
+/* Record that the file now extends to at least END bytes: new metadata
+ * (here, l2.c) or clusters handed out (alloc.c) past the old end. */
+void refcount_note_end_locked (struct qcow2_layer *layer, uint64_t end);
 
 /* Current refcount of the cluster at HOST. */
 int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
@@ -296,8 +300,9 @@ int refcount_writeback_locked (struct qcow2_layer *layer);
 
 /* ---- release.c: deferred decrements, host space given back ---------- */
 
-/* Set up / tear down LAYER's list of deferred decrements (refcount_init
- * and refcount_destroy call these). */
+/* Set up / tear down LAYER's list of deferred decrements (open.c, beside
+ * refcount_init and refcount_destroy: release.c stands on refcount.c,
+ * which knows nothing of it). */
 int release_init (struct qcow2_layer *layer);
 void release_destroy (struct qcow2_layer *layer);
 
@@ -414,9 +419,6 @@ int sync_write_segs (struct qcow2_image *img, const struct qcow2_seg *segs,
  * that metadata in memory still references.  -ENOSPC, -EIO, -errno. */
 int alloc_clusters_locked (struct qcow2_layer *layer, uint64_t min,
                            uint64_t max, uint64_t *host, uint64_t *got);
-
-/* Record that the file now extends to at least END bytes. */
-void alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end);
 
 /* ---- l1.c: the L1 table of a writable layer -------------------------- */
 

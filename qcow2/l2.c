@@ -79,7 +79,7 @@ l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index)
     refcount_adjust_locked (layer, table, 1, -1);
     return r;
   }
-  alloc_note_end_locked (layer, table + layer->cluster_size);
+  refcount_note_end_locked (layer, table + layer->cluster_size);
   l2_cache_forget_table_locked (layer, table);
 
   /* The table and its refcount are durable before the L1 entry names

@@ -288,6 +288,8 @@ open_writable_steps (struct qcow2_layer *layer)
   if (r < 0)
     return r;
   r = refcount_init (layer, 0);
+  if (r == 0)
+    r = release_init (layer);
   if (r < 0) {
     qcow2_log (img, QCOW2_LOG_ERROR, "%s: reading the refcount table: %s",
                name, strerror (-r));
@@ -332,8 +334,10 @@ open_writable (struct qcow2_layer *layer)
 
   /* Without its allocator, a layer that failed to open is never flushed
    * or marked clean by qcow2_close. */
-  if (r < 0)
+  if (r < 0) {
+    release_destroy (layer);
     refcount_destroy (layer);
+  }
   return r;
 }
 
@@ -525,6 +529,7 @@ qcow2_close (struct qcow2_image *img)
   for (i = 0; i < img->nr_layers; i++) {
     struct qcow2_layer *l = img->layers[i];
 
+    release_destroy (l);
     refcount_destroy (l);
     bitmap_free (l);
     if (l->format == LAYER_QCOW2 && l->l2_cache)

@@ -399,7 +399,7 @@ int write_compressed_held (struct qcow2_image *img, uint64_t offset,
 void compress_release_locked (struct qcow2_layer *layer, uint64_t host,
                               uint32_t len);
 
-/* ---- sync.c: qcow2_pread, qcow2_pwrite (qcow2.h), segment writing --- */
+/* ---- sync-io.c: synchronous reads of the guest view, segment writes -- */
 
 /* qcow2_pread on disk offsets (no window), for the library's own use:
  * the guest view through the whole chain. */

@@ -393,11 +393,6 @@ int write_compressed_held (struct qcow2_image *img, uint64_t offset,
                            struct qcow2_write **wp,
                            const struct qcow2_seg **segs, size_t *nsegs);
 
-/* Drop the references a compressed stream of LEN bytes at HOST holds
- * (one on each host cluster it touches), at once: only for a stream no
- * L2 entry on disk names (a failed write, ORDERING.md rule 5). */
-void compress_release_locked (struct qcow2_layer *layer, uint64_t host,
-                              uint32_t len);
 
 /* ---- sync-io.c: synchronous reads of the guest view, segment writes -- */
 
@@ -490,6 +485,14 @@ int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
  * the host when GIVE_BACK (release_clusters_locked). */
 int l2_release_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
                              bool give_back);
+
+/* Drop the references a compressed stream of LEN bytes at HOST holds
+ * (one on each host cluster it touches), at once: only for a stream no
+ * L2 entry on disk names (a failed write, ORDERING.md rule 5).  Here,
+ * beside l2_release_entry_locked, because both the write path's undo
+ * (write.c) and the compressed writer (compress-write.c) need it. */
+void l2_unref_stream_locked (struct qcow2_layer *layer, uint64_t host,
+                             uint32_t len);
 
 /* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER, not
  * checked; *HAS_TABLE false when its L1 entry names no table (the entry

@@ -127,6 +127,31 @@ l2_release_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
   return 0;
 }
 
+/* Host clusters [first, last] a stream of LEN bytes at HOST touches. */
+static void
+stream_clusters (const struct qcow2_layer *layer, uint64_t host,
+                 uint32_t len, uint64_t *first, uint64_t *n)
+{
+  uint64_t a = host >> layer->cluster_bits;
+  uint64_t b = (host + len - 1) >> layer->cluster_bits;
+
+  *first = a << layer->cluster_bits;
+  *n = b - a + 1;
+}
+
+void
+l2_unref_stream_locked (struct qcow2_layer *layer, uint64_t host,
+                        uint32_t len)
+{
+  uint64_t first, n;
+
+  stream_clusters (layer, host, len, &first, &n);
+  /* Nothing names the stream: the decrement is immediate (rule 5).  A
+   * cluster this leaves at 0 stops being the byte allocator's
+   * (refcount.c). */
+  refcount_adjust_locked (layer, first, n, -1);
+}
+
 int
 l2_read_entry_locked (struct qcow2_layer *layer, uint64_t cluster,
                       uint64_t *l2e, uint64_t *bitmap, bool *has_table,

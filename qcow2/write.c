@@ -47,7 +47,7 @@ struct write_link {
   size_t piece_first, piece_end;  /* alloc: its pieces, whose host
                                    * offsets are relative until then */
   /* A compressed stream of CLEN bytes at CHOST (compress-write.c): its
-   * references are undone with compress_release_locked. */
+   * references are undone with l2_unref_stream_locked. */
   bool compressed;
   uint64_t chost;
   uint32_t clen;
@@ -428,7 +428,7 @@ undo_allocs_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     const struct write_link *lk = &w->links[i];
 
     if (lk->compressed)
-      compress_release_locked (layer, lk->chost, lk->clen);
+      l2_unref_stream_locked (layer, lk->chost, lk->clen);
     else if (lk->alloc && (lk->new_l2e & L2E_OFFSET_MASK))
       refcount_adjust_locked (layer, lk->new_l2e & L2E_OFFSET_MASK, 1, -1);
   }

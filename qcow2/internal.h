@@ -402,7 +402,7 @@ int sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
                     uint64_t offset);
 
 /* Perform SEGS synchronously through the io ops; GUEST segments come from
- * DATA (for qcow2_pwrite and zero.c). */
+ * DATA (for qcow2_pwrite and zero-held.c). */
 int sync_write_segs (struct qcow2_image *img, const struct qcow2_seg *segs,
                      size_t nsegs, const void *data);
 
@@ -574,12 +574,22 @@ void write_undo_locked (struct qcow2_layer *layer, struct qcow2_write *w);
 int write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
                        size_t *nsegs);
 
-/* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
+/* ---- zero-held.c: zeroing and discard under an in-flight record ----- */
 
 /* qcow2_zero on disk offsets for a caller holding the in-flight record
- * over the range; QCOW2_COMPRESSED is not taken here. */
+ * over the range (zero.c, and compress-write.c's QCOW2_DETECT_ZEROES);
+ * QCOW2_COMPRESSED is not taken here. */
 int zero_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
                unsigned flags);
+
+/* The L2 changes of qcow2_discard over guest clusters [FIRST, END) of
+ * the qcow2 top layer, for a caller holding the in-flight record; sets
+ * *BACKLOG when freed clusters wait to be committed (flush_backlog).
+ * 0 or -errno. */
+int discard_held (struct qcow2_image *img, uint64_t first, uint64_t end,
+                  bool *backlog);
+
+/* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
 
 /* ---- raw.c: a writable raw top layer --------------------------------- */
 

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* The L2 entries of a writable layer, shared by the write path (write.c,
- * compress-write.c) and zeroing and discard (zero.c): reading an entry
- * through the L2 cache, checking one before it is written through,
- * zeroed or discarded, storing a new one, releasing the host clusters an
- * old one held, and making an L2 table exist and be ours alone (new, or
- * copied from a table shared with a snapshot) before any entry in it
+/* The L2 entries of a writable layer, shared by the write path
+ * (write.c, compress-write.c) and zeroing and discard (zero-held.c):
+ * reading an entry through the L2 cache, checking one before it is
+ * written through, zeroed or discarded, storing a new one, releasing the
+ * host clusters an old one held (or, at once, those of a stream no
+ * entry names yet), and making an L2 table exist and be ours alone (new,
+ * or copied from a table shared with a snapshot) before any entry in it
  * changes.
  *
  * Everything here runs under the layer lock (the _locked names); what

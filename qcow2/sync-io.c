@@ -4,8 +4,8 @@
  * and perform a write plan's segments through the io ops.  Under
  * qcow2_pread/qcow2_pwrite (sync.c), and what the write paths need for
  * themselves: the head and tail a compressed write reads back
- * (compress-write.c), the pieces a zeroing writes (zero.c).  Below all
- * of those: nothing here plans or changes metadata. */
+ * (compress-write.c), the pieces a zeroing writes (zero-held.c).  Below
+ * all of those: nothing here plans or changes metadata. */
 
 #include <config.h>
 

@@ -86,17 +86,28 @@ l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index)
   /* The table and its refcount are durable before the L1 entry names
    * it (ORDERING.md, "L2 table allocation"). */
   r = refcount_writeback_locked (layer);
-  if (r == 0)
-    r = sync_layer (layer);
+  if (r < 0) {
+    /* Nothing names the table: its count goes back to 0 (the block
+     * stays dirty, written back with the next writeback). */
+    refcount_adjust_locked (layer, table, 1, -1);
+    return r;
+  }
+  r = sync_layer (layer);
   if (r < 0)
-    return r;   /* the cluster leaks until the refcounts are rebuilt */
+    return r;   /* the image is failed and marked dirty (corrupt.c) */
 
   layer->l1[l1_index] = table | QCOW_OFLAG_COPIED;
   r = l1_write_entry_locked (layer, l1_index);
   if (r < 0) {
     /* The entry may or may not be on disk: keep the old one in memory
-     * and leak the new table rather than risk a dangling reference. */
+     * and put it back on disk.  Once that write has landed nothing can
+     * name the new table, which is then freed as any dropped reference
+     * is, at the flush that makes the drop durable (release.c): a clean
+     * close leaks nothing.  If it fails too, the table leaks rather
+     * than risk a dangling reference. */
     layer->l1[l1_index] = l1e;
+    if (l1_write_entry_locked (layer, l1_index) == 0)
+      release_clusters_locked (layer, table, 1, false);
     return r;
   }
   if (old != 0)

@@ -395,41 +395,91 @@ is_qcow2_nbd (pid_t pid)
   return strcmp (comm, "qcow2-nbd") == 0 || strcmp (comm, "qemu-nbd") == 0;
 }
 
+/* Has PID exited (a zombie counts: its image is closed)?  One read of
+ * /proc/PID/stat answers both "exists" and "zombie". */
+static bool
+process_gone (pid_t pid)
+{
+  char path[64], buf[512];
+  const char *st;
+  ssize_t n;
+  int fd;
+
+  snprintf (path, sizeof path, "/proc/%ld/stat", (long) pid);
+  fd = open (path, O_RDONLY | O_CLOEXEC);
+  if (fd == -1)
+    return true;
+  n = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (n <= 0)
+    return true;
+  buf[n] = '\0';
+  /* The state follows the command name's closing parenthesis. */
+  st = strrchr (buf, ')');
+  return st && (st[1] == ' ') && (st[2] == 'Z' || st[2] == 'X');
+}
+
+/* Wait up to DETACH_WAIT_MS for process OWNER (PIDFD, or -1 where the
+ * kernel has no pidfd_open) to exit.  Returns 0, or -1 (logged). */
+static int
+wait_for_exit (const struct kdev *dev, pid_t owner, int pidfd)
+{
+  int r;
+
+  if (pidfd >= 0) {
+    struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
+
+    do
+      r = poll (&pfd, 1, DETACH_WAIT_MS);
+    while (r == -1 && errno == EINTR);
+    if (r == -1) {
+      log_error ("%s is disconnected, but waiting for its server "
+                 "(process %ld) failed: %m", dev->path, (long) owner);
+      return -1;
+    }
+  }
+  else {
+    /* Before Linux 5.3: look every 10 ms. */
+    for (r = 0; r < DETACH_WAIT_MS / 10 && !process_gone (owner); r++) {
+      struct timespec ts = { 0, 10 * 1000 * 1000 };
+
+      nanosleep (&ts, NULL);
+    }
+    r = process_gone (owner);
+  }
+  if (r == 0) {
+    log_error ("%s is disconnected, but its server (process %ld) is "
+               "still running after %d s", dev->path, (long) owner,
+               DETACH_WAIT_MS / 1000);
+    return -1;
+  }
+  return 0;
+}
+
 /* Flush and disconnect DEV (attached), and wait for a qcow2-nbd serving
  * it to close its image.  Returns the exit status. */
 static int
 detach_device (struct kdev *dev)
 {
   pid_t owner = kdev_owner (dev);
-  int pidfd = -1;
+  bool ours;
+  int pidfd = -1, r = 0;
 
   /* Only a server of ours is waited for: the pid of an nbd-client that
-   * set the device up and left may belong to anybody by now. */
-  if (owner > 0 && owner != getpid () && is_qcow2_nbd (owner))
+   * set the device up and left may belong to anybody by now.  The pidfd
+   * is taken before the disconnect, so a pid reused after the server
+   * exits cannot be mistaken for it. */
+  ours = owner > 0 && owner != getpid () && is_qcow2_nbd (owner);
+  if (ours)
     pidfd = syscall (SYS_pidfd_open, owner, 0);
 
-  if (kdev_disconnect (dev) == -1) {
-    if (pidfd >= 0)
-      close (pidfd);
-    return EXIT_FAILURE;
-  }
-
-  if (pidfd >= 0) {
-    struct pollfd pfd = { .fd = pidfd, .events = POLLIN };
-    int r;
-
-    do
-      r = poll (&pfd, 1, DETACH_WAIT_MS);
-    while (r == -1 && errno == EINTR);
+  if (kdev_disconnect (dev) == -1)
+    r = -1;
+  else if (ours)
+    r = wait_for_exit (dev, owner, pidfd);
+  if (pidfd >= 0)
     close (pidfd);
-    if (r == 0) {
-      log_error ("%s is disconnected, but its server (process %ld) is "
-                 "still running after %d s", dev->path, (long) owner,
-                 DETACH_WAIT_MS / 1000);
-      return EXIT_FAILURE;
-    }
-  }
-  return EXIT_SUCCESS;
+  return r == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
 int

@@ -18,7 +18,9 @@
 #     dirty bit makes the open rebuild the refcounts, and `qemu-img
 #     check` exits 0;
 #  5. a storm of random requests while host writes fail now and then:
-#     answered requests read back, failed ones leave old or new data.
+#     answered requests read back, failed ones leave old or new data;
+#  6. a new L2 table whose L1 entry fails to be written is not leaked:
+#     after a clean shutdown `qemu-img check` finds no leak.
 # FAULTS_SEED=N replays the storm; FAULTS_STORM=N makes it N requests
 # long (default 400; `make check-stress` runs 5000).
 
@@ -247,3 +249,24 @@ check_clean "$b/img.qcow2" "after the storm"
 n=$(faultfs_injected "$m")
 ok "storm: everything answered reads back after a restart" \
    "($n faults injected in all)"
+
+# ---- 6. a failed L1 entry write ---------------------------------------------
+
+# 4 KiB clusters: an L2 table covers 2 MiB, so a write at 8M needs a new
+# one, whose L1 entry (8 bytes at l1_table_offset + 8 * 4) is made to
+# fail.  The table, allocated and written, must be freed once the old
+# entry is back on disk, not leaked past the clean close.
+img2="$m/l1.qcow2"
+qemu-img create -q -f qcow2 -o cluster_size=4k "$b/l1.qcow2" 64M
+l1=$("$PYTHON" -c '
+import struct, sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(40); print(struct.unpack(">Q", f.read(8))[0])' "$b/l1.qcow2")
+start_server "$img2"
+ctl fail write eio path=/l1.qcow2 off=$(( l1 + 32 )) len=8 count=1
+steps 'write:8M:4k:0x61=EIO' 'read:8M:4k:0x00=OK'
+ctl clear
+steps 'write:8M:4k:0x62=OK' 'flush=OK' 'read:8M:4k:0x62=OK'
+stop_server
+check_clean "$b/l1.qcow2" "after a failed L1 entry write"
+ok "a failed L1 entry write: EIO, and the new L2 table is not leaked"

@@ -67,7 +67,8 @@ sc_attach ()
   guest_ok "qcow2-nbd detach" 'pid=$(cat $W/at.pid)
     qcow2-nbd detach /dev/nbd0 || exit 1
     # detach waits for the server: gone now, its pid file too.
-    _gone $pid || { echo "server $pid still running"; exit 1; }
+    _gone $pid ||
+      { echo "server $pid still running: $(cat /proc/$pid/stat)"; exit 1; }
     [ ! -e $W/at.pid ] || { echo "pid file left"; exit 1; }
     [ ! -e /sys/block/nbd0/pid ] || { echo "nbd0 still up"; exit 1; }
     cat $W/at.log'

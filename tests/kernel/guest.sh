@@ -30,11 +30,17 @@ g_wait_for ()
 
 _dev_up () { [ -e "/sys/block/${1#/dev/}/pid" ]; }
 _dev_down () { ! _dev_up "$1"; }
-# Gone: exited, a zombie included (orphans wait for init, this shell, to
-# reap them when it gets round to it).
+# Gone: exited, a zombie included (orphans wait for init, the agent
+# shell, to reap them).  One read of /proc/PID/stat decides: init may
+# reap the zombie at any moment, so "exists" and "is a zombie" asked
+# apart could see it alive, then find no status (and say "running").
 _gone ()
 {
-  ! kill -0 "$1" 2>/dev/null || grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null
+  _st=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  [ -n "$_st" ] || return 0
+  # The state follows the command name's closing parenthesis.
+  case "${_st##*) }" in Z*|X*) return 0 ;; esac
+  return 1
 }
 
 # g_modprobe: load nbd.ko with kmod's modprobe (the kernel's netlink

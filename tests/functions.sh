@@ -84,6 +84,11 @@ trap 'exit 143' TERM
 tmpdir="$(mktemp -d "${TMPDIR:-/tmp}/qcow2-nbd-$test_name.XXXXXX")"
 cleanup_fn rm -rf "$tmpdir"
 
+# The command the C test programs are run under: nothing, or valgrind
+# under 'make check-valgrind' (tests/run sets it).  Unquoted on purpose:
+# $UNIT "$prog" ARGS...
+UNIT=${QCOW2_NBD_UNIT_WRAPPER:-}
+
 # ---- requirements ------------------------------------------------------
 
 # requires CMD...: skip the test unless every command is on PATH (or is

@@ -220,7 +220,7 @@ for opts in cluster_size=65536 cluster_size=65536,compression_type=zstd \
   [ "$opts" = cluster_size=512 ] && size=2M
   rm -f "$img"
   qemu-img create -q -f qcow2 -o "$opts" "$img" "$size"
-  run_timeout 600 "$lib" "$img" "$tmpdir/lib.raw" "$seed" 4 300 ||
+  run_timeout 600 $UNIT "$lib" "$img" "$tmpdir/lib.raw" "$seed" 4 300 ||
     fail "test-compress-lib on $opts (seed $seed)"
   qemu-img check -q "$img" >&2 || fail "$opts: qemu-img check"
   qemu-img compare -q -f raw -F qcow2 "$tmpdir/lib.raw" "$img" ||

@@ -52,7 +52,7 @@ for opts in cluster_size=65536 cluster_size=4096,refcount_bits=1 \
   st=$(check_exit "$img")
   [ "$st" = 2 ] || { cat check.out >&2; fail "$opts: expected a dirty image with corruptions (check exit 2), got $st"; }
 
-  "$tool" open-rw "$img" 2>tool.err || { cat tool.err >&2; fail "$opts: writable open of the dirty image failed"; }
+  $UNIT "$tool" open-rw "$img" 2>tool.err || { cat tool.err >&2; fail "$opts: writable open of the dirty image failed"; }
   grep -q 'rebuilding its refcounts' tool.err || fail "$opts: no repair message"
   st=$(check_exit "$img")
   [ "$st" = 0 ] || { cat check.out >&2; fail "$opts: after repair qemu-img check exited $st"; }
@@ -70,7 +70,7 @@ image_io "$img" 'write -P 0x55 0 64k'
 ( { sleep 5; } | qemu-io "$img" >/dev/null 2>&1 ) &
 qpid=$!
 sleep 1
-if "$tool" open-rw "$img" 2>tool.err; then
+if $UNIT "$tool" open-rw "$img" 2>tool.err; then
   fail "writable open succeeded while qemu-io holds the image"
 fi
 grep -q 'failed to get .write. lock: is another process using the image' \
@@ -82,16 +82,17 @@ wait "$qpid" || true
 ( { sleep 5; } | qemu-io -r "$img" >/dev/null 2>&1 ) &
 qpid=$!
 sleep 1
-if "$tool" open-rw "$img" 2>tool.err; then
+if $UNIT "$tool" open-rw "$img" 2>tool.err; then
   fail "writable open succeeded while qemu-io -r holds the image"
 fi
 ok "qemu-io -r holding the image: writable open refused"
 wait "$qpid" || true
 
-# We hold it writable: qemu-io can neither write nor read it.
-"$tool" hold "$img" 6 >hold.out 2>&1 &
+# We hold it writable: qemu-io can neither write nor read it.  (Held
+# for up to 10 minutes, killed once done: no timing to lose.)
+$UNIT "$tool" hold "$img" 600 >hold.out 2>&1 &
 hpid=$!
-for _ in $(seq 50); do grep -q holding hold.out && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q holding hold.out && break; sleep 0.1; done
 grep -q holding hold.out || { cat hold.out >&2; fail "hold did not start"; }
 if qemu-io -c 'write 0 512' "$img" >qio.out 2>&1; then
   fail "qemu-io wrote to an image we hold writable"
@@ -127,7 +128,7 @@ with open(sys.argv[1], 'r+b') as f:
     f.seek(88)
     f.write(struct.pack('>Q', v | 1 << 5))
 PY
-"$tool" open-rw "$img" 2>tool.err || { cat tool.err >&2; fail "open bitmap image"; }
+$UNIT "$tool" open-rw "$img" 2>tool.err || { cat tool.err >&2; fail "open bitmap image"; }
 $PYTHON - "$img" <<'PY' || fail "autoclear bits after a writable open: want bit 0 only"
 import struct, sys
 h = open(sys.argv[1], 'rb').read(96)

@@ -60,7 +60,7 @@ fail () { echo "FAIL: $*"; failures=$((failures + 1)); }
 # as corruption.
 must_fail ()
 {
-  if "$reader" -r "$3" "$2" out.raw 2> err.txt; then
+  if $UNIT "$reader" -r "$3" "$2" out.raw 2> err.txt; then
     fail "$1: read of $3 succeeded"
   elif ! grep -q 'Input/output error' err.txt || ! grep -q corruption err.txt; then
     fail "$1: read of $3 failed without EIO + corruption:"; cat err.txt
@@ -73,7 +73,7 @@ must_fail ()
 must_read ()
 {
   local start=${3%,*} len=${3#*,}
-  if ! "$reader" -r "$3" "$2" out.raw 2> err.txt; then
+  if ! $UNIT "$reader" -r "$3" "$2" out.raw 2> err.txt; then
     fail "$1: read of $3 failed:"; cat err.txt; return
   fi
   $PYTHON -c "import sys; sys.exit(open('out.raw','rb').read() != bytes([$4]) * $len)" ||

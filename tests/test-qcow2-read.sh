@@ -146,10 +146,10 @@ check ()
   local name=$1 img=$2 fmt=${3:-qcow2} what=${4:-data}
   cases=$((cases + 1))
   qemu-img convert -f "$fmt" -O raw "$img" "$name.expected"
-  if ! "$reader" -m "$name.map1" "$img" "$name.out1" ||
+  if ! $UNIT "$reader" -m "$name.map1" "$img" "$name.out1" ||
      ! cmp "$name.expected" "$name.out1" ||
      ! $PYTHON mapcmp.py "$name.map1" "$img" "$fmt" ||
-     ! "$reader" -b 65537 -e 3 -c 65536 -m "$name.map2" "$img" "$name.out2" ||
+     ! $UNIT "$reader" -b 65537 -e 3 -c 65536 -m "$name.map2" "$img" "$name.out2" ||
      ! cmp "$name.expected" "$name.out2" ||
      ! $PYTHON mapcmp.py "$name.map2" "$img" "$fmt" ||
      ! $PYTHON expect.py "$name.map1" $what; then

@@ -58,7 +58,7 @@ random_test ()
   fi
   rm -f "$shadow"
   qemu-img convert -O raw "$img" "$shadow"
-  "$prog" random "$img" "$shadow" "$seed" "$ops" "$threads" ||
+  $UNIT "$prog" random "$img" "$shadow" "$seed" "$ops" "$threads" ||
     fail "$what: random operations failed"
   check_image "$img" "$shadow" "$what"
 }
@@ -162,7 +162,7 @@ for opts in cluster_size=64k cluster_size=512 extended_l2=on; do
   img="$(new enospc 16M -o $opts)"; prefill "$img"
   shadow="$tmpdir/shadow.raw"; rm -f "$shadow"
   qemu-img convert -O raw "$img" "$shadow"
-  "$prog" enospc "$img" "$shadow" "$seed" 400 ||
+  $UNIT "$prog" enospc "$img" "$shadow" "$seed" 400 ||
     fail "ENOSPC ($opts): random operations failed"
   check_image "$img" "$shadow" "ENOSPC from the host ($opts)"
   rm -f "$img"
@@ -175,7 +175,7 @@ for kind in plain overlay extl2; do
     overlay) img="$(new race-ov 16M -b mid.qcow2 -F qcow2)" ;;
     extl2) img="$(new race-x 16M -o extended_l2=on -b mid.qcow2 -F qcow2)" ;;
   esac
-  "$prog" race "$img" "$seed" 200 || fail "race ($kind) failed"
+  $UNIT "$prog" race "$img" "$seed" 200 || fail "race ($kind) failed"
   rc=0; qemu-img check -q "$img" || rc=$?
   [ "$rc" -eq 0 ] || fail "race ($kind): qemu-img check exit $rc"
   ok "race: overlapping writes and discards ($kind)"

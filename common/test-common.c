@@ -7,6 +7,11 @@
 #include <stdio.h>
 #include <stdint.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/byteorder.h"
 #include "common/checked-overflow.h"
@@ -128,6 +133,64 @@ test_cleanup (void)
   pthread_rwlock_unlock (&l);
 }
 
+static pthread_mutex_t errcheck;
+
+static void
+relock (void)
+{
+  LOCK_FOR_SCOPE (&errcheck);
+  {
+    LOCK_FOR_SCOPE (&errcheck);
+    _exit (1);          /* the failed relock went unnoticed */
+  }
+}
+
+static void
+unlock_unowned (void)
+{
+  pthread_mutex_t *m = &errcheck;
+
+  cleanup_mutex_unlock (&m);
+  _exit (1);            /* the failed unlock went unnoticed */
+}
+
+/* Run FN in a child, which must abort. */
+static void
+expect_abort (void (*fn) (void))
+{
+  pid_t pid;
+  int status;
+
+  pid = fork ();
+  assert (pid >= 0);
+  if (pid == 0) {
+    /* The expected abort leaves no core file and no message. */
+    setrlimit (RLIMIT_CORE, &(struct rlimit) { 0, 0 });
+    fclose (stderr);
+    fn ();
+    _exit (0);
+  }
+  assert (waitpid (pid, &status, 0) == pid);
+  assert (WIFSIGNALED (status) && WTERMSIG (status) == SIGABRT);
+}
+
+/* The scope locks abort when a lock call fails (an error-checking mutex
+ * says EDEADLK on a relock, EPERM on unlocking what it does not hold)
+ * rather than carry on as if they held the lock. */
+static void
+test_lock_asserts (void)
+{
+  pthread_mutexattr_t a;
+
+  pthread_mutexattr_init (&a);
+  pthread_mutexattr_settype (&a, PTHREAD_MUTEX_ERRORCHECK);
+  pthread_mutex_init (&errcheck, &a);
+  pthread_mutexattr_destroy (&a);
+  expect_abort (relock);
+  expect_abort (unlock_unowned);
+  pthread_mutex_destroy (&errcheck);
+}
+
 static void
 test_iszero (void)
 {
@@ -151,6 +214,7 @@ main (void)
   test_rounding ();
   test_overflow ();
   test_cleanup ();
+  test_lock_asserts ();
   test_iszero ();
   printf ("test-common: ok\n");
   return 0;

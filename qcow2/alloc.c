@@ -18,18 +18,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-void
-alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end)
-{
-  struct qcow2_file *f = &layer->img->files[layer->file];
-
-  if (end > layer->host_end)
-    layer->host_end = end;
-  /* l2-cache.c checks L2 table offsets against the file size. */
-  if (end > f->size)
-    f->size = end;
-}
-
 /* Does [cl, cl+1) hold metadata the layer has in memory (header, L1
  * table, refcount table, refcount blocks)?  Such a cluster with a zero
  * refcount means the refcounts are corrupt: handing it out would
@@ -137,7 +125,7 @@ alloc_clusters_locked (struct qcow2_layer *layer, uint64_t min,
   if (r < 0)
     return r;
   layer->free_hint = start + len;
-  alloc_note_end_locked (layer, (start + len) << layer->cluster_bits);
+  refcount_note_end_locked (layer, (start + len) << layer->cluster_bits);
   *host = start << layer->cluster_bits;
   *got = len;
   return 0;

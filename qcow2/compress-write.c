@@ -49,31 +49,6 @@
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
-/* Host clusters [first, last] a stream of LEN bytes at HOST touches. */
-static void
-stream_clusters (const struct qcow2_layer *layer, uint64_t host,
-                 uint32_t len, uint64_t *first, uint64_t *n)
-{
-  uint64_t a = host >> layer->cluster_bits;
-  uint64_t b = (host + len - 1) >> layer->cluster_bits;
-
-  *first = a << layer->cluster_bits;
-  *n = b - a + 1;
-}
-
-void
-compress_release_locked (struct qcow2_layer *layer, uint64_t host,
-                         uint32_t len)
-{
-  uint64_t first, n;
-
-  stream_clusters (layer, host, len, &first, &n);
-  /* Nothing names the stream: the decrement is immediate (rule 5).  A
-   * cluster this leaves at 0 stops being the byte allocator's
-   * (refcount.c). */
-  refcount_adjust_locked (layer, first, n, -1);
-}
-
 /* QEMU's qcow2_alloc_bytes: SIZE (1 .. cluster_size - 1) bytes for one
  * stream, each host cluster it touches getting one reference.  Sets
  * *HOST.  -ENOSPC, -EIO, -errno. */
@@ -196,7 +171,7 @@ plan_clusters_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     if (host + cp[i].len - 1 > layer->coffset_mask) {
       /* Past what a descriptor can name (QEMU's allocator stops
        * there). */
-      compress_release_locked (layer, host, cp[i].len);
+      l2_unref_stream_locked (layer, host, cp[i].len);
       r = -ENOSPC;
       break;
     }
@@ -204,7 +179,7 @@ plan_clusters_locked (struct qcow2_layer *layer, struct qcow2_write *w,
                               descriptor (layer, host, cp[i].len), host,
                               cp[i].len);
     if (r < 0) {
-      compress_release_locked (layer, host, cp[i].len);
+      l2_unref_stream_locked (layer, host, cp[i].len);
       break;
     }
     r = write_add_seg (w, host, cp[i].len, QCOW2_SEG_BUFFER, 0,
@@ -301,9 +276,10 @@ compressed_held (struct qcow2_image *img, uint64_t offset,
     memcpy ((uint8_t *) cp[i].stream, scratch, r);
   }
 
-  pthread_rwlock_wrlock (&layer->lock);
-  r = plan_clusters_locked (layer, w, astart, n, cp);
-  pthread_rwlock_unlock (&layer->lock);
+  {
+    WRLOCK_FOR_SCOPE (&layer->lock);
+    r = plan_clusters_locked (layer, w, astart, n, cp);
+  }
   if (r == 0)
     r = write_finish_plan (w, segs, nsegs);
   if (r < 0) {

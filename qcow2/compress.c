@@ -172,7 +172,7 @@ qcow2_decompress_part (const struct qcow2_layer *clayer, const void *in,
   case QCOW2_COMPRESSION_ZSTD:
     return zstd_cluster (layer, d, in, in_len, out, out_len);
   default:
-    /* open.c refuses other types; never trust that twice. */
+    /* header-parse.c refuses other types; never trust that twice. */
     return qcow2_corrupt (layer, "unknown compression type %u",
                           layer->compression_type);
   }
@@ -261,6 +261,6 @@ compress_cluster (const struct qcow2_layer *layer, const void *in,
   case QCOW2_COMPRESSION_ZSTD:
     return zstd_compress_cluster (d, in, cs, out, cs - 1);
   default:
-    return -ENOTSUP;    /* open.c refuses other types */
+    return -ENOTSUP;    /* header-parse.c refuses other types */
   }
 }

@@ -5,10 +5,8 @@
  * does; sync_layer() is ORDERING.md's "sync", and after a sync error it
  * puts the image into its failed state (qcow2/ORDERING.md, "A failed
  * sync"); qcow2_is_corrupt() and qcow2_sync_error() read those two
- * latches; qcow2_log() formats any
- * message for the caller's log callback, qcow2_error() an error about
- * one file, and qcow2_printable() makes names from the file safe to put
- * in a message.  None prints: a server keeps serving its other clients. */
+ * latches.  Messages go out through log.c; none prints: a server keeps
+ * serving its other clients. */
 #include <config.h>
 
 #include <errno.h>
@@ -18,60 +16,6 @@
 #include <string.h>
 
 #include "qcow2/internal.h"
-
-static void __attribute__ ((format (printf, 4, 0)))
-vlog (struct qcow2_image *img, enum qcow2_log_level level,
-      const char *prefix, const char *fmt, va_list ap)
-{
-  char buf[1024];
-  int n;
-
-  if (!img->log)
-    return;
-  n = snprintf (buf, sizeof buf, "%s", prefix);
-  if (n < 0 || (size_t) n >= sizeof buf)
-    n = 0;
-  /* A message longer than the buffer is cut: log lines need no more,
-   * and the callback may run on a hot path, so no allocation. */
-  vsnprintf (buf + n, sizeof buf - n, fmt, ap);
-  img->log (img->log_opaque, level, buf);
-}
-
-void
-qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
-           const char *fmt, ...)
-{
-  va_list ap;
-
-  va_start (ap, fmt);
-  vlog (img, level, "", fmt, ap);
-  va_end (ap);
-}
-
-int
-qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
-{
-  char prefix[512];
-  va_list ap;
-
-  snprintf (prefix, sizeof prefix, "%s: ",
-            layer->img->files[layer->file].name);
-  va_start (ap, fmt);
-  vlog (layer->img, QCOW2_LOG_ERROR, prefix, fmt, ap);
-  va_end (ap);
-  return err;
-}
-
-const char *
-qcow2_printable (const char *s, char *buf, size_t n)
-{
-  size_t i;
-
-  for (i = 0; s[i] && i + 1 < n; i++)
-    buf[i] = (unsigned char) s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
-  buf[i] = '\0';
-  return buf;
-}
 
 int
 qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
@@ -86,7 +30,7 @@ qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
   snprintf (prefix, sizeof prefix, "%s: corruption: ", name);
 
   va_start (ap, fmt);
-  vlog (img, QCOW2_LOG_ERROR, prefix, fmt, ap);
+  qcow2_vlog (img, QCOW2_LOG_ERROR, prefix, fmt, ap);
   va_end (ap);
 
   /* The in-memory flag stops our own writers; on a writable image the

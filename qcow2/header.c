@@ -95,6 +95,19 @@ check_byte_free (struct qcow2_image *img, int fd, const char *name,
   return 0;
 }
 
+/* A lock byte could not be taken (R): file systems without OFD locks
+ * go on without locking, as QEMU does; anything else fails the open. */
+static int
+lock_refused (struct qcow2_image *img, const char *name, int r)
+{
+  if (r == -ENOTSUP || r == -ENOLCK || r == -EINVAL) {
+    qcow2_log (img, QCOW2_LOG_WARNING, "%s: cannot lock the image (%s); "
+               "going on without", name, strerror (-r));
+    return 0;
+  }
+  return r;
+}
+
 /* Take the lock bytes of FD as QEMU would for a user holding PERM and
  * sharing SHARED, then check nobody conflicts.  NAME is for the message.
  * -EBUSY (logged) on conflict. */
@@ -111,12 +124,12 @@ lock_file (struct qcow2_image *img, int fd, const char *name,
     if (perm & bit) {
       r = ofd_lock (fd, F_RDLCK, LOCK_PERM_BASE + i, F_OFD_SETLK, NULL);
       if (r < 0)
-        goto lock_failed;
+        return lock_refused (img, name, r);
     }
     if (!(shared & bit)) {
       r = ofd_lock (fd, F_RDLCK, LOCK_SHARED_BASE + i, F_OFD_SETLK, NULL);
       if (r < 0)
-        goto lock_failed;
+        return lock_refused (img, name, r);
     }
   }
   for (bit = 1; bit & PERM_ALL; bit <<= 1) {
@@ -132,15 +145,6 @@ lock_file (struct qcow2_image *img, int fd, const char *name,
       return r;
   }
   return 0;
-
- lock_failed:
-  /* File systems without OFD locks: QEMU goes on without locking too. */
-  if (r == -ENOTSUP || r == -ENOLCK || r == -EINVAL) {
-    qcow2_log (img, QCOW2_LOG_WARNING, "%s: cannot lock the image (%s); "
-               "going on without", name, strerror (-r));
-    return 0;
-  }
-  return r;
 }
 
 int

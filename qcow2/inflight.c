@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "common/cleanup.h"
 #include "qcow2/internal.h"
 
 struct inflight {
@@ -69,6 +70,16 @@ inflight_destroy (struct qcow2_layer *layer)
   layer->inflight = NULL;
 }
 
+/* Does REC overlap a record already in WS? */
+static bool
+clashes_locked (const struct inflight_state *ws, const struct inflight *rec)
+{
+  for (const struct inflight *p = ws->head; p; p = p->next)
+    if (p->first <= rec->last && rec->first <= p->last)
+      return true;
+  return false;
+}
+
 int
 inflight_enter (struct qcow2_image *img, uint64_t offset, uint64_t length,
                 unsigned flags, struct inflight **recp)
@@ -76,7 +87,7 @@ inflight_enter (struct qcow2_image *img, uint64_t offset, uint64_t length,
   struct qcow2_layer *top = img->layers[0];
   struct inflight_state *ws = top->inflight;
   struct inflight *rec;
-  bool clash;
+  bool blocked = false;
 
   *recp = NULL;
   rec = malloc (sizeof *rec);
@@ -85,27 +96,26 @@ inflight_enter (struct qcow2_image *img, uint64_t offset, uint64_t length,
   rec->first = offset >> top->cluster_bits;
   rec->last = (offset + (length ? length - 1 : 0)) >> top->cluster_bits;
 
-  pthread_mutex_lock (&ws->lock);
-  for (;;) {
-    clash = false;
-    for (struct inflight *p = ws->head; p; p = p->next)
-      if (p->first <= rec->last && rec->first <= p->last) {
-        clash = true;
+  {
+    LOCK_FOR_SCOPE (&ws->lock);
+
+    while (clashes_locked (ws, rec)) {
+      if (!(flags & QCOW2_WAIT)) {
+        ws->blocked = true;
+        blocked = true;
         break;
       }
-    if (!clash)
-      break;
-    if (!(flags & QCOW2_WAIT)) {
-      ws->blocked = true;
-      pthread_mutex_unlock (&ws->lock);
-      free (rec);
-      return QCOW2_BLOCKED;
+      pthread_cond_wait (&ws->cond, &ws->lock);
     }
-    pthread_cond_wait (&ws->cond, &ws->lock);
+    if (!blocked) {
+      rec->next = ws->head;
+      ws->head = rec;
+    }
   }
-  rec->next = ws->head;
-  ws->head = rec;
-  pthread_mutex_unlock (&ws->lock);
+  if (blocked) {
+    free (rec);
+    return QCOW2_BLOCKED;
+  }
   *recp = rec;
   return 0;
 }
@@ -119,16 +129,18 @@ inflight_leave (struct qcow2_image *img, struct inflight *rec)
   if (rec == NULL)
     return;
   ws = img->layers[0]->inflight;
-  pthread_mutex_lock (&ws->lock);
-  for (struct inflight **p = &ws->head; *p; p = &(*p)->next)
-    if (*p == rec) {
-      *p = rec->next;
-      break;
-    }
-  wake = ws->blocked;
-  ws->blocked = false;
-  pthread_cond_broadcast (&ws->cond);
-  pthread_mutex_unlock (&ws->lock);
+  {
+    LOCK_FOR_SCOPE (&ws->lock);
+
+    for (struct inflight **p = &ws->head; *p; p = &(*p)->next)
+      if (*p == rec) {
+        *p = rec->next;
+        break;
+      }
+    wake = ws->blocked;
+    ws->blocked = false;
+    pthread_cond_broadcast (&ws->cond);
+  }
   free (rec);
   /* Outside every lock: the callback may retry at once. */
   if (wake && img->wakeup)

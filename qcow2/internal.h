@@ -47,7 +47,7 @@ struct qcow2_file {
   bool writable;              /* const: opened for writing */
   uint64_t size;              /* size at open time; const, except the
                                * metadata file of a writable top layer:
-                               * grown by alloc_note_end_locked under
+                               * grown by refcount_note_end_locked under
                                * that layer's lock (exclusive), so the
                                * L2 offset checks of l2-cache.c accept new
                                * tables */
@@ -184,6 +184,33 @@ struct qcow2_image {
 
 /* ---- io.c: qcow2_posix_io, the default I/O ops (qcow2.h) ------------- */
 
+/* ---- log.c: messages to the caller's log callback -------------------- */
+
+/* Send a formatted message to the image's log callback. */
+void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
+                const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* The same, PREFIX first, from a va_list; one line of at most 1023
+ * bytes (longer ones are cut). */
+void qcow2_vlog (struct qcow2_image *img, enum qcow2_log_level level,
+                 const char *prefix, const char *fmt, va_list ap)
+  __attribute__ ((format (printf, 4, 0)));
+
+/* Log "<file of LAYER>: <message>" as an error and return ERR, so
+ * callers can 'return qcow2_error (...)'. */
+int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Log the message as an error and return ERR, so open-time checks can
+ * 'return qcow2_fail (img, -EINVAL, ...)'. */
+int qcow2_fail (struct qcow2_image *img, int err, const char *fmt, ...)
+  __attribute__ ((format (printf, 3, 4)));
+
+/* Copy S into BUF (of size N) replacing bytes that could upset a
+ * terminal or a log parser (names come from the file); returns BUF. */
+const char *qcow2_printable (const char *s, char *buf, size_t n);
+
 /* ---- corrupt.c: the one path for corruption; the sync and its failure */
 
 /* Log "<file of LAYER>: corruption: <message>", mark the image corrupt
@@ -199,21 +226,18 @@ int qcow2_corrupt (struct qcow2_layer *layer, const char *fmt, ...)
  * holding the layer lock (takes only header.c's mutex). */
 int sync_layer (struct qcow2_layer *layer);
 
-/* Send a formatted message to the image's log callback. */
-void qcow2_log (struct qcow2_image *img, enum qcow2_log_level level,
-                const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
+/* ---- header-parse.c: a qcow2 layer's header, checked ----------------- */
 
-/* Log "<file of LAYER>: <message>" as an error and return ERR, so
- * callers can 'return qcow2_error (...)'. */
-int qcow2_error (struct qcow2_layer *layer, int err, const char *fmt, ...)
-  __attribute__ ((format (printf, 3, 4)));
+/* Read and check the header of qcow2 layer L (its file open, named NAME
+ * for messages) into L: the fixed header, the rest of cluster 0 (backing
+ * file name and format, header extensions, bitmaps), the feature bits
+ * (WRITABLE: refuse a corrupt image), the L2 entry layout, and the place
+ * of every table it names.  Sets *L1_BYTES, the L1 table's size.  0, or
+ * -EINVAL/-ENOTSUP/-errno, logged. */
+int header_parse (struct qcow2_image *img, struct qcow2_layer *l,
+                  const char *name, bool writable, uint64_t *l1_bytes);
 
-/* Copy S into BUF (of size N) replacing bytes that could upset a
- * terminal or a log parser (names come from the file); returns BUF. */
-const char *qcow2_printable (const char *s, char *buf, size_t n);
-
-/* ---- open.c: header parsing, validation, backing chain --------------- */
+/* ---- open.c: opening the files, the backing chain, the writable open -- */
 
 /* Resolve NAME, found in the image at REFERRER (a backing file or
  * external data file name), as QEMU does: absolute names as they are,
@@ -226,7 +250,7 @@ char *open_resolve_name (const char *referrer, const char *name);
  * writes take another when they change a layer's streams. */
 uint64_t stream_gen_next (void);
 
-/* ---- refcount.c: refcounts, their cache and deferred decrements ------ */
+/* ---- refcount.c: refcounts, their cache, the end of the file -------- */
 
 /* Decide layer->metadata_prealloc from the refcounts and the host file's
  * allocated size.  Returns 0 or -errno (a refcount block that cannot be
@@ -238,6 +262,10 @@ int refcount_detect_metadata_prealloc (struct qcow2_layer *layer);
  * 0: default).  Destroy does not write anything back. */
 int refcount_init (struct qcow2_layer *layer, uint64_t cache_size);
 void refcount_destroy (struct qcow2_layer *layer);
+
+/* Record that the file now extends to at least END bytes: new metadata
+ * (here, l2.c) or clusters handed out (alloc.c) past the old end. */
+void refcount_note_end_locked (struct qcow2_layer *layer, uint64_t end);
 
 /* Current refcount of the cluster at HOST. */
 int refcount_get_locked (struct qcow2_layer *layer, uint64_t host,
@@ -272,8 +300,9 @@ int refcount_writeback_locked (struct qcow2_layer *layer);
 
 /* ---- release.c: deferred decrements, host space given back ---------- */
 
-/* Set up / tear down LAYER's list of deferred decrements (refcount_init
- * and refcount_destroy call these). */
+/* Set up / tear down LAYER's list of deferred decrements (open.c, beside
+ * refcount_init and refcount_destroy: release.c stands on refcount.c,
+ * which knows nothing of it). */
 int release_init (struct qcow2_layer *layer);
 void release_destroy (struct qcow2_layer *layer);
 
@@ -364,13 +393,8 @@ int write_compressed_held (struct qcow2_image *img, uint64_t offset,
                            struct qcow2_write **wp,
                            const struct qcow2_seg **segs, size_t *nsegs);
 
-/* Drop the references a compressed stream of LEN bytes at HOST holds
- * (one on each host cluster it touches), at once: only for a stream no
- * L2 entry on disk names (a failed write, ORDERING.md rule 5). */
-void compress_release_locked (struct qcow2_layer *layer, uint64_t host,
-                              uint32_t len);
 
-/* ---- sync.c: qcow2_pread, qcow2_pwrite (qcow2.h), segment writing --- */
+/* ---- sync-io.c: synchronous reads of the guest view, segment writes -- */
 
 /* qcow2_pread on disk offsets (no window), for the library's own use:
  * the guest view through the whole chain. */
@@ -378,7 +402,7 @@ int sync_read_disk (struct qcow2_image *img, void *buf, size_t len,
                     uint64_t offset);
 
 /* Perform SEGS synchronously through the io ops; GUEST segments come from
- * DATA (for qcow2_pwrite and zero.c). */
+ * DATA (for qcow2_pwrite and zero-held.c). */
 int sync_write_segs (struct qcow2_image *img, const struct qcow2_seg *segs,
                      size_t nsegs, const void *data);
 
@@ -390,9 +414,6 @@ int sync_write_segs (struct qcow2_image *img, const struct qcow2_seg *segs,
  * that metadata in memory still references.  -ENOSPC, -EIO, -errno. */
 int alloc_clusters_locked (struct qcow2_layer *layer, uint64_t min,
                            uint64_t max, uint64_t *host, uint64_t *got);
-
-/* Record that the file now extends to at least END bytes. */
-void alloc_note_end_locked (struct qcow2_layer *layer, uint64_t end);
 
 /* ---- l1.c: the L1 table of a writable layer -------------------------- */
 
@@ -464,6 +485,14 @@ int l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index);
  * the host when GIVE_BACK (release_clusters_locked). */
 int l2_release_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
                              bool give_back);
+
+/* Drop the references a compressed stream of LEN bytes at HOST holds
+ * (one on each host cluster it touches), at once: only for a stream no
+ * L2 entry on disk names (a failed write, ORDERING.md rule 5).  Here,
+ * beside l2_release_entry_locked, because both the write path's undo
+ * (write.c) and the compressed writer (compress-write.c) need it. */
+void l2_unref_stream_locked (struct qcow2_layer *layer, uint64_t host,
+                             uint32_t len);
 
 /* Read the L2 entry (and bitmap) of guest cluster CLUSTER of LAYER, not
  * checked; *HAS_TABLE false when its L1 entry names no table (the entry
@@ -545,12 +574,22 @@ void write_undo_locked (struct qcow2_layer *layer, struct qcow2_write *w);
 int write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
                        size_t *nsegs);
 
-/* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
+/* ---- zero-held.c: zeroing and discard under an in-flight record ----- */
 
 /* qcow2_zero on disk offsets for a caller holding the in-flight record
- * over the range; QCOW2_COMPRESSED is not taken here. */
+ * over the range (zero.c, and compress-write.c's QCOW2_DETECT_ZEROES);
+ * QCOW2_COMPRESSED is not taken here. */
 int zero_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
                unsigned flags);
+
+/* The L2 changes of qcow2_discard over guest clusters [FIRST, END) of
+ * the qcow2 top layer, for a caller holding the in-flight record; sets
+ * *BACKLOG when freed clusters wait to be committed (flush_backlog).
+ * 0 or -errno. */
+int discard_held (struct qcow2_image *img, uint64_t first, uint64_t end,
+                  bool *backlog);
+
+/* ---- zero.c: qcow2_zero and qcow2_discard (qcow2.h) ------------------ */
 
 /* ---- raw.c: a writable raw top layer --------------------------------- */
 

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "common/checked-overflow.h"
+#include "common/cleanup.h"
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
@@ -286,8 +287,8 @@ l2_cache_get_locked (struct qcow2_layer *layer, uint64_t l1_index,
   if (!*exclusive) {
     /* Another thread may load the same slice (or change the L1 entry)
      * between the two locks: start over once exclusive. */
-    pthread_rwlock_unlock (&layer->lock);
-    pthread_rwlock_wrlock (&layer->lock);
+    rwlock_unlock_checked (&layer->lock);
+    rwlock_wrlock_checked (&layer->lock);
     *exclusive = true;
     goto again;
   }

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* The L2 entries of a writable layer, shared by the write path (write.c,
- * compress-write.c) and zeroing and discard (zero.c): reading an entry
- * through the L2 cache, checking one before it is written through,
- * zeroed or discarded, storing a new one, releasing the host clusters an
- * old one held, and making an L2 table exist and be ours alone (new, or
- * copied from a table shared with a snapshot) before any entry in it
+/* The L2 entries of a writable layer, shared by the write path
+ * (write.c, compress-write.c) and zeroing and discard (zero-held.c):
+ * reading an entry through the L2 cache, checking one before it is
+ * written through, zeroed or discarded, storing a new one, releasing the
+ * host clusters an old one held (or, at once, those of a stream no
+ * entry names yet), and making an L2 table exist and be ours alone (new,
+ * or copied from a table shared with a snapshot) before any entry in it
  * changes.
  *
  * Everything here runs under the layer lock (the _locked names); what
@@ -79,7 +80,7 @@ l2_table_prepare_locked (struct qcow2_layer *layer, uint64_t l1_index)
     refcount_adjust_locked (layer, table, 1, -1);
     return r;
   }
-  alloc_note_end_locked (layer, table + layer->cluster_size);
+  refcount_note_end_locked (layer, table + layer->cluster_size);
   l2_cache_forget_table_locked (layer, table);
 
   /* The table and its refcount are durable before the L1 entry names
@@ -136,6 +137,31 @@ l2_release_entry_locked (struct qcow2_layer *layer, uint64_t l2e,
     return release_clusters_locked (layer, l2e & L2E_OFFSET_MASK, 1,
                                     give_back);
   return 0;
+}
+
+/* Host clusters [first, last] a stream of LEN bytes at HOST touches. */
+static void
+stream_clusters (const struct qcow2_layer *layer, uint64_t host,
+                 uint32_t len, uint64_t *first, uint64_t *n)
+{
+  uint64_t a = host >> layer->cluster_bits;
+  uint64_t b = (host + len - 1) >> layer->cluster_bits;
+
+  *first = a << layer->cluster_bits;
+  *n = b - a + 1;
+}
+
+void
+l2_unref_stream_locked (struct qcow2_layer *layer, uint64_t host,
+                        uint32_t len)
+{
+  uint64_t first, n;
+
+  stream_clusters (layer, host, len, &first, &n);
+  /* Nothing names the stream: the decrement is immediate (rule 5).  A
+   * cluster this leaves at 0 stops being the byte allocator's
+   * (refcount.c). */
+  refcount_adjust_locked (layer, first, n, -1);
 }
 
 int

@@ -30,6 +30,7 @@
 
 #include "common/byteorder.h"
 #include "common/checked-overflow.h"
+#include "common/cleanup.h"
 #include "common/rounding.h"
 #include "qcow2/internal.h"
 
@@ -249,15 +250,89 @@ classify_locked (struct qcow2_layer *layer, uint64_t cluster,
   }
 }
 
+/* Map the guest bytes from *OFFSET on, at most TODO of them, from the
+ * L2 slice SLICE (its entry I maps *OFFSET), with layer->lock held.
+ * Extents go to O; a run that reads from the backing file is only
+ * gathered into *BACK_OFFSET and *BACK_LEN, and the walk stops at its end,
+ * so the caller resolves it before going on.  *OFFSET and *LENGTH
+ * advance over what was mapped.  Returns 0, 1 (O is full) or -errno. */
+static int
+map_slice_locked (struct qcow2_layer *layer, const uint8_t *slice,
+                  uint32_t i, uint64_t todo, uint64_t *offset,
+                  uint64_t *length, uint64_t *back_offset,
+                  uint64_t *back_len, struct map_out *o)
+{
+  const uint32_t cbits = layer->cluster_bits;
+  const uint64_t csize = layer->cluster_size;
+  const uint32_t esize = layer->l2_entry_size;
+  const unsigned data_file = layer->data_file;
+  uint64_t off = *offset;
+  int r = 0;
+
+  while (todo > 0) {
+    const uint8_t *ent = slice + (size_t) i * esize;
+    uint64_t l2e = load_be64 (ent);
+    uint64_t bitmap = esize == 16 ? load_be64 (ent + 8) : 0;
+    uint64_t in_cluster = off & (csize - 1);
+    uint64_t n = MIN (todo, csize - in_cluster);
+    struct map_piece p = { 0 };
+    bool ok = true;
+
+    r = classify_locked (layer, off >> cbits, l2e, bitmap, in_cluster, &n,
+                         &p);
+    if (r < 0)
+      break;
+    if (p.kind == PIECE_BACKING) {
+      if (*back_len == 0)
+        *back_offset = off;
+      *back_len += n;
+    }
+    else if (*back_len > 0)
+      break;            /* resolve the backing run before going on */
+    else {
+      switch (p.kind) {
+      case PIECE_DATA:
+        ok = emit_data (o, off, n, layer, data_file, p.host);
+        break;
+      case PIECE_ZERO:
+        ok = emit_simple (o, off, n, QCOW2_EXTENT_ZERO, layer);
+        break;
+      case PIECE_COMPRESSED: {
+        struct qcow2_extent e = {
+          .offset = off, .length = n,
+          .type = QCOW2_EXTENT_COMPRESSED, .depth = layer->depth,
+          .file = layer->file, .host_offset = p.host,
+          .compressed_length = p.compressed_length,
+          .cluster_offset = in_cluster, .layer = layer,
+          .stream_gen = atomic_load (&layer->stream_gen),
+        };
+        ok = emit (o, &e);
+        break;
+      }
+      case PIECE_BACKING:
+        abort ();
+      }
+      if (!ok) {
+        r = 1;
+        break;
+      }
+    }
+    off += n;
+    *length -= n;
+    todo -= n;
+    if ((off & (csize - 1)) == 0)
+      i++;
+  }
+  *offset = off;
+  return r;
+}
+
 static int
 map_qcow2 (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
            struct map_out *o)
 {
   const uint32_t cbits = layer->cluster_bits;
-  const uint64_t csize = layer->cluster_size;
-  const uint32_t esize = layer->l2_entry_size;
   const uint32_t slice_entries = l2_cache_slice_entries (layer);
-  const unsigned data_file = layer->data_file;
 
   while (length > 0) {
     uint64_t cluster = offset >> cbits;
@@ -272,76 +347,21 @@ map_qcow2 (struct qcow2_layer *layer, uint64_t offset, uint64_t length,
     bool exclusive = false;
     int r;
 
-    pthread_rwlock_rdlock (&layer->lock);
-    r = l2_cache_get_locked (layer, l1_index, l2_index / slice_entries,
-                             &exclusive, &slice);
-    if (r < 0) {
-      pthread_rwlock_unlock (&layer->lock);
-      return r;
-    }
-    if (slice == NULL) {
-      back_offset = offset;
-      back_len = todo;
-      offset += todo;
-      length -= todo;
-    }
-    else {
-      while (todo > 0) {
-        const uint8_t *ent = slice + (size_t) i * esize;
-        uint64_t l2e = load_be64 (ent);
-        uint64_t bitmap = esize == 16 ? load_be64 (ent + 8) : 0;
-        uint64_t in_cluster = offset & (csize - 1);
-        uint64_t n = MIN (todo, csize - in_cluster);
-        struct map_piece p = { 0 };
-        bool ok = true;
+    {
+      RDLOCK_FOR_SCOPE (&layer->lock);
 
-        r = classify_locked (layer, offset >> cbits, l2e, bitmap,
-                             in_cluster, &n, &p);
-        if (r < 0)
-          break;
-        if (p.kind == PIECE_BACKING) {
-          if (back_len == 0)
-            back_offset = offset;
-          back_len += n;
-        }
-        else if (back_len > 0)
-          break;        /* resolve the backing run before going on */
-        else {
-          switch (p.kind) {
-          case PIECE_DATA:
-            ok = emit_data (o, offset, n, layer, data_file, p.host);
-            break;
-          case PIECE_ZERO:
-            ok = emit_simple (o, offset, n, QCOW2_EXTENT_ZERO, layer);
-            break;
-          case PIECE_COMPRESSED: {
-            struct qcow2_extent e = {
-              .offset = offset, .length = n,
-              .type = QCOW2_EXTENT_COMPRESSED, .depth = layer->depth,
-              .file = layer->file, .host_offset = p.host,
-              .compressed_length = p.compressed_length,
-              .cluster_offset = in_cluster, .layer = layer,
-              .stream_gen = atomic_load (&layer->stream_gen),
-            };
-            ok = emit (o, &e);
-            break;
-          }
-          case PIECE_BACKING:
-            abort ();
-          }
-          if (!ok) {
-            r = 1;
-            break;
-          }
-        }
-        offset += n;
-        length -= n;
-        todo -= n;
-        if (((offset) & (csize - 1)) == 0)
-          i++;
+      r = l2_cache_get_locked (layer, l1_index, l2_index / slice_entries,
+                               &exclusive, &slice);
+      if (r == 0 && slice == NULL) {
+        back_offset = offset;
+        back_len = todo;
+        offset += todo;
+        length -= todo;
       }
+      else if (r == 0)
+        r = map_slice_locked (layer, slice, i, todo, &offset, &length,
+                              &back_offset, &back_len, o);
     }
-    pthread_rwlock_unlock (&layer->lock);
     if (r != 0)
       return r;
     if (back_len > 0) {

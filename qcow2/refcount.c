@@ -3,9 +3,11 @@
  * whether a layer was made with preallocation=metadata, the one case in
  * which QEMU reports host-file holes under allocated clusters as zeros)
  * and, for a writable layer, the refcount block cache, increments and
- * decrements, refcount block allocation and refcount table growth,
- * following qcow2/ORDERING.md.  Decrements of references that were on
- * disk wait in release.c until a flush commits them. */
+ * decrements, refcount block allocation and refcount table growth, and
+ * where the file ends (host_end), following qcow2/ORDERING.md.
+ * Decrements of references that were on disk wait in release.c until a
+ * flush commits them; release.c and the allocator (alloc.c) stand on
+ * this file, which calls neither. */
 #include <config.h>
 
 #include <errno.h>
@@ -85,8 +87,8 @@ refcount_detect_metadata_prealloc (struct qcow2_layer *layer)
     uint64_t off = load_be64 (e) & REFT_OFFSET_MASK;
     if (off == 0)
       continue;
-    /* open.c validated the table's place, not its entries: a bad entry
-     * ends the scan (the answer only tunes block status). */
+    /* header-parse.c validated the table's place, not its entries: a
+     * bad entry ends the scan (the answer only tunes block status). */
     if (!IS_ALIGNED (off, layer->cluster_size) ||
         !range_fits (off, layer->cluster_size, f->size))
       break;
@@ -204,14 +206,23 @@ refcount_init (struct qcow2_layer *layer, uint64_t cache_size)
   if (layer->refcount_cache == NULL)
     return -errno;
   layer->refcount_cache->nr_slots = nr;
-  r = release_init (layer);
-  if (r < 0)
-    return r;
 
   layer->host_end = ROUND_UP (img->files[layer->file].size,
                               (uint64_t) layer->cluster_size);
   layer->free_hint = 0;
   return 0;
+}
+
+void
+refcount_note_end_locked (struct qcow2_layer *layer, uint64_t end)
+{
+  struct qcow2_file *f = &layer->img->files[layer->file];
+
+  if (end > layer->host_end)
+    layer->host_end = end;
+  /* l2-cache.c checks L2 table offsets against the file size. */
+  if (end > f->size)
+    f->size = end;
 }
 
 void
@@ -225,7 +236,6 @@ refcount_destroy (struct qcow2_layer *layer)
     free (c);
     layer->refcount_cache = NULL;
   }
-  release_destroy (layer);
   free (layer->reftable);
   layer->reftable = NULL;
   layer->reftable_entries = 0;
@@ -533,7 +543,7 @@ growth_switch_table (struct qcow2_layer *layer,
   r = img->io->pwrite (img->io_opaque, fd, be, new_entries * 8, toff);
   if (r < 0)
     return r;
-  alloc_note_end_locked (layer, (e + k) << layer->cluster_bits);
+  refcount_note_end_locked (layer, (e + k) << layer->cluster_bits);
   r = refcount_writeback_locked (layer);
   if (r == 0)
     r = sync_layer (layer);
@@ -657,7 +667,7 @@ install_block (struct qcow2_layer *layer, uint64_t t, uint64_t b,
     r = sync_layer (layer);
   if (r < 0)
     return r;
-  alloc_note_end_locked (layer, (b + 1) << layer->cluster_bits);
+  refcount_note_end_locked (layer, (b + 1) << layer->cluster_bits);
   store_be64 (e, b << layer->cluster_bits);
   r = img->io->pwrite (img->io_opaque, fd, e, 8,
                        layer->refcount_table_offset + 8 * t);

@@ -120,7 +120,7 @@ count_snapshots (struct qcow2_layer *layer, unsigned char *l2)
       return r;
     sl1_off = load_be64 (h + QCOW2_SN_L1_TABLE_OFFSET);
     sl1_size = load_be32 (h + QCOW2_SN_L1_SIZE);
-    /* open.c bounded these sizes when it walked the table. */
+    /* header-parse.c bounded these sizes when it walked the table. */
     entry_len = QCOW2_SN_HEADER_SIZE
       + (uint64_t) load_be32 (h + QCOW2_SN_EXTRA_DATA_SIZE)
       + load_be16 (h + QCOW2_SN_ID_STR_SIZE)

@@ -10,8 +10,8 @@
  *
  * Lookup follows QEMU's find_snapshot_by_id_and_name: the first entry
  * whose ID and/or name match what was given; qemu-nbd -l ID_OR_NAME
- * tries it as an ID first, then as a name.  open.c has already walked
- * the table and bounded every entry to the file; the snapshot's L1
+ * tries it as an ID first, then as a name.  header-parse.c has already
+ * walked the table and bounded every entry to the file; the snapshot's L1
  * table is checked here (aligned, at most QEMU's size, inside the file)
  * before it is read. */
 #include <config.h>

@@ -47,7 +47,7 @@ struct write_link {
   size_t piece_first, piece_end;  /* alloc: its pieces, whose host
                                    * offsets are relative until then */
   /* A compressed stream of CLEN bytes at CHOST (compress-write.c): its
-   * references are undone with compress_release_locked. */
+   * references are undone with l2_unref_stream_locked. */
   bool compressed;
   uint64_t chost;
   uint32_t clen;
@@ -428,7 +428,7 @@ undo_allocs_locked (struct qcow2_layer *layer, struct qcow2_write *w,
     const struct write_link *lk = &w->links[i];
 
     if (lk->compressed)
-      compress_release_locked (layer, lk->chost, lk->clen);
+      l2_unref_stream_locked (layer, lk->chost, lk->clen);
     else if (lk->alloc && (lk->new_l2e & L2E_OFFSET_MASK))
       refcount_adjust_locked (layer, lk->new_l2e & L2E_OFFSET_MASK, 1, -1);
   }
@@ -460,22 +460,21 @@ write_add_compressed (struct qcow2_write *w, uint64_t cluster,
   return 0;
 }
 
-/* The common case, under the lock held shared: every cluster of the
- * range is ours alone (COPIED, in a COPIED table) and already reads its
- * host data where the write lands, so the write goes in place with no
- * metadata change.  Returns 1 with the pieces added, 0 (nothing added)
- * when some cluster needs more, or -errno. */
+/* The common case, under the lock held shared (or exclusive, once
+ * l2_read_entry_locked needed a slice loaded: *EXCLUSIVE): every cluster
+ * of the range is ours alone (COPIED, in a COPIED table) and already
+ * reads its host data where the write lands, so the write goes in place
+ * with no metadata change.  Returns 1 with the pieces added, 0 when some
+ * cluster needs more, or -errno. */
 static int
-plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
-               uint64_t offset, uint64_t length)
+plan_in_place_locked (struct qcow2_layer *layer, struct qcow2_write *w,
+                      uint64_t offset, uint64_t length, bool *exclusive)
 {
   const uint64_t cs = layer->cluster_size;
   uint64_t first = offset >> layer->cluster_bits;
   uint64_t last = (offset + length - 1) >> layer->cluster_bits;
-  bool exclusive = false;
-  int r = 1;
+  int r;
 
-  pthread_rwlock_rdlock (&layer->lock);
   for (uint64_t c = first; c <= last; c++) {
     uint64_t gbase = c << layer->cluster_bits;
     uint64_t a = c == first ? offset - gbase : 0;
@@ -484,33 +483,46 @@ plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
     bool has_table;
 
     r = l2_read_entry_locked (layer, c, &l2e, &bitmap, &has_table,
-                              &exclusive);
+                              exclusive);
     if (r < 0)
-      break;
+      return r;
     host = l2e & L2E_OFFSET_MASK;
-    r = 0;
     if ((l2e & QCOW_OFLAG_COMPRESSED) || host == 0 ||
         !(l2e & QCOW_OFLAG_COPIED) ||
         !(layer->l1[c / layer->l2_entries] & QCOW_OFLAG_COPIED))
-      break;
+      return 0;
     if (layer->extended_l2) {
       uint32_t m = sc_mask (a >> layer->subcluster_bits,
                             (b - 1) >> layer->subcluster_bits);
 
       if ((bitmap & m) != m)
-        break;
+        return 0;
     }
     else if (l2e & QCOW_OFLAG_ZERO)
-      break;
+      return 0;
     r = l2_check_entry_locked (layer, c, l2e, bitmap);
     if (r < 0)
-      break;
+      return r;
     r = add_piece (w, host + a, b - a, false, gbase + a - offset);
     if (r < 0)
-      break;
-    r = 1;
+      return r;
   }
-  pthread_rwlock_unlock (&layer->lock);
+  return 1;
+}
+
+/* plan_in_place_locked under the lock; nothing added unless it
+ * returns 1. */
+static int
+plan_in_place (struct qcow2_layer *layer, struct qcow2_write *w,
+               uint64_t offset, uint64_t length)
+{
+  bool exclusive = false;
+  int r;
+
+  {
+    RDLOCK_FOR_SCOPE (&layer->lock);
+    r = plan_in_place_locked (layer, w, offset, length, &exclusive);
+  }
   if (r <= 0)
     w->npieces = 0;
   return r;
@@ -609,9 +621,8 @@ write_finish_plan (struct qcow2_write *w, const struct qcow2_seg **segs,
                          NULL);
   }
   if (r < 0) {
-    pthread_rwlock_wrlock (&layer->lock);
+    WRLOCK_FOR_SCOPE (&layer->lock);
     undo_allocs_locked (layer, w, 0);
-    pthread_rwlock_unlock (&layer->lock);
     return r;
   }
 
@@ -680,9 +691,8 @@ write_begin_held (struct qcow2_image *img, uint64_t offset, uint64_t length,
 
   r = plan_in_place (layer, w, offset, length);
   if (r == 0) {
-    pthread_rwlock_wrlock (&layer->lock);
+    WRLOCK_FOR_SCOPE (&layer->lock);
     r = write_plan_locked (layer, w, offset, length);
-    pthread_rwlock_unlock (&layer->lock);
   }
   if (r >= 0)
     r = write_finish_plan (w, segs, nsegs);
@@ -761,7 +771,8 @@ qcow2_write_end (struct qcow2_write *w, int result)
   int r = 0;
 
   if (w->nlinks > 0) {
-    pthread_rwlock_wrlock (&layer->lock);
+    WRLOCK_FOR_SCOPE (&layer->lock);
+
     if (result < 0)
       undo_allocs_locked (layer, w, 0);
     else {
@@ -789,7 +800,6 @@ qcow2_write_end (struct qcow2_write *w, int result)
         undo_allocs_locked (layer, w, i);
     }
     backlog = release_backlog_locked (layer);
-    pthread_rwlock_unlock (&layer->lock);
   }
   /* Even a failed write may have changed data in place. */
   bitmap_set_dirty (img, w->offset, w->length);

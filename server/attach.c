@@ -240,11 +240,7 @@ take_signals (void)
   sigset_t set;
   int sfd;
 
-  signal (SIGPIPE, SIG_IGN);
-  sigemptyset (&set);
-  sigaddset (&set, SIGINT);
-  sigaddset (&set, SIGTERM);
-  sigaddset (&set, SIGHUP);
+  serve_stop_signals (&set);
   pthread_sigmask (SIG_BLOCK, &set, NULL);
   sfd = signalfd (-1, &set, SFD_CLOEXEC);
   wake_fd = eventfd (0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -72,10 +72,7 @@ signal_thread (void *arg)
   sigset_t set;
   bool stopped = false;
 
-  sigemptyset (&set);
-  sigaddset (&set, SIGINT);
-  sigaddset (&set, SIGTERM);
-  sigaddset (&set, SIGHUP);
+  serve_stop_signals (&set);
   for (;;) {
     int sig;
 
@@ -149,19 +146,27 @@ conn_closed (void)
   listener_conn_closed (true);
 }
 
-/* Block the signals the signal thread waits for, and ignore SIGPIPE,
- * before any thread exists, so every thread inherits the mask. */
+/* The signals that stop a server (SIGHUP only with sighup_stops, but
+ * always taken), in SET.  Also ignores SIGPIPE: a vanished client is
+ * an error return, not a death.  Call before any thread exists, then
+ * block SET, so every thread inherits the mask. */
+void
+serve_stop_signals (sigset_t *set)
+{
+  signal (SIGPIPE, SIG_IGN);
+  sigemptyset (set);
+  sigaddset (set, SIGINT);
+  sigaddset (set, SIGTERM);
+  sigaddset (set, SIGHUP);
+}
+
+/* Block the signals the signal thread waits for. */
 static void
 block_signals (void)
 {
   sigset_t set;
 
-  signal (SIGPIPE, SIG_IGN);
-  sigemptyset (&set);
-  sigaddset (&set, SIGINT);
-  sigaddset (&set, SIGTERM);
-  sigaddset (&set, SIGHUP);
-  sigaddset (&set, SIGPIPE);
+  serve_stop_signals (&set);
   pthread_sigmask (SIG_BLOCK, &set, NULL);
 }
 

@@ -21,6 +21,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <signal.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
@@ -196,6 +197,7 @@ int serve_run (const struct server_config *cfg);
 
 /* The server's default configuration (serve's defaults). */
 void serve_config_init (struct server_config *cfg);
+void serve_stop_signals (sigset_t *set);
 /* Write our pid to PATH as QEMU does (locked; kept open until exit).
  * Returns 0 or -1 (logged).  attach.c writes its own with it. */
 int pid_file_write (const char *path);

@@ -18,6 +18,8 @@ Exit status: 0 all passed, 1 a pattern failed, 77 nothing could run.
 """
 
 import argparse
+import contextlib
+import fcntl
 import fnmatch
 import glob
 import hashlib
@@ -350,43 +352,11 @@ def main():
     npass = nfail = nskip = 0
     try:
         for i, p in enumerate(patterns):
-            why = observe.skip_reason(p)
-            if why:
-                print(f"SKIP: {p['name']}: {why} [{p['source']}]")
-                nskip += 1
-                continue
-            # A pattern whose sides differ runs once more on both: the
-            # oracle itself has been seen, on a loaded machine, to refuse
-            # one connection on its Unix socket in imageio-qcow2-unix.
-            # A difference must show twice to count; a pattern that
-            # needed the second run says so.
-            for attempt in (1, 2):
-                work = f"{root}/{i:02d}-{p['name']}.{attempt}"
-                sides, obs = run_pattern(p, work, a, images, shared)
-                diffs = compare(obs[0], obs[1])
-                if not diffs:
-                    break
-                if attempt == 1:
-                    first = diffs
-            note = " (passed on a second run; the first differed in " \
-                f"{', '.join(k for k, _, _ in first)})" \
-                if attempt == 2 and not diffs else ""
-            if a.show:
-                for s, ob in zip(sides, obs):
-                    print(f"  [{s.label}]\n" + json.dumps(ob, indent=1,
-                                                          sort_keys=True))
-            if diffs:
-                nfail += 1
-                print(f"FAIL: {p['name']} [{p['source']}]")
-                for k, ov, cv in diffs:
-                    print(f"    {k}:\n      oracle:    {show(ov)}\n"
-                          f"      candidate: {show(cv)}")
-            else:
-                npass += 1
-                print(f"PASS: {p['name']} [{p['source']}]{note}")
-                if not a.keep:
-                    shutil.rmtree(work, ignore_errors=True)
-            sys.stdout.flush()
+            with fixed_port_lock(p):
+                r = run_one(p, i, a, root, images, shared)
+            npass += r == "pass"
+            nfail += r == "fail"
+            nskip += r == "skip"
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -394,6 +364,63 @@ def main():
             print(f"work directory kept: {root}")
     print(f"{npass} passed, {nfail} failed, {nskip} skipped")
     return 1 if nfail else (0 if npass else 77)
+
+
+@contextlib.contextmanager
+def fixed_port_lock(p):
+    """A pattern on a fixed port (qemu-nbd's default, 10809) holds a
+    machine-wide lock while it runs: make check runs this corpus and the
+    harness's oracle-against-itself at once, and both would bind it."""
+    if not p.get("fixed_port"):
+        yield
+        return
+    path = f"/tmp/qcow2-nbd-compat-port-{p['fixed_port']}.lock"
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_one(p, i, a, root, images, shared):
+    """Run pattern P (the I-th) on both sides and print its result:
+    "pass", "fail" or "skip"."""
+    why = observe.skip_reason(p)
+    if why:
+        print(f"SKIP: {p['name']}: {why} [{p['source']}]")
+        return "skip"
+    # A pattern whose sides differ runs once more on both: the
+    # oracle itself has been seen, on a loaded machine, to refuse
+    # one connection on its Unix socket in imageio-qcow2-unix.
+    # A difference must show twice to count; a pattern that
+    # needed the second run says so.
+    for attempt in (1, 2):
+        work = f"{root}/{i:02d}-{p['name']}.{attempt}"
+        sides, obs = run_pattern(p, work, a, images, shared)
+        diffs = compare(obs[0], obs[1])
+        if not diffs:
+            break
+        if attempt == 1:
+            first = diffs
+    note = " (passed on a second run; the first differed in " \
+        f"{', '.join(k for k, _, _ in first)})" \
+        if attempt == 2 and not diffs else ""
+    if a.show:
+        for s, ob in zip(sides, obs):
+            print(f"  [{s.label}]\n" + json.dumps(ob, indent=1,
+                                                  sort_keys=True))
+    if diffs:
+        print(f"FAIL: {p['name']} [{p['source']}]")
+        for k, ov, cv in diffs:
+            print(f"    {k}:\n      oracle:    {show(ov)}\n"
+                  f"      candidate: {show(cv)}")
+    else:
+        print(f"PASS: {p['name']} [{p['source']}]{note}")
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    sys.stdout.flush()
+    return "fail" if diffs else "pass"
 
 
 if __name__ == "__main__":

@@ -425,20 +425,11 @@ attach_serve (const struct server_config *cfg, const struct attach_opts *opts)
 static bool
 is_qcow2_nbd (pid_t pid)
 {
-  char path[64], comm[32] = "";
-  ssize_t n;
-  int fd;
+  char path[64], comm[32];
 
   snprintf (path, sizeof path, "/proc/%ld/comm", (long) pid);
-  fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
+  if (kdev_read_line (path, comm, sizeof comm) == -1)
     return false;
-  n = read (fd, comm, sizeof comm - 1);
-  close (fd);
-  if (n <= 0)
-    return false;
-  comm[n] = '\0';
-  comm[strcspn (comm, "\n")] = '\0';
   /* Run as qemu-nbd -c, the name is qemu-nbd's (QEMU's own qemu-nbd
    * also exits once its device is disconnected). */
   return strcmp (comm, "qcow2-nbd") == 0 || strcmp (comm, "qemu-nbd") == 0;
@@ -451,21 +442,13 @@ process_gone (pid_t pid)
 {
   char path[64], buf[512];
   const char *st;
-  ssize_t n;
-  int fd;
 
   snprintf (path, sizeof path, "/proc/%ld/stat", (long) pid);
-  fd = open (path, O_RDONLY | O_CLOEXEC);
-  if (fd == -1)
+  if (kdev_read_line (path, buf, sizeof buf) == -1 || buf[0] == '\0')
     return true;
-  n = read (fd, buf, sizeof buf - 1);
-  close (fd);
-  if (n <= 0)
-    return true;
-  buf[n] = '\0';
   /* The state follows the command name's closing parenthesis. */
   st = strrchr (buf, ')');
-  return st && (st[1] == ' ') && (st[2] == 'Z' || st[2] == 'X');
+  return st && st[1] == ' ' && (st[2] == 'Z' || st[2] == 'X');
 }
 
 /* Wait up to DETACH_WAIT_MS for process OWNER (PIDFD, or -1 where the

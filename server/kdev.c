@@ -75,9 +75,8 @@
 
 /* ---- naming a device -------------------------------------------------- */
 
-/* Read the first line of a sysfs file into BUF.  Returns 0 or -1. */
-static int
-read_sysfs (const char *path, char *buf, size_t size)
+int
+kdev_read_line (const char *path, char *buf, size_t size)
 {
   ssize_t n;
   int fd;
@@ -173,7 +172,7 @@ kdev_owner (const struct kdev *dev)
    * task that started it: our main thread for netlink, the thread in
    * NBD_DO_IT for the ioctls, which may be any thread of a process. */
   snprintf (path, sizeof path, "/sys/block/nbd%u/pid", dev->index);
-  if (read_sysfs (path, buf, sizeof buf) == -1)
+  if (kdev_read_line (path, buf, sizeof buf) == -1)
     return 0;
   pid = strtol (buf, NULL, 10);
   if (pid <= 0)
@@ -467,7 +466,7 @@ connect_ioctl (struct kdev *dev, const struct export *exp,
    * has started; sysfs shows the pid attribute once it has. */
   snprintf (path, sizeof path, "/sys/block/nbd%u/pid", dev->index);
   deadline = now_ns () + IOCTL_START_TIMEOUT_NS;
-  while (read_sysfs (path, buf, sizeof buf) == -1) {
+  while (kdev_read_line (path, buf, sizeof buf) == -1) {
     struct timespec ts = { 0, 10 * 1000 * 1000 };
 
     if (atomic_load (&dev->ended)) {

@@ -700,6 +700,9 @@ struct kdev {
 int kdev_lookup (const char *path, struct kdev *dev, bool quiet);
 /* The process that has the device attached, or 0 when it is not. */
 pid_t kdev_owner (const struct kdev *dev);
+/* Read the first line of a small sysfs or /proc file into BUF (SIZE
+ * bytes), without its newline.  Returns 0 or -1. */
+int kdev_read_line (const char *path, char *buf, size_t size);
 /* Hand the device the N sockets FDS of EXP, already in the transmission
  * phase: by generic netlink where the kernel offers it and USE_NETLINK,
  * by the ioctls otherwise (ON_END is then called, from another thread,

@@ -250,7 +250,7 @@ classify_locked (struct qcow2_layer *layer, uint64_t cluster,
   }
 }
 
-/* Map the guest bytes from *OFFSET on, at most TODO of them, from the
+/* Map the guest bytes from *OFFSET on, at most SPAN of them, from the
  * L2 slice SLICE (its entry I maps *OFFSET), with layer->lock held.
  * Extents go to O; a run that reads from the backing file is only
  * gathered into *BACK_OFFSET and *BACK_LEN, and the walk stops at its end,
@@ -258,7 +258,7 @@ classify_locked (struct qcow2_layer *layer, uint64_t cluster,
  * advance over what was mapped.  Returns 0, 1 (O is full) or -errno. */
 static int
 map_slice_locked (struct qcow2_layer *layer, const uint8_t *slice,
-                  uint32_t i, uint64_t todo, uint64_t *offset,
+                  uint32_t i, uint64_t span, uint64_t *offset,
                   uint64_t *length, uint64_t *back_offset,
                   uint64_t *back_len, struct map_out *o)
 {
@@ -269,12 +269,12 @@ map_slice_locked (struct qcow2_layer *layer, const uint8_t *slice,
   uint64_t off = *offset;
   int r = 0;
 
-  while (todo > 0) {
+  while (span > 0) {
     const uint8_t *ent = slice + (size_t) i * esize;
     uint64_t l2e = load_be64 (ent);
     uint64_t bitmap = esize == 16 ? load_be64 (ent + 8) : 0;
     uint64_t in_cluster = off & (csize - 1);
-    uint64_t n = MIN (todo, csize - in_cluster);
+    uint64_t n = MIN (span, csize - in_cluster);
     struct map_piece p = { 0 };
     bool ok = true;
 
@@ -319,7 +319,7 @@ map_slice_locked (struct qcow2_layer *layer, const uint8_t *slice,
     }
     off += n;
     *length -= n;
-    todo -= n;
+    span -= n;
     if ((off & (csize - 1)) == 0)
       i++;
   }
